@@ -1,0 +1,195 @@
+//! The admin REST API under `/api/ws` (the seed's routes), and the public health check.
+//!
+//! Admin calls need `X-API-Key: <admin key>` or `Authorization: Bearer <JWT with role admin>`.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::socket::Sid;
+
+use super::error::{AppError, secrets_equal};
+use crate::app::HttpState;
+
+pub fn require_admin(app: &HttpState, headers: &HeaderMap) -> Result<(), AppError> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return if secrets_equal(key, &app.keys.admin_key) {
+            Ok(())
+        } else {
+            Err(AppError::unauthorized("invalid admin key"))
+        };
+    }
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match bearer.map(|t| app.keys.verify(t)) {
+        Some(Ok(claims)) if claims.is_admin() => Ok(()),
+        Some(Ok(_)) => Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "token lacks role admin",
+        )),
+        Some(Err(_)) => Err(AppError::unauthorized("invalid token")),
+        None => Err(AppError::unauthorized(
+            "admin key (X-API-Key) or admin bearer token required",
+        )),
+    }
+}
+
+pub async fn health(State(app): State<HttpState>) -> Json<Value> {
+    let connections = app.connections.len();
+    let max = app.connections.max_total();
+    Json(json!({
+        "success": true,
+        "data": {
+            "connections": connections,
+            "maxConnections": max,
+            "healthy": app.is_accepting() && (connections as f64) < max as f64 * 0.9,
+        }
+    }))
+}
+
+pub async fn connections(
+    State(app): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&app, &headers)?;
+    let mut list: Vec<_> = app
+        .connections
+        .snapshot()
+        .iter()
+        .map(|c| c.view())
+        .collect();
+    list.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+    Ok(Json(json!({ "success": true, "data": list })))
+}
+
+pub async fn stats(
+    State(app): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&app, &headers)?;
+    let conns = app.connections.snapshot();
+    let mut by_user: BTreeMap<String, usize> = BTreeMap::new();
+    let now = SystemTime::now();
+    let mut uptime_ms = 0u128;
+    for c in &conns {
+        *by_user.entry(c.user_id.clone()).or_default() += 1;
+        uptime_ms += now
+            .duration_since(c.connected_at)
+            .unwrap_or_default()
+            .as_millis();
+    }
+    let average_uptime = if conns.is_empty() {
+        0.0
+    } else {
+        uptime_ms as f64 / conns.len() as f64
+    };
+    let rates = app.metrics.rates();
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "total": conns.len(),
+            "byUser": by_user,
+            "averageUptime": average_uptime,
+            "logsIn": app.metrics.logs_in.load(std::sync::atomic::Ordering::Relaxed),
+            "deliveries": app.metrics.deliveries.load(std::sync::atomic::Ordering::Relaxed),
+            "logsInPerSec": rates.logs_in_per_sec,
+            "deliveriesPerSec": rates.deliveries_per_sec,
+            "drops": app.metrics.drops(),
+            "uptime": app.started.elapsed().as_secs_f64(),
+        }
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct BroadcastBody {
+    event: Option<Value>,
+    #[serde(default)]
+    data: Value,
+}
+
+/// Event names a broadcast may not use: Socket.IO's reserved names, and the `log:` stream
+/// whose counts clients rely on.
+fn broadcast_event_allowed(event: &str) -> bool {
+    const RESERVED: [&str; 6] = [
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+    ];
+    !event.is_empty()
+        && event.len() <= 100
+        && !RESERVED.contains(&event)
+        && !event.starts_with("log:")
+}
+
+pub async fn broadcast(
+    State(app): State<HttpState>,
+    headers: HeaderMap,
+    body: Result<Json<BroadcastBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&app, &headers)?;
+    let Json(body) =
+        body.map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+    let event = match body.event {
+        Some(Value::String(e)) if broadcast_event_allowed(&e) => e,
+        _ => {
+            return Err(AppError {
+                status: StatusCode::BAD_REQUEST,
+                code: "invalid_field",
+                message: "event: must be a non-empty name of at most 100 characters, not reserved and not starting with `log:`".into(),
+                field: Some("event".into()),
+            });
+        }
+    };
+    let recipients = app.connections.len();
+    app.io.emit(event.as_str(), &body.data).await.map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "broadcast_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(
+        json!({ "success": true, "data": { "event": event, "recipients": recipients } }),
+    ))
+}
+
+pub async fn disconnect(
+    State(app): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&app, &headers)?;
+    let sid = Sid::from_str(&id).map_err(|_| {
+        AppError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a connection id"),
+        )
+    })?;
+    let socket = app.io.get_socket(sid).ok_or_else(|| {
+        AppError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no connection {id}"),
+        )
+    })?;
+    socket.disconnect().map_err(|e| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "disconnect_failed",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(json!({ "success": true, "data": { "id": id } })))
+}

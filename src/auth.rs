@@ -1,0 +1,293 @@
+//! Who may connect and who may administer: JWT verification for Socket.IO handshakes and
+//! admin REST calls, API keys for ingest and admin, token minting, development keys.
+//!
+//! The seed's handshake took any token and never checked it. Here a token must verify against
+//! the configured HS256 secret or PEM public key (RS*/ES*), carry `sub` and `exp`, and not be
+//! expired; the algorithm is fixed by the key, so `alg: none` or an HS256 token forged with a
+//! public key as secret never verify.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+
+/// The claims logstream reads. Everything else in the token is kept in `extra`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Claims {
+    pub fn is_admin(&self) -> bool {
+        self.role.as_deref() == Some("admin")
+    }
+}
+
+/// Why a token was refused. The client only ever sees "Authentication failed".
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authentication required")]
+    Missing,
+    #[error("Authentication failed")]
+    Invalid(String),
+}
+
+/// Keys in force for this process.
+pub struct Keys {
+    hs256: Option<(DecodingKey, EncodingKey)>,
+    public: Option<(DecodingKey, Vec<Algorithm>)>,
+    pub api_key: String,
+    pub admin_key: String,
+}
+
+/// What was generated because the configuration left it unset (printed at start-up).
+#[derive(Debug, Default)]
+pub struct Generated {
+    pub jwt_secret: Option<String>,
+    pub api_key: Option<String>,
+    pub admin_key: Option<String>,
+}
+
+impl Generated {
+    pub fn any(&self) -> bool {
+        self.jwt_secret.is_some() || self.api_key.is_some() || self.admin_key.is_some()
+    }
+}
+
+/// A random URL-safe secret of 32 bytes.
+pub fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Keys {
+    /// Build the keys from configuration, generating whatever is missing.
+    pub fn from_config(config: &Config) -> anyhow::Result<(Keys, Generated)> {
+        let mut generated = Generated::default();
+        let public = match &config.jwt_public_key {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading jwt_public_key {}", path.display()))?;
+                Some(parse_public_key(&pem).with_context(|| {
+                    format!(
+                        "jwt_public_key {} is not an RSA or EC public key in PEM form",
+                        path.display()
+                    )
+                })?)
+            }
+        };
+        let secret = match (&config.jwt_secret, &public) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(_)) => None,
+            (None, None) => {
+                let s = random_secret();
+                generated.jwt_secret = Some(s.clone());
+                Some(s)
+            }
+        };
+        let key_or_generate = |value: &Option<String>, slot: &mut Option<String>| {
+            value.clone().unwrap_or_else(|| {
+                let k = random_secret();
+                *slot = Some(k.clone());
+                k
+            })
+        };
+        let api_key = key_or_generate(&config.api_key, &mut generated.api_key);
+        let admin_key = key_or_generate(&config.admin_key, &mut generated.admin_key);
+        let hs256 = secret.map(|s| {
+            (
+                DecodingKey::from_secret(s.as_bytes()),
+                EncodingKey::from_secret(s.as_bytes()),
+            )
+        });
+        Ok((
+            Keys {
+                hs256,
+                public,
+                api_key,
+                admin_key,
+            },
+            generated,
+        ))
+    }
+
+    /// Verify a client token: signature, algorithm bound to the key, `exp`, `sub`.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("bad header: {e}")))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
+            alg => self
+                .public
+                .as_ref()
+                .filter(|(_, algs)| algs.contains(&alg))
+                .map(|(d, _)| d),
+        }
+        .ok_or_else(|| AuthError::Invalid(format!("no key accepts {:?}", header.alg)))?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::Invalid("empty sub".into()));
+        }
+        Ok(data.claims)
+    }
+
+    /// Mint an HS256 token with the configured secret.
+    pub fn mint(
+        &self,
+        sub: &str,
+        ttl: Duration,
+        claims: &HashMap<String, Value>,
+    ) -> anyhow::Result<String> {
+        let Some((_, enc)) = &self.hs256 else {
+            bail!(
+                "no jwt_secret is configured (set LOGSTREAM_JWT_SECRET); tokens for a public key are minted by whoever holds the private key"
+            );
+        };
+        mint_with(enc, sub, ttl, claims)
+    }
+}
+
+fn mint_with(
+    key: &EncodingKey,
+    sub: &str,
+    ttl: Duration,
+    extra: &HashMap<String, Value>,
+) -> anyhow::Result<String> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = Map::new();
+    for (k, v) in extra {
+        claims.insert(k.clone(), v.clone());
+    }
+    claims.insert("sub".into(), Value::String(sub.to_owned()));
+    claims.insert("iat".into(), now.into());
+    claims.insert("exp".into(), (now + ttl.as_secs()).into());
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        key,
+    )?)
+}
+
+fn parse_public_key(pem: &[u8]) -> anyhow::Result<(DecodingKey, Vec<Algorithm>)> {
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((
+            k,
+            vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
+        ));
+    }
+    let k = DecodingKey::from_ec_pem(pem)?;
+    Ok((k, vec![Algorithm::ES256, Algorithm::ES384]))
+}
+
+/// Parse `90`, `45s`, `30m`, `1h`, `7d`.
+pub fn parse_ttl(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("ttl {text:?} must look like 90, 45s, 30m, 1h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("ttl {text:?}: unknown unit {unit:?}; use s, m, h or d"),
+    };
+    if secs == 0 {
+        bail!("ttl must be positive");
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parse `k=v` claims for `logstream token`; values that are JSON stay JSON, the rest are strings.
+pub fn parse_claim(text: &str) -> anyhow::Result<(String, Value)> {
+    let (k, v) = text
+        .split_once('=')
+        .with_context(|| format!("claim {text:?} must be key=value"))?;
+    if k.is_empty() || matches!(k, "sub" | "exp" | "iat") {
+        bail!("claim key {k:?} is empty or reserved");
+    }
+    let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_owned()));
+    Ok((k.to_owned(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        let config = Config {
+            jwt_secret: Some("0123456789abcdef-test".into()),
+            ..Config::default()
+        };
+        Keys::from_config(&config).unwrap().0
+    }
+
+    #[test]
+    fn verifies_own_tokens_and_rejects_forgeries() {
+        let k = keys();
+        let t = k
+            .mint("alice", Duration::from_secs(60), &HashMap::new())
+            .unwrap();
+        assert_eq!(k.verify(&t).unwrap().sub, "alice");
+        assert!(matches!(k.verify(""), Err(AuthError::Missing)));
+        // Signed with another secret.
+        let other = EncodingKey::from_secret(b"another-secret-of-length");
+        let forged = mint_with(&other, "alice", Duration::from_secs(60), &HashMap::new()).unwrap();
+        assert!(matches!(k.verify(&forged), Err(AuthError::Invalid(_))));
+        // alg: none.
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"sub":"alice","exp":9999999999}"#)
+        );
+        assert!(matches!(k.verify(&none), Err(AuthError::Invalid(_))));
+        assert!(matches!(k.verify("garbage"), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn rejects_expired() {
+        let k = keys();
+        let (_, enc) = k.hs256.as_ref().unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({"sub": "a", "exp": now - 3600});
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).unwrap();
+        assert!(matches!(k.verify(&t), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn ttl_and_claims_parse() {
+        assert_eq!(parse_ttl("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert!(parse_ttl("1y").is_err());
+        assert_eq!(
+            parse_claim("role=admin").unwrap().1,
+            Value::String("admin".into())
+        );
+        assert_eq!(parse_claim("n=3").unwrap().1, Value::from(3));
+        assert!(parse_claim("exp=1").is_err());
+    }
+}

@@ -1,0 +1,313 @@
+//! The router: one dedicated thread that owns every subscription and every client's
+//! delivery state, cuts the incoming stream into batches, evaluates each filter engine once
+//! per batch for all its subscriptions, and hands each client its matches in ingest order.
+//!
+//! Why one thread: a single owner makes ordering and atomicity trivial. A subscription change,
+//! a pause or a resume is a [`Control`] message applied *between* two batches, so a client
+//! never sees a gap or a duplicate. And because it is a plain OS thread, filter code (native
+//! or WebAssembly) never runs on the async runtime's workers.
+//!
+//! Batching costs no latency when idle: a batch is cut at `batch_max_logs`, when its first
+//! log has waited `batch_max_delay_ms`, or as soon as the inbound queue is empty.
+
+pub mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select_biased};
+use serde::Serialize;
+use serde_json::{Value, json};
+use socketioxide::socket::Sid;
+use tokio::sync::oneshot;
+
+use crate::delivery::client::DeliveryLimits;
+use crate::delivery::{Client, DropReason};
+use crate::filter::Matches;
+use crate::log_entry::LogRecord;
+use crate::stats::Metrics;
+use crate::subscription::SubscribeRequest;
+pub use registry::{Registry, SubscribeError};
+
+/// Data, in ingest order.
+pub enum Inbound {
+    Logs(Vec<Arc<LogRecord>>),
+    DeviceStatus {
+        device_id: String,
+        status: String,
+    },
+    /// Answered once everything queued before it has been delivered.
+    Drain(oneshot::Sender<()>),
+}
+
+/// Changes to clients and subscriptions; each takes effect between two batches.
+pub enum Control {
+    Connect(Box<Client>),
+    Disconnect(Sid),
+    Subscribe {
+        sid: Sid,
+        request: SubscribeRequest,
+        reply: oneshot::Sender<Result<Subscribed, SubscribeError>>,
+    },
+    Unsubscribe {
+        sid: Sid,
+        reply: oneshot::Sender<bool>,
+    },
+    Pause {
+        sid: Sid,
+        reply: oneshot::Sender<bool>,
+    },
+    Resume {
+        sid: Sid,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Registration counts per filter, for the admin API.
+    Counts(oneshot::Sender<HashMap<String, usize>>),
+    /// Deliver what is pending and end the thread.
+    Stop,
+}
+
+/// What `log:subscribed` confirms.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscribed {
+    pub filter: String,
+    pub params: Value,
+    pub batch: bool,
+    pub rate_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    pub max_logs: usize,
+    pub max_delay: Duration,
+}
+
+/// The senders into the router thread.
+#[derive(Clone)]
+pub struct RouterHandle {
+    pub inbound: Sender<Inbound>,
+    pub control: Sender<Control>,
+}
+
+pub struct Router {
+    registry: Registry,
+    clients: HashMap<Sid, Client>,
+    pending: Vec<Arc<LogRecord>>,
+    pending_since: Option<Instant>,
+    batch: BatchLimits,
+    metrics: Arc<Metrics>,
+    matches: Vec<Matches>,
+}
+
+/// Start the router thread. It ends when every [`RouterHandle`] is dropped.
+pub fn spawn(
+    registry: Registry,
+    batch: BatchLimits,
+    queue: usize,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
+    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(queue);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(queue);
+    let router = Router {
+        registry,
+        clients: HashMap::new(),
+        pending: Vec::new(),
+        pending_since: None,
+        batch,
+        metrics,
+        matches: Vec::new(),
+    };
+    let join = std::thread::Builder::new()
+        .name("logstream-router".into())
+        .spawn(move || router.run(inbound_rx, control_rx))?;
+    Ok((
+        RouterHandle {
+            inbound: inbound_tx,
+            control: control_tx,
+        },
+        join,
+    ))
+}
+
+impl Router {
+    fn run(mut self, inbound: Receiver<Inbound>, control: Receiver<Control>) {
+        let ticker = crossbeam_channel::tick(Duration::from_secs(1));
+        loop {
+            select_biased! {
+                recv(control) -> msg => match msg {
+                    Ok(Control::Stop) | Err(_) => break,
+                    Ok(c) => { self.flush_all(); self.apply(c); }
+                },
+                recv(inbound) -> msg => match msg {
+                    Ok(m) => self.on_inbound(m, &inbound),
+                    Err(_) => break,
+                },
+                recv(ticker) -> _ => self.report_drops(),
+            }
+        }
+        self.flush_all();
+        tracing::debug!("router stopped");
+    }
+
+    fn on_inbound(&mut self, msg: Inbound, queue: &Receiver<Inbound>) {
+        match msg {
+            Inbound::Logs(logs) => {
+                if self.pending.is_empty() {
+                    self.pending_since = Some(Instant::now());
+                }
+                self.pending.extend(logs);
+                while self.pending.len() >= self.batch.max_logs {
+                    let rest = self.pending.split_off(self.batch.max_logs);
+                    let full = std::mem::replace(&mut self.pending, rest);
+                    self.flush(&full);
+                    self.pending_since = Some(Instant::now());
+                }
+                let waited = self.pending_since.map(|t| t.elapsed()).unwrap_or_default();
+                if queue.is_empty() || waited >= self.batch.max_delay {
+                    self.flush_all();
+                }
+            }
+            Inbound::DeviceStatus { device_id, status } => {
+                self.flush_all();
+                let payload = json!({ "deviceId": device_id, "status": status });
+                let extra = match status.as_str() {
+                    "online" => Some("device:online"),
+                    "offline" => Some("device:offline"),
+                    _ => None,
+                };
+                for client in self.clients.values() {
+                    client.emit("device:status", &payload);
+                    if let Some(event) = extra {
+                        client.emit(event, &payload);
+                    }
+                }
+            }
+            Inbound::Drain(reply) => {
+                self.flush_all();
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn flush_all(&mut self) {
+        if !self.pending.is_empty() {
+            let batch = std::mem::take(&mut self.pending);
+            self.flush(&batch);
+        }
+        self.pending_since = None;
+    }
+
+    /// Evaluate every engine that has registrations once, then deliver per client.
+    fn flush(&mut self, batch: &[Arc<LogRecord>]) {
+        self.metrics
+            .batches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.matches.clear();
+        for (name, engine) in self.registry.engines.iter_mut() {
+            if let Err(e) = engine.evaluate(batch, &mut self.matches) {
+                tracing::warn!(filter = %name, error = %e, "filter evaluation failed");
+            }
+        }
+        let now = Instant::now();
+        for m in &self.matches {
+            let Some(reg) = self.registry.registrations.get(&m.registration) else {
+                continue;
+            };
+            for sid in &reg.clients {
+                if let Some(client) = self.clients.get_mut(sid) {
+                    client.deliver(batch, &m.entries, now);
+                }
+            }
+        }
+    }
+
+    fn report_drops(&mut self) {
+        for client in self.clients.values_mut() {
+            if client.is_paused() {
+                client.report_drops(&[DropReason::RateLimit, DropReason::SlowConsumer]);
+            } else {
+                client.report_drops(&DropReason::ALL);
+            }
+        }
+    }
+
+    fn apply(&mut self, control: Control) {
+        match control {
+            Control::Connect(client) => {
+                self.clients.insert(client.sid, *client);
+            }
+            Control::Disconnect(sid) => {
+                self.registry.unsubscribe(sid);
+                self.clients.remove(&sid);
+            }
+            Control::Subscribe {
+                sid,
+                request,
+                reply,
+            } => {
+                let result = self.subscribe(sid, request);
+                let _ = reply.send(result);
+            }
+            Control::Unsubscribe { sid, reply } => {
+                let had = self.registry.unsubscribe(sid);
+                if let Some(client) = self.clients.get(&sid)
+                    && let Ok(mut s) = client.info.subscription.lock()
+                {
+                    *s = None;
+                }
+                let _ = reply.send(had);
+            }
+            Control::Pause { sid, reply } => {
+                let found = self.clients.get_mut(&sid).map(Client::pause).is_some();
+                let _ = reply.send(found);
+            }
+            Control::Resume { sid, reply } => {
+                let found = self.clients.get_mut(&sid).map(Client::resume).is_some();
+                let _ = reply.send(found);
+            }
+            Control::Counts(reply) => {
+                let _ = reply.send(self.registry.counts());
+            }
+            Control::Stop => {}
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        sid: Sid,
+        request: SubscribeRequest,
+    ) -> Result<Subscribed, SubscribeError> {
+        if !self.clients.contains_key(&sid) {
+            return Err(SubscribeError::NotConnected);
+        }
+        self.registry
+            .subscribe(sid, &request.filter, &request.params)?;
+        let client = self
+            .clients
+            .get_mut(&sid)
+            .ok_or(SubscribeError::NotConnected)?;
+        let rate_limit = client.configure(request.batch, request.rate_limit);
+        let subscribed = Subscribed {
+            filter: request.filter,
+            params: request.params,
+            batch: request.batch,
+            rate_limit,
+        };
+        if let Ok(mut s) = client.info.subscription.lock() {
+            *s = serde_json::to_value(&subscribed).ok();
+        }
+        Ok(subscribed)
+    }
+}
+
+/// Limits for [`Client`]s, from configuration.
+pub fn delivery_limits(config: &crate::config::Config) -> DeliveryLimits {
+    DeliveryLimits {
+        max_rate: config.rate_limit,
+        pause_buffer: config.pause_buffer,
+        batch_max_logs: config.batch_max_logs,
+    }
+}

@@ -1,0 +1,140 @@
+//! Subscriptions as the router sees them: which engine, which registration, which clients.
+//!
+//! Identical subscriptions (same filter, same params) share one registration, so a thousand
+//! dashboards watching the same device cost the engine one subscription.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+use socketioxide::socket::Sid;
+
+use crate::filter::{FilterEngine, RegistrationId};
+
+pub struct Registration {
+    pub filter: String,
+    key: String,
+    pub clients: Vec<Sid>,
+}
+
+/// The engines by filter name and the live registrations.
+#[derive(Default)]
+pub struct Registry {
+    pub engines: BTreeMap<String, Box<dyn FilterEngine>>,
+    pub registrations: HashMap<RegistrationId, Registration>,
+    by_key: HashMap<(String, String), RegistrationId>,
+    /// Which registration each subscribed client belongs to.
+    pub client_registration: HashMap<Sid, RegistrationId>,
+    next_id: RegistrationId,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubscribeError {
+    #[error("unknown filter `{name}`; loaded filters: {loaded}")]
+    UnknownFilter { name: String, loaded: String },
+    #[error("filter `{filter}` rejected the params: {message}")]
+    Rejected { filter: String, message: String },
+    #[error("filter `{filter}` is unavailable: {message}")]
+    Unavailable { filter: String, message: String },
+    #[error("not connected")]
+    NotConnected,
+}
+
+impl SubscribeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SubscribeError::UnknownFilter { .. } => "unknown_filter",
+            SubscribeError::Rejected { .. } => "invalid_params",
+            SubscribeError::Unavailable { .. } => "filter_unavailable",
+            SubscribeError::NotConnected => "not_connected",
+        }
+    }
+}
+
+impl Registry {
+    pub fn with_engine(mut self, name: &str, engine: Box<dyn FilterEngine>) -> Self {
+        self.engines.insert(name.to_owned(), engine);
+        self
+    }
+
+    /// Move `sid` to the registration for (`filter`, `params`), creating it if needed.
+    /// On error the client's previous subscription is untouched.
+    pub fn subscribe(
+        &mut self,
+        sid: Sid,
+        filter: &str,
+        params: &Value,
+    ) -> Result<(), SubscribeError> {
+        let key = (filter.to_owned(), params.to_string());
+        let id = match self.by_key.get(&key) {
+            Some(id) => *id,
+            None => {
+                let loaded = self.engines.keys().cloned().collect::<Vec<_>>().join(", ");
+                let engine = self
+                    .engines
+                    .get_mut(filter)
+                    .ok_or(SubscribeError::UnknownFilter {
+                        name: filter.to_owned(),
+                        loaded,
+                    })?;
+                self.next_id += 1;
+                let id = self.next_id;
+                engine
+                    .add(id, &key.1)
+                    .map_err(|message| SubscribeError::Rejected {
+                        filter: filter.to_owned(),
+                        message,
+                    })?;
+                self.registrations.insert(
+                    id,
+                    Registration {
+                        filter: filter.to_owned(),
+                        key: key.1.clone(),
+                        clients: Vec::new(),
+                    },
+                );
+                self.by_key.insert(key, id);
+                id
+            }
+        };
+        if self.client_registration.get(&sid) == Some(&id) {
+            return Ok(());
+        }
+        self.unsubscribe(sid);
+        if let Some(reg) = self.registrations.get_mut(&id) {
+            reg.clients.push(sid);
+        }
+        self.client_registration.insert(sid, id);
+        Ok(())
+    }
+
+    /// Detach `sid`; a registration left without clients is removed from its engine.
+    /// Returns whether the client had a subscription.
+    pub fn unsubscribe(&mut self, sid: Sid) -> bool {
+        let Some(id) = self.client_registration.remove(&sid) else {
+            return false;
+        };
+        let empty = match self.registrations.get_mut(&id) {
+            Some(reg) => {
+                reg.clients.retain(|s| *s != sid);
+                reg.clients.is_empty()
+            }
+            None => false,
+        };
+        if empty && let Some(reg) = self.registrations.remove(&id) {
+            self.by_key.remove(&(reg.filter.clone(), reg.key));
+            if let Some(engine) = self.engines.get_mut(&reg.filter) {
+                engine.remove(id);
+            }
+        }
+        true
+    }
+
+    /// Registrations per filter name.
+    pub fn counts(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for reg in self.registrations.values() {
+            *counts.entry(reg.filter.clone()).or_default() += 1;
+        }
+        counts
+    }
+}

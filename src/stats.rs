@@ -1,0 +1,97 @@
+//! Counters for everything that flows through, and the periodic `system:stats` event.
+//!
+//! Counters are plain atomics bumped on the hot path with `Relaxed` ordering; the stats task
+//! turns them into per-second rates once per interval.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::delivery::DropReason;
+
+#[derive(Default)]
+pub struct Metrics {
+    pub logs_in: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub dropped_rate_limit: AtomicU64,
+    pub dropped_pause_overflow: AtomicU64,
+    pub dropped_slow_consumer: AtomicU64,
+    /// Ingest requests refused because the router queue was full (503).
+    pub ingest_rejected: AtomicU64,
+    /// Client events refused by the per-socket event limit.
+    pub events_rejected: AtomicU64,
+    pub batches: AtomicU64,
+    rates: Mutex<Rates>,
+}
+
+#[derive(Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub logs_in_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub drops_per_sec: f64,
+    #[serde(skip)]
+    last: Option<(Instant, u64, u64, u64)>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drops {
+    pub rate_limit: u64,
+    pub pause_overflow: u64,
+    pub slow_consumer: u64,
+    pub ingest_rejected: u64,
+    pub total: u64,
+}
+
+impl Metrics {
+    pub fn delivered(&self, n: u64) {
+        self.deliveries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        let counter = match reason {
+            DropReason::RateLimit => &self.dropped_rate_limit,
+            DropReason::PauseOverflow => &self.dropped_pause_overflow,
+            DropReason::SlowConsumer => &self.dropped_slow_consumer,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn drops(&self) -> Drops {
+        let rate_limit = self.dropped_rate_limit.load(Ordering::Relaxed);
+        let pause_overflow = self.dropped_pause_overflow.load(Ordering::Relaxed);
+        let slow_consumer = self.dropped_slow_consumer.load(Ordering::Relaxed);
+        let ingest_rejected = self.ingest_rejected.load(Ordering::Relaxed);
+        Drops {
+            rate_limit,
+            pause_overflow,
+            slow_consumer,
+            ingest_rejected,
+            total: rate_limit + pause_overflow + slow_consumer,
+        }
+    }
+
+    /// Recompute per-second rates since the previous call and return them.
+    pub fn sample_rates(&self, now: Instant) -> Rates {
+        let logs = self.logs_in.load(Ordering::Relaxed);
+        let del = self.deliveries.load(Ordering::Relaxed);
+        let drops = self.drops().total;
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, l0, d0, x0)) = rates.last {
+            let secs = now.saturating_duration_since(t).as_secs_f64().max(1e-3);
+            rates.logs_in_per_sec = (logs - l0) as f64 / secs;
+            rates.deliveries_per_sec = (del - d0) as f64 / secs;
+            rates.drops_per_sec = (drops - x0) as f64 / secs;
+        }
+        rates.last = Some((now, logs, del, drops));
+        *rates
+    }
+
+    /// The rates as of the last sample.
+    pub fn rates(&self) -> Rates {
+        *self.rates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

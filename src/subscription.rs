@@ -1,0 +1,141 @@
+//! What a client asks for in `log:subscribe`, validated on the socket task before it reaches
+//! the router.
+//!
+//! Two shapes are accepted:
+//! - the seed's: `{ deviceIds, levels, tags, keywords, batch?, rateLimit? }`, which goes to
+//!   the filter named `default` with the four seed fields as its params;
+//! - the named one: `{ filter: "name", params: { ... }, batch?, rateLimit? }`.
+//!
+//! `batch` and `rateLimit` are the host's business (delivery), the rest is the filter's.
+
+use serde_json::{Map, Value};
+
+use crate::log_entry::FieldError;
+
+pub const DEFAULT_FILTER: &str = "default";
+/// Longest accepted params, as JSON text.
+pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribeRequest {
+    pub filter: String,
+    /// A JSON object.
+    pub params: Value,
+    pub batch: bool,
+    /// Logs per second this client wants at most (clamped to the server's limit).
+    pub rate_limit: Option<u32>,
+}
+
+impl SubscribeRequest {
+    pub fn parse(value: Value) -> Result<SubscribeRequest, FieldError> {
+        let mut obj = match value {
+            Value::Null => Map::new(),
+            Value::Object(obj) => obj,
+            _ => return Err(FieldError::new("subscription", "must be an object")),
+        };
+        let batch = match obj.remove("batch") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(FieldError::new("batch", "must be true or false")),
+        };
+        let rate_limit = match obj.remove("rateLimit") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(r) if r >= 1 => Some(u32::try_from(r).unwrap_or(u32::MAX)),
+                _ => return Err(FieldError::new("rateLimit", "must be a whole number ≥ 1")),
+            },
+            Some(_) => return Err(FieldError::new("rateLimit", "must be a number")),
+        };
+        let (filter, params) = match obj.remove("filter") {
+            None | Some(Value::Null) => {
+                if obj.contains_key("params") {
+                    return Err(FieldError::new(
+                        "params",
+                        "needs `filter` to name the plugin",
+                    ));
+                }
+                (DEFAULT_FILTER.to_owned(), Value::Object(obj))
+            }
+            Some(Value::String(name)) if valid_filter_name(&name) => {
+                let params = match obj.remove("params") {
+                    None | Some(Value::Null) => Value::Object(Map::new()),
+                    Some(p @ Value::Object(_)) => p,
+                    Some(_) => return Err(FieldError::new("params", "must be an object")),
+                };
+                if let Some(extra) = obj.keys().next() {
+                    return Err(FieldError::new(
+                        extra.as_str(),
+                        "unknown field; with `filter`, put filter options inside `params`",
+                    ));
+                }
+                (name, params)
+            }
+            Some(_) => {
+                return Err(FieldError::new(
+                    "filter",
+                    "must be a plugin name (letters, digits, '-', '_', at most 64)",
+                ));
+            }
+        };
+        if params.to_string().len() > MAX_PARAMS_BYTES {
+            return Err(FieldError::new(
+                "params",
+                format!("larger than {MAX_PARAMS_BYTES} bytes"),
+            ));
+        }
+        Ok(SubscribeRequest {
+            filter,
+            params,
+            batch,
+            rate_limit,
+        })
+    }
+}
+
+/// Plugin names are file stems: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_filter_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seed_shape_goes_to_default() {
+        let r = SubscribeRequest::parse(json!({"deviceIds": ["d1"], "batch": true})).unwrap();
+        assert_eq!(r.filter, "default");
+        assert_eq!(r.params, json!({"deviceIds": ["d1"]}));
+        assert!(r.batch);
+        let r = SubscribeRequest::parse(Value::Null).unwrap();
+        assert_eq!(r.params, json!({}));
+    }
+
+    #[test]
+    fn named_shape_and_errors() {
+        let r = SubscribeRequest::parse(
+            json!({"filter": "regex", "params": {"pattern": "x"}, "rateLimit": 5}),
+        )
+        .unwrap();
+        assert_eq!((r.filter.as_str(), r.rate_limit), ("regex", Some(5)));
+        for (bad, field) in [
+            (json!({"filter": "../x"}), "filter"),
+            (json!({"filter": "a", "params": 3}), "params"),
+            (json!({"filter": "a", "deviceIds": []}), "deviceIds"),
+            (json!({"batch": "yes"}), "batch"),
+            (json!({"rateLimit": 0}), "rateLimit"),
+            (json!([1]), "subscription"),
+        ] {
+            assert_eq!(
+                SubscribeRequest::parse(bad.clone()).unwrap_err().field,
+                field,
+                "{bad}"
+            );
+        }
+    }
+}
