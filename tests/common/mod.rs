@@ -1,0 +1,224 @@
+//! Test harness: the real `logstream` binary on an ephemeral port, real HTTP, and a real
+//! Socket.IO client (`rust_socketio`). Nothing is mocked.
+
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use client::TestClient;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+pub const API_KEY: &str = "test-api-key";
+pub const ADMIN_KEY: &str = "test-admin-key";
+
+/// A running server process; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub stdout_lines: Vec<String>,
+    http: reqwest::Client,
+}
+
+pub struct ServerBuilder {
+    sets: Vec<(String, String)>,
+    env: Vec<(String, String)>,
+    configured_keys: bool,
+}
+
+impl ServerBuilder {
+    /// `--set key=value`.
+    pub fn set(mut self, key: &str, value: impl ToString) -> Self {
+        self.sets.push((key.into(), value.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.into(), value.to_string()));
+        self
+    }
+
+    /// Start with no keys configured at all (development mode).
+    pub fn unconfigured(mut self) -> Self {
+        self.configured_keys = false;
+        self
+    }
+
+    pub fn start(self) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
+        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        for (k, v) in &self.sets {
+            cmd.arg("--set").arg(format!("{k}={v}"));
+        }
+        // A clean environment for config: no stray LOGSTREAM_* from the caller.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LOGSTREAM_") {
+                cmd.env_remove(k);
+            }
+        }
+        if self.configured_keys {
+            cmd.env("LOGSTREAM_JWT_SECRET", SECRET)
+                .env("LOGSTREAM_API_KEY", API_KEY)
+                .env("LOGSTREAM_ADMIN_KEY", ADMIN_KEY);
+        }
+        cmd.env("LOGSTREAM_PLUGINS_DIR", plugins_dir());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn logstream");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    // Keep draining so the server never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("server did not start within 60 s");
+            if let Some(addr) = line.strip_prefix("logstream listening on ") {
+                break addr.trim().to_owned();
+            }
+            lines.push(line);
+        };
+        Server {
+            child: Some(child),
+            url,
+            stdout_lines: lines,
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// The directory holding the plugins built from this repo (see `build.rs`).
+pub fn plugins_dir() -> String {
+    std::env::var("LOGSTREAM_TEST_PLUGINS_DIR")
+        .unwrap_or_else(|_| format!("{}/plugins", env!("CARGO_MANIFEST_DIR")))
+}
+
+impl Server {
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            sets: Vec::new(),
+            env: Vec::new(),
+            configured_keys: true,
+        }
+    }
+
+    pub fn start() -> Server {
+        Server::builder().start()
+    }
+
+    pub fn token(sub: &str) -> String {
+        token_with(sub, &[])
+    }
+
+    pub async fn client(&self, sub: &str) -> TestClient {
+        TestClient::connect(&self.url, Some(&Server::token(sub)))
+            .await
+            .expect("client connects")
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.http.delete(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST logs with the API key; asserts 202.
+    pub async fn ingest(&self, logs: Value) {
+        let (status, body) = self
+            .post("/api/logs", &[("x-api-key", API_KEY)], &logs.to_string())
+            .await;
+        assert_eq!(status, 202, "ingest refused: {body}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Send SIGTERM and wait for the exit status (at most `timeout`).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A token for `sub` with extra claims, signed with the test secret.
+pub fn token_with(sub: &str, claims: &[(&str, Value)]) -> String {
+    let config = logstream::config::Config {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let (keys, _) = logstream::auth::Keys::from_config(&config).expect("keys");
+    let claims: HashMap<String, Value> = claims.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    keys.mint(sub, Duration::from_secs(3600), &claims).expect("mint")
+}
+
+/// A log entry for `device` with `level` and `message`.
+pub fn log(device: &str, level: &str, message: &str) -> Value {
+    serde_json::json!({ "deviceId": device, "level": level, "message": message })
+}
