@@ -11,7 +11,9 @@ const T: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(400);
 
 fn messages(logs: &[Value]) -> Vec<&str> {
-    logs.iter().map(|l| l["message"].as_str().unwrap()).collect()
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +38,10 @@ async fn seed_test_script_scenario() {
     assert_eq!(got[0]["level"], "ERROR");
     assert_eq!(got[1]["level"], "WARN");
     assert!(got[0]["id"].as_str().is_some_and(|s| !s.is_empty()));
-    assert!(c.drain("log:new", QUIET).await.is_empty(), "nothing else, and nothing twice");
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "nothing else, and nothing twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +61,9 @@ async fn handshake_rejects_bad_tokens_with_the_seeds_messages() {
         ..Default::default()
     };
     let (keys, _) = logstream::auth::Keys::from_config(&other).unwrap();
-    let foreign = keys.mint("alice", Duration::from_secs(60), &Default::default()).unwrap();
+    let foreign = keys
+        .mint("alice", Duration::from_secs(60), &Default::default())
+        .unwrap();
     let msg = refused(TestClient::connect(&server.url, Some(&foreign)).await);
     assert!(msg.contains("Authentication failed"), "{msg}");
     // Expired (exp in the past, beyond leeway).
@@ -66,7 +73,12 @@ async fn handshake_rejects_bad_tokens_with_the_seeds_messages() {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
     claims["exp"] = json!(1_000_000);
-    let tampered = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(claims.to_string()),
+        parts[2]
+    );
     let msg = refused(TestClient::connect(&server.url, Some(&tampered)).await);
     assert!(msg.contains("Authentication failed"), "{msg}");
     // alg: none.
@@ -88,10 +100,16 @@ async fn connection_limits_global_and_per_user() {
         .set("max_connections_per_user", 1)
         .start();
     let a = server.client("alice").await;
-    let err = TestClient::connect(&server.url, Some(&Server::token("alice"))).await.err().unwrap();
+    let err = TestClient::connect(&server.url, Some(&Server::token("alice")))
+        .await
+        .err()
+        .unwrap();
     assert!(err.0.contains("Connection limit reached"), "{}", err.0);
     let _b = server.client("bob").await;
-    let err = TestClient::connect(&server.url, Some(&Server::token("carol"))).await.err().unwrap();
+    let err = TestClient::connect(&server.url, Some(&Server::token("carol")))
+        .await
+        .err()
+        .unwrap();
     assert!(err.0.contains("Connection limit reached"), "{}", err.0);
     let (_, health) = server.get("/api/ws/health", &[]).await;
     assert_eq!(health["data"]["connections"], 2);
@@ -115,9 +133,11 @@ async fn filter_semantics_over_the_wire() {
     let mut tags = server.client("u").await;
     tags.subscribe(json!({ "tags": ["net", "disk"] })).await;
     let mut kw = server.client("u").await;
-    kw.subscribe(json!({ "keywords": ["TimeOut", "refused"], "levels": ["error"] })).await;
+    kw.subscribe(json!({ "keywords": ["TimeOut", "refused"], "levels": ["error"] }))
+        .await;
     let mut all = server.client("u").await;
-    all.subscribe(json!({ "deviceIds": [], "levels": null })).await;
+    all.subscribe(json!({ "deviceIds": [], "levels": null }))
+        .await;
     server
         .ingest(json!([
             { "deviceId": "a", "level": "ERROR", "message": "Connection TIMEOUT", "tags": ["net"] },
@@ -126,8 +146,14 @@ async fn filter_semantics_over_the_wire() {
             { "deviceId": "d", "level": "DEBUG", "message": "disk full", "tags": ["disk", "x"] },
         ]))
         .await;
-    assert_eq!(messages(&tags.logs(2, T).await), ["Connection TIMEOUT", "disk full"]);
-    assert_eq!(messages(&kw.logs(2, T).await), ["Connection TIMEOUT", "connection refused"]);
+    assert_eq!(
+        messages(&tags.logs(2, T).await),
+        ["Connection TIMEOUT", "disk full"]
+    );
+    assert_eq!(
+        messages(&kw.logs(2, T).await),
+        ["Connection TIMEOUT", "connection refused"]
+    );
     assert_eq!(all.logs(4, T).await.len(), 4);
     for c in [&mut tags, &mut kw, &mut all] {
         assert!(c.drain("log:new", QUIET).await.is_empty());
@@ -152,15 +178,37 @@ async fn bad_subscription_names_the_field_and_keeps_the_old_one() {
     for (bad, field) in cases {
         c.emit("log:subscribe", bad.clone()).await;
         let err = c.next("error").await;
-        assert_eq!(err["code"].as_str().map(|s| s == "invalid_subscription" || s == "invalid_params"), Some(true), "{err}");
-        assert!(err["message"].as_str().unwrap().contains(field), "{bad} -> {err}");
+        assert_eq!(
+            err["code"]
+                .as_str()
+                .map(|s| s == "invalid_subscription" || s == "invalid_params"),
+            Some(true),
+            "{err}"
+        );
+        assert!(
+            err["message"].as_str().unwrap().contains(field),
+            "{bad} -> {err}"
+        );
     }
     // The ack says it too.
-    let ack = c.emit_ack("log:subscribe", json!({ "levels": ["nope"] })).await;
+    let ack = c
+        .emit_ack("log:subscribe", json!({ "levels": ["nope"] }))
+        .await;
     assert_eq!(ack["success"], false);
-    assert!(ack["error"]["message"].as_str().unwrap().contains("levels[0]"), "{ack}");
+    assert!(
+        ack["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("levels[0]"),
+        "{ack}"
+    );
     // Previous subscription still in force.
-    server.ingest(json!([log("other", "INFO", "no"), log("keep", "INFO", "yes")])).await;
+    server
+        .ingest(json!([
+            log("other", "INFO", "no"),
+            log("keep", "INFO", "yes")
+        ]))
+        .await;
     assert_eq!(messages(&c.logs(1, T).await), ["yes"]);
     assert!(c.drain("log:new", QUIET).await.is_empty());
 }
@@ -169,13 +217,21 @@ async fn bad_subscription_names_the_field_and_keeps_the_old_one() {
 async fn acknowledgements_answer_every_event() {
     let server = Server::start();
     let c = server.client("u").await;
-    let ack = c.emit_ack("log:subscribe", json!({ "deviceIds": ["d"], "batch": true })).await;
+    let ack = c
+        .emit_ack(
+            "log:subscribe",
+            json!({ "deviceIds": ["d"], "batch": true }),
+        )
+        .await;
     assert_eq!(ack["success"], true);
     assert_eq!(ack["batch"], true);
     assert_eq!(ack["filter"], "default");
     assert_eq!(c.emit_ack("log:pause", json!({})).await["paused"], true);
     assert_eq!(c.emit_ack("log:resume", json!({})).await["paused"], false);
-    assert_eq!(c.emit_ack("log:unsubscribe", json!({})).await["success"], true);
+    assert_eq!(
+        c.emit_ack("log:unsubscribe", json!({})).await["success"],
+        true
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,8 +270,15 @@ async fn resubscribe_mid_stream_has_no_gap_and_no_duplicate() {
     }
     poster.await.unwrap();
     let got = c.logs(total, Duration::from_secs(30)).await;
-    let seq: Vec<usize> = got.iter().map(|l| l["message"].as_str().unwrap().parse().unwrap()).collect();
-    assert_eq!(seq, (0..total).collect::<Vec<_>>(), "in order, no gap, no duplicate");
+    let seq: Vec<usize> = got
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        seq,
+        (0..total).collect::<Vec<_>>(),
+        "in order, no gap, no duplicate"
+    );
     assert!(c.drain("log:new", QUIET).await.is_empty());
 }
 
@@ -223,18 +286,30 @@ async fn resubscribe_mid_stream_has_no_gap_and_no_duplicate() {
 async fn batch_mode_emits_arrays_in_order() {
     let server = Server::builder().set("rate_limit", 100_000).start();
     let mut c = server.client("u").await;
-    c.subscribe(json!({ "deviceIds": ["d"], "batch": true })).await;
+    c.subscribe(json!({ "deviceIds": ["d"], "batch": true }))
+        .await;
     let logs: Vec<Value> = (0..120).map(|i| log("d", "INFO", &i.to_string())).collect();
     server.ingest(Value::Array(logs)).await;
     let mut got = Vec::new();
     while got.len() < 120 {
         let batch = c.next("log:batch").await;
         let items = batch.as_array().expect("array");
-        assert!(!items.is_empty() && items.len() <= 50, "batch of {}", items.len());
-        got.extend(items.iter().map(|l| l["message"].as_str().unwrap().parse::<usize>().unwrap()));
+        assert!(
+            !items.is_empty() && items.len() <= 50,
+            "batch of {}",
+            items.len()
+        );
+        got.extend(
+            items
+                .iter()
+                .map(|l| l["message"].as_str().unwrap().parse::<usize>().unwrap()),
+        );
     }
     assert_eq!(got, (0..120).collect::<Vec<_>>());
-    assert!(c.drain("log:new", QUIET).await.is_empty(), "batch mode sends no log:new");
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "batch mode sends no log:new"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,7 +320,10 @@ async fn lone_log_is_not_held_for_the_batch_window() {
     let mut c = server.client("u").await;
     c.subscribe(json!({})).await;
     server.ingest(log("d", "INFO", "alone")).await;
-    assert_eq!(messages(&c.logs(1, Duration::from_secs(10)).await), ["alone"]);
+    assert_eq!(
+        messages(&c.logs(1, Duration::from_secs(10)).await),
+        ["alone"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +334,10 @@ async fn pause_holds_and_resume_delivers_in_order() {
     c.emit_ack("log:pause", json!({})).await;
     let logs: Vec<Value> = (0..5).map(|i| log("d", "INFO", &i.to_string())).collect();
     server.ingest(Value::Array(logs)).await;
-    assert!(c.drain("log:new", QUIET).await.is_empty(), "nothing while paused");
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "nothing while paused"
+    );
     c.emit_ack("log:resume", json!({})).await;
     assert_eq!(messages(&c.logs(3, T).await), ["0", "1", "2"]);
     let dropped = c.next("log:dropped").await;
@@ -272,19 +353,30 @@ async fn rate_limit_drops_are_reported_and_add_up() {
     let mut c = server.client("u").await;
     c.subscribe(json!({ "deviceIds": ["d"] })).await;
     let mut slow = server.client("v").await;
-    let ack = slow.subscribe(json!({ "deviceIds": ["d"], "rateLimit": 4 })).await;
+    let ack = slow
+        .subscribe(json!({ "deviceIds": ["d"], "rateLimit": 4 }))
+        .await;
     assert_eq!(ack["rateLimit"], 4);
     let logs: Vec<Value> = (0..30).map(|i| log("d", "INFO", &i.to_string())).collect();
     server.ingest(Value::Array(logs)).await;
     for (client, allowed) in [(&mut c, 10usize), (&mut slow, 4)] {
         let got = client.logs(allowed, T).await;
         assert_eq!(got.len(), allowed);
-        let dropped = client.next_of(&["log:dropped"], Duration::from_secs(5)).await.1;
+        let dropped = client
+            .next_of(&["log:dropped"], Duration::from_secs(5))
+            .await
+            .1;
         assert_eq!(dropped["reason"], "rate_limit");
-        assert_eq!(dropped["count"].as_u64().unwrap() as usize + allowed, 30, "delivered + dropped = matched");
+        assert_eq!(
+            dropped["count"].as_u64().unwrap() as usize + allowed,
+            30,
+            "delivered + dropped = matched"
+        );
         assert!(client.drain("log:new", QUIET).await.is_empty());
     }
-    let (_, stats) = server.get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)]).await;
+    let (_, stats) = server
+        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+        .await;
     assert_eq!(stats["data"]["drops"]["rateLimit"], 20 + 26);
 }
 
@@ -298,14 +390,20 @@ async fn event_flood_is_refused_without_hurting_the_server() {
     let err = c.next("error").await;
     assert_eq!(err["code"], "rate_limited");
     let subscribed = c.drain("log:subscribed", Duration::from_millis(500)).await;
-    assert!(subscribed.len() <= 12, "{} subscribes went through", subscribed.len());
+    assert!(
+        subscribed.len() <= 12,
+        "{} subscribes went through",
+        subscribed.len()
+    );
     // Still connected and served; another client unaffected.
     let mut other = server.client("w").await;
     other.subscribe(json!({ "deviceIds": ["d"] })).await;
     server.ingest(log("d", "INFO", "still here")).await;
     assert_eq!(messages(&c.logs(1, T).await), ["still here"]);
     assert_eq!(messages(&other.logs(1, T).await), ["still here"]);
-    let (_, stats) = server.get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)]).await;
+    let (_, stats) = server
+        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+        .await;
     assert_eq!(stats["data"]["total"], 2);
 }
 
@@ -315,36 +413,78 @@ async fn ingest_validates_everything_and_accepts_nothing_from_a_bad_request() {
     let mut c = server.client("u").await;
     c.subscribe(json!({})).await;
     let key = [("x-api-key", API_KEY)];
-    let (s, _) = server.post("/api/logs", &[], &log("d", "INFO", "m").to_string()).await;
+    let (s, _) = server
+        .post("/api/logs", &[], &log("d", "INFO", "m").to_string())
+        .await;
     assert_eq!(s, 401);
-    let (s, _) = server.post("/api/logs", &[("x-api-key", "wrong")], &log("d", "INFO", "m").to_string()).await;
+    let (s, _) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", "wrong")],
+            &log("d", "INFO", "m").to_string(),
+        )
+        .await;
     assert_eq!(s, 401);
     let (s, b) = server.post("/api/logs", &key, "{not json").await;
-    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_json")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_json"))
+    );
     let (s, b) = server
-        .post("/api/logs", &key, &json!([log("d", "INFO", "ok"), { "message": "no device" }]).to_string())
+        .post(
+            "/api/logs",
+            &key,
+            &json!([log("d", "INFO", "ok"), { "message": "no device" }]).to_string(),
+        )
         .await;
-    assert_eq!((s, b["error"]["field"].as_str()), (400, Some("[1].deviceId")), "{b}");
+    assert_eq!(
+        (s, b["error"]["field"].as_str()),
+        (400, Some("[1].deviceId")),
+        "{b}"
+    );
     for (body, field) in [
-        (json!({ "deviceId": "d", "message": "m", "level": "LOUD" }), "level"),
-        (json!({ "deviceId": "d", "message": "m", "timestamp": "yesterday" }), "timestamp"),
-        (json!({ "deviceId": "d", "message": "m", "tags": "t" }), "tags"),
+        (
+            json!({ "deviceId": "d", "message": "m", "level": "LOUD" }),
+            "level",
+        ),
+        (
+            json!({ "deviceId": "d", "message": "m", "timestamp": "yesterday" }),
+            "timestamp",
+        ),
+        (
+            json!({ "deviceId": "d", "message": "m", "tags": "t" }),
+            "tags",
+        ),
         (json!({ "deviceId": "d" }), "message"),
         (json!([]), "(body)"),
         (json!("text"), "(body)"),
     ] {
         let (s, b) = server.post("/api/logs", &key, &body.to_string()).await;
-        assert_eq!((s, b["error"]["field"].as_str()), (400, Some(field)), "{body} -> {b}");
+        assert_eq!(
+            (s, b["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{body} -> {b}"
+        );
     }
     let big = json!({ "deviceId": "d", "message": "x".repeat(3000) });
     let (s, b) = server.post("/api/logs", &key, &big.to_string()).await;
     assert_eq!(s, 413, "{b}");
-    assert!(c.drain("log:new", QUIET).await.is_empty(), "nothing from bad requests was accepted");
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "nothing from bad requests was accepted"
+    );
     // A good one: id assigned, timestamp defaulted, extra fields passed through.
     let (s, b) = server
-        .post("/api/logs", &key, &json!({ "deviceId": "d", "message": "m", "region": { "zone": 3 } }).to_string())
+        .post(
+            "/api/logs",
+            &key,
+            &json!({ "deviceId": "d", "message": "m", "region": { "zone": 3 } }).to_string(),
+        )
         .await;
-    assert_eq!((s, b.clone()), (202, json!({ "success": true, "accepted": 1 })));
+    assert_eq!(
+        (s, b.clone()),
+        (202, json!({ "success": true, "accepted": 1 }))
+    );
     let got = c.logs(1, T).await.remove(0);
     assert_eq!(got["region"], json!({ "zone": 3 }));
     assert_eq!(got["level"], "INFO");
@@ -357,19 +497,39 @@ async fn device_status_reaches_every_client() {
     let server = Server::start();
     let mut c = server.client("u").await;
     let key = [("x-api-key", API_KEY)];
-    let (s, _) = server.post("/api/devices/dev-7/status", &key, r#"{"status":"online"}"#).await;
+    let (s, _) = server
+        .post("/api/devices/dev-7/status", &key, r#"{"status":"online"}"#)
+        .await;
     assert_eq!(s, 202);
-    assert_eq!(c.next("device:status").await, json!({ "deviceId": "dev-7", "status": "online" }));
-    assert_eq!(c.next("device:online").await, json!({ "deviceId": "dev-7", "status": "online" }));
-    server.post("/api/devices/dev-7/status", &key, r#"{"status":"offline"}"#).await;
+    assert_eq!(
+        c.next("device:status").await,
+        json!({ "deviceId": "dev-7", "status": "online" })
+    );
+    assert_eq!(
+        c.next("device:online").await,
+        json!({ "deviceId": "dev-7", "status": "online" })
+    );
+    server
+        .post("/api/devices/dev-7/status", &key, r#"{"status":"offline"}"#)
+        .await;
     assert_eq!(c.next("device:offline").await["deviceId"], "dev-7");
-    server.post("/api/devices/dev-7/status", &key, r#"{"status":"rebooting"}"#).await;
+    server
+        .post(
+            "/api/devices/dev-7/status",
+            &key,
+            r#"{"status":"rebooting"}"#,
+        )
+        .await;
     assert_eq!(c.next("device:status").await["status"], "offline");
     assert_eq!(c.next("device:status").await["status"], "rebooting");
     assert!(c.drain("device:online", QUIET).await.is_empty());
-    let (s, b) = server.post("/api/devices/dev-7/status", &key, r#"{"state":"x"}"#).await;
+    let (s, b) = server
+        .post("/api/devices/dev-7/status", &key, r#"{"state":"x"}"#)
+        .await;
     assert_eq!((s, b["error"]["field"].as_str()), (400, Some("status")));
-    let (s, _) = server.post("/api/devices/dev-7/status", &[], r#"{"status":"x"}"#).await;
+    let (s, _) = server
+        .post("/api/devices/dev-7/status", &[], r#"{"status":"x"}"#)
+        .await;
     assert_eq!(s, 401);
 }
 
@@ -397,21 +557,44 @@ async fn admin_api() {
     c.subscribe(json!({ "deviceIds": ["d"] })).await;
     let _c2 = server.client("alice").await;
     let _c3 = server.client("bob").await;
-    server.ingest(json!([log("d", "INFO", "1"), log("d", "INFO", "2")])).await;
+    server
+        .ingest(json!([log("d", "INFO", "1"), log("d", "INFO", "2")]))
+        .await;
     c.logs(2, T).await;
 
     assert_eq!(server.get("/api/ws/connections", &[]).await.0, 401);
-    assert_eq!(server.get("/api/ws/connections", &[("x-api-key", API_KEY)]).await.0, 401);
+    assert_eq!(
+        server
+            .get("/api/ws/connections", &[("x-api-key", API_KEY)])
+            .await
+            .0,
+        401
+    );
     let user_token = format!("Bearer {}", Server::token("alice"));
-    assert_eq!(server.get("/api/ws/stats", &[("authorization", &user_token)]).await.0, 403);
+    assert_eq!(
+        server
+            .get("/api/ws/stats", &[("authorization", &user_token)])
+            .await
+            .0,
+        403
+    );
     let admin_token = format!("Bearer {}", token_with("root", &[("role", json!("admin"))]));
-    assert_eq!(server.get("/api/ws/stats", &[("authorization", &admin_token)]).await.0, 200);
+    assert_eq!(
+        server
+            .get("/api/ws/stats", &[("authorization", &admin_token)])
+            .await
+            .0,
+        200
+    );
 
     let (s, conns) = server.get("/api/ws/connections", &admin).await;
     assert_eq!(s, 200);
     let list = conns["data"].as_array().unwrap();
     assert_eq!(list.len(), 3);
-    let mine = list.iter().find(|x| x["subscription"].is_object()).expect("subscribed one");
+    let mine = list
+        .iter()
+        .find(|x| x["subscription"].is_object())
+        .expect("subscribed one");
     assert_eq!(mine["userId"], "alice");
     assert_eq!(mine["ip"], "127.0.0.1");
     assert_eq!(mine["messageCount"], 2);
@@ -424,23 +607,60 @@ async fn admin_api() {
     assert!(stats["data"]["averageUptime"].as_f64().unwrap() > 0.0);
 
     let (s, b) = server
-        .post("/api/ws/broadcast", &admin, r#"{"event":"maintenance","data":{"in":"5m"}}"#)
+        .post(
+            "/api/ws/broadcast",
+            &admin,
+            r#"{"event":"maintenance","data":{"in":"5m"}}"#,
+        )
         .await;
     assert_eq!((s, b["data"]["recipients"].as_u64()), (200, Some(3)));
     assert_eq!(c.next("maintenance").await, json!({ "in": "5m" }));
-    for bad in [r#"{"data":1}"#, r#"{"event":"disconnect"}"#, r#"{"event":"log:new","data":{}}"#, "nope"] {
-        assert_eq!(server.post("/api/ws/broadcast", &admin, bad).await.0, 400, "{bad}");
+    for bad in [
+        r#"{"data":1}"#,
+        r#"{"event":"disconnect"}"#,
+        r#"{"event":"log:new","data":{}}"#,
+        "nope",
+    ] {
+        assert_eq!(
+            server.post("/api/ws/broadcast", &admin, bad).await.0,
+            400,
+            "{bad}"
+        );
     }
 
     let id = mine["id"].as_str().unwrap();
-    assert_eq!(server.delete("/api/ws/connections/AAAAAAAAAAAAAAAA", &admin).await.0, 404);
-    assert_eq!(server.delete("/api/ws/connections/bad!", &admin).await.0, 400);
-    assert_eq!(server.delete(&format!("/api/ws/connections/{id}"), &[]).await.0, 401);
-    assert_eq!(server.delete(&format!("/api/ws/connections/{id}"), &admin).await.0, 200);
+    assert_eq!(
+        server
+            .delete("/api/ws/connections/AAAAAAAAAAAAAAAA", &admin)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        server.delete("/api/ws/connections/bad!", &admin).await.0,
+        400
+    );
+    assert_eq!(
+        server
+            .delete(&format!("/api/ws/connections/{id}"), &[])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        server
+            .delete(&format!("/api/ws/connections/{id}"), &admin)
+            .await
+            .0,
+        200
+    );
     c.next("close").await;
     let mut remaining = 3;
     for _ in 0..50 {
-        remaining = server.get("/api/ws/connections", &admin).await.1["data"].as_array().unwrap().len();
+        remaining = server.get("/api/ws/connections", &admin).await.1["data"]
+            .as_array()
+            .unwrap()
+            .len();
         if remaining == 2 {
             break;
         }
@@ -456,7 +676,8 @@ async fn admin_api() {
 async fn graceful_shutdown_delivers_everything_accepted_then_exits_zero() {
     let mut server = Server::builder().set("rate_limit", 100_000).start();
     let mut c = server.client("u").await;
-    c.subscribe(json!({ "deviceIds": ["d"], "batch": true })).await;
+    c.subscribe(json!({ "deviceIds": ["d"], "batch": true }))
+        .await;
     let logs: Vec<Value> = (0..500).map(|i| log("d", "INFO", &i.to_string())).collect();
     server.ingest(Value::Array(logs)).await;
     let status = tokio::task::spawn_blocking(move || {
@@ -464,7 +685,10 @@ async fn graceful_shutdown_delivers_everything_accepted_then_exits_zero() {
         (server, status)
     });
     let got = c.logs(500, T).await;
-    let seq: Vec<usize> = got.iter().map(|l| l["message"].as_str().unwrap().parse().unwrap()).collect();
+    let seq: Vec<usize> = got
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(seq, (0..500).collect::<Vec<_>>());
     // (How clients see the close, `transport close` so that they reconnect elsewhere, is
     // checked by the JS suite.)
@@ -480,17 +704,113 @@ async fn runs_with_no_configuration_and_prints_usable_keys() {
         server
             .stdout_lines
             .iter()
-            .find_map(|l| l.split_once(label).map(|(_, v)| v.split_whitespace().next().unwrap().to_owned()))
+            .find_map(|l| {
+                l.split_once(label)
+                    .map(|(_, v)| v.split_whitespace().next().unwrap().to_owned())
+            })
             .unwrap_or_else(|| panic!("no {label} in {:?}", server.stdout_lines))
     };
-    assert!(server.stdout_lines.iter().any(|l| l.contains("WARNING") && l.contains("development")));
+    assert!(
+        server
+            .stdout_lines
+            .iter()
+            .any(|l| l.contains("WARNING") && l.contains("development"))
+    );
     let token = find("client token (sub=dev, 24h): ");
     let api_key = find("api key    : ");
     let admin_key = find("admin key  : ");
-    let mut c = TestClient::connect(&server.url, Some(&token)).await.expect("printed token works");
+    let mut c = TestClient::connect(&server.url, Some(&token))
+        .await
+        .expect("printed token works");
     c.subscribe(json!({})).await;
-    let (s, _) = server.post("/api/logs", &[("x-api-key", &api_key)], &log("d", "INFO", "hi").to_string()).await;
+    let (s, _) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", &api_key)],
+            &log("d", "INFO", "hi").to_string(),
+        )
+        .await;
     assert_eq!(s, 202);
     assert_eq!(messages(&c.logs(1, T).await), ["hi"]);
-    assert_eq!(server.get("/api/ws/stats", &[("x-api-key", &admin_key)]).await.0, 200);
+    assert_eq!(
+        server
+            .get("/api/ws/stats", &[("x-api-key", &admin_key)])
+            .await
+            .0,
+        200
+    );
+}
+
+/// A client that subscribes and then never reads: its socket queue overflows, the overflow is
+/// counted as `slow_consumer`, and other clients are served in full meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_overflow_is_counted_and_isolated() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::builder()
+        .set("socket_queue", 8)
+        .set("rate_limit", 1_000_000)
+        .start();
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        server.url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect");
+    let mut next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t == "2" => {
+                ws.send(Message::Text("3".into())).await.unwrap()
+            }
+            Some(Ok(Message::Text(t))) => return t,
+            Some(Ok(_)) => continue,
+            other => panic!("websocket ended: {other:?}"),
+        }
+    };
+    assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
+    let connect = format!("40{}", json!({ "token": Server::token("slow") }));
+    ws.send(Message::Text(connect)).await.unwrap();
+    let reply = next_text(&mut ws).await;
+    assert!(reply.starts_with("40"), "namespace connect: {reply}");
+    ws.send(Message::Text(
+        r#"42["log:subscribe",{"deviceIds":["d"]}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    while !next_text(&mut ws).await.contains("log:subscribed") {}
+    // From here on the raw client reads nothing.
+
+    let mut good = server.client("good").await;
+    good.subscribe(json!({ "deviceIds": ["e"] })).await;
+    let payload = "x".repeat(4000);
+    for round in 0..40 {
+        let mut logs: Vec<Value> = (0..200).map(|_| log("d", "INFO", &payload)).collect();
+        logs.push(log("e", "INFO", &round.to_string()));
+        server.ingest(Value::Array(logs)).await;
+    }
+    let got = good.logs(40, Duration::from_secs(30)).await;
+    assert_eq!(
+        messages(&got),
+        (0..40).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    let mut slow_drops = 0;
+    for _ in 0..50 {
+        let (_, stats) = server
+            .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+            .await;
+        slow_drops = stats["data"]["drops"]["slowConsumer"].as_u64().unwrap();
+        if slow_drops > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        slow_drops > 0,
+        "a client that never reads must overflow its bounded queue"
+    );
+    let (_, health) = server.get("/api/ws/health", &[]).await;
+    assert_eq!(health["data"]["healthy"], true);
+    drop(ws);
 }

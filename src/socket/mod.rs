@@ -26,7 +26,7 @@ use crate::app::AppState;
 use crate::connections::ConnectionInfo;
 use crate::delivery::Client;
 use crate::log_entry::FieldError;
-use crate::router::Control;
+use crate::router::{Control, SubscribeError};
 use crate::subscription::SubscribeRequest;
 pub use session::Session;
 
@@ -207,7 +207,16 @@ async fn on_subscribe(
             payload["success"] = Value::Bool(true);
             reply_ok(&socket, ack, Some("log:subscribed"), payload);
         }
-        Some(Err(e)) => reply_error(&socket, ack, e.code(), &e.to_string(), Some("filter")),
+        Some(Err(e)) => {
+            let field = match e {
+                SubscribeError::Rejected { .. } => Some("params"),
+                SubscribeError::UnknownFilter { .. } | SubscribeError::Unavailable { .. } => {
+                    Some("filter")
+                }
+                SubscribeError::NotConnected => None,
+            };
+            reply_error(&socket, ack, e.code(), &e.to_string(), field)
+        }
         None => reply_error(&socket, ack, "busy", "server busy, try again", None),
     }
 }

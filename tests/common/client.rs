@@ -70,7 +70,10 @@ impl TestClient {
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
                 Ok(Some((name, _))) if name == "connect" => break,
                 Ok(Some((name, value))) if name == "error" => {
-                    let text = value.as_str().map(str::to_owned).unwrap_or(value.to_string());
+                    let text = value
+                        .as_str()
+                        .map(str::to_owned)
+                        .unwrap_or(value.to_string());
                     let _ = client.disconnect().await;
                     return Err(ConnectRefused(text));
                 }
@@ -116,7 +119,9 @@ impl TestClient {
     /// Subscribe and wait for `log:subscribed`; panics if the server answers with an error.
     pub async fn subscribe(&mut self, sub: Value) -> Value {
         self.emit("log:subscribe", sub).await;
-        let (name, v) = self.next_of(&["log:subscribed", "error"], Duration::from_secs(10)).await;
+        let (name, v) = self
+            .next_of(&["log:subscribed", "error"], Duration::from_secs(10))
+            .await;
         assert_eq!(name, "log:subscribed", "subscribe failed: {v}");
         v
     }
@@ -125,7 +130,10 @@ impl TestClient {
         if let Some(e) = self.backlog.pop_front() {
             return Some(e);
         }
-        tokio::time::timeout_at(until, self.rx.recv()).await.ok().flatten()
+        tokio::time::timeout_at(until, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The next event named one of `names`; others are kept for later calls.
@@ -135,7 +143,11 @@ impl TestClient {
             .unwrap_or_else(|| panic!("no {names:?} within {timeout:?}"))
     }
 
-    pub async fn try_next_of(&mut self, names: &[&str], timeout: Duration) -> Option<(String, Value)> {
+    pub async fn try_next_of(
+        &mut self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> Option<(String, Value)> {
         let until = tokio::time::Instant::now() + timeout;
         let mut skipped = VecDeque::new();
         let found = loop {

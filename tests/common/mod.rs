@@ -71,7 +71,10 @@ impl ServerBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn logstream");
         let stdout = child.stdout.take().expect("stdout");
@@ -144,7 +147,10 @@ impl Server {
         let resp = req.send().await.expect("http request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
@@ -182,7 +188,10 @@ impl Server {
     /// Send SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -214,8 +223,12 @@ pub fn token_with(sub: &str, claims: &[(&str, Value)]) -> String {
         ..Default::default()
     };
     let (keys, _) = logstream::auth::Keys::from_config(&config).expect("keys");
-    let claims: HashMap<String, Value> = claims.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    keys.mint(sub, Duration::from_secs(3600), &claims).expect("mint")
+    let claims: HashMap<String, Value> = claims
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    keys.mint(sub, Duration::from_secs(3600), &claims)
+        .expect("mint")
 }
 
 /// A log entry for `device` with `level` and `message`.
