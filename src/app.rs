@@ -25,6 +25,7 @@ pub struct AppInner {
     pub bus: Bus,
     pub limits: DeliveryLimits,
     pub started: Instant,
+    pub plugins: crate::plugins::SharedCatalog,
     /// `false` once shutdown begins. Ingest holds the read lock across its publish, so
     /// taking the write lock waits for every in-flight publish to land.
     accepting: RwLock<bool>,
@@ -54,6 +55,7 @@ impl AppState {
         router: RouterHandle,
         bus: Bus,
         limits: DeliveryLimits,
+        plugins: crate::plugins::SharedCatalog,
     ) -> AppState {
         AppState(Arc::new(AppInner {
             config,
@@ -64,6 +66,7 @@ impl AppState {
             bus,
             limits,
             started: Instant::now(),
+            plugins,
             accepting: RwLock::new(true),
         }))
     }

@@ -74,6 +74,10 @@ pub struct Config {
     pub plugin_memory_mb: u64,
     /// Consecutive failures after which a plugin is disabled.
     pub plugin_max_failures: u32,
+    /// `host.log` lines per second one plugin may write; the rest are counted and dropped.
+    pub plugin_log_per_second: u32,
+    /// Where compiled plugins are cached (keyed by content and engine); empty = no cache.
+    pub plugin_cache_dir: PathBuf,
 
     /// Redis URL; unset = embedded in-process bus.
     pub redis_url: Option<String>,
@@ -108,6 +112,8 @@ impl Default for Config {
             plugin_timeout_ms: 50,
             plugin_memory_mb: 64,
             plugin_max_failures: 3,
+            plugin_log_per_second: 20,
+            plugin_cache_dir: default_cache_dir(),
             redis_url: None,
         }
     }
@@ -208,6 +214,17 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `$XDG_CACHE_HOME/logstream`, else `$HOME/.cache/logstream`, else none: a directory only
+/// this user can write, since cached artifacts are native code.
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("logstream"))
+        .unwrap_or_default()
 }
 
 /// Turn an environment / flag string into the TOML value the key's type expects.

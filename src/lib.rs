@@ -12,6 +12,7 @@
 //!   once per batch, and hands matches to [`delivery`].
 //! - [`delivery`]: per-client rate limit, pause buffer, bounded socket queue, drop reports.
 //! - [`socket`]: Socket.IO handshake auth and client events.
+//! - [`plugins`]: the wasmtime host that runs filter components.
 //! - [`api`]: admin and health REST endpoints.
 //! - [`config`], [`auth`], [`connections`], [`stats`], [`shutdown`]: the supporting cast.
 
@@ -25,6 +26,7 @@ pub mod delivery;
 pub mod filter;
 pub mod ingest;
 pub mod log_entry;
+pub mod plugins;
 pub mod router;
 pub mod shutdown;
 pub mod socket;
@@ -44,7 +46,7 @@ use crate::app::AppState;
 use crate::auth::{Generated, Keys};
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::router::{BatchLimits, Inbound, Registry};
+use crate::router::{BatchLimits, Inbound};
 use crate::stats::Metrics;
 
 /// Print the development banner when keys were generated.
@@ -70,14 +72,6 @@ fn announce_generated(generated: &Generated, keys: &Keys) {
     }
 }
 
-/// The filter engines this server starts with.
-fn engines() -> Registry {
-    Registry::default().with_engine(
-        subscription::DEFAULT_FILTER,
-        Box::new(filter::native::NativeDefault::default()),
-    )
-}
-
 /// Run the server on `listener` until `shutdown` resolves, then stop gracefully: refuse new
 /// work, deliver everything already accepted, disconnect clients, return.
 pub async fn serve(
@@ -89,8 +83,9 @@ pub async fn serve(
     announce_generated(&generated, &keys);
     let metrics = Arc::new(Metrics::default());
     let connections = Connections::new(config.max_connections, config.max_connections_per_user);
+    let (registry, catalog) = plugins::load(&config)?;
     let (router, router_thread) = router::spawn(
-        engines(),
+        registry,
         BatchLimits {
             max_logs: config.batch_max_logs,
             max_delay: Duration::from_millis(config.batch_max_delay_ms),
@@ -109,6 +104,7 @@ pub async fn serve(
         router.clone(),
         bus,
         router::delivery_limits(&config),
+        catalog,
     );
     let (io_layer, io) = SocketIo::builder()
         .ping_interval(Duration::from_millis(config.ping_interval_ms))

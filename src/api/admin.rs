@@ -193,3 +193,20 @@ pub async fn disconnect(
     })?;
     Ok(Json(json!({ "success": true, "data": { "id": id } })))
 }
+
+pub async fn plugins(
+    State(app): State<HttpState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, AppError> {
+    require_admin(&app, &headers)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.control(crate::router::Control::Counts(tx))
+        .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "router busy"))?;
+    let counts = rx
+        .await
+        .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "router stopped"))?;
+    let catalog = app.plugins.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Json(
+        json!({ "success": true, "data": crate::plugins::describe(&catalog, &counts) }),
+    ))
+}

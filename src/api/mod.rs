@@ -38,6 +38,7 @@ pub fn router(app: HttpState) -> Router {
         .route("/api/ws/connections/{id}", delete(admin::disconnect))
         .route("/api/ws/stats", get(admin::stats))
         .route("/api/ws/broadcast", post(admin::broadcast))
+        .route("/api/plugins", get(admin::plugins))
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(cors)
         .with_state(app)

@@ -39,11 +39,20 @@ pub enum EngineError {
     BadOutput(String),
 }
 
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddError {
+    /// The engine looked at the params and said no; the reason is for the client.
+    Rejected(String),
+    /// The engine could not answer (failed or disabled).
+    Unavailable(String),
+}
+
 /// A set of subscriptions evaluated together.
 pub trait FilterEngine: Send {
     /// Register `params` (a JSON object's text) under `id`. `Err` carries a readable reason
     /// that is shown to the client; the engine's state is unchanged then.
-    fn add(&mut self, id: RegistrationId, params: &str) -> Result<(), String>;
+    fn add(&mut self, id: RegistrationId, params: &str) -> Result<(), AddError>;
     /// Forget a registration. Unknown ids are ignored.
     fn remove(&mut self, id: RegistrationId);
     /// Evaluate one batch against every registration; append one [`Matches`] per registration
@@ -53,4 +62,8 @@ pub trait FilterEngine: Send {
         batch: &[Arc<LogRecord>],
         out: &mut Vec<Matches>,
     ) -> Result<(), EngineError>;
+    /// `Some(reason)` once the engine has given up; its subscriptions must be ended.
+    fn disabled(&self) -> Option<&str> {
+        None
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{EngineError, FilterEngine, Matches, RegistrationId};
+use super::{AddError, EngineError, FilterEngine, Matches, RegistrationId};
 use crate::log_entry::{FieldError, Level, LogRecord};
 
 pub const MAX_DEVICE_IDS: usize = 1000;
@@ -143,10 +143,10 @@ pub struct NativeDefault {
 }
 
 impl FilterEngine for NativeDefault {
-    fn add(&mut self, id: RegistrationId, params: &str) -> Result<(), String> {
-        let value: Value =
-            serde_json::from_str(params).map_err(|e| format!("params: not JSON: {e}"))?;
-        let parsed = DefaultParams::parse(&value).map_err(|e| e.to_string())?;
+    fn add(&mut self, id: RegistrationId, params: &str) -> Result<(), AddError> {
+        let value: Value = serde_json::from_str(params)
+            .map_err(|e| AddError::Rejected(format!("params: not JSON: {e}")))?;
+        let parsed = DefaultParams::parse(&value).map_err(|e| AddError::Rejected(e.to_string()))?;
         self.remove(id);
         if parsed.device_ids.is_empty() {
             self.any_device.push(id);

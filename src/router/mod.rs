@@ -206,9 +206,10 @@ impl Router {
             .batches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.matches.clear();
+        let mut failed = Vec::new();
         for (name, engine) in self.registry.engines.iter_mut() {
             if let Err(e) = engine.evaluate(batch, &mut self.matches) {
-                tracing::warn!(filter = %name, error = %e, "filter evaluation failed");
+                failed.push((name.clone(), e));
             }
         }
         let now = Instant::now();
@@ -219,6 +220,45 @@ impl Router {
             for sid in &reg.clients {
                 if let Some(client) = self.clients.get_mut(sid) {
                     client.deliver(batch, &m.entries, now);
+                }
+            }
+        }
+        for (filter, error) in failed {
+            self.filter_failed(&filter, &error);
+        }
+    }
+
+    /// Tell the subscribers of a failed filter; end their subscriptions if it is disabled.
+    fn filter_failed(&mut self, filter: &str, error: &crate::filter::EngineError) {
+        let disabled = self
+            .registry
+            .engines
+            .get(filter)
+            .and_then(|e| e.disabled().map(str::to_owned));
+        let (code, message, sids) = match disabled {
+            Some(reason) => (
+                "filter_disabled",
+                format!(
+                    "filter `{filter}` was disabled ({reason}); subscribe again with another filter"
+                ),
+                self.registry.drop_filter(filter),
+            ),
+            None => (
+                "plugin_failed",
+                format!(
+                    "filter `{filter}` failed on a batch ({error}); it was restarted and those logs were skipped"
+                ),
+                self.registry.clients_of(filter),
+            ),
+        };
+        let payload = json!({ "code": code, "message": message, "filter": filter });
+        for sid in sids {
+            if let Some(client) = self.clients.get(&sid) {
+                client.emit("error", &payload);
+                if code == "filter_disabled"
+                    && let Ok(mut s) = client.info.subscription.lock()
+                {
+                    *s = None;
                 }
             }
         }

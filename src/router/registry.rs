@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::Value;
 use socketioxide::socket::Sid;
 
-use crate::filter::{FilterEngine, RegistrationId};
+use crate::filter::{AddError, FilterEngine, RegistrationId};
 
 pub struct Registration {
     pub filter: String,
@@ -78,12 +78,16 @@ impl Registry {
                     })?;
                 self.next_id += 1;
                 let id = self.next_id;
-                engine
-                    .add(id, &key.1)
-                    .map_err(|message| SubscribeError::Rejected {
+                engine.add(id, &key.1).map_err(|e| match e {
+                    AddError::Rejected(message) => SubscribeError::Rejected {
                         filter: filter.to_owned(),
                         message,
-                    })?;
+                    },
+                    AddError::Unavailable(message) => SubscribeError::Unavailable {
+                        filter: filter.to_owned(),
+                        message,
+                    },
+                })?;
                 self.registrations.insert(
                     id,
                     Registration {
@@ -127,6 +131,39 @@ impl Registry {
             }
         }
         true
+    }
+
+    /// End every registration of `filter`; returns the clients that were subscribed.
+    pub fn drop_filter(&mut self, filter: &str) -> Vec<Sid> {
+        let ids: Vec<RegistrationId> = self
+            .registrations
+            .iter()
+            .filter(|(_, r)| r.filter == filter)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut clients = Vec::new();
+        for id in ids {
+            if let Some(reg) = self.registrations.remove(&id) {
+                self.by_key.remove(&(reg.filter.clone(), reg.key));
+                for sid in reg.clients {
+                    self.client_registration.remove(&sid);
+                    clients.push(sid);
+                }
+            }
+            if let Some(engine) = self.engines.get_mut(filter) {
+                engine.remove(id);
+            }
+        }
+        clients
+    }
+
+    /// Clients subscribed through `filter`.
+    pub fn clients_of(&self, filter: &str) -> Vec<Sid> {
+        self.registrations
+            .values()
+            .filter(|r| r.filter == filter)
+            .flat_map(|r| r.clients.iter().copied())
+            .collect()
     }
 
     /// Registrations per filter name.

@@ -1,0 +1,204 @@
+//! The `default` filter: the seed's subscription semantics as a logstream plugin.
+//!
+//! Params: `{ deviceIds?, levels?, tags?, keywords? }`, each a list of strings.
+//! AND across fields, OR within a field; levels case-insensitive; keywords are
+//! case-insensitive substrings of the message; tags match if any tag is shared; a missing,
+//! null or empty field constrains nothing.
+//!
+//! Subscriptions are indexed by device, so a batch costs (logs × subscriptions of *their*
+//! devices + subscriptions without a device constraint), not logs × all subscriptions.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "filter-plugin",
+});
+
+use exports::logstream::plugin::filter::Guest;
+use logstream::plugin::types::{Level, LogEntry, SubscriptionMatches};
+
+const MAX_DEVICE_IDS: usize = 1000;
+const MAX_TAGS: usize = 100;
+const MAX_KEYWORDS: usize = 100;
+const MAX_ITEM_LEN: usize = 256;
+const LEVELS: [(&str, Level); 6] = [
+    ("TRACE", Level::Trace),
+    ("DEBUG", Level::Debug),
+    ("INFO", Level::Info),
+    ("WARN", Level::Warn),
+    ("ERROR", Level::Error),
+    ("FATAL", Level::Fatal),
+];
+
+struct Subscription {
+    devices: Vec<String>,
+    /// Bit per level; 0 = any.
+    level_mask: u8,
+    tags: Vec<String>,
+    /// Lower-cased.
+    keywords: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    subs: HashMap<u64, Subscription>,
+    by_device: HashMap<String, Vec<u64>>,
+    any_device: Vec<u64>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn level_bit(level: Level) -> u8 {
+    1 << (level as u8)
+}
+
+fn string_list(field: &str, value: &Value, max: usize) -> Result<Vec<String>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => {
+            if items.len() > max {
+                return Err(format!("{field}: has {} items; at most {max} are allowed", items.len()));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) if s.len() <= MAX_ITEM_LEN => Ok(s.clone()),
+                    _ => Err(format!("{field}[{i}]: must be a string of at most {MAX_ITEM_LEN} bytes")),
+                })
+                .collect()
+        }
+        _ => Err(format!("{field}: must be an array of strings")),
+    }
+}
+
+fn parse(params: &str) -> Result<Subscription, String> {
+    let value: Value = serde_json::from_str(params).map_err(|e| format!("params: not JSON: {e}"))?;
+    let mut sub = Subscription {
+        devices: Vec::new(),
+        level_mask: 0,
+        tags: Vec::new(),
+        keywords: Vec::new(),
+    };
+    let obj = match &value {
+        Value::Null => return Ok(sub),
+        Value::Object(obj) => obj,
+        _ => return Err("params: must be an object".into()),
+    };
+    for (key, value) in obj {
+        match key.as_str() {
+            "deviceIds" => sub.devices = string_list(key, value, MAX_DEVICE_IDS)?,
+            "tags" => sub.tags = string_list(key, value, MAX_TAGS)?,
+            "keywords" => {
+                sub.keywords = string_list(key, value, MAX_KEYWORDS)?
+                    .into_iter()
+                    .map(|k| k.to_lowercase())
+                    .collect();
+                if let Some(i) = sub.keywords.iter().position(String::is_empty) {
+                    return Err(format!("keywords[{i}]: must not be empty"));
+                }
+            }
+            "levels" => {
+                for (i, name) in string_list(key, value, 24)?.iter().enumerate() {
+                    let level = LEVELS
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                        .map(|(_, l)| *l)
+                        .ok_or_else(|| {
+                            format!("levels[{i}]: unknown level {name:?}; expected TRACE, DEBUG, INFO, WARN, ERROR or FATAL")
+                        })?;
+                    sub.level_mask |= level_bit(level);
+                }
+            }
+            other => {
+                return Err(format!("{other}: unknown field; expected deviceIds, levels, tags or keywords"));
+            }
+        }
+    }
+    Ok(sub)
+}
+
+impl Subscription {
+    /// Everything but the device constraint, which the index has already applied.
+    fn matches_rest(&self, log: &LogEntry, lowered: &mut Option<String>) -> bool {
+        (self.level_mask == 0 || self.level_mask & level_bit(log.level) != 0)
+            && (self.tags.is_empty() || self.tags.iter().any(|t| log.tags.contains(t)))
+            && (self.keywords.is_empty() || {
+                let message = lowered.get_or_insert_with(|| log.message.to_lowercase());
+                self.keywords.iter().any(|k| message.contains(k.as_str()))
+            })
+    }
+}
+
+impl State {
+    fn remove(&mut self, id: u64) {
+        let Some(old) = self.subs.remove(&id) else {
+            return;
+        };
+        if old.devices.is_empty() {
+            self.any_device.retain(|x| *x != id);
+        }
+        for d in &old.devices {
+            if let Some(ids) = self.by_device.get_mut(d) {
+                ids.retain(|x| *x != id);
+                if ids.is_empty() {
+                    self.by_device.remove(d);
+                }
+            }
+        }
+    }
+}
+
+struct DefaultFilter;
+
+impl Guest for DefaultFilter {
+    fn add_subscription(id: u64, params: String) -> Result<(), String> {
+        let sub = parse(&params)?;
+        STATE.with_borrow_mut(|state| {
+            state.remove(id);
+            if sub.devices.is_empty() {
+                state.any_device.push(id);
+            } else {
+                for d in &sub.devices {
+                    let ids = state.by_device.entry(d.clone()).or_default();
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            state.subs.insert(id, sub);
+        });
+        Ok(())
+    }
+
+    fn remove_subscription(id: u64) {
+        STATE.with_borrow_mut(|state| state.remove(id));
+    }
+
+    fn evaluate(batch: Vec<LogEntry>) -> Vec<SubscriptionMatches> {
+        STATE.with_borrow(|state| {
+            let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
+            for (i, log) in batch.iter().enumerate() {
+                let mut lowered = None;
+                let scoped = state.by_device.get(&log.device_id).map(Vec::as_slice).unwrap_or(&[]);
+                for id in scoped.iter().chain(state.any_device.iter()) {
+                    if state.subs.get(id).is_some_and(|s| s.matches_rest(log, &mut lowered)) {
+                        found.entry(*id).or_default().push(i as u32);
+                    }
+                }
+            }
+            found
+                .into_iter()
+                .map(|(id, entries)| SubscriptionMatches { id, entries })
+                .collect()
+        })
+    }
+}
+
+export!(DefaultFilter);

@@ -1,0 +1,243 @@
+//! The wasmtime side, built once per process: the `Engine` (with epoch interruption), the
+//! epoch ticker thread, the `Linker` (sandboxed WASI plus our `host` import), and the typed
+//! bindings for the `filter-plugin` world of `wit/plugin.wit`.
+//!
+//! Per plugin, compilation and linking happen once, at load ([`Runtime::prepare`] gives a
+//! `FilterPluginPre`); an instance is cheap to create and is re-created after a trap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::delivery::rate_limit::TokenBucket;
+
+/// The WIT package version this host implements.
+pub const INTERFACE: &str = "logstream:plugin@0.1.0";
+
+/// One epoch tick; CPU deadlines are counted in these.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "filter-plugin",
+    });
+}
+
+use bindings::logstream::plugin::host::LogLevel;
+pub use bindings::logstream::plugin::types::{Level as WitLevel, LogEntry as WitLogEntry};
+pub use bindings::{FilterPlugin, FilterPluginPre};
+
+/// Limits applied to every plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginLimits {
+    /// CPU budget of one call.
+    pub call_timeout: Duration,
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// `host.log` lines per second per plugin.
+    pub log_per_second: u32,
+}
+
+/// The data each plugin's `Store` holds.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limits: StoreLimits,
+    name: Arc<str>,
+    log_budget: TokenBucket,
+    /// `host.log` lines refused by the rate limit since the instance was created.
+    pub log_dropped: u64,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::logstream::plugin::types::Host for PluginState {}
+
+impl bindings::logstream::plugin::host::Host for PluginState {
+    fn log(&mut self, level: LogLevel, message: String) {
+        if !self.log_budget.try_take(Instant::now()) {
+            self.log_dropped += 1;
+            return;
+        }
+        let message: String = message.chars().take(2000).collect();
+        let plugin = &*self.name;
+        match level {
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+/// A clock that always reads zero: plugins get no time source the WIT does not ask for.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Engine, linker and limits shared by all plugins.
+pub struct Runtime {
+    pub engine: Engine,
+    linker: Linker<PluginState>,
+    pub limits: PluginLimits,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    pub fn new(limits: PluginLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow!("creating the wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow!("linking WASI: {e}"))?;
+        FilterPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
+            .map_err(|e| anyhow!("linking the host interface: {e}"))?;
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("logstream-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch ticker")?;
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "plugin cache disabled");
+        }
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+        }))
+    }
+
+    /// Compile (or load from the cache) and link a component; fails with a readable reason
+    /// when the bytes are not a component or do not implement the `filter-plugin` world.
+    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPluginPre<PluginState>> {
+        let component = self.compile(bytes)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow!("cannot link: {e} (a filter may import only WASI 0.2 and {INTERFACE}/host)")
+        })?;
+        FilterPluginPre::new(pre)
+            .map_err(|e| anyhow!("does not implement world `filter-plugin` of {INTERFACE}: {e}"))
+    }
+
+    fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(anyhow!("not a WebAssembly file"));
+        }
+        let cached = self.cache_path(bytes);
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the cache holds only artifacts this process's engine configuration
+            // serialized (the key includes the engine's compatibility hash), and
+            // `deserialize_file` re-checks that compatibility before use.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::debug!(path = %path.display(), error = %e, "stale cache entry"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow!("not a valid WebAssembly component: {e}"))?;
+        if let Some(path) = cached {
+            match component.serialize() {
+                Ok(artifact) => write_atomically(&path, &artifact),
+                Err(e) => tracing::debug!(error = %e, "cannot serialize component"),
+            }
+        }
+        Ok(component)
+    }
+
+    fn cache_path(&self, bytes: &[u8]) -> Option<PathBuf> {
+        use std::hash::{Hash, Hasher};
+        let dir = self.cache_dir.as_ref()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        env!("CARGO_PKG_VERSION").hash(&mut h);
+        Some(dir.join(format!("{:016x}-{}.cwasm", h.finish(), bytes.len())))
+    }
+
+    /// A fresh store for one instance, with the memory limit and no ambient authority.
+    pub fn store(&self, name: &Arc<str>) -> Store<PluginState> {
+        let wasi = WasiCtx::builder()
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .build();
+        let state = PluginState {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(64)
+                .tables(64)
+                .memories(16)
+                .trap_on_grow_failure(true)
+                .build(),
+            name: name.clone(),
+            log_budget: TokenBucket::new(
+                self.limits.log_per_second,
+                self.limits.log_per_second,
+                Instant::now(),
+            ),
+            log_dropped: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Arm the CPU deadline before a call.
+    pub fn arm(&self, store: &mut Store<PluginState>) {
+        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::debug!(path = %path.display(), "cannot write plugin cache entry");
+    }
+}
