@@ -759,7 +759,7 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
         .await
         .expect("ws connect");
-    let mut next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t == "2" => {
                 ws.send(Message::Text("3".into())).await.unwrap()

@@ -81,7 +81,7 @@ impl DefaultParams {
 
     /// The reference predicate.
     pub fn matches(&self, log: &LogRecord) -> bool {
-        (self.device_ids.is_empty() || self.device_ids.iter().any(|d| *d == log.device_id))
+        (self.device_ids.is_empty() || self.device_ids.contains(&log.device_id))
             && (self.level_mask == 0 || self.level_mask & level_bit(log.level) != 0)
             && (self.tags.is_empty() || self.tags.iter().any(|t| log.tags.contains(t)))
             && (self.keywords.is_empty() || {

@@ -1,0 +1,329 @@
+//! End-to-end tests of WebAssembly filter plugins: named filters, plugin validation errors,
+//! shared registrations, bad plugin files, and a misbehaving plugin (infinite loop,
+//! allocation bomb, trap, log flood) that must not hurt anyone else.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{ADMIN_KEY, Server, log};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A fresh plugins directory with the given built plugins and extra raw files.
+fn plugins_dir(built: &[&str], extra: &[(&str, &[u8])]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "logstream-plugins-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in built {
+        let from = PathBuf::from(env!("LOGSTREAM_BUILT_PLUGINS")).join(format!("{name}.wasm"));
+        std::fs::copy(&from, dir.join(format!("{name}.wasm"))).unwrap();
+    }
+    for (file, bytes) in extra {
+        std::fs::write(dir.join(file), bytes).unwrap();
+    }
+    dir
+}
+
+fn server_with(dir: &std::path::Path) -> common::ServerBuilder {
+    Server::builder().env("LOGSTREAM_PLUGINS_DIR", dir.display())
+}
+
+async fn plugins(server: &Server) -> Value {
+    let (s, body) = server
+        .get("/api/plugins", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body["data"].clone()
+}
+
+fn plugin<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no plugin {name} in {list}"))
+}
+
+fn messages(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_are_listed_and_bad_files_are_skipped_with_a_reason() {
+    // An empty component: valid, but exports no filter.
+    let empty_component: &[u8] = b"\0asm\x0d\x00\x01\x00";
+    let core_module: &[u8] = b"\0asm\x01\x00\x00\x00";
+    let dir = plugins_dir(
+        &["regex", "misbehave"],
+        &[
+            ("garbage.wasm", b"this is not wasm"),
+            ("empty.wasm", empty_component),
+            ("core.wasm", core_module),
+            ("bad name.wasm", b"\0asm"),
+            ("notes.txt", b"ignored"),
+        ],
+    );
+    let server = server_with(&dir).start();
+    let list = plugins(&server).await;
+    for name in ["default", "regex", "misbehave"] {
+        let p = plugin(&list, name);
+        assert_eq!(p["status"], "active");
+        assert_eq!(p["interface"], "logstream:plugin@0.1.0");
+    }
+    assert_eq!(plugin(&list, "default")["source"], "built-in");
+    let rejected = list["rejected"].as_array().unwrap();
+    let reason = |file: &str| {
+        rejected
+            .iter()
+            .find(|r| r["file"].as_str().unwrap().ends_with(file))
+            .unwrap_or_else(|| panic!("{file} not rejected: {list}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(reason("garbage.wasm").contains("not a WebAssembly file"));
+    assert!(
+        reason("empty.wasm").contains("does not implement world `filter-plugin`"),
+        "{}",
+        reason("empty.wasm")
+    );
+    assert!(
+        reason("core.wasm").contains("not a valid WebAssembly component"),
+        "{}",
+        reason("core.wasm")
+    );
+    assert!(reason("bad name.wasm").contains("plugin name"));
+    assert_eq!(rejected.len(), 4, "notes.txt is not a plugin: {list}");
+    // The server serves regardless.
+    let mut c = server.client("u").await;
+    c.subscribe(json!({})).await;
+    server.ingest(log("d", "INFO", "fine")).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["fine"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_filter_unknown_filter_and_plugin_validation() {
+    let dir = plugins_dir(&["regex"], &[]);
+    let server = server_with(&dir).start();
+    let mut c = server.client("u").await;
+    let ack = c
+        .subscribe(json!({ "filter": "regex", "params": { "pattern": "^disk (full|failed)$", "caseInsensitive": true } }))
+        .await;
+    assert_eq!(
+        (ack["filter"].as_str(), ack["success"].as_bool()),
+        (Some("regex"), Some(true))
+    );
+    server
+        .ingest(json!([
+            log("a", "INFO", "DISK FULL"),
+            log("b", "INFO", "disk ok"),
+            log("c", "ERROR", "disk failed"),
+        ]))
+        .await;
+    assert_eq!(messages(&c.logs(2, T).await), ["DISK FULL", "disk failed"]);
+
+    c.emit(
+        "log:subscribe",
+        json!({ "filter": "regex", "params": { "pattern": "(unclosed" } }),
+    )
+    .await;
+    let err = c.next("error").await;
+    assert_eq!(err["code"], "invalid_params");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("pattern: invalid regular expression"),
+        "{err}"
+    );
+    c.emit(
+        "log:subscribe",
+        json!({ "filter": "regex", "params": { "pattern": "x", "field": "colour" } }),
+    )
+    .await;
+    assert!(
+        c.next("error").await["message"]
+            .as_str()
+            .unwrap()
+            .contains("field: unknown field")
+    );
+    c.emit("log:subscribe", json!({ "filter": "nosuch", "params": {} }))
+        .await;
+    let err = c.next("error").await;
+    assert_eq!(err["code"], "unknown_filter");
+    assert!(
+        err["message"].as_str().unwrap().contains("default, regex"),
+        "{err}"
+    );
+    // The regex subscription is still in force.
+    server
+        .ingest(json!([
+            log("a", "INFO", "disk full"),
+            log("a", "INFO", "cpu")
+        ]))
+        .await;
+    assert_eq!(messages(&c.logs(1, T).await), ["disk full"]);
+    assert!(c.drain("log:new", QUIET).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_subscriptions_share_one_registration() {
+    let server = Server::start();
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = server.client(&format!("u{i}")).await;
+        c.subscribe(json!({ "deviceIds": ["d"], "levels": ["ERROR"] }))
+            .await;
+        clients.push(c);
+    }
+    let mut other = server.client("v").await;
+    other.subscribe(json!({ "deviceIds": ["e"] })).await;
+    assert_eq!(
+        plugin(&plugins(&server).await, "default")["subscriptions"],
+        2
+    );
+    server
+        .ingest(json!([log("d", "ERROR", "x"), log("e", "INFO", "y")]))
+        .await;
+    for c in &mut clients {
+        assert_eq!(messages(&c.logs(1, T).await), ["x"]);
+    }
+    assert_eq!(messages(&other.logs(1, T).await), ["y"]);
+    // One call per batch for all of them.
+    let calls = plugin(&plugins(&server).await, "default")["calls"]
+        .as_u64()
+        .unwrap();
+    assert!(calls >= 1);
+    for c in clients {
+        c.disconnect().await;
+    }
+    let mut count = Value::Null;
+    for _ in 0..50 {
+        count = plugin(&plugins(&server).await, "default")["subscriptions"].clone();
+        if count == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count, 1,
+        "the shared registration goes when its last client leaves"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_plugin_is_contained_restarted_then_disabled() {
+    let dir = plugins_dir(&["misbehave"], &[]);
+    let server = server_with(&dir)
+        .set("plugin_timeout_ms", 50)
+        .set("plugin_memory_mb", 32)
+        .set("plugin_max_failures", 3)
+        .set("rate_limit", 100_000)
+        .start();
+    let mut good = server.client("good").await;
+    good.subscribe(json!({ "deviceIds": ["d"] })).await;
+    let mut bad = server.client("bad").await;
+    bad.subscribe(json!({ "filter": "misbehave" })).await;
+    let err = {
+        bad.emit(
+            "log:subscribe",
+            json!({ "filter": "misbehave", "params": { "reject": "no thanks" } }),
+        )
+        .await;
+        bad.next("error").await
+    };
+    assert!(
+        err["message"].as_str().unwrap().contains("no thanks"),
+        "{err}"
+    );
+
+    let mut expected_good = Vec::new();
+    let mut step = 0;
+    let mut send = async |server: &Server, bad_message: &str, expected_good: &mut Vec<String>| {
+        step += 1;
+        let ok = format!("ok-{step}");
+        expected_good.push(ok.clone());
+        server
+            .ingest(json!([
+                log("d", "INFO", &ok),
+                log("x", "INFO", bad_message)
+            ]))
+            .await;
+    };
+
+    // Healthy: the misbehave subscriber sees everything.
+    send(&server, "fine", &mut expected_good).await;
+    assert_eq!(bad.logs(2, T).await.len(), 2);
+
+    // Infinite loop: stopped by the CPU deadline, reported, instance restarted.
+    send(&server, "loop", &mut expected_good).await;
+    let e = bad.next("error").await;
+    assert_eq!(e["code"], "plugin_failed", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("CPU budget"), "{e}");
+    // Restarted with the subscription re-registered: works again (and resets the count).
+    send(&server, "fine", &mut expected_good).await;
+    assert_eq!(
+        bad.logs(2, T).await.len(),
+        2,
+        "the restarted instance kept the subscription"
+    );
+
+    // Three failures in a row: allocation bomb, trap, loop.
+    send(&server, "alloc", &mut expected_good).await;
+    assert_eq!(bad.next("error").await["code"], "plugin_failed");
+    send(&server, "trap", &mut expected_good).await;
+    assert_eq!(bad.next("error").await["code"], "plugin_failed");
+    send(&server, "loop", &mut expected_good).await;
+    let e = bad.next("error").await;
+    assert_eq!(e["code"], "filter_disabled", "{e}");
+
+    // The good client got every one of its logs, in order, throughout.
+    let got = good.logs(expected_good.len(), T).await;
+    assert_eq!(messages(&got), expected_good);
+
+    bad.emit("log:subscribe", json!({ "filter": "misbehave" }))
+        .await;
+    let e = bad.next("error").await;
+    assert_eq!(e["code"], "filter_unavailable");
+    assert!(e["message"].as_str().unwrap().contains("disabled"), "{e}");
+
+    let p = plugins(&server).await;
+    let m = plugin(&p, "misbehave");
+    assert_eq!(m["status"], "disabled");
+    assert_eq!(m["failures"], 4);
+    assert!(m["restarts"].as_u64().unwrap() >= 3, "{m}");
+    assert_eq!(m["subscriptions"], 0);
+    assert_eq!(plugin(&p, "default")["status"], "active");
+    let (_, health) = server.get("/api/ws/health", &[]).await;
+    assert_eq!(health["data"]["healthy"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_logging_is_rate_limited() {
+    let dir = plugins_dir(&["misbehave"], &[]);
+    let server = server_with(&dir).set("plugin_log_per_second", 20).start();
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "filter": "misbehave" })).await;
+    server.ingest(log("d", "INFO", "log")).await;
+    assert_eq!(c.logs(1, T).await.len(), 1);
+    let dropped = plugin(&plugins(&server).await, "misbehave")["logLinesDropped"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (970..=990).contains(&dropped),
+        "1000 lines at 20/s burst: {dropped} dropped"
+    );
+}
