@@ -2,8 +2,9 @@
 //! everything behind one `Arc`.
 
 use std::ops::Deref;
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::TrySendError;
 use socketioxide::SocketIo;
@@ -26,9 +27,12 @@ pub struct AppInner {
     pub limits: DeliveryLimits,
     pub started: Instant,
     pub plugins: crate::plugins::SharedCatalog,
-    /// `false` once shutdown begins. Ingest holds the read lock across its publish, so
-    /// taking the write lock waits for every in-flight publish to land.
-    accepting: RwLock<bool>,
+    /// This instance's name in cluster views.
+    pub instance: String,
+    /// `false` once shutdown begins.
+    accepting: AtomicBool,
+    /// Publishes under way ([`IngestPermit`]s alive); shutdown waits for them.
+    in_flight: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -38,6 +42,15 @@ impl Deref for AppState {
     type Target = AppInner;
     fn deref(&self) -> &AppInner {
         &self.0
+    }
+}
+
+/// Held while one ingest request publishes; see [`AppState::ingest_permit`].
+pub struct IngestPermit(AppState);
+
+impl Drop for IngestPermit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -56,6 +69,7 @@ impl AppState {
         bus: Bus,
         limits: DeliveryLimits,
         plugins: crate::plugins::SharedCatalog,
+        instance: String,
     ) -> AppState {
         AppState(Arc::new(AppInner {
             config,
@@ -67,23 +81,32 @@ impl AppState {
             limits,
             started: Instant::now(),
             plugins,
-            accepting: RwLock::new(true),
+            instance,
+            accepting: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
         }))
     }
 
-    /// Run `f` only while the server accepts work; `None` once shutdown has begun.
-    pub fn while_accepting<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
-        let guard = self.accepting.read().unwrap_or_else(|p| p.into_inner());
-        guard.then(f)
+    /// A permit to publish, or `None` once shutdown has begun. Hold it until the publish
+    /// has landed.
+    pub fn ingest_permit(&self) -> Option<IngestPermit> {
+        // Count first, then check: a shutdown that flips the flag after our check will see
+        // our count and wait for it.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let permit = IngestPermit(self.clone());
+        self.accepting.load(Ordering::SeqCst).then_some(permit)
     }
 
     pub fn is_accepting(&self) -> bool {
-        *self.accepting.read().unwrap_or_else(|p| p.into_inner())
+        self.accepting.load(Ordering::SeqCst)
     }
 
-    /// Stop accepting; returns once no publish is in flight.
-    pub fn stop_accepting(&self) {
-        *self.accepting.write().unwrap_or_else(|p| p.into_inner()) = false;
+    /// Stop accepting; returns once no publish is in flight (or at `deadline`).
+    pub async fn stop_accepting(&self, deadline: Instant) {
+        self.accepting.store(false, Ordering::SeqCst);
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Queue a control message without blocking the async worker.

@@ -81,6 +81,14 @@ pub struct Config {
 
     /// Redis URL; unset = embedded in-process bus.
     pub redis_url: Option<String>,
+    /// Channel carrying log entries (a JSON object or array), as the seed publishes them.
+    pub redis_log_channel: String,
+    /// Channel carrying `{ deviceId, status }`.
+    pub redis_status_channel: String,
+    /// Channel for cluster-wide admin operations between logstream instances.
+    pub redis_admin_channel: String,
+    /// This instance's name in cluster views; empty = generated at start.
+    pub instance_id: String,
 }
 
 impl Default for Config {
@@ -115,6 +123,10 @@ impl Default for Config {
             plugin_log_per_second: 20,
             plugin_cache_dir: default_cache_dir(),
             redis_url: None,
+            redis_log_channel: "log:new".into(),
+            redis_status_channel: "device:status".into(),
+            redis_admin_channel: "logstream:admin".into(),
+            instance_id: String::new(),
         }
     }
 }
@@ -200,6 +212,22 @@ impl Config {
         }
         if self.ping_interval_ms == 0 || self.ping_timeout_ms == 0 {
             bail!("config keys `ping_interval_ms` and `ping_timeout_ms` must be greater than 0");
+        }
+        for (key, value) in [
+            ("redis_log_channel", &self.redis_log_channel),
+            ("redis_status_channel", &self.redis_status_channel),
+            ("redis_admin_channel", &self.redis_admin_channel),
+        ] {
+            if value.is_empty() {
+                bail!("config key `{key}` must not be empty");
+            }
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+        {
+            bail!("config key `redis_url` must start with redis://, rediss:// or unix://");
         }
         if self.plugin_memory_mb == 0 || self.plugin_memory_mb > 4096 {
             bail!("config key `plugin_memory_mb` must be between 1 and 4096");

@@ -20,6 +20,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod delivery;
@@ -94,7 +95,15 @@ pub async fn serve(
         metrics.clone(),
     )
     .context("starting the router thread")?;
-    let bus = bus::Bus::embedded(router.inbound.clone());
+    let instance = if config.instance_id.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+    } else {
+        config.instance_id.clone()
+    };
+    let bus = match &config.redis_url {
+        None => bus::Bus::Embedded(router.inbound.clone()),
+        Some(url) => bus::Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
+    };
 
     let app = AppState::new(
         config.clone(),
@@ -105,6 +114,7 @@ pub async fn serve(
         bus,
         router::delivery_limits(&config),
         catalog,
+        instance.clone(),
     );
     let (io_layer, io) = SocketIo::builder()
         .ping_interval(Duration::from_millis(config.ping_interval_ms))
@@ -125,6 +135,19 @@ pub async fn serve(
     tracing::info!(%addr, "listening");
 
     let stats_task = tokio::spawn(stats_loop(app.clone(), io.clone()));
+    let mut redis_tasks = Vec::new();
+    if let Some(redis) = app.bus.redis() {
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
+        redis_tasks.push(redis.spawn_subscriber(router.inbound.clone(), admin_tx));
+        redis_tasks.push(redis.spawn_heartbeat());
+        redis_tasks.push(tokio::spawn(cluster::serve_admin(
+            app.clone(),
+            io.clone(),
+            redis.clone(),
+            admin_rx,
+        )));
+        tracing::info!(%instance, "using the redis bus");
+    }
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         axum::serve(
@@ -139,7 +162,16 @@ pub async fn serve(
 
     shutdown.await;
     let deadline = Instant::now() + Duration::from_millis(config.shutdown_timeout_ms);
-    app.stop_accepting();
+    app.stop_accepting(deadline).await;
+    if let Some(redis) = app.bus.redis() {
+        // What we published must come back through Redis before the router drains.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !redis.drain(left).await {
+            tracing::warn!(
+                "could not confirm that redis returned everything this instance published"
+            );
+        }
+    }
     // Everything accepted before this point is ahead of the drain marker.
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel();
     if router.inbound.send(Inbound::Drain(drained_tx)).is_ok() {
@@ -150,6 +182,9 @@ pub async fn serve(
     let _ = tokio::time::timeout_at(deadline.into(), io.close()).await;
     let _ = stop_http_tx.send(());
     stats_task.abort();
+    for task in redis_tasks {
+        task.abort();
+    }
     match tokio::time::timeout_at(deadline.into(), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),

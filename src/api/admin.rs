@@ -2,12 +2,10 @@
 //!
 //! Admin calls need `X-API-Key: <admin key>` or `Authorization: Bearer <JWT with role admin>`.
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::time::SystemTime;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,6 +13,7 @@ use socketioxide::socket::Sid;
 
 use super::error::{AppError, secrets_equal};
 use crate::app::HttpState;
+use crate::cluster;
 
 pub fn require_admin(app: &HttpState, headers: &HeaderMap) -> Result<(), AppError> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
@@ -45,14 +44,61 @@ pub fn require_admin(app: &HttpState, headers: &HeaderMap) -> Result<(), AppErro
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
     let max = app.connections.max_total();
+    let (bus, bus_ok) = match app.bus.redis() {
+        None => (json!({ "kind": "embedded" }), true),
+        Some(r) => {
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            let connected = r.connected();
+            (
+                json!({
+                    "kind": "redis",
+                    "state": if connected { "connected" } else { "degraded" },
+                    "lastError": r.status.last_error(),
+                    "reconnects": r.status.reconnects.load(relaxed),
+                    "malformedMessages": r.status.malformed.load(relaxed),
+                    "overflowDropped": r.status.overflow_dropped.load(relaxed),
+                }),
+                connected,
+            )
+        }
+    };
     Json(json!({
         "success": true,
         "data": {
             "connections": connections,
             "maxConnections": max,
-            "healthy": app.is_accepting() && (connections as f64) < max as f64 * 0.9,
+            "healthy": app.is_accepting() && bus_ok && (connections as f64) < max as f64 * 0.9,
+            "instance": app.instance,
+            "bus": bus,
         }
     }))
+}
+
+/// `?scope=local` restricts a cluster view to this instance.
+#[derive(Deserialize, Default)]
+pub struct Scope {
+    scope: Option<String>,
+}
+
+impl Scope {
+    fn cluster<'a>(
+        &self,
+        app: &'a HttpState,
+    ) -> Option<&'a std::sync::Arc<crate::bus::redis::RedisBus>> {
+        if self.scope.as_deref() == Some("local") {
+            None
+        } else {
+            app.bus.redis()
+        }
+    }
+}
+
+fn unavailable(e: crate::bus::PublishError) -> AppError {
+    AppError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "bus_unavailable",
+        e.to_string(),
+    )
 }
 
 pub async fn connections(
@@ -73,39 +119,14 @@ pub async fn connections(
 pub async fn stats(
     State(app): State<HttpState>,
     headers: HeaderMap,
+    Query(scope): Query<Scope>,
 ) -> Result<Json<Value>, AppError> {
     require_admin(&app, &headers)?;
-    let conns = app.connections.snapshot();
-    let mut by_user: BTreeMap<String, usize> = BTreeMap::new();
-    let now = SystemTime::now();
-    let mut uptime_ms = 0u128;
-    for c in &conns {
-        *by_user.entry(c.user_id.clone()).or_default() += 1;
-        uptime_ms += now
-            .duration_since(c.connected_at)
-            .unwrap_or_default()
-            .as_millis();
-    }
-    let average_uptime = if conns.is_empty() {
-        0.0
-    } else {
-        uptime_ms as f64 / conns.len() as f64
+    let data = match scope.cluster(&app) {
+        Some(bus) => cluster::merge_stats(cluster::describe_all(bus).await.map_err(unavailable)?.1),
+        None => cluster::local_stats(&app, &app.instance),
     };
-    let rates = app.metrics.rates();
-    Ok(Json(json!({
-        "success": true,
-        "data": {
-            "total": conns.len(),
-            "byUser": by_user,
-            "averageUptime": average_uptime,
-            "logsIn": app.metrics.logs_in.load(std::sync::atomic::Ordering::Relaxed),
-            "deliveries": app.metrics.deliveries.load(std::sync::atomic::Ordering::Relaxed),
-            "logsInPerSec": rates.logs_in_per_sec,
-            "deliveriesPerSec": rates.deliveries_per_sec,
-            "drops": app.metrics.drops(),
-            "uptime": app.started.elapsed().as_secs_f64(),
-        }
-    })))
+    Ok(Json(json!({ "success": true, "data": data })))
 }
 
 #[derive(Deserialize)]

@@ -1,8 +1,13 @@
 //! The bus: where accepted logs and device statuses go between ingest and the router.
 //!
-//! The embedded bus is the router's bounded inbound queue: a publish either lands whole or is
-//! refused whole (`Overloaded`), so ingest can answer 503 and nothing accepted is ever lost
-//! silently.
+//! - Embedded (default): the router's bounded inbound queue. A publish lands whole or is
+//!   refused whole (`Overloaded`), so ingest can answer 503 and nothing accepted is lost.
+//! - Redis ([`redis::RedisBus`]): ingest publishes to the seed's channels and every instance,
+//!   this one included, delivers what it reads back from them to its own clients. So each
+//!   log reaches each client of the cluster once, wherever it came in. A publish Redis did
+//!   not confirm answers 503, never a silent 202.
+
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -17,30 +22,49 @@ pub enum PublishError {
     Overloaded,
     #[error("the server is shutting down")]
     Closed,
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
 }
 
 #[derive(Clone)]
-pub struct Bus {
-    router: Sender<Inbound>,
+pub enum Bus {
+    Embedded(Sender<Inbound>),
+    Redis(Arc<redis::RedisBus>),
+}
+
+/// Hand a message to the router without blocking; the queue is bounded.
+pub fn send_to_router(router: &Sender<Inbound>, msg: Inbound) -> Result<(), PublishError> {
+    router.try_send(msg).map_err(|e| match e {
+        TrySendError::Full(_) => PublishError::Overloaded,
+        TrySendError::Disconnected(_) => PublishError::Closed,
+    })
 }
 
 impl Bus {
-    pub fn embedded(router: Sender<Inbound>) -> Bus {
-        Bus { router }
+    pub async fn publish_logs(&self, logs: Vec<Arc<LogRecord>>) -> Result<(), PublishError> {
+        match self {
+            Bus::Embedded(router) => send_to_router(router, Inbound::Logs(logs)),
+            Bus::Redis(bus) => bus.publish_logs(&logs).await,
+        }
     }
 
-    fn send(&self, msg: Inbound) -> Result<(), PublishError> {
-        self.router.try_send(msg).map_err(|e| match e {
-            TrySendError::Full(_) => PublishError::Overloaded,
-            TrySendError::Disconnected(_) => PublishError::Closed,
-        })
+    pub async fn publish_status(
+        &self,
+        device_id: String,
+        status: String,
+    ) -> Result<(), PublishError> {
+        match self {
+            Bus::Embedded(router) => {
+                send_to_router(router, Inbound::DeviceStatus { device_id, status })
+            }
+            Bus::Redis(bus) => bus.publish_status(&device_id, &status).await,
+        }
     }
 
-    pub fn publish_logs(&self, logs: Vec<Arc<LogRecord>>) -> Result<(), PublishError> {
-        self.send(Inbound::Logs(logs))
-    }
-
-    pub fn publish_status(&self, device_id: String, status: String) -> Result<(), PublishError> {
-        self.send(Inbound::DeviceStatus { device_id, status })
+    pub fn redis(&self) -> Option<&Arc<redis::RedisBus>> {
+        match self {
+            Bus::Redis(r) => Some(r),
+            Bus::Embedded(_) => None,
+        }
     }
 }

@@ -83,6 +83,7 @@ fn publish_error(app: &HttpState, e: PublishError, entries: usize) -> AppError {
     let code = match e {
         PublishError::Overloaded => "overloaded",
         PublishError::Closed => "shutting_down",
+        PublishError::Unavailable(_) => "bus_unavailable",
     };
     AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
 }
@@ -96,14 +97,22 @@ pub async fn post_logs(
     let body = body?;
     let records = parse_entries(parse_body(&body)?).map_err(AppError::bad_field)?;
     let n = records.len();
-    app.while_accepting(|| app.bus.publish_logs(records))
-        .unwrap_or(Err(PublishError::Closed))
-        .map_err(|e| publish_error(&app, e, n))?;
-    app.metrics.logs_in.fetch_add(n as u64, Ordering::Relaxed);
+    let permit = app.ingest_permit();
+    match permit {
+        Some(_) => app.bus.publish_logs(records).await,
+        None => Err(PublishError::Closed),
+    }
+    .map_err(|e| publish_error(&app, e, n))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "success": true, "accepted": n })),
     ))
+}
+
+/// Whether a device id and status are within bounds (shared with the Redis channel).
+pub fn valid_status(device_id: &str, status: &str) -> bool {
+    (1..=MAX_DEVICE_ID_LEN).contains(&device_id.len())
+        && (1..=MAX_STATUS_LEN).contains(&status.len())
 }
 
 pub async fn post_device_status(
@@ -114,7 +123,7 @@ pub async fn post_device_status(
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     require_api_key(&app, &headers)?;
     let body = body?;
-    if device_id.is_empty() || device_id.len() > MAX_DEVICE_ID_LEN {
+    if !valid_status(&device_id, "x") {
         return Err(AppError::bad_field(FieldError::new(
             "deviceId",
             format!("must be 1 to {MAX_DEVICE_ID_LEN} bytes"),
@@ -135,9 +144,16 @@ pub async fn post_device_status(
             )));
         }
     };
-    app.while_accepting(|| app.bus.publish_status(device_id.clone(), status.clone()))
-        .unwrap_or(Err(PublishError::Closed))
-        .map_err(|e| publish_error(&app, e, 0))?;
+    let permit = app.ingest_permit();
+    match permit {
+        Some(_) => {
+            app.bus
+                .publish_status(device_id.clone(), status.clone())
+                .await
+        }
+        None => Err(PublishError::Closed),
+    }
+    .map_err(|e| publish_error(&app, e, 0))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "success": true, "deviceId": device_id, "status": status })),

@@ -155,6 +155,9 @@ impl Router {
     fn on_inbound(&mut self, msg: Inbound, queue: &Receiver<Inbound>) {
         match msg {
             Inbound::Logs(logs) => {
+                self.metrics
+                    .logs_in
+                    .fetch_add(logs.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if self.pending.is_empty() {
                     self.pending_since = Some(Instant::now());
                 }

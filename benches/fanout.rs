@@ -1,0 +1,395 @@
+//! End-to-end fan-out benchmark: N WebSocket clients (each subscribed to one of D devices,
+//! `batch: true`), logs POSTed to `/api/logs` in 20 ms ticks. Reports deliveries per second,
+//! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
+//! reading the frame, and resident memory per connection.
+//!
+//! `cargo bench --bench fanout -- [--target logstream|node|both] [--clients 1000]
+//!   [--devices 100] [--rate 5000] [--seconds 10]`
+//!
+//! `node` is the seed's design on Node.js + socket.io (`../shared/peers/node-seed`, copied to
+//! a temporary directory and `npm ci`-ed), measured in the same run with the same clients.
+//! The clients are raw engine.io v4 WebSocket clients (tokio-tungstenite) so the load
+//! generator stays light; they speak the same protocol as socket.io-client.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "bench-secret-0123456789abcdef";
+const API_KEY: &str = "bench-api-key";
+
+struct Args {
+    target: String,
+    clients: usize,
+    devices: usize,
+    rate: usize,
+    seconds: u64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        target: "both".into(),
+        clients: 1000,
+        devices: 100,
+        rate: 5000,
+        seconds: 10,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--target" => a.target = v,
+            "--clients" => a.clients = v.parse().expect("--clients N"),
+            "--devices" => a.devices = v.parse().expect("--devices N"),
+            "--rate" => a.rate = v.parse().expect("--rate N"),
+            "--seconds" => a.seconds = v.parse().expect("--seconds N"),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn token(sub: &str) -> String {
+    let config = logstream::config::Config {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let (keys, _) = logstream::auth::Keys::from_config(&config).unwrap();
+    keys.mint(sub, Duration::from_secs(3600), &Default::default())
+        .unwrap()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+struct Target {
+    name: &'static str,
+    url: String,
+    child: Child,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_logstream() -> Target {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .env("LOGSTREAM_JWT_SECRET", SECRET)
+        .env("LOGSTREAM_API_KEY", API_KEY)
+        .env("LOGSTREAM_MAX_CONNECTIONS_PER_USER", "100000")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start logstream");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("logstream exited").unwrap();
+        if let Some(u) = line.strip_prefix("logstream listening on ") {
+            break u.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Target {
+        name: "logstream",
+        url,
+        child,
+    }
+}
+
+fn start_node() -> Target {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/node-seed");
+    let dir = std::env::temp_dir().join("logstream-bench-node-seed");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["package.json", "package-lock.json", "server.js"] {
+        let to = dir.join(f);
+        let _ = std::fs::remove_file(&to);
+        std::fs::copy(src.join(f), &to)
+            .unwrap_or_else(|e| panic!("copy {f} from {}: {e}", src.display()));
+    }
+    if !dir.join("node_modules/socket.io").exists() {
+        let ok = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "npm ci for the node-seed peer failed");
+    }
+    let port = free_port();
+    let child = Command::new("node")
+        .arg("server.js")
+        .current_dir(&dir)
+        .env("PORT", port.to_string())
+        .env("JWT_SECRET", SECRET)
+        .env("API_KEY", API_KEY)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start node peer");
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Target {
+        name: "node-seed (socket.io 4.8.4)",
+        url,
+        child,
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[derive(Default)]
+struct Tally {
+    delivered: AtomicU64,
+    recording: AtomicBool,
+    latencies_us: Mutex<Vec<u64>>,
+}
+
+/// Pull every `"sentAtUs":N` out of a frame without parsing the JSON.
+fn sent_stamps(frame: &str) -> impl Iterator<Item = u64> + '_ {
+    frame.split("\"sentAtUs\":").skip(1).filter_map(|rest| {
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    })
+}
+
+async fn run_client(
+    url: String,
+    sub: String,
+    device: String,
+    tally: Arc<Tally>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) {
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect");
+    let mut subscribed = false;
+    let mut local = Vec::new();
+    ws.send(Message::Text(format!(
+        "40{}",
+        json!({ "token": token(&sub) })
+    )))
+    .await
+    .unwrap();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        if text == "2" {
+            let _ = ws.send(Message::Text("3".into())).await;
+        } else if text.starts_with("40") && !subscribed {
+            subscribed = true;
+            let sub = json!(["log:subscribe", { "deviceIds": [device], "batch": true }]);
+            ws.send(Message::Text(format!("42{sub}"))).await.unwrap();
+        } else if text.starts_with("42[\"log:subscribed\"") {
+            let _ = ready.send(()).await;
+        } else if text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"") {
+            let now = now_us();
+            let mut n = 0;
+            let record = tally.recording.load(Ordering::Relaxed);
+            for sent in sent_stamps(&text) {
+                n += 1;
+                if record {
+                    local.push(now.saturating_sub(sent));
+                }
+            }
+            if record {
+                tally.delivered.fetch_add(n, Ordering::Relaxed);
+                if local.len() >= 256 {
+                    tally.latencies_us.lock().await.append(&mut local);
+                }
+            }
+        } else if text.starts_with("44") {
+            panic!("connect refused: {text}");
+        }
+    }
+    tally.latencies_us.lock().await.append(&mut local);
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+async fn measure(target: &Target, a: &Args) -> String {
+    let pid = target.child.id();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kb(pid);
+    let tally = Arc::new(Tally::default());
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.clients);
+    let mut clients = Vec::new();
+    for i in 0..a.clients {
+        clients.push(tokio::spawn(run_client(
+            target.url.clone(),
+            format!("bench-{i}"),
+            format!("dev-{}", i % a.devices),
+            tally.clone(),
+            ready_tx.clone(),
+        )));
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for _ in 0..a.clients {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .expect("all clients subscribed within 60 s");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = rss_kb(pid);
+
+    let http = reqwest::Client::new();
+    let per_tick = (a.rate / 50).max(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let offered = Arc::new(AtomicU64::new(0));
+    let poster = {
+        let (url, stop, offered, devices) =
+            (target.url.clone(), stop.clone(), offered.clone(), a.devices);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut k = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let sent = now_us();
+                let logs: Vec<Value> = (0..per_tick)
+                    .map(|_| {
+                        k += 1;
+                        json!({ "deviceId": format!("dev-{}", k % devices as u64), "level": "INFO",
+                                "message": format!("bench log {k}"), "sentAtUs": sent })
+                    })
+                    .collect();
+                let r = http
+                    .post(format!("{url}/api/logs"))
+                    .header("x-api-key", API_KEY)
+                    .json(&logs)
+                    .send()
+                    .await;
+                if matches!(&r, Ok(resp) if resp.status().is_success()) {
+                    offered.fetch_add(per_tick as u64, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
+    let cpu0 = cpu_seconds(pid);
+    let offered0 = offered.load(Ordering::Relaxed);
+    tally.recording.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    tally.recording.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let offered_n = offered.load(Ordering::Relaxed) - offered0;
+    let rss_end = rss_kb(pid);
+    stop.store(true, Ordering::Relaxed);
+    let _ = poster.await;
+    let delivered = tally.delivered.load(Ordering::Relaxed);
+    for c in &clients {
+        c.abort();
+    }
+    let mut lat = std::mem::take(&mut *tally.latencies_us.lock().await);
+    lat.sort_unstable();
+    let per_client_kb = rss_connected.saturating_sub(rss_before) as f64 / a.clients as f64;
+    format!(
+        "| {} | {:.0} | {:.0} | {:.2} µs | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
+        target.name,
+        offered_n as f64 / elapsed,
+        delivered as f64 / elapsed,
+        cpu / delivered.max(1) as f64 * 1e6,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        per_client_kb,
+        rss_connected as f64 / 1024.0,
+        rss_end as f64 / 1024.0,
+    )
+}
+
+fn main() {
+    let a = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "clients {}, devices {}, offered {} logs/s, window {} s, batch: true",
+        a.clients, a.devices, a.rate, a.seconds
+    );
+    println!(
+        "| server | logs in /s | deliveries /s | server CPU per delivered log | p50 / p99 latency | RSS per connection | RSS connected / at end |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let targets: Vec<&str> = match a.target.as_str() {
+        "both" => vec!["logstream", "node"],
+        t => vec![t],
+    };
+    for t in targets {
+        let target = if t == "node" {
+            start_node()
+        } else {
+            start_logstream()
+        };
+        let row = rt.block_on(measure(&target, &a));
+        println!("{row}");
+        drop(target);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let _ = PathBuf::new();
+}

@@ -1,0 +1,135 @@
+//! Cost of evaluating the `default` filter: the wasm component the server serves with
+//! against the native reference, per (log × subscription) and per log, at 10, 1000 and
+//! 10000 subscriptions.
+//!
+//! `cargo bench --bench filter_eval`
+//!
+//! Workloads (batches of 50 logs over 100 devices):
+//! - device-scoped: each subscription names one device (the common dashboard case); the
+//!   device index should make the per-log cost nearly flat in the number of subscribers;
+//! - unscoped: levels + keyword on every subscription, so every log meets every subscription.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use logstream::filter::native::NativeDefault;
+use logstream::filter::{FilterEngine, Matches};
+use logstream::log_entry::LogRecord;
+use logstream::plugins::filter::WasmFilter;
+use logstream::plugins::{BUILTIN_DEFAULT, PluginLimits, PluginStats, Runtime};
+use serde_json::json;
+
+const BATCH: usize = 50;
+const DEVICES: usize = 100;
+
+fn wasm_default() -> WasmFilter {
+    let runtime = Runtime::new(
+        PluginLimits {
+            call_timeout: Duration::from_secs(10),
+            memory_bytes: 512 << 20,
+            log_per_second: 10,
+        },
+        None,
+    )
+    .expect("runtime");
+    let pre = runtime.prepare(BUILTIN_DEFAULT).expect("default loads");
+    WasmFilter::new("default", runtime, pre, 3, Arc::new(PluginStats::default()))
+}
+
+fn batches(n: usize) -> Vec<Vec<Arc<LogRecord>>> {
+    let levels = ["DEBUG", "INFO", "WARN", "ERROR"];
+    (0..n)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| {
+                    let k = b * BATCH + i;
+                    Arc::new(
+                        LogRecord::from_value(json!({
+                            "deviceId": format!("dev-{}", k % DEVICES),
+                            "level": levels[k % 4],
+                            "message": format!("request {k} finished with status {} after timeout check", k % 7),
+                            "tags": ["api", format!("shard-{}", k % 3)],
+                        }))
+                        .expect("valid"),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Mean time of one `evaluate` over `batches`, repeated for at least `min` wall time.
+fn time_evaluate(
+    engine: &mut dyn FilterEngine,
+    batches: &[Vec<Arc<LogRecord>>],
+    min: Duration,
+) -> (Duration, usize) {
+    let mut out: Vec<Matches> = Vec::new();
+    // Warm up.
+    for b in batches.iter().take(5) {
+        out.clear();
+        engine.evaluate(b, &mut out).expect("evaluate");
+    }
+    let started = Instant::now();
+    let mut calls = 0usize;
+    let mut matched = 0usize;
+    while started.elapsed() < min {
+        for b in batches {
+            out.clear();
+            engine.evaluate(b, &mut out).expect("evaluate");
+            matched += out.iter().map(|m| m.entries.len()).sum::<usize>();
+            calls += 1;
+        }
+    }
+    (started.elapsed() / calls as u32, matched / calls)
+}
+
+fn main() {
+    let min = Duration::from_millis(
+        std::env::var("BENCH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1500),
+    );
+    let batches = batches(20);
+    println!(
+        "| workload | subscriptions | engine | per batch of {BATCH} | per log | per (log × subscription) | matches per batch |"
+    );
+    println!("| --- | ---: | --- | ---: | ---: | ---: | ---: |");
+    for workload in ["device-scoped", "unscoped"] {
+        for subs in [10usize, 1000, 10_000] {
+            let mut rows = Vec::new();
+            for engine_name in ["native", "wasm"] {
+                let mut engine: Box<dyn FilterEngine> = match engine_name {
+                    "native" => Box::new(NativeDefault::default()),
+                    _ => Box::new(wasm_default()),
+                };
+                for id in 0..subs {
+                    let params = match workload {
+                        "device-scoped" => {
+                            json!({ "deviceIds": [format!("dev-{}", id % DEVICES)] })
+                        }
+                        _ => {
+                            json!({ "levels": ["WARN", "ERROR"], "keywords": [format!("status {}", id % 7)] })
+                        }
+                    };
+                    engine.add(id as u64 + 1, &params.to_string()).expect("add");
+                }
+                let (per_batch, matched) = time_evaluate(engine.as_mut(), &batches, min);
+                let per_log = per_batch.as_nanos() as f64 / BATCH as f64;
+                let per_pair = per_log / subs as f64;
+                rows.push((engine_name, per_batch, per_log, per_pair, matched));
+            }
+            for (engine_name, per_batch, per_log, per_pair, matched) in &rows {
+                println!(
+                    "| {workload} | {subs} | {engine_name} | {:.1} µs | {:.0} ns | {:.2} ns | {matched} |",
+                    per_batch.as_nanos() as f64 / 1e3,
+                    per_log,
+                    per_pair
+                );
+            }
+            let ratio = rows[1].2 / rows[0].2;
+            println!("| {workload} | {subs} | wasm / native | {ratio:.2}× | | | |");
+        }
+    }
+}
