@@ -104,15 +104,13 @@ fn unavailable(e: crate::bus::PublishError) -> AppError {
 pub async fn connections(
     State(app): State<HttpState>,
     headers: HeaderMap,
+    Query(scope): Query<Scope>,
 ) -> Result<Json<Value>, AppError> {
     require_admin(&app, &headers)?;
-    let mut list: Vec<_> = app
-        .connections
-        .snapshot()
-        .iter()
-        .map(|c| c.view())
-        .collect();
-    list.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
+    let list = match scope.cluster(&app) {
+        Some(bus) => cluster::describe_all(bus).await.map_err(unavailable)?.0,
+        None => cluster::local_connections(&app, &app.instance),
+    };
     Ok(Json(json!({ "success": true, "data": list })))
 }
 
@@ -172,6 +170,15 @@ pub async fn broadcast(
             });
         }
     };
+    if let Some(bus) = app.bus.redis() {
+        let op = json!({ "op": "broadcast", "event": event, "data": body.data });
+        bus.publish(&bus.channels.admin, op.to_string())
+            .await
+            .map_err(unavailable)?;
+        return Ok(Json(
+            json!({ "success": true, "data": { "event": event, "scope": "cluster" } }),
+        ));
+    }
     let recipients = app.connections.len();
     app.io.emit(event.as_str(), &body.data).await.map_err(|e| {
         AppError::new(
@@ -180,9 +187,10 @@ pub async fn broadcast(
             e.to_string(),
         )
     })?;
-    Ok(Json(
-        json!({ "success": true, "data": { "event": event, "recipients": recipients } }),
-    ))
+    Ok(Json(json!({
+        "success": true,
+        "data": { "event": event, "recipients": recipients, "scope": "local" }
+    })))
 }
 
 pub async fn disconnect(
@@ -198,21 +206,33 @@ pub async fn disconnect(
             format!("{id:?} is not a connection id"),
         )
     })?;
-    let socket = app.io.get_socket(sid).ok_or_else(|| {
+    let not_found = || {
         AppError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no connection {id}"),
         )
-    })?;
-    socket.disconnect().map_err(|e| {
-        AppError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "disconnect_failed",
-            e.to_string(),
-        )
-    })?;
-    Ok(Json(json!({ "success": true, "data": { "id": id } })))
+    };
+    if let Some(socket) = app.io.get_socket(sid) {
+        socket.disconnect().map_err(|e| {
+            AppError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "disconnect_failed",
+                e.to_string(),
+            )
+        })?;
+        return Ok(Json(
+            json!({ "success": true, "data": { "id": id, "instance": app.instance } }),
+        ));
+    }
+    let bus = app.bus.redis().ok_or_else(not_found)?;
+    let instance = cluster::disconnect_anywhere(bus, &id)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(not_found)?;
+    Ok(Json(
+        json!({ "success": true, "data": { "id": id, "instance": instance } }),
+    ))
 }
 
 pub async fn plugins(

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,301 @@
+//! Several logstream instances sharing one real `redis-server`: the seed's channels, exactly
+//! once delivery wherever a log comes in, cluster-wide admin, and Redis outages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{RedisServer, free_port};
+use common::{ADMIN_KEY, API_KEY, Server, TestClient, log};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(500);
+
+fn instance(redis_url: &str, id: &str) -> Server {
+    Server::builder()
+        .env("LOGSTREAM_REDIS_URL", redis_url)
+        .set("instance_id", id)
+        .set("rate_limit", 100_000)
+        .start()
+}
+
+fn messages(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn health(server: &Server) -> Value {
+    server.get("/api/ws/health", &[]).await.1["data"].clone()
+}
+
+/// Poll until `pred(health)` holds, for at most `within`.
+async fn wait_health(server: &Server, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let h = health(server).await;
+        if pred(&h) {
+            return h;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never reached the expected state: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready(server: &Server) {
+    wait_health(server, T, |h| h["bus"]["state"] == "connected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_log_reaches_each_matching_client_once_wherever_it_came_in() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut a1 = a.client("u1").await;
+    a1.subscribe(json!({ "deviceIds": ["d1"] })).await;
+    let mut a2 = a.client("u2").await;
+    a2.subscribe(json!({})).await;
+    let mut b1 = b.client("u3").await;
+    b1.subscribe(json!({ "deviceIds": ["d1"], "levels": ["ERROR"] }))
+        .await;
+    let mut b2 = b.client("u4").await;
+    b2.subscribe(json!({ "deviceIds": ["d2"], "batch": true }))
+        .await;
+
+    a.ingest(json!([log("d1", "INFO", "1"), log("d2", "ERROR", "2")]))
+        .await;
+    b.ingest(json!([log("d1", "ERROR", "3")])).await;
+    redis
+        .publish("log:new", &log("d2", "INFO", "4").to_string())
+        .await;
+    redis
+        .publish(
+            "log:new",
+            &json!([log("d1", "error", "5"), log("d2", "WARN", "6")]).to_string(),
+        )
+        .await;
+    redis.publish("log:new", "this is not json").await;
+    redis.publish("log:new", r#"{"message":"no device"}"#).await;
+    a.ingest(json!([log("d1", "INFO", "7")])).await;
+
+    assert_eq!(messages(&a1.logs(4, T).await), ["1", "3", "5", "7"]);
+    assert_eq!(
+        messages(&a2.logs(7, T).await),
+        ["1", "2", "3", "4", "5", "6", "7"]
+    );
+    assert_eq!(messages(&b1.logs(2, T).await), ["3", "5"]);
+    assert_eq!(messages(&b2.logs(3, T).await), ["2", "4", "6"]);
+    for c in [&mut a1, &mut a2, &mut b1, &mut b2] {
+        assert!(c.drain("log:new", QUIET).await.is_empty(), "no duplicates");
+        assert!(
+            c.drain("log:batch", Duration::from_millis(10))
+                .await
+                .is_empty(),
+            "no duplicates"
+        );
+    }
+    for server in [&a, &b] {
+        let h = health(server).await;
+        assert_eq!(h["bus"]["malformedMessages"], 2, "{h}");
+        assert_eq!(h["healthy"], true);
+    }
+    // A log keeps its id across instances.
+    a.ingest(json!({ "id": "fixed-id", "deviceId": "d1", "message": "8" }))
+        .await;
+    assert_eq!(a1.logs(1, T).await[0]["id"], "fixed-id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_status_crosses_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut cb = b.client("u").await;
+    let (s, _) = a
+        .post(
+            "/api/devices/dev-9/status",
+            &[("x-api-key", API_KEY)],
+            r#"{"status":"online"}"#,
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(
+        cb.next("device:status").await,
+        json!({ "deviceId": "dev-9", "status": "online" })
+    );
+    assert_eq!(cb.next("device:online").await["deviceId"], "dev-9");
+    redis
+        .publish(
+            "device:status",
+            r#"{"deviceId":"dev-9","status":"offline"}"#,
+        )
+        .await;
+    assert_eq!(cb.next("device:offline").await["deviceId"], "dev-9");
+    redis
+        .publish("device:status", r#"{"deviceId":"dev-9"}"#)
+        .await;
+    let h = wait_health(&b, T, |h| h["bus"]["malformedMessages"] == 1).await;
+    assert_eq!(h["healthy"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_operations_span_the_cluster() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    ready(&a).await;
+    ready(&b).await;
+    let admin = [("x-api-key", ADMIN_KEY)];
+    let mut alice = a.client("alice").await;
+    let mut bob = b.client("bob").await;
+
+    let (s, body) = a.get("/api/ws/connections", &admin).await;
+    assert_eq!(s, 200, "{body}");
+    let list = body["data"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 2, "{body}");
+    let bob_conn = list.iter().find(|c| c["userId"] == "bob").unwrap();
+    assert_eq!(bob_conn["instance"], "b");
+    assert_eq!(
+        list.iter().find(|c| c["userId"] == "alice").unwrap()["instance"],
+        "a"
+    );
+    let (_, local) = a.get("/api/ws/connections?scope=local", &admin).await;
+    assert_eq!(local["data"].as_array().unwrap().len(), 1);
+
+    let (_, stats) = b.get("/api/ws/stats", &admin).await;
+    assert_eq!(stats["data"]["total"], 2);
+    assert_eq!(stats["data"]["byUser"], json!({ "alice": 1, "bob": 1 }));
+    assert_eq!(stats["data"]["instances"].as_array().unwrap().len(), 2);
+
+    let (s, _) = a
+        .post(
+            "/api/ws/broadcast",
+            &admin,
+            r#"{"event":"notice","data":{"text":"hi"}}"#,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(alice.next("notice").await["text"], "hi");
+    assert_eq!(bob.next("notice").await["text"], "hi");
+
+    let id = bob_conn["id"].as_str().unwrap();
+    let (s, body) = a.delete(&format!("/api/ws/connections/{id}"), &admin).await;
+    assert_eq!(
+        (s, body["data"]["instance"].as_str()),
+        (200, Some("b")),
+        "{body}"
+    );
+    bob.next("close").await;
+    let (s, _) = a
+        .delete("/api/ws/connections/AAAAAAAAAAAAAAAA", &admin)
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_degrades_then_recovers_without_crashing() {
+    let port = free_port();
+    let mut redis = RedisServer::start_on(port);
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    ready(&a).await;
+    ready(&b).await;
+    let mut cb = b.client("u").await;
+    cb.subscribe(json!({})).await;
+    a.ingest(log("d", "INFO", "before")).await;
+    assert_eq!(messages(&cb.logs(1, T).await), ["before"]);
+
+    redis.stop();
+    for server in [&a, &b] {
+        let h = wait_health(server, T, |h| h["bus"]["state"] == "degraded").await;
+        assert_eq!(h["healthy"], false);
+    }
+    let (s, body) = a
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY)],
+            &log("d", "INFO", "lost?").to_string(),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (503, Some("bus_unavailable")),
+        "{body}"
+    );
+    // Sockets are still served meanwhile.
+    let _still = TestClient::connect(&b.url, Some(&Server::token("v")))
+        .await
+        .expect("connect while degraded");
+
+    let _redis = RedisServer::start_on(port);
+    for server in [&a, &b] {
+        let h = wait_health(server, Duration::from_secs(20), |h| {
+            h["bus"]["state"] == "connected"
+        })
+        .await;
+        assert!(h["bus"]["reconnects"].as_u64().unwrap() >= 1, "{h}");
+    }
+    a.ingest(log("d", "INFO", "after")).await;
+    assert_eq!(
+        messages(&cb.logs(1, T).await),
+        ["after"],
+        "the 503 log was never accepted, so never delivered"
+    );
+    assert!(cb.drain("log:new", QUIET).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down_and_connects_when_it_comes_up() {
+    let port = free_port();
+    let a = instance(&format!("redis://127.0.0.1:{port}"), "a");
+    let h = health(&a).await;
+    assert_eq!(
+        (h["bus"]["state"].as_str(), h["healthy"].as_bool()),
+        (Some("degraded"), Some(false)),
+        "{h}"
+    );
+    let (s, _) = a
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY)],
+            &log("d", "INFO", "x").to_string(),
+        )
+        .await;
+    assert_eq!(s, 503);
+    let mut c = a.client("u").await;
+    c.subscribe(json!({})).await;
+    let _redis = RedisServer::start_on(port);
+    wait_health(&a, Duration::from_secs(20), |h| {
+        h["bus"]["state"] == "connected"
+    })
+    .await;
+    a.ingest(log("d", "INFO", "now")).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["now"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_with_redis_delivers_what_was_accepted() {
+    let redis = RedisServer::start();
+    let mut a = instance(&redis.url(), "a");
+    ready(&a).await;
+    let mut c = a.client("u").await;
+    c.subscribe(json!({ "batch": true })).await;
+    let logs: Vec<Value> = (0..300).map(|i| log("d", "INFO", &i.to_string())).collect();
+    a.ingest(Value::Array(logs)).await;
+    let stopping = tokio::task::spawn_blocking(move || a.terminate(Duration::from_secs(10)));
+    let got = c.logs(300, T).await;
+    assert_eq!(
+        messages(&got),
+        (0..300).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    let status = stopping.await.unwrap().expect("exited in time");
+    assert!(status.success(), "{status:?}");
+}
