@@ -3,15 +3,15 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream|node|both] [--clients 1000]
-//!   [--devices 100] [--rate 5000] [--seconds 10]`
+//! `cargo bench --bench fanout -- [--target logstream|node|both] [--mode batch|new]
+//!   [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10] [--set key=value ...]`
 //!
 //! `node` is the seed's design on Node.js + socket.io (`../shared/peers/node-seed`, copied to
 //! a temporary directory and `npm ci`-ed), measured in the same run with the same clients.
 //! The clients are raw engine.io v4 WebSocket clients (tokio-tungstenite) so the load
 //! generator stays light; they speak the same protocol as socket.io-client.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -27,19 +26,25 @@ const API_KEY: &str = "bench-api-key";
 
 struct Args {
     target: String,
+    /// `batch` (log:batch, as the seed's benchmark) or `new` (one log:new per log).
+    mode: String,
     clients: usize,
     devices: usize,
     rate: usize,
     seconds: u64,
+    /// `--set key=value` passed to logstream.
+    sets: Vec<String>,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         target: "both".into(),
+        mode: "batch".into(),
         clients: 1000,
         devices: 100,
         rate: 5000,
         seconds: 10,
+        sets: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,10 +52,12 @@ fn parse_args() -> Args {
         let v = argv.get(i + 1).cloned().unwrap_or_default();
         match argv[i].as_str() {
             "--target" => a.target = v,
+            "--mode" => a.mode = v,
             "--clients" => a.clients = v.parse().expect("--clients N"),
             "--devices" => a.devices = v.parse().expect("--devices N"),
             "--rate" => a.rate = v.parse().expect("--rate N"),
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
+            "--set" => a.sets.push(v),
             _ => {
                 i += 1;
                 continue;
@@ -80,7 +87,25 @@ fn token(sub: &str) -> String {
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of the thread of `pid` named `name` (0 if none).
+fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            return stat_cpu_seconds(&task.path().join("stat").display().to_string());
+        }
+    }
+    0.0
+}
+
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
@@ -110,10 +135,14 @@ impl Drop for Target {
     }
 }
 
-fn start_logstream() -> Target {
+fn start_logstream(sets: &[String]) -> Target {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
+    cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+    for kv in sets {
+        cmd.arg("--set").arg(kv);
+    }
+    let mut child = cmd
         .env("LOGSTREAM_JWT_SECRET", SECRET)
         .env("LOGSTREAM_API_KEY", API_KEY)
         .env("LOGSTREAM_MAX_CONNECTIONS_PER_USER", "100000")
@@ -189,9 +218,11 @@ fn free_port() -> u16 {
 
 #[derive(Default)]
 struct Tally {
+    /// Handshake progress per client, for diagnosing a client that never gets ready.
+    stages: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
     delivered: AtomicU64,
     recording: AtomicBool,
-    latencies_us: Mutex<Vec<u64>>,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
 }
 
 /// Pull every `"sentAtUs":N` out of a frame without parsing the JSON.
@@ -208,6 +239,7 @@ async fn run_client(
     url: String,
     sub: String,
     device: String,
+    batch: bool,
     tally: Arc<Tally>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) {
@@ -219,44 +251,51 @@ async fn run_client(
         .await
         .expect("ws connect");
     let mut subscribed = false;
-    let mut local = Vec::new();
+    let stage = |s: &'static str| {
+        tally.stages.lock().unwrap().insert(sub.clone(), s);
+    };
+    stage("websocket open");
     ws.send(Message::Text(format!(
         "40{}",
         json!({ "token": token(&sub) })
     )))
     .await
     .unwrap();
-    while let Some(Ok(msg)) = ws.next().await {
+    while let Some(msg) = ws.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("client {sub}: {e}");
+                break;
+            }
+        };
         let Message::Text(text) = msg else { continue };
         if text == "2" {
             let _ = ws.send(Message::Text("3".into())).await;
         } else if text.starts_with("40") && !subscribed {
             subscribed = true;
-            let sub = json!(["log:subscribe", { "deviceIds": [device], "batch": true }]);
+            stage("namespace connected");
+            let sub = json!(["log:subscribe", { "deviceIds": [device], "batch": batch }]);
             ws.send(Message::Text(format!("42{sub}"))).await.unwrap();
         } else if text.starts_with("42[\"log:subscribed\"") {
+            stage("subscribed");
             let _ = ready.send(()).await;
         } else if text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"") {
             let now = now_us();
-            let mut n = 0;
-            let record = tally.recording.load(Ordering::Relaxed);
-            for sent in sent_stamps(&text) {
-                n += 1;
-                if record {
-                    local.push(now.saturating_sub(sent));
-                }
+            if tally.recording.load(Ordering::Relaxed) {
+                let mut lat = tally.latencies_us.lock().unwrap();
+                let before = lat.len();
+                lat.extend(sent_stamps(&text).map(|sent| now.saturating_sub(sent)));
+                tally
+                    .delivered
+                    .fetch_add((lat.len() - before) as u64, Ordering::Relaxed);
             }
-            if record {
-                tally.delivered.fetch_add(n, Ordering::Relaxed);
-                if local.len() >= 256 {
-                    tally.latencies_us.lock().await.append(&mut local);
-                }
-            }
+        } else if text.starts_with("42[\"error\"") {
+            eprintln!("client {sub}: {text}");
         } else if text.starts_with("44") {
             panic!("connect refused: {text}");
         }
     }
-    tally.latencies_us.lock().await.append(&mut local);
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -279,6 +318,7 @@ async fn measure(target: &Target, a: &Args) -> String {
             target.url.clone(),
             format!("bench-{i}"),
             format!("dev-{}", i % a.devices),
+            a.mode == "batch",
             tally.clone(),
             ready_tx.clone(),
         )));
@@ -286,10 +326,18 @@ async fn measure(target: &Target, a: &Args) -> String {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    for _ in 0..a.clients {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+    for i in 0..a.clients {
+        if tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
             .await
-            .expect("all clients subscribed within 60 s");
+            .is_err()
+        {
+            let stages = tally.stages.lock().unwrap();
+            let stuck: Vec<_> = stages.iter().filter(|(_, s)| **s != "subscribed").collect();
+            panic!(
+                "only {i} of {} clients subscribed within 60 s; stuck: {stuck:?}",
+                a.clients
+            );
+        }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_kb(pid);
@@ -329,6 +377,7 @@ async fn measure(target: &Target, a: &Args) -> String {
     };
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
     let cpu0 = cpu_seconds(pid);
+    let router0 = thread_cpu_seconds(pid, "logstream-route");
     let offered0 = offered.load(Ordering::Relaxed);
     tally.recording.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -336,6 +385,7 @@ async fn measure(target: &Target, a: &Args) -> String {
     tally.recording.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
+    let router_cpu = thread_cpu_seconds(pid, "logstream-route") - router0;
     let offered_n = offered.load(Ordering::Relaxed) - offered0;
     let rss_end = rss_kb(pid);
     stop.store(true, Ordering::Relaxed);
@@ -344,11 +394,16 @@ async fn measure(target: &Target, a: &Args) -> String {
     for c in &clients {
         c.abort();
     }
-    let mut lat = std::mem::take(&mut *tally.latencies_us.lock().await);
+    let mut lat = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
     lat.sort_unstable();
     let per_client_kb = rss_connected.saturating_sub(rss_before) as f64 / a.clients as f64;
+    let router_part = if target.name == "logstream" {
+        format!("{:.2} µs", router_cpu / delivered.max(1) as f64 * 1e6)
+    } else {
+        "n/a".into()
+    };
     format!(
-        "| {} | {:.0} | {:.0} | {:.2} µs | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
+        "| {} | {:.0} | {:.0} | {:.2} µs | {router_part} | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
         target.name,
         offered_n as f64 / elapsed,
         delivered as f64 / elapsed,
@@ -369,13 +424,13 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "clients {}, devices {}, offered {} logs/s, window {} s, batch: true",
-        a.clients, a.devices, a.rate, a.seconds
+        "clients {}, devices {}, offered {} logs/s, window {} s, mode {}",
+        a.clients, a.devices, a.rate, a.seconds, a.mode
     );
     println!(
-        "| server | logs in /s | deliveries /s | server CPU per delivered log | p50 / p99 latency | RSS per connection | RSS connected / at end |"
+        "| server | logs in /s | deliveries /s | server CPU per delivered log | of which router thread | p50 / p99 latency | RSS per connection | RSS connected / at end |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let targets: Vec<&str> = match a.target.as_str() {
         "both" => vec!["logstream", "node"],
         t => vec![t],
@@ -384,12 +439,11 @@ fn main() {
         let target = if t == "node" {
             start_node()
         } else {
-            start_logstream()
+            start_logstream(&a.sets)
         };
         let row = rt.block_on(measure(&target, &a));
         println!("{row}");
         drop(target);
         std::thread::sleep(Duration::from_secs(1));
     }
-    let _ = PathBuf::new();
 }

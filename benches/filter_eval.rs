@@ -5,8 +5,11 @@
 //! `cargo bench --bench filter_eval`
 //!
 //! Workloads (batches of 50 logs over 100 devices):
-//! - device-scoped: each subscription names one device (the common dashboard case); the
-//!   device index should make the per-log cost nearly flat in the number of subscribers;
+//! - one subscriber per device: subscription i watches device i, so every log meets exactly
+//!   one subscription whatever their number; the device index should keep the per-log cost
+//!   flat from 10 to 10000 subscribers;
+//! - device-scoped: each subscription names one of the 100 devices (many dashboards on the
+//!   same devices), so matches grow with subscribers;
 //! - unscoped: levels + keyword on every subscription, so every log meets every subscription.
 
 use std::sync::Arc;
@@ -96,7 +99,7 @@ fn main() {
         "| workload | subscriptions | engine | per batch of {BATCH} | per log | per (log × subscription) | matches per batch |"
     );
     println!("| --- | ---: | --- | ---: | ---: | ---: | ---: |");
-    for workload in ["device-scoped", "unscoped"] {
+    for workload in ["one subscriber per device", "device-scoped", "unscoped"] {
         for subs in [10usize, 1000, 10_000] {
             let mut rows = Vec::new();
             for engine_name in ["native", "wasm"] {
@@ -106,6 +109,10 @@ fn main() {
                 };
                 for id in 0..subs {
                     let params = match workload {
+                        // Devices dev-0..dev-N: logs (from dev-0..dev-99) each meet exactly one.
+                        "one subscriber per device" => {
+                            json!({ "deviceIds": [format!("dev-{id}")] })
+                        }
                         "device-scoped" => {
                             json!({ "deviceIds": [format!("dev-{}", id % DEVICES)] })
                         }

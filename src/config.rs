@@ -54,9 +54,10 @@ pub struct Config {
     /// Packets queued for one socket before a slow client's overflow is dropped and reported.
     pub socket_queue: usize,
 
-    /// A batch is cut at this many logs ...
+    /// Most logs in one evaluation batch and in one `log:batch` message.
     pub batch_max_logs: usize,
-    /// ... or when its first log has waited this long, or as soon as ingest goes idle.
+    /// A `batch: true` client gets at most one `log:batch` per this window (unless
+    /// `batch_max_logs` are waiting); the first after a quiet window goes out at once.
     pub batch_max_delay_ms: u64,
     /// Ingest requests queued ahead of the router; past it ingest answers 503.
     pub ingest_queue: usize,

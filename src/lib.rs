@@ -93,6 +93,7 @@ pub async fn serve(
         },
         config.ingest_queue,
         metrics.clone(),
+        connections.clone(),
     )
     .context("starting the router thread")?;
     let instance = if config.instance_id.is_empty() {

@@ -313,6 +313,35 @@ async fn batch_mode_emits_arrays_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_clients_get_the_first_log_at_once_and_the_rest_gathered() {
+    let server = Server::builder().set("batch_max_delay_ms", 3000).start();
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "deviceIds": ["d"], "batch": true }))
+        .await;
+    for i in 0..5 {
+        server.ingest(log("d", "INFO", &i.to_string())).await;
+    }
+    let first = c.next("log:batch").await;
+    assert_eq!(
+        messages(first.as_array().unwrap()),
+        ["0"],
+        "leading edge: no wait"
+    );
+    let second = c.next_of(&["log:batch"], Duration::from_secs(10)).await.1;
+    assert_eq!(
+        messages(second.as_array().unwrap()),
+        ["1", "2", "3", "4"],
+        "the rest in one message"
+    );
+    // Pausing sends nothing, and what was gathered is held, not lost.
+    server.ingest(log("d", "INFO", "5")).await;
+    c.emit_ack("log:pause", json!({})).await;
+    c.emit_ack("log:resume", json!({})).await;
+    let rest = c.logs(1, Duration::from_secs(10)).await;
+    assert_eq!(messages(&rest), ["5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lone_log_is_not_held_for_the_batch_window() {
     // Functional check only (the latency numbers live in BENCHMARKS.md): with a batch window
     // of 60 s, a lone log must still arrive, because an idle queue flushes at once.

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -55,6 +55,9 @@ pub struct DeliveryLimits {
     pub max_rate: u32,
     pub pause_buffer: usize,
     pub batch_max_logs: usize,
+    /// A batch-mode client gets at most one `log:batch` per interval (unless
+    /// `batch_max_logs` are waiting); the first after a quiet interval goes out at once.
+    pub batch_interval: Duration,
 }
 
 pub struct Client {
@@ -71,6 +74,12 @@ pub struct Client {
     held: VecDeque<Arc<LogRecord>>,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
     pending_drops: [u64; 3],
+    /// When the handshake registered this client (see [`Client::is_stale`]).
+    registered_at: Instant,
+    /// Batch mode: admitted logs waiting for the next `log:batch`, oldest first.
+    outbox: Vec<Arc<LogRecord>>,
+    /// Batch mode: when the last `log:batch` went out.
+    last_batch_at: Option<Instant>,
 }
 
 impl Client {
@@ -92,17 +101,34 @@ impl Client {
             paused: false,
             held: VecDeque::new(),
             pending_drops: [0; 3],
+            registered_at: now,
+            outbox: Vec::new(),
+            last_batch_at: None,
         }
     }
 
-    /// Apply a (new) subscription's delivery options; returns the effective rate.
+    /// A client registered during a handshake whose CONNECT never completed (so no
+    /// disconnect will ever be reported for it).
+    pub fn is_stale(&self, now: Instant) -> bool {
+        !self.socket.connected()
+            && now.saturating_duration_since(self.registered_at)
+                > std::time::Duration::from_secs(30)
+    }
+
+    /// Apply a (new) subscription's delivery options; returns the effective rate. Logs
+    /// the previous subscription already admitted are sent first.
     pub fn configure(&mut self, batch_mode: bool, rate: Option<u32>) -> u32 {
+        self.flush_outbox(Instant::now(), true);
         let rate = rate
             .unwrap_or(self.limits.max_rate)
             .clamp(1, self.limits.max_rate);
         self.batch_mode = batch_mode;
         self.limiter.set_rate(rate, rate);
         rate
+    }
+
+    pub fn has_outbox(&self) -> bool {
+        !self.outbox.is_empty()
     }
 
     pub fn is_paused(&self) -> bool {
@@ -133,13 +159,44 @@ impl Client {
         }
         self.drop_logs(DropReason::RateLimit, limited);
         if self.paused {
-            let room = self.limits.pause_buffer.saturating_sub(self.held.len());
-            let overflow = admitted.len().saturating_sub(room);
-            self.held.extend(admitted.into_iter().take(room).cloned());
-            self.drop_logs(DropReason::PauseOverflow, overflow as u64);
+            self.hold(admitted.into_iter().cloned());
             return;
         }
-        self.emit_logs(&admitted);
+        if self.batch_mode {
+            self.outbox.extend(admitted.into_iter().cloned());
+            self.flush_outbox(now, false);
+        } else {
+            self.emit_logs(&admitted);
+        }
+    }
+
+    /// Keep logs for a paused client, up to `pause_buffer`; count the overflow.
+    fn hold(&mut self, logs: impl ExactSizeIterator<Item = Arc<LogRecord>>) {
+        let room = self.limits.pause_buffer.saturating_sub(self.held.len());
+        let overflow = logs.len().saturating_sub(room);
+        self.held.extend(logs.take(room));
+        self.drop_logs(DropReason::PauseOverflow, overflow as u64);
+    }
+
+    /// Emit the batch-mode outbox if it is due (or `force`). Returns whether logs are still
+    /// waiting, i.e. whether the router must call again later.
+    pub fn flush_outbox(&mut self, now: Instant, force: bool) -> bool {
+        if self.outbox.is_empty() {
+            return false;
+        }
+        let due = force
+            || self.outbox.len() >= self.limits.batch_max_logs
+            || self
+                .last_batch_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= self.limits.batch_interval);
+        if !due {
+            return true;
+        }
+        let logs = std::mem::take(&mut self.outbox);
+        let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
+        self.emit_logs(&refs);
+        self.last_batch_at = Some(now);
+        false
     }
 
     /// Emit admitted logs: one `log:batch` in batch mode, else one `log:new` each.
@@ -176,6 +233,9 @@ impl Client {
 
     pub fn pause(&mut self) {
         self.paused = true;
+        // Admitted but not yet sent: these are held like anything that arrives now.
+        let waiting = std::mem::take(&mut self.outbox);
+        self.hold(waiting.into_iter());
     }
 
     /// Deliver everything held, in order, then report any pause overflow at once.

@@ -19,8 +19,9 @@ use crate::delivery::rate_limit::TokenBucket;
 /// The WIT package version this host implements.
 pub const INTERFACE: &str = "logstream:plugin@0.1.0";
 
-/// One epoch tick; CPU deadlines are counted in these.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// One epoch tick; CPU deadlines are counted in these (a deadline is rounded up to whole
+/// ticks, at least one). 10 ms keeps the ticker thread cheap when idle.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -229,7 +230,12 @@ impl Runtime {
 
     /// Arm the CPU deadline before a call.
     pub fn arm(&self, store: &mut Store<PluginState>) {
-        let ticks = (self.limits.call_timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let ticks = self
+            .limits
+            .call_timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64;
         store.set_epoch_deadline(ticks);
     }
 }

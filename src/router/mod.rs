@@ -7,8 +7,12 @@
 //! never sees a gap or a duplicate. And because it is a plain OS thread, filter code (native
 //! or WebAssembly) never runs on the async runtime's workers.
 //!
-//! Batching costs no latency when idle: a batch is cut at `batch_max_logs`, when its first
-//! log has waited `batch_max_delay_ms`, or as soon as the inbound queue is empty.
+//! Batching costs no latency when idle. Evaluation batches are cut at `batch_max_logs` or
+//! as soon as the inbound queue is empty. For `batch: true` clients, `log:batch` messages
+//! follow the seed's "50 logs or 100 ms" per client as a leading-edge throttle: the first
+//! logs after a quiet `batch_max_delay_ms` go out at once, later ones wait for the window
+//! (or for `batch_max_logs` to pile up). That cuts messages, the dominant cost of fan-out,
+//! without delaying a lone log.
 
 pub mod registry;
 
@@ -79,6 +83,10 @@ pub struct Subscribed {
     pub rate_limit: u32,
 }
 
+/// How often waiting batch-mode outboxes are checked; bounds how late a `log:batch` can be
+/// past its interval.
+const OUTBOX_TICK: Duration = Duration::from_millis(5);
+
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
     pub max_logs: usize,
@@ -99,6 +107,11 @@ pub struct Router {
     pending_since: Option<Instant>,
     batch: BatchLimits,
     metrics: Arc<Metrics>,
+    /// The admin table, to prune entries of clients that never finished connecting.
+    connections: crate::connections::Connections,
+    /// Batch-mode clients with logs waiting in their outbox.
+    outboxes: std::collections::HashSet<Sid>,
+    next_outbox_check: Instant,
     matches: Vec<Matches>,
 }
 
@@ -108,6 +121,7 @@ pub fn spawn(
     batch: BatchLimits,
     queue: usize,
     metrics: Arc<Metrics>,
+    connections: crate::connections::Connections,
 ) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
     let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(queue);
     let (control_tx, control_rx) = crossbeam_channel::bounded(queue);
@@ -118,6 +132,9 @@ pub fn spawn(
         pending_since: None,
         batch,
         metrics,
+        connections,
+        outboxes: Default::default(),
+        next_outbox_check: Instant::now(),
         matches: Vec::new(),
     };
     let join = std::thread::Builder::new()
@@ -136,6 +153,13 @@ impl Router {
     fn run(mut self, inbound: Receiver<Inbound>, control: Receiver<Control>) {
         let ticker = crossbeam_channel::tick(Duration::from_secs(1));
         loop {
+            // Wake up for due outboxes even when no message arrives.
+            let wait = if self.outboxes.is_empty() {
+                Duration::from_secs(3600)
+            } else {
+                self.next_outbox_check
+                    .saturating_duration_since(Instant::now())
+            };
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(Control::Stop) | Err(_) => break,
@@ -146,9 +170,14 @@ impl Router {
                     Err(_) => break,
                 },
                 recv(ticker) -> _ => self.report_drops(),
+                default(wait) => {}
+            }
+            if !self.outboxes.is_empty() && Instant::now() >= self.next_outbox_check {
+                self.flush_outboxes(false);
             }
         }
         self.flush_all();
+        self.flush_outboxes(true);
         tracing::debug!("router stopped");
     }
 
@@ -190,6 +219,7 @@ impl Router {
             }
             Inbound::Drain(reply) => {
                 self.flush_all();
+                self.flush_outboxes(true);
                 let _ = reply.send(());
             }
         }
@@ -223,6 +253,10 @@ impl Router {
             for sid in &reg.clients {
                 if let Some(client) = self.clients.get_mut(sid) {
                     client.deliver(batch, &m.entries, now);
+                    if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
+                    {
+                        self.next_outbox_check = now + OUTBOX_TICK;
+                    }
                 }
             }
         }
@@ -267,7 +301,32 @@ impl Router {
         }
     }
 
+    /// Send the outboxes that are due (all of them with `force`).
+    fn flush_outboxes(&mut self, force: bool) {
+        let now = Instant::now();
+        let clients = &mut self.clients;
+        self.outboxes.retain(|sid| {
+            clients
+                .get_mut(sid)
+                .is_some_and(|c| c.flush_outbox(now, force))
+        });
+        self.next_outbox_check = now + OUTBOX_TICK;
+    }
+
     fn report_drops(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<Sid> = self
+            .clients
+            .values()
+            .filter(|c| c.is_stale(now))
+            .map(|c| c.sid)
+            .collect();
+        for sid in stale {
+            self.registry.unsubscribe(sid);
+            self.clients.remove(&sid);
+            self.connections.remove(&sid.to_string());
+            tracing::debug!(%sid, "pruned a client whose handshake never completed");
+        }
         for client in self.clients.values_mut() {
             if client.is_paused() {
                 client.report_drops(&[DropReason::RateLimit, DropReason::SlowConsumer]);
@@ -295,6 +354,9 @@ impl Router {
                 let _ = reply.send(result);
             }
             Control::Unsubscribe { sid, reply } => {
+                if let Some(client) = self.clients.get_mut(&sid) {
+                    client.flush_outbox(Instant::now(), true);
+                }
                 let had = self.registry.unsubscribe(sid);
                 if let Some(client) = self.clients.get(&sid)
                     && let Ok(mut s) = client.info.subscription.lock()
@@ -352,5 +414,6 @@ pub fn delivery_limits(config: &crate::config::Config) -> DeliveryLimits {
         max_rate: config.rate_limit,
         pause_buffer: config.pause_buffer,
         batch_max_logs: config.batch_max_logs,
+        batch_interval: Duration::from_millis(config.batch_max_delay_ms),
     }
 }

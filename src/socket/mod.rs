@@ -60,9 +60,9 @@ async fn authenticate(
         .connections
         .admit(&claims.sub)
         .map_err(|e| Refusal(e.to_string()))?;
-    let session = Session::new(claims, slot, app.config.events_per_second);
-    socket.extensions.insert(Arc::new(session));
-    Ok(())
+    let session = Arc::new(Session::new(claims, slot, app.config.events_per_second));
+    socket.extensions.insert(session.clone());
+    attach(&socket, &app, &session)
 }
 
 fn client_ip(socket: &SocketRef) -> String {
@@ -74,15 +74,17 @@ fn client_ip(socket: &SocketRef) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        let _ = socket.disconnect();
-        return;
-    };
+/// Register the client with the router and install its event handlers.
+///
+/// This runs inside the handshake middleware, i.e. *before* the CONNECT packet goes out:
+/// socketioxide spawns the connect handler after sending CONNECT, so handlers installed
+/// there can miss an event the client sends right after `connect` (the seed's client
+/// subscribes exactly then).
+fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), Refusal> {
     let info = Arc::new(ConnectionInfo {
         id: socket.id.to_string(),
         user_id: session.claims.sub.clone(),
-        ip: client_ip(&socket),
+        ip: client_ip(socket),
         connected_at: SystemTime::now(),
         message_count: Default::default(),
         subscription: Default::default(),
@@ -96,21 +98,24 @@ async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
     );
     if app.control(Control::Connect(Box::new(client))).is_err() {
         tracing::warn!(sid = %socket.id, "router busy; refusing connection");
-        let _ = socket.emit(
-            "error",
-            &error_payload("busy", "server busy, try again", None),
-        );
-        let _ = socket.disconnect();
-        return;
+        return Err(Refusal("Server busy".into()));
     }
     app.connections.insert(info);
-    tracing::info!(sid = %socket.id, user = %session.claims.sub, "client connected");
-
     socket.on("log:subscribe", on_subscribe);
     socket.on("log:unsubscribe", on_unsubscribe);
     socket.on("log:pause", on_pause);
     socket.on("log:resume", on_resume);
     socket.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef) {
+    let user = socket
+        .extensions
+        .get::<Arc<Session>>()
+        .map(|s| s.claims.sub.clone())
+        .unwrap_or_default();
+    tracing::info!(sid = %socket.id, %user, "client connected");
 }
 
 fn error_payload(code: &str, message: &str, field: Option<&str>) -> Value {
