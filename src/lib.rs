@@ -130,7 +130,8 @@ pub async fn serve(
         app: app.clone(),
         io: io.clone(),
     })
-    .layer(io_layer);
+    .layer(io_layer)
+    .layer(api::cors(&config));
     let addr = listener.local_addr()?;
     println!("logstream listening on http://{addr}");
     tracing::info!(%addr, "listening");

@@ -843,3 +843,39 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
     assert_eq!(health["data"]["healthy"], true);
     drop(ws);
 }
+
+/// Browsers start Socket.IO with HTTP long-polling; from another origin that needs CORS on
+/// the Socket.IO path too, restricted to the configured origins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_covers_socket_io_polling_and_rest() {
+    let server = Server::builder()
+        .set("cors_origins", "http://dash.example")
+        .start();
+    let http = reqwest::Client::new();
+    for path in ["/socket.io/?EIO=4&transport=polling", "/api/ws/health"] {
+        let allowed = http
+            .get(format!("{}{path}", server.url))
+            .header("origin", "http://dash.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            allowed
+                .headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some("http://dash.example"),
+            "{path}"
+        );
+        let other = http
+            .get(format!("{}{path}", server.url))
+            .header("origin", "http://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            other.headers().get("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
+}

@@ -12,12 +12,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::app::HttpState;
 use crate::ingest;
 
-pub fn router(app: HttpState) -> Router {
-    let cors = if app.config.cors_origins.is_empty() {
+/// CORS for the REST API *and* Socket.IO's HTTP long-polling: applied outside both.
+/// No origins configured = any origin.
+pub fn cors(config: &crate::config::Config) -> CorsLayer {
+    if config.cors_origins.is_empty() {
         CorsLayer::permissive()
     } else {
-        let origins = app
-            .config
+        let origins = config
             .cors_origins
             .iter()
             .filter_map(|o| o.parse().ok())
@@ -26,7 +27,10 @@ pub fn router(app: HttpState) -> Router {
             .allow_origin(AllowOrigin::list(origins))
             .allow_methods(tower_http::cors::Any)
             .allow_headers(tower_http::cors::Any)
-    };
+    }
+}
+
+pub fn router(app: HttpState) -> Router {
     Router::new()
         .route("/api/logs", post(ingest::http::post_logs))
         .route(
@@ -40,6 +44,5 @@ pub fn router(app: HttpState) -> Router {
         .route("/api/ws/broadcast", post(admin::broadcast))
         .route("/api/plugins", get(admin::plugins))
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
-        .layer(cors)
         .with_state(app)
 }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
 use crate::app::AppState;
@@ -226,52 +227,42 @@ async fn on_subscribe(
     }
 }
 
-async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+/// The shape shared by the argument-less events: spend the event budget, apply a control
+/// message in the router, answer with `event` (if any) and the acknowledgement.
+async fn simple_event(
+    socket: SocketRef,
+    ack: AckSender,
+    app: AppState,
+    build: impl FnOnce(Sid, oneshot::Sender<bool>) -> Control,
+    event: Option<&str>,
+    payload: Value,
+) {
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
     let sid = socket.id;
-    match ask_router(&socket, &app, |reply| Control::Unsubscribe { sid, reply }).await {
-        Some(_) => reply_ok(
-            &socket,
-            ack,
-            Some("log:unsubscribed"),
-            json!({ "success": true }),
-        ),
+    match ask_router(&socket, &app, |reply| build(sid, reply)).await {
+        Some(_) => reply_ok(&socket, ack, event, payload),
         None => reply_error(&socket, ack, "busy", "server busy, try again", None),
     }
+}
+
+async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+    let payload = json!({ "success": true });
+    let build = |sid, reply| Control::Unsubscribe { sid, reply };
+    simple_event(socket, ack, app, build, Some("log:unsubscribed"), payload).await;
 }
 
 async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
-    let Some(ack) = admit_event(&socket, &app, ack) else {
-        return;
-    };
-    let sid = socket.id;
-    match ask_router(&socket, &app, |reply| Control::Pause { sid, reply }).await {
-        Some(_) => reply_ok(
-            &socket,
-            ack,
-            None,
-            json!({ "success": true, "paused": true }),
-        ),
-        None => reply_error(&socket, ack, "busy", "server busy, try again", None),
-    }
+    let payload = json!({ "success": true, "paused": true });
+    let build = |sid, reply| Control::Pause { sid, reply };
+    simple_event(socket, ack, app, build, None, payload).await;
 }
 
 async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
-    let Some(ack) = admit_event(&socket, &app, ack) else {
-        return;
-    };
-    let sid = socket.id;
-    match ask_router(&socket, &app, |reply| Control::Resume { sid, reply }).await {
-        Some(_) => reply_ok(
-            &socket,
-            ack,
-            None,
-            json!({ "success": true, "paused": false }),
-        ),
-        None => reply_error(&socket, ack, "busy", "server busy, try again", None),
-    }
+    let payload = json!({ "success": true, "paused": false });
+    let build = |sid, reply| Control::Resume { sid, reply };
+    simple_event(socket, ack, app, build, None, payload).await;
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {

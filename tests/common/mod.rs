@@ -154,8 +154,13 @@ impl Server {
         )
     }
 
-    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = self.http.get(format!("{}{path}", self.url));
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
@@ -164,14 +169,12 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, headers).await
+    }
+
     pub async fn delete(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut req = self.http.delete(format!("{}{path}", self.url));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = req.send().await.expect("http request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.send(reqwest::Method::DELETE, path, headers).await
     }
 
     /// POST logs with the API key; asserts 202.
