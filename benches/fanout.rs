@@ -3,7 +3,7 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream|node|both] [--mode batch|new]
+//! `cargo bench --bench fanout -- [--target logstream,logstream-redis,node | both] [--mode batch|new]
 //!   [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10] [--set key=value ...]`
 //!
 //! `node` is the seed's design on Node.js + socket.io (`../shared/peers/node-seed`, copied to
@@ -124,23 +124,77 @@ fn rss_kb(pid: u32) -> u64 {
 
 struct Target {
     name: &'static str,
-    url: String,
-    child: Child,
+    /// Instances to spread clients and ingest over.
+    urls: Vec<String>,
+    /// Every process whose CPU and memory count (servers, and Redis when used).
+    children: Vec<Child>,
+}
+
+impl Target {
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
 }
 
 impl Drop for Target {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 fn start_logstream(sets: &[String]) -> Target {
+    let (child, url) = spawn_logstream(sets, &[]);
+    Target {
+        name: "logstream",
+        urls: vec![url],
+        children: vec![child],
+    }
+}
+
+/// Two logstream instances sharing one redis-server; clients and ingest alternate between
+/// them. CPU and memory include Redis.
+fn start_logstream_redis(sets: &[String]) -> Target {
+    let port = free_port();
+    let redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("redis://127.0.0.1:{port}");
+    let (a, url_a) = spawn_logstream(sets, &[("LOGSTREAM_REDIS_URL", &url)]);
+    let (b, url_b) = spawn_logstream(sets, &[("LOGSTREAM_REDIS_URL", &url)]);
+    std::thread::sleep(Duration::from_millis(500));
+    Target {
+        name: "logstream ×2 + redis",
+        urls: vec![url_a, url_b],
+        children: vec![a, b, redis],
+    }
+}
+
+fn spawn_logstream(sets: &[String], env: &[(&str, &str)]) -> (Child, String) {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
     cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
     for kv in sets {
         cmd.arg("--set").arg(kv);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd
         .env("LOGSTREAM_JWT_SECRET", SECRET)
@@ -158,11 +212,7 @@ fn start_logstream(sets: &[String]) -> Target {
         }
     };
     std::thread::spawn(move || lines.for_each(drop));
-    Target {
-        name: "logstream",
-        url,
-        child,
-    }
+    (child, url)
 }
 
 fn start_node() -> Target {
@@ -203,8 +253,8 @@ fn start_node() -> Target {
     }
     Target {
         name: "node-seed (socket.io 4.8.4)",
-        url,
-        child,
+        urls: vec![url],
+        children: vec![child],
     }
 }
 
@@ -307,15 +357,22 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 async fn measure(target: &Target, a: &Args) -> String {
-    let pid = target.child.id();
+    let pids = target.pids();
+    let cpu_all = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let rss_all = || pids.iter().map(|p| rss_kb(*p)).sum::<u64>();
+    let router_all = || {
+        pids.iter()
+            .map(|p| thread_cpu_seconds(*p, "logstream-route"))
+            .sum::<f64>()
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before = rss_kb(pid);
+    let rss_before = rss_all();
     let tally = Arc::new(Tally::default());
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(a.clients);
     let mut clients = Vec::new();
     for i in 0..a.clients {
         clients.push(tokio::spawn(run_client(
-            target.url.clone(),
+            target.urls[i % target.urls.len()].clone(),
             format!("bench-{i}"),
             format!("dev-{}", i % a.devices),
             a.mode == "batch",
@@ -340,15 +397,19 @@ async fn measure(target: &Target, a: &Args) -> String {
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_connected = rss_kb(pid);
+    let rss_connected = rss_all();
 
     let http = reqwest::Client::new();
     let per_tick = (a.rate / 50).max(1);
     let stop = Arc::new(AtomicBool::new(false));
     let offered = Arc::new(AtomicU64::new(0));
     let poster = {
-        let (url, stop, offered, devices) =
-            (target.url.clone(), stop.clone(), offered.clone(), a.devices);
+        let (urls, stop, offered, devices) = (
+            target.urls.clone(),
+            stop.clone(),
+            offered.clone(),
+            a.devices,
+        );
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -363,6 +424,7 @@ async fn measure(target: &Target, a: &Args) -> String {
                                 "message": format!("bench log {k}"), "sentAtUs": sent })
                     })
                     .collect();
+                let url = &urls[(k / per_tick as u64) as usize % urls.len()];
                 let r = http
                     .post(format!("{url}/api/logs"))
                     .header("x-api-key", API_KEY)
@@ -376,18 +438,18 @@ async fn measure(target: &Target, a: &Args) -> String {
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await; // warm-up
-    let cpu0 = cpu_seconds(pid);
-    let router0 = thread_cpu_seconds(pid, "logstream-route");
+    let cpu0 = cpu_all();
+    let router0 = router_all();
     let offered0 = offered.load(Ordering::Relaxed);
     tally.recording.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     tally.recording.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
-    let router_cpu = thread_cpu_seconds(pid, "logstream-route") - router0;
+    let cpu = cpu_all() - cpu0;
+    let router_cpu = router_all() - router0;
     let offered_n = offered.load(Ordering::Relaxed) - offered0;
-    let rss_end = rss_kb(pid);
+    let rss_end = rss_all();
     stop.store(true, Ordering::Relaxed);
     let _ = poster.await;
     let delivered = tally.delivered.load(Ordering::Relaxed);
@@ -397,7 +459,7 @@ async fn measure(target: &Target, a: &Args) -> String {
     let mut lat = std::mem::take(&mut *tally.latencies_us.lock().unwrap());
     lat.sort_unstable();
     let per_client_kb = rss_connected.saturating_sub(rss_before) as f64 / a.clients as f64;
-    let router_part = if target.name == "logstream" {
+    let router_part = if target.name.starts_with("logstream") {
         format!("{:.2} µs", router_cpu / delivered.max(1) as f64 * 1e6)
     } else {
         "n/a".into()
@@ -433,13 +495,13 @@ fn main() {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let targets: Vec<&str> = match a.target.as_str() {
         "both" => vec!["logstream", "node"],
-        t => vec![t],
+        t => t.split(',').collect(),
     };
     for t in targets {
-        let target = if t == "node" {
-            start_node()
-        } else {
-            start_logstream(&a.sets)
+        let target = match t {
+            "node" => start_node(),
+            "logstream-redis" => start_logstream_redis(&a.sets),
+            _ => start_logstream(&a.sets),
         };
         let row = rt.block_on(measure(&target, &a));
         println!("{row}");
