@@ -84,7 +84,7 @@ pub async fn serve(
     announce_generated(&generated, &keys);
     let metrics = Arc::new(Metrics::default());
     let connections = Connections::new(config.max_connections, config.max_connections_per_user);
-    let (registry, catalog) = plugins::load(&config)?;
+    let (registry, catalog, wasm_runtime) = plugins::load(&config)?;
     let (router, router_thread) = router::spawn(
         registry,
         BatchLimits {
@@ -125,6 +125,20 @@ pub async fn serve(
         .with_state(app.clone())
         .build_layer();
     socket::register(&io);
+    // Hot reload of the plugins directory (if it exists and can be watched).
+    let _hot_reload = if config.plugins_dir.is_dir() {
+        plugins::reload::watch(
+            &config.plugins_dir,
+            wasm_runtime,
+            config.plugin_max_failures,
+            router.control.clone(),
+            app.plugins.clone(),
+        )
+        .map_err(|e| tracing::warn!(error = %e, "plugins directory not watched; hot reload is off"))
+        .ok()
+    } else {
+        None
+    };
 
     let http = api::router(app::HttpState {
         app: app.clone(),

@@ -327,3 +327,177 @@ async fn plugin_logging_is_rate_limited() {
         "1000 lines at 20/s burst: {dropped} dropped"
     );
 }
+
+fn built(name: &str) -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("LOGSTREAM_BUILT_PLUGINS")).join(format!("{name}.wasm")))
+        .unwrap()
+}
+
+/// Write `bytes` as `dir/file` the safe way: a temporary name, then a rename.
+fn put(dir: &std::path::Path, file: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{file}.partial"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(file)).unwrap();
+}
+
+/// Poll `GET /api/plugins` until `pred` holds (hot reload settles in ~0.5 s).
+async fn wait_plugins(server: &Server, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..150 {
+        let list = plugins(server).await;
+        if pred(&list) {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("plugins never reached: {what}: {}", plugins(server).await);
+}
+
+fn find<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {
+    list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_adds_replaces_refuses_and_removes() {
+    let dir = plugins_dir(&[], &[]);
+    let server = server_with(&dir).set("rate_limit", 100_000).start();
+    let (regex, misbehave, default) = (built("regex"), built("misbehave"), built("default"));
+
+    // Added while running.
+    put(&dir, "live.wasm", &regex);
+    wait_plugins(&server, "live loaded", |l| find(l, "live").is_some()).await;
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "filter": "live", "params": { "pattern": "^a" } }))
+        .await;
+    server
+        .ingest(json!([log("d", "INFO", "a1"), log("d", "INFO", "b1")]))
+        .await;
+    assert_eq!(messages(&c.logs(1, T).await), ["a1"]);
+
+    // Replaced: the subscription moves to the new version (which matches everything).
+    put(&dir, "live.wasm", &misbehave);
+    wait_plugins(&server, "misbehave as live", |l| {
+        find(l, "live").is_some_and(|p| p["sizeBytes"] == misbehave.len())
+    })
+    .await;
+    server
+        .ingest(json!([log("d", "INFO", "a2"), log("d", "INFO", "b2")]))
+        .await;
+    assert_eq!(messages(&c.logs(2, T).await), ["a2", "b2"]);
+
+    // A version that refuses the live params is not switched in.
+    put(&dir, "live.wasm", &default);
+    let l = wait_plugins(&server, "reload error", |l| {
+        find(l, "live").is_some_and(|p| p["reloadError"].is_string())
+    })
+    .await;
+    let p = find(&l, "live").unwrap();
+    assert!(
+        p["reloadError"]
+            .as_str()
+            .unwrap()
+            .contains("refuses a live subscription"),
+        "{p}"
+    );
+    assert_eq!(
+        p["sizeBytes"],
+        misbehave.len(),
+        "old version still in service"
+    );
+    server.ingest(json!([log("d", "INFO", "b3")])).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["b3"]);
+
+    // Half-written file (no rename): not a valid component, old version stays; once
+    // complete it loads.
+    std::fs::write(dir.join("live.wasm"), &regex[..regex.len() / 3]).unwrap();
+    wait_plugins(&server, "truncated refused", |l| {
+        find(l, "live").is_some_and(|p| {
+            p["reloadError"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a valid"))
+        })
+    })
+    .await;
+    std::fs::write(dir.join("live.wasm"), &regex).unwrap();
+    wait_plugins(&server, "regex back", |l| {
+        find(l, "live").is_some_and(|p| p["sizeBytes"] == regex.len() && p["reloadError"].is_null())
+    })
+    .await;
+    server
+        .ingest(json!([log("d", "INFO", "b4"), log("d", "INFO", "a4")]))
+        .await;
+    assert_eq!(messages(&c.logs(1, T).await), ["a4"]);
+
+    // Removed: subscribers are told and the filter is gone.
+    std::fs::remove_file(dir.join("live.wasm")).unwrap();
+    let e = c.next("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["filter"].as_str()),
+        (Some("filter_removed"), Some("live")),
+        "{e}"
+    );
+    wait_plugins(&server, "live gone", |l| find(l, "live").is_none()).await;
+    c.emit("log:subscribe", json!({ "filter": "live" })).await;
+    assert_eq!(c.next("error").await["code"], "unknown_filter");
+    assert!(c.drain("log:new", QUIET).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_a_plugin_under_load_loses_and_duplicates_nothing() {
+    let (regex, misbehave) = (built("regex"), built("misbehave"));
+    let dir = plugins_dir(&[], &[("flip.wasm", &regex)]);
+    let server = server_with(&dir).set("rate_limit", 1_000_000).start();
+    let mut c = server.client("u").await;
+    // Both versions pass every log for these params.
+    c.subscribe(json!({ "filter": "flip", "params": { "pattern": "." } }))
+        .await;
+
+    let total = 2000;
+    let url = server.url.clone();
+    let poster = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in 0..(total / 10) {
+            let logs: Vec<Value> = (0..10)
+                .map(|i| log("d", "INFO", &(chunk * 10 + i).to_string()))
+                .collect();
+            let r = http
+                .post(format!("{url}/api/logs"))
+                .header("x-api-key", common::API_KEY)
+                .json(&logs)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    });
+    let mut swaps = 0;
+    for round in 0..6 {
+        let bytes = if round % 2 == 0 { &misbehave } else { &regex };
+        put(&dir, "flip.wasm", bytes);
+        wait_plugins(&server, "swap", |l| {
+            find(l, "flip").is_some_and(|p| p["sizeBytes"] == bytes.len())
+        })
+        .await;
+        swaps += 1;
+        if poster.is_finished() {
+            break;
+        }
+    }
+    poster.await.unwrap();
+    assert!(swaps >= 3, "only {swaps} swaps happened while logs flowed");
+    let got = c.logs(total, Duration::from_secs(30)).await;
+    let seq: Vec<usize> = got
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        seq,
+        (0..total).collect::<Vec<_>>(),
+        "every log once, in order, across {swaps} swaps"
+    );
+    assert!(c.drain("log:new", QUIET).await.is_empty());
+}

@@ -9,6 +9,7 @@
 //! - [`filter`]: one plugin as a [`crate::filter::FilterEngine`].
 
 pub mod filter;
+pub mod reload;
 pub mod runtime;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub struct PluginStats {
     pub name: String,
     pub source: String,
     pub size_bytes: usize,
+    /// Hash of the component's bytes, to skip reloading an unchanged file.
+    pub content_hash: u64,
+    /// When this version was loaded (RFC 3339).
+    pub loaded_at: String,
     pub calls: AtomicU64,
     pub busy_ns: AtomicU64,
     pub failures: AtomicU64,
@@ -73,6 +78,46 @@ pub struct Rejected {
 pub struct Catalog {
     pub loaded: Vec<Arc<PluginStats>>,
     pub rejected: Vec<Rejected>,
+    /// Last failed reload per plugin name (the previous version stayed in service).
+    pub reload_errors: std::collections::HashMap<String, String>,
+}
+
+impl Catalog {
+    /// Record a newly loaded version of `stats.name` (replacing any previous one).
+    pub fn loaded(&mut self, stats: Arc<PluginStats>) {
+        self.loaded.retain(|s| s.name != stats.name);
+        self.rejected.retain(|r| r.file != stats.source);
+        self.reload_errors.remove(&stats.name);
+        self.loaded.push(stats);
+        self.loaded.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    pub fn content_hash(&self, name: &str) -> Option<u64> {
+        self.loaded
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.content_hash)
+    }
+}
+
+/// A stable hash of a plugin's bytes.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Fresh counters for a version of a plugin.
+pub fn new_stats(name: &str, source: String, bytes: &[u8]) -> Arc<PluginStats> {
+    Arc::new(PluginStats {
+        name: name.to_owned(),
+        source,
+        size_bytes: bytes.len(),
+        content_hash: content_hash(bytes),
+        loaded_at: crate::log_entry::now_rfc3339(),
+        ..PluginStats::default()
+    })
 }
 
 pub type SharedCatalog = Arc<Mutex<Catalog>>;
@@ -86,7 +131,7 @@ pub fn limits(config: &Config) -> PluginLimits {
 }
 
 /// Load the built-in default and every plugin in `config.plugins_dir` into a registry.
-pub fn load(config: &Config) -> anyhow::Result<(Registry, SharedCatalog)> {
+pub fn load(config: &Config) -> anyhow::Result<(Registry, SharedCatalog, Arc<Runtime>)> {
     let cache =
         (!config.plugin_cache_dir.as_os_str().is_empty()).then(|| config.plugin_cache_dir.clone());
     let runtime = Runtime::new(limits(config), cache)?;
@@ -150,11 +195,11 @@ pub fn load(config: &Config) -> anyhow::Result<(Registry, SharedCatalog)> {
             }
         }
     }
-    Ok((registry, Arc::new(Mutex::new(catalog))))
+    Ok((registry, Arc::new(Mutex::new(catalog)), runtime))
 }
 
 /// `*.wasm` files directly in `dir`, sorted; none if the directory does not exist.
-fn plugin_files(dir: &Path) -> Vec<PathBuf> {
+pub fn plugin_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         tracing::info!(dir = %dir.display(), "no plugins directory; only the built-in filter is available");
         return Vec::new();
@@ -185,6 +230,8 @@ pub fn describe(
                 "interface": INTERFACE,
                 "world": "filter-plugin",
                 "sizeBytes": s.size_bytes,
+                "loadedAt": s.loaded_at,
+                "reloadError": catalog.reload_errors.get(&s.name),
                 "status": if s.disabled().is_some() { "disabled" } else { "active" },
                 "disabledReason": s.disabled(),
                 "subscriptions": counts.get(&s.name).copied().unwrap_or(0),

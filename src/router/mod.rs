@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::delivery::client::DeliveryLimits;
 use crate::delivery::{Client, DropReason};
-use crate::filter::Matches;
+use crate::filter::{FilterEngine, Matches, RegistrationId};
 use crate::log_entry::LogRecord;
 use crate::stats::Metrics;
 use crate::subscription::SubscribeRequest;
@@ -71,6 +71,26 @@ pub enum Control {
     Counts(oneshot::Sender<HashMap<String, usize>>),
     /// Deliver what is pending and end the thread.
     Stop,
+    /// The registrations of one filter (id, params), so a new version of the plugin can be
+    /// prepared off this thread.
+    Registrations {
+        filter: String,
+        reply: oneshot::Sender<Vec<(RegistrationId, String)>>,
+    },
+    /// Switch `filter` to `engine` between two batches. `registered` are the registrations
+    /// already added to it; the router adds those created since and removes those gone. If
+    /// the new engine refuses one, nothing changes and the reason comes back.
+    Install {
+        filter: String,
+        engine: Box<dyn FilterEngine>,
+        registered: Vec<RegistrationId>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Unload `filter`: its subscribers get an `error` and lose their subscription.
+    Remove {
+        filter: String,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 /// What `log:subscribed` confirms.
@@ -377,7 +397,64 @@ impl Router {
                 let _ = reply.send(self.registry.counts());
             }
             Control::Stop => {}
+            Control::Registrations { filter, reply } => {
+                let _ = reply.send(self.registry.params_of(&filter));
+            }
+            Control::Install {
+                filter,
+                engine,
+                registered,
+                reply,
+            } => {
+                let result = self.install(&filter, engine, &registered);
+                let _ = reply.send(result);
+            }
+            Control::Remove { filter, reply } => {
+                let sids = self.registry.drop_filter(&filter);
+                self.registry.engines.remove(&filter);
+                let payload = json!({
+                    "code": "filter_removed",
+                    "message": format!("filter `{filter}` was removed from the server; subscribe again with another filter"),
+                    "filter": filter,
+                });
+                for sid in &sids {
+                    if let Some(client) = self.clients.get(sid) {
+                        client.emit("error", &payload);
+                        if let Ok(mut s) = client.info.subscription.lock() {
+                            *s = None;
+                        }
+                    }
+                }
+                let _ = reply.send(sids.len());
+            }
         }
+    }
+
+    /// Bring `engine` up to date with the live registrations of `filter` and switch to it.
+    fn install(
+        &mut self,
+        filter: &str,
+        mut engine: Box<dyn FilterEngine>,
+        registered: &[RegistrationId],
+    ) -> Result<(), String> {
+        let live = self.registry.params_of(filter);
+        for (id, params) in &live {
+            if !registered.contains(id) {
+                engine.add(*id, params).map_err(|e| match e {
+                    crate::filter::AddError::Rejected(m)
+                    | crate::filter::AddError::Unavailable(m) => {
+                        format!("the new version refuses a live subscription ({params}): {m}")
+                    }
+                })?;
+            }
+        }
+        for id in registered {
+            if !live.iter().any(|(l, _)| l == id) {
+                engine.remove(*id);
+            }
+        }
+        self.registry.engines.insert(filter.to_owned(), engine);
+        Ok(())
     }
 
     fn subscribe(

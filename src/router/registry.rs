@@ -157,6 +157,15 @@ impl Registry {
         clients
     }
 
+    /// The live registrations of `filter`, with their params.
+    pub fn params_of(&self, filter: &str) -> Vec<(RegistrationId, String)> {
+        self.registrations
+            .iter()
+            .filter(|(_, r)| r.filter == filter)
+            .map(|(id, r)| (*id, r.key.clone()))
+            .collect()
+    }
+
     /// Clients subscribed through `filter`.
     pub fn clients_of(&self, filter: &str) -> Vec<Sid> {
         self.registrations
