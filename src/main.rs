@@ -58,6 +58,27 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check a plugin: valid component of a supported interface? params accepted? what
+    /// matches among these logs, and how fast?
+    Check {
+        /// The component (`.wasm`).
+        file: PathBuf,
+        /// Subscription params (a JSON object) to validate and use.
+        #[arg(long)]
+        params: Option<String>,
+        /// Log entries to run through it, one JSON object per line.
+        #[arg(long, value_name = "FILE.jsonl")]
+        logs: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 fn overrides(args: &ConfigArgs) -> anyhow::Result<Vec<(String, String)>> {
@@ -115,6 +136,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("binding {addr}"))?;
                 logstream::serve(config, listener, logstream::shutdown::signal()).await
             })
+        }
+        Command::Plugin(PluginCommand::Check {
+            file,
+            params,
+            logs,
+            config,
+        }) => {
+            let config = Config::load(config.config.as_deref(), &overrides(&config)?)?;
+            logstream::plugins::check::run(
+                &config,
+                &file,
+                params.as_deref(),
+                logs.as_deref(),
+                &mut std::io::stdout(),
+            )
         }
         Command::Token {
             sub,

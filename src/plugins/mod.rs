@@ -8,6 +8,7 @@
 //! - [`runtime`]: engine, epoch ticker, sandboxed store, linking, compile cache.
 //! - [`filter`]: one plugin as a [`crate::filter::FilterEngine`].
 
+pub mod check;
 pub mod filter;
 pub mod reload;
 pub mod runtime;
