@@ -25,6 +25,7 @@ fn main() {
         "filters-wasm/Cargo.lock",
         "filters-wasm/default",
         "filters-wasm/regex",
+        "filters-wasm/sdk",
         "filters-wasm/fixtures",
     ] {
         println!("cargo:rerun-if-changed={watched}");
