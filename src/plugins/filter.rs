@@ -9,73 +9,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
-
-use wasmtime::Store;
 
 use super::PluginStats;
-use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, WitLevel, WitLogEntry};
+use super::guard::{Guarded, truncate};
+use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, to_wit};
 use crate::filter::{AddError, EngineError, FilterEngine, Matches, RegistrationId};
-use crate::log_entry::{Level, LogRecord};
-
-/// Longest plugin-provided message passed on to a client.
-const MAX_REASON_LEN: usize = 500;
-
-struct Live {
-    store: Store<PluginState>,
-    plugin: FilterPlugin,
-}
+use crate::log_entry::LogRecord;
 
 pub struct WasmFilter {
-    name: Arc<str>,
-    runtime: Arc<Runtime>,
+    guard: Guarded<FilterPlugin>,
     pre: FilterPluginPre<PluginState>,
-    live: Option<Live>,
     /// Registered params by id, kept to re-register after a restart.
     subs: BTreeMap<RegistrationId, String>,
-    consecutive_failures: u32,
-    max_failures: u32,
-    disabled: Option<String>,
-    stats: Arc<PluginStats>,
-}
-
-fn wit_level(level: Level) -> WitLevel {
-    match level {
-        Level::Trace => WitLevel::Trace,
-        Level::Debug => WitLevel::Debug,
-        Level::Info => WitLevel::Info,
-        Level::Warn => WitLevel::Warn,
-        Level::Error => WitLevel::Error,
-        Level::Fatal => WitLevel::Fatal,
-    }
-}
-
-/// The WIT view of a batch.
-pub fn to_wit(batch: &[Arc<LogRecord>]) -> Vec<WitLogEntry> {
-    batch
-        .iter()
-        .map(|l| WitLogEntry {
-            id: l.id.clone(),
-            device_id: l.device_id.clone(),
-            timestamp: l.timestamp.clone(),
-            level: wit_level(l.level),
-            message: l.message.clone(),
-            tags: l.tags.clone(),
-            extra: l.extra_json.clone(),
-        })
-        .collect()
-}
-
-fn truncate(mut s: String) -> String {
-    if s.len() > MAX_REASON_LEN {
-        let mut cut = MAX_REASON_LEN;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push('…');
-    }
-    s
 }
 
 impl WasmFilter {
@@ -87,99 +32,27 @@ impl WasmFilter {
         stats: Arc<PluginStats>,
     ) -> WasmFilter {
         WasmFilter {
-            name: name.into(),
-            runtime,
+            guard: Guarded::new(name, runtime, max_failures, stats),
             pre,
-            live: None,
             subs: BTreeMap::new(),
-            consecutive_failures: 0,
-            max_failures: max_failures.max(1),
-            disabled: None,
-            stats,
         }
-    }
-
-    fn classify(&self, e: &wasmtime::Error) -> EngineError {
-        if matches!(
-            e.downcast_ref::<wasmtime::Trap>(),
-            Some(wasmtime::Trap::Interrupt)
-        ) {
-            EngineError::Timeout(self.runtime.limits.call_timeout.as_millis() as u64)
-        } else {
-            EngineError::Trap(truncate(format!("{e:#}")))
-        }
-    }
-
-    /// Record a failure: drop the instance, maybe disable the plugin.
-    fn failed(&mut self, error: EngineError) -> EngineError {
-        self.live = None;
-        self.consecutive_failures += 1;
-        self.stats.failures.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(plugin = %self.name, %error, consecutive = self.consecutive_failures, "plugin call failed");
-        if self.consecutive_failures >= self.max_failures {
-            let reason = format!(
-                "{} consecutive failures, last: {error}",
-                self.consecutive_failures
-            );
-            tracing::error!(plugin = %self.name, %reason, "plugin disabled");
-            self.stats.set_disabled(&reason);
-            self.disabled = Some(reason);
-        }
-        error
-    }
-
-    /// Run one call under the deadline, with accounting.
-    fn call<T>(
-        &mut self,
-        f: impl FnOnce(&mut Store<PluginState>, &FilterPlugin) -> wasmtime::Result<T>,
-    ) -> Result<T, EngineError> {
-        let live = self
-            .live
-            .as_mut()
-            .ok_or_else(|| EngineError::Trap("no instance".into()))?;
-        self.runtime.arm(&mut live.store);
-        let started = Instant::now();
-        let result = f(&mut live.store, &live.plugin);
-        self.stats
-            .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .log_dropped
-            .store(live.store.data().log_dropped, Ordering::Relaxed);
-        result.map_err(|e| {
-            let err = self.classify(&e);
-            self.failed(err)
-        })
     }
 
     /// Create the instance if there is none, and re-register every subscription in it.
     fn ensure_live(&mut self) -> Result<(), EngineError> {
-        if let Some(reason) = &self.disabled {
-            return Err(EngineError::Disabled(reason.clone()));
-        }
-        if self.live.is_some() {
+        let pre = &self.pre;
+        if !self.guard.ensure(|store| pre.instantiate(store))? {
             return Ok(());
         }
-        let mut store = self.runtime.store(&self.name);
-        self.runtime.arm(&mut store);
-        let plugin = self.pre.instantiate(&mut store).map_err(|e| {
-            let err = EngineError::Trap(truncate(format!("instantiation failed: {e:#}")));
-            self.failed(err)
-        })?;
-        if self.stats.calls.load(Ordering::Relaxed) > 0 {
-            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        }
-        self.live = Some(Live { store, plugin });
         let subs: Vec<(RegistrationId, String)> =
             self.subs.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, params) in subs {
-            let answer = self.call(|s, p| {
+            let answer = self.guard.call(|s, p| {
                 p.logstream_plugin_filter()
                     .call_add_subscription(s, id, &params)
             })?;
             if let Err(reason) = answer {
-                tracing::warn!(plugin = %self.name, id, %reason, "plugin refused a subscription it accepted before; dropping it");
+                tracing::warn!(plugin = %self.guard.name, id, %reason, "plugin refused a subscription it accepted before; dropping it");
                 self.subs.remove(&id);
             }
         }
@@ -192,12 +65,13 @@ impl FilterEngine for WasmFilter {
         self.ensure_live()
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
         let answer = self
+            .guard
             .call(|s, p| {
                 p.logstream_plugin_filter()
                     .call_add_subscription(s, id, params)
             })
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
-        self.consecutive_failures = 0;
+        self.guard.succeeded();
         match answer {
             Ok(()) => {
                 self.subs.insert(id, params.to_owned());
@@ -208,10 +82,12 @@ impl FilterEngine for WasmFilter {
     }
 
     fn remove(&mut self, id: RegistrationId) {
-        if self.subs.remove(&id).is_none() || self.live.is_none() {
+        if self.subs.remove(&id).is_none() || !self.guard.is_live() {
             return;
         }
-        let _ = self.call(|s, p| p.logstream_plugin_filter().call_remove_subscription(s, id));
+        let _ = self
+            .guard
+            .call(|s, p| p.logstream_plugin_filter().call_remove_subscription(s, id));
     }
 
     fn evaluate(
@@ -224,17 +100,20 @@ impl FilterEngine for WasmFilter {
         }
         self.ensure_live()?;
         let entries = to_wit(batch);
-        let answer = self.call(|s, p| p.logstream_plugin_filter().call_evaluate(s, &entries));
+        let answer = self
+            .guard
+            .call(|s, p| p.logstream_plugin_filter().call_evaluate(s, &entries));
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
-                self.stats
+                self.guard
+                    .stats
                     .logs_failed
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 return Err(e);
             }
         };
-        self.consecutive_failures = 0;
+        self.guard.succeeded();
         let n = batch.len() as u32;
         for m in answer {
             // Trust nothing: unknown ids, indices out of range, disorder and duplicates
@@ -243,7 +122,7 @@ impl FilterEngine for WasmFilter {
                 && m.entries.windows(2).all(|w| w[0] < w[1])
                 && m.entries.last().is_none_or(|last| *last < n);
             if !valid {
-                self.stats.bad_output.fetch_add(1, Ordering::Relaxed);
+                self.guard.stats.bad_output.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if !m.entries.is_empty() {
@@ -257,6 +136,6 @@ impl FilterEngine for WasmFilter {
     }
 
     fn disabled(&self) -> Option<&str> {
-        self.disabled.as_deref()
+        self.guard.disabled()
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod check;
 pub mod filter;
+pub mod guard;
 pub mod reload;
 pub mod runtime;
 

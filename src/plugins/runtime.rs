@@ -32,6 +32,31 @@ pub mod bindings {
 
 use bindings::logstream::plugin::host::LogLevel;
 pub use bindings::logstream::plugin::types::{Level as WitLevel, LogEntry as WitLogEntry};
+
+/// The WIT view of a batch.
+pub fn to_wit(batch: &[std::sync::Arc<crate::log_entry::LogRecord>]) -> Vec<WitLogEntry> {
+    use crate::log_entry::Level;
+    let level = |l: Level| match l {
+        Level::Trace => WitLevel::Trace,
+        Level::Debug => WitLevel::Debug,
+        Level::Info => WitLevel::Info,
+        Level::Warn => WitLevel::Warn,
+        Level::Error => WitLevel::Error,
+        Level::Fatal => WitLevel::Fatal,
+    };
+    batch
+        .iter()
+        .map(|l| WitLogEntry {
+            id: l.id.clone(),
+            device_id: l.device_id.clone(),
+            timestamp: l.timestamp.clone(),
+            level: level(l.level),
+            message: l.message.clone(),
+            tags: l.tags.clone(),
+            extra: l.extra_json.clone(),
+        })
+        .collect()
+}
 pub use bindings::{FilterPlugin, FilterPluginPre};
 
 /// Limits applied to every plugin instance.

@@ -1,0 +1,141 @@
+//! The sandboxed-instance core shared by filter and transform plugins: one long-lived
+//! instance per plugin, every call under the CPU deadline with accounting, and the failure
+//! policy. A trap or timeout discards the instance (the next call creates a fresh one); after
+//! `max_failures` consecutive failures the plugin is disabled and answers no more calls.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use wasmtime::Store;
+
+use super::PluginStats;
+use super::runtime::{PluginState, Runtime};
+use crate::filter::EngineError;
+
+/// Longest plugin-provided message passed on to a client.
+const MAX_REASON_LEN: usize = 500;
+
+pub fn truncate(mut s: String) -> String {
+    if s.len() > MAX_REASON_LEN {
+        let mut cut = MAX_REASON_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+pub struct Guarded<P> {
+    pub name: Arc<str>,
+    pub runtime: Arc<Runtime>,
+    live: Option<(Store<PluginState>, P)>,
+    consecutive_failures: u32,
+    max_failures: u32,
+    disabled: Option<String>,
+    pub stats: Arc<PluginStats>,
+}
+
+impl<P> Guarded<P> {
+    pub fn new(name: &str, runtime: Arc<Runtime>, max_failures: u32, stats: Arc<PluginStats>) -> Self {
+        Guarded {
+            name: name.into(),
+            runtime,
+            live: None,
+            consecutive_failures: 0,
+            max_failures: max_failures.max(1),
+            disabled: None,
+            stats,
+        }
+    }
+
+    pub fn disabled(&self) -> Option<&str> {
+        self.disabled.as_deref()
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
+    }
+
+    fn classify(&self, e: &wasmtime::Error) -> EngineError {
+        match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => {
+                EngineError::Timeout(self.runtime.limits.call_timeout.as_millis() as u64)
+            }
+            Some(trap) => EngineError::Trap(trap.to_string()),
+            None => EngineError::Trap(truncate(e.to_string())),
+        }
+    }
+
+    /// Record a failure: drop the instance, maybe disable the plugin.
+    fn failed(&mut self, error: EngineError) -> EngineError {
+        self.live = None;
+        self.consecutive_failures += 1;
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(plugin = %self.name, %error, consecutive = self.consecutive_failures, "plugin call failed");
+        if self.consecutive_failures >= self.max_failures {
+            let reason = format!("{} consecutive failures, last: {error}", self.consecutive_failures);
+            tracing::error!(plugin = %self.name, %reason, "plugin disabled");
+            self.stats.set_disabled(&reason);
+            self.disabled = Some(reason);
+        }
+        error
+    }
+
+    /// A call went well: the failure streak ends.
+    pub fn succeeded(&mut self) {
+        self.consecutive_failures = 0;
+    }
+
+    /// Create the instance if there is none. `Ok(true)` when a new one was made (the caller
+    /// restores any state it keeps in the plugin).
+    pub fn ensure(
+        &mut self,
+        instantiate: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<P>,
+    ) -> Result<bool, EngineError> {
+        if let Some(reason) = &self.disabled {
+            return Err(EngineError::Disabled(reason.clone()));
+        }
+        if self.live.is_some() {
+            return Ok(false);
+        }
+        let mut store = self.runtime.store(&self.name);
+        self.runtime.arm(&mut store);
+        let plugin = instantiate(&mut store).map_err(|e| {
+            let err = EngineError::Trap(truncate(format!("instantiation failed: {e:#}")));
+            self.failed(err)
+        })?;
+        if self.stats.calls.load(Ordering::Relaxed) > 0 {
+            self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        self.live = Some((store, plugin));
+        Ok(true)
+    }
+
+    /// Run one call under the deadline, with accounting.
+    pub fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<PluginState>, &P) -> wasmtime::Result<T>,
+    ) -> Result<T, EngineError> {
+        let (store, plugin) = self
+            .live
+            .as_mut()
+            .ok_or_else(|| EngineError::Trap("no instance".into()))?;
+        self.runtime.arm(store);
+        let started = Instant::now();
+        let result = f(store, plugin);
+        self.stats
+            .busy_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .log_dropped
+            .store(store.data().log_dropped, Ordering::Relaxed);
+        result.map_err(|e| {
+            let err = self.classify(&e);
+            self.failed(err)
+        })
+    }
+}
