@@ -1,6 +1,7 @@
 //! Builds the plugins in `filters-wasm/` as WebAssembly components (`wasm32-wasip2`):
 //! - `default` is embedded in the server binary (the built-in filter);
-//! - `regex` is copied into `plugins/` so that `cargo run` serves it;
+//! - `regex` (a filter) and `redact` (a transform) are copied into `plugins/` so that
+//!   `cargo run` serves them;
 //! - the test fixtures stay in the build directory, named by `LOGSTREAM_BUILT_PLUGINS`.
 //!
 //! Adds the `wasm32-wasip2` target with rustup when it is missing.
@@ -10,9 +11,10 @@ use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
 /// (crate artifact, plugin name)
-const PLUGINS: [(&str, &str); 3] = [
+const PLUGINS: [(&str, &str); 4] = [
     ("logstream_filter_default", "default"),
     ("logstream_filter_regex", "regex"),
+    ("logstream_transform_redact", "redact"),
     ("logstream_fixture_misbehave", "misbehave"),
 ];
 
@@ -26,6 +28,7 @@ fn main() {
         "filters-wasm/default",
         "filters-wasm/regex",
         "filters-wasm/sdk",
+        "filters-wasm/redact",
         "filters-wasm/fixtures",
     ] {
         println!("cargo:rerun-if-changed={watched}");
@@ -64,10 +67,12 @@ fn main() {
     }
     copy_if_changed(&built.join("default.wasm"), &out.join("default.wasm"));
     std::fs::create_dir_all(manifest.join("plugins")).expect("creating plugins/");
-    copy_if_changed(
-        &built.join("regex.wasm"),
-        &manifest.join("plugins/regex.wasm"),
-    );
+    for shipped in ["regex", "redact"] {
+        copy_if_changed(
+            &built.join(format!("{shipped}.wasm")),
+            &manifest.join(format!("plugins/{shipped}.wasm")),
+        );
+    }
     println!(
         "cargo:rustc-env=LOGSTREAM_BUILT_PLUGINS={}",
         built.display()

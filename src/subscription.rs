@@ -16,11 +16,23 @@ pub const DEFAULT_FILTER: &str = "default";
 /// Longest accepted params, as JSON text.
 pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 
+/// Most steps in one transform chain.
+pub const MAX_TRANSFORMS: usize = 8;
+
+/// One step of a transform chain: a transform plugin and its params (a JSON object).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TransformStep {
+    pub name: String,
+    pub params: Value,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscribeRequest {
     pub filter: String,
     /// A JSON object.
     pub params: Value,
+    /// Transforms applied, in order, to what the filter matched.
+    pub transform: Vec<TransformStep>,
     pub batch: bool,
     /// Logs per second this client wants at most (clamped to the server's limit).
     pub rate_limit: Option<u32>,
@@ -46,6 +58,7 @@ impl SubscribeRequest {
             },
             Some(_) => return Err(FieldError::new("rateLimit", "must be a number")),
         };
+        let transform = parse_transforms(obj.remove("transform"))?;
         let (filter, params) = match obj.remove("filter") {
             None | Some(Value::Null) => {
                 if obj.contains_key("params") {
@@ -86,10 +99,83 @@ impl SubscribeRequest {
         Ok(SubscribeRequest {
             filter,
             params,
+            transform,
             batch,
             rate_limit,
         })
     }
+}
+
+/// `transform`: a list of names or `{ name, params }` objects.
+fn parse_transforms(value: Option<Value>) -> Result<Vec<TransformStep>, FieldError> {
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(Value::String(name)) => vec![Value::String(name)],
+        Some(_) => {
+            return Err(FieldError::new(
+                "transform",
+                "must be a list of transform names or { name, params } objects",
+            ));
+        }
+    };
+    if items.len() > MAX_TRANSFORMS {
+        return Err(FieldError::new(
+            "transform",
+            format!("at most {MAX_TRANSFORMS} steps"),
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("transform[{i}]");
+            let (name, params) = match item {
+                Value::String(name) => (name, Value::Object(Map::new())),
+                Value::Object(mut step) => {
+                    let name = match step.remove("name") {
+                        Some(Value::String(n)) => n,
+                        _ => {
+                            return Err(FieldError::new(
+                                format!("{field}.name"),
+                                "is required: a transform name",
+                            ));
+                        }
+                    };
+                    let params = match step.remove("params") {
+                        None | Some(Value::Null) => Value::Object(Map::new()),
+                        Some(p @ Value::Object(_)) => p,
+                        Some(_) => {
+                            return Err(FieldError::new(
+                                format!("{field}.params"),
+                                "must be an object",
+                            ));
+                        }
+                    };
+                    if let Some(extra) = step.keys().next() {
+                        return Err(FieldError::new(
+                            format!("{field}.{extra}"),
+                            "unknown field; expected name or params",
+                        ));
+                    }
+                    (name, params)
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        field,
+                        "must be a transform name or { name, params }",
+                    ));
+                }
+            };
+            if !valid_filter_name(&name) {
+                return Err(FieldError::new(
+                    field,
+                    "is not a plugin name (letters, digits, '-', '_', at most 64)",
+                ));
+            }
+            Ok(TransformStep { name, params })
+        })
+        .collect()
 }
 
 /// Plugin names are file stems: `[A-Za-z0-9_-]{1,64}`.

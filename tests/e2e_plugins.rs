@@ -501,3 +501,101 @@ async fn replacing_a_plugin_under_load_loses_and_duplicates_nothing() {
     );
     assert!(c.drain("log:new", QUIET).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transforms_apply_per_subscription_after_filtering() {
+    let dir = plugins_dir(&["regex", "redact"], &[]);
+    let server = server_with(&dir).start();
+    let list = plugins(&server).await;
+    assert_eq!(plugin(&list, "redact")["kind"], "transform");
+    assert_eq!(plugin(&list, "regex")["kind"], "filter");
+
+    let mut all = server.client("a").await;
+    let ack = all
+        .subscribe(json!({ "deviceIds": ["d"], "transform": ["redact"] }))
+        .await;
+    assert_eq!(
+        ack["transform"],
+        json!([{ "name": "redact", "params": {} }])
+    );
+    let mut keep_emails = server.client("b").await;
+    keep_emails
+        .subscribe(json!({ "deviceIds": ["d"], "transform": [{ "name": "redact", "params": { "emails": false } }] }))
+        .await;
+    let mut plain = server.client("c").await;
+    plain.subscribe(json!({ "deviceIds": ["d"] })).await;
+    let mut named = server.client("d").await;
+    named
+        .subscribe(
+            json!({ "filter": "regex", "params": { "pattern": "login" }, "transform": ["redact"] }),
+        )
+        .await;
+
+    let raw = "login alice@example.com from 10.0.0.7 password=hunter2 ok";
+    let mut entry = log("d", "WARN", raw);
+    entry["region"] = json!("eu");
+    entry["id"] = json!("log-1");
+    server
+        .ingest(json!([entry, log("d", "INFO", "no secrets here")]))
+        .await;
+
+    let redacted = "login [email] from [ipv4] password=[redacted] ok";
+    let got = all.logs(2, T).await;
+    assert_eq!(messages(&got), [redacted, "no secrets here"]);
+    assert_eq!(
+        (
+            got[0]["id"].as_str(),
+            got[0]["region"].as_str(),
+            got[0]["level"].as_str()
+        ),
+        (Some("log-1"), Some("eu"), Some("WARN"))
+    );
+    assert_eq!(
+        messages(&keep_emails.logs(2, T).await),
+        [
+            "login alice@example.com from [ipv4] password=[redacted] ok",
+            "no secrets here"
+        ]
+    );
+    assert_eq!(messages(&plain.logs(2, T).await), [raw, "no secrets here"]);
+    assert_eq!(messages(&named.logs(1, T).await), [redacted]);
+
+    for (sub, code, text) in [
+        (
+            json!({ "transform": ["nosuch"] }),
+            "unknown_transform",
+            "loaded transforms: redact",
+        ),
+        (
+            json!({ "transform": [{ "name": "redact", "params": { "emails": "no" } }] }),
+            "invalid_transform",
+            "emails: must be true or false",
+        ),
+        (
+            json!({ "transform": ["regex"] }),
+            "unknown_transform",
+            "unknown transform `regex`",
+        ),
+        (
+            json!({ "filter": "redact" }),
+            "unknown_filter",
+            "unknown filter `redact`",
+        ),
+        (
+            json!({ "transform": [{ "params": {} }] }),
+            "invalid_subscription",
+            "transform[0].name",
+        ),
+    ] {
+        plain.emit("log:subscribe", sub.clone()).await;
+        let e = plain.next("error").await;
+        assert_eq!(e["code"], code, "{sub} -> {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(text),
+            "{sub} -> {e}"
+        );
+    }
+    // Still subscribed as before.
+    server.ingest(log("d", "INFO", "after")).await;
+    assert_eq!(messages(&plain.logs(1, T).await), ["after"]);
+}

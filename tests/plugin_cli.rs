@@ -102,3 +102,31 @@ fn check_reports_a_plugin_that_runs_away() {
         "{out}"
     );
 }
+
+#[test]
+fn check_shows_what_a_transform_returns() {
+    let logs =
+        logs_file(&[r#"{"deviceId":"d","message":"mail bob@x.org from 1.2.3.4 token=abc"}"#]);
+    let redact = built("redact");
+    let (ok, out) = check(&[
+        redact.to_str().unwrap(),
+        "--params",
+        r#"{"ipv4":false}"#,
+        "--logs",
+        logs.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("a transform plugin (world transform-plugin of logstream:plugin@0.1.0)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""message":"mail [email] from 1.2.3.4 token=[redacted]""#),
+        "{out}"
+    );
+    let (ok, out) = check(&[redact.to_str().unwrap(), "--params", r#"{"colour":true}"#]);
+    assert!(
+        !ok && out.contains("params refused: colour: unknown field"),
+        "{out}"
+    );
+}

@@ -143,14 +143,11 @@ impl Client {
         self.metrics.dropped(reason, count);
     }
 
-    /// Deliver the entries of `batch` at `indices` (ascending), in order.
-    pub fn deliver(&mut self, batch: &[Arc<LogRecord>], indices: &[u32], now: Instant) {
-        let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(indices.len());
+    /// Deliver `logs` (this client's matches of one batch), in order.
+    pub fn deliver(&mut self, logs: &[Arc<LogRecord>], now: Instant) {
+        let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(logs.len());
         let mut limited = 0;
-        for &i in indices {
-            let Some(log) = batch.get(i as usize) else {
-                continue;
-            };
+        for log in logs {
             if self.limiter.try_take(now) {
                 admitted.push(log);
             } else {

@@ -39,7 +39,12 @@ pub struct Guarded<P> {
 }
 
 impl<P> Guarded<P> {
-    pub fn new(name: &str, runtime: Arc<Runtime>, max_failures: u32, stats: Arc<PluginStats>) -> Self {
+    pub fn new(
+        name: &str,
+        runtime: Arc<Runtime>,
+        max_failures: u32,
+        stats: Arc<PluginStats>,
+    ) -> Self {
         Guarded {
             name: name.into(),
             runtime,
@@ -76,7 +81,10 @@ impl<P> Guarded<P> {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(plugin = %self.name, %error, consecutive = self.consecutive_failures, "plugin call failed");
         if self.consecutive_failures >= self.max_failures {
-            let reason = format!("{} consecutive failures, last: {error}", self.consecutive_failures);
+            let reason = format!(
+                "{} consecutive failures, last: {error}",
+                self.consecutive_failures
+            );
             tracing::error!(plugin = %self.name, %reason, "plugin disabled");
             self.stats.set_disabled(&reason);
             self.disabled = Some(reason);

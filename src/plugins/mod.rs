@@ -13,6 +13,7 @@ pub mod filter;
 pub mod guard;
 pub mod reload;
 pub mod runtime;
+pub mod transform;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,9 +54,20 @@ pub struct PluginStats {
     /// `host.log` lines refused by the rate limit (current instance).
     pub log_dropped: AtomicU64,
     disabled: Mutex<Option<String>>,
+    kind: Mutex<&'static str>,
 }
 
 impl PluginStats {
+    /// `filter` (the default) or `transform`.
+    pub fn kind(&self) -> &'static str {
+        let k = *self.kind.lock().unwrap_or_else(|p| p.into_inner());
+        if k.is_empty() { "filter" } else { k }
+    }
+
+    pub fn set_kind(&self, kind: &'static str) {
+        *self.kind.lock().unwrap_or_else(|p| p.into_inner()) = kind;
+    }
+
     pub fn set_disabled(&self, reason: &str) {
         *self.disabled.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
     }
@@ -139,27 +151,31 @@ pub fn load(config: &Config) -> anyhow::Result<(Registry, SharedCatalog, Arc<Run
     let runtime = Runtime::new(limits(config), cache)?;
     let mut registry = Registry::default();
     let mut catalog = Catalog::default();
-    let mut add =
-        |name: &str, source: String, bytes: &[u8], catalog: &mut Catalog| -> anyhow::Result<()> {
-            let pre = runtime.prepare(bytes)?;
-            let stats = Arc::new(PluginStats {
-                name: name.to_owned(),
-                source,
-                size_bytes: bytes.len(),
-                ..PluginStats::default()
-            });
-            let engine = filter::WasmFilter::new(
-                name,
-                runtime.clone(),
-                pre,
-                config.plugin_max_failures,
-                stats.clone(),
-            );
-            registry.engines.insert(name.to_owned(), Box::new(engine));
-            catalog.loaded.retain(|s| s.name != name);
-            catalog.loaded.push(stats);
-            Ok(())
-        };
+    let mut add = |name: &str,
+                   source: String,
+                   bytes: &[u8],
+                   catalog: &mut Catalog|
+     -> anyhow::Result<()> {
+        let stats = new_stats(name, source, bytes);
+        let max = config.plugin_max_failures;
+        match runtime.prepare_any(bytes)? {
+            runtime::Prepared::Filter(pre) => {
+                let engine =
+                    filter::WasmFilter::new(name, runtime.clone(), pre, max, stats.clone());
+                registry.transforms.remove(name);
+                registry.engines.insert(name.to_owned(), Box::new(engine));
+            }
+            runtime::Prepared::Transform(pre) => {
+                let t =
+                    transform::WasmTransform::new(name, runtime.clone(), pre, max, stats.clone());
+                registry.engines.remove(name);
+                registry.transforms.insert(name.to_owned(), t);
+                stats.set_kind("transform");
+            }
+        }
+        catalog.loaded(stats);
+        Ok(())
+    };
     add(
         DEFAULT_FILTER,
         "built-in".into(),
@@ -230,7 +246,8 @@ pub fn describe(
                 "name": s.name,
                 "source": s.source,
                 "interface": INTERFACE,
-                "world": "filter-plugin",
+                "kind": s.kind(),
+                "world": format!("{}-plugin", s.kind()),
                 "sizeBytes": s.size_bytes,
                 "loadedAt": s.loaded_at,
                 "reloadError": catalog.reload_errors.get(&s.name),

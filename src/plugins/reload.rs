@@ -25,6 +25,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::oneshot;
 
 use super::filter::WasmFilter;
+use super::runtime::{PluginState, Prepared, TransformPluginPre};
+use super::transform::WasmTransform;
 use super::{BUILTIN_DEFAULT, Rejected, Runtime, SharedCatalog, new_stats};
 use crate::filter::{AddError, FilterEngine};
 use crate::router::Control;
@@ -194,8 +196,11 @@ impl Reloader {
     /// Prepare the new version off the hot path and hand it to the router.
     fn install(&self, name: &str, source: String, bytes: &[u8]) {
         let started = Instant::now();
-        let pre = match self.runtime.prepare(bytes) {
-            Ok(pre) => pre,
+        let pre = match self.runtime.prepare_any(bytes) {
+            Ok(Prepared::Filter(pre)) => pre,
+            Ok(Prepared::Transform(pre)) => {
+                return self.install_transform(name, source, bytes, pre);
+            }
             Err(e) => return self.failed(name, &source, format!("{e:#}")),
         };
         let stats = new_stats(name, source.clone(), bytes);
@@ -247,6 +252,37 @@ impl Reloader {
             }
             Some(Err(reason)) => self.failed(name, &source, reason),
             None => {}
+        }
+    }
+
+    /// Transforms keep no subscription state: build the new version and switch.
+    fn install_transform(
+        &self,
+        name: &str,
+        source: String,
+        bytes: &[u8],
+        pre: TransformPluginPre<PluginState>,
+    ) {
+        let stats = new_stats(name, source, bytes);
+        stats.set_kind("transform");
+        let transform = WasmTransform::new(
+            name,
+            self.runtime.clone(),
+            pre,
+            self.max_failures,
+            stats.clone(),
+        );
+        let installed = self.ask(|reply| Control::InstallTransform {
+            name: name.to_owned(),
+            transform: Box::new(transform),
+            reply,
+        });
+        if installed.is_some() {
+            self.catalog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .loaded(stats);
+            tracing::info!(plugin = %name, "transform (re)loaded");
         }
     }
 

@@ -30,6 +30,27 @@ pub mod bindings {
     });
 }
 
+/// The `transform-plugin` world, sharing the record types and the `host` import with the
+/// filter world (so one linker serves both).
+pub mod transform_bindings {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "transform-plugin",
+        with: {
+            "logstream:plugin/types": super::bindings::logstream::plugin::types,
+            "logstream:plugin/host": super::bindings::logstream::plugin::host,
+        },
+    });
+}
+
+pub use transform_bindings::{TransformPlugin, TransformPluginPre};
+
+/// A compiled, linked plugin of either kind.
+pub enum Prepared {
+    Filter(FilterPluginPre<PluginState>),
+    Transform(TransformPluginPre<PluginState>),
+}
+
 use bindings::logstream::plugin::host::LogLevel;
 pub use bindings::logstream::plugin::types::{Level as WitLevel, LogEntry as WitLogEntry};
 
@@ -176,14 +197,30 @@ impl Runtime {
     }
 
     /// Compile (or load from the cache) and link a component; fails with a readable reason
-    /// when the bytes are not a component or do not implement the `filter-plugin` world.
-    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPluginPre<PluginState>> {
+    /// Compile (or load from the cache) and link a component of either world; fails with a
+    /// readable reason when the bytes are not a component or implement neither world.
+    pub fn prepare_any(&self, bytes: &[u8]) -> anyhow::Result<Prepared> {
         let component = self.compile(bytes)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!("cannot link: {e} (a filter may import only WASI 0.2 and {INTERFACE}/host)")
+            anyhow!("cannot link: {e} (a plugin may import only WASI 0.2 and {INTERFACE}/host)")
         })?;
-        FilterPluginPre::new(pre)
-            .map_err(|e| anyhow!("does not implement world `filter-plugin` of {INTERFACE}: {e}"))
+        match FilterPluginPre::new(pre.clone()) {
+            Ok(filter) => Ok(Prepared::Filter(filter)),
+            Err(not_filter) => match TransformPluginPre::new(pre) {
+                Ok(transform) => Ok(Prepared::Transform(transform)),
+                Err(_) => Err(anyhow!(
+                    "does not implement world `filter-plugin` (nor `transform-plugin`) of {INTERFACE}: {not_filter}"
+                )),
+            },
+        }
+    }
+
+    /// [`Runtime::prepare_any`], for a filter only.
+    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPluginPre<PluginState>> {
+        match self.prepare_any(bytes)? {
+            Prepared::Filter(filter) => Ok(filter),
+            Prepared::Transform(_) => Err(anyhow!("is a transform plugin, not a filter")),
+        }
     }
 
     fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {

@@ -86,7 +86,15 @@ pub enum Control {
         registered: Vec<RegistrationId>,
         reply: oneshot::Sender<Result<(), String>>,
     },
-    /// Unload `filter`: its subscribers get an `error` and lose their subscription.
+    /// Switch transform `name` to a new version between two batches (transforms keep no
+    /// state, so nothing needs re-registering).
+    InstallTransform {
+        name: String,
+        transform: Box<crate::plugins::transform::WasmTransform>,
+        reply: oneshot::Sender<()>,
+    },
+    /// Unload `filter` (a filter or a transform): its subscribers get an `error` and lose
+    /// their subscription.
     Remove {
         filter: String,
         reply: oneshot::Sender<usize>,
@@ -99,8 +107,33 @@ pub enum Control {
 pub struct Subscribed {
     pub filter: String,
     pub params: Value,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transform: Vec<crate::subscription::TransformStep>,
     pub batch: bool,
     pub rate_limit: u32,
+}
+
+/// Run `logs` through each step of `chain`; on failure, the failing step and why.
+fn apply_chain(
+    transforms: &mut std::collections::BTreeMap<String, crate::plugins::transform::WasmTransform>,
+    chain: &[(String, String)],
+    mut logs: Vec<Arc<LogRecord>>,
+) -> Result<Vec<Arc<LogRecord>>, (String, crate::filter::EngineError)> {
+    for (name, params) in chain {
+        let Some(transform) = transforms.get_mut(name) else {
+            return Err((
+                name.clone(),
+                crate::filter::EngineError::Disabled("unloaded".into()),
+            ));
+        };
+        logs = transform
+            .apply(params, &logs)
+            .map_err(|e| (name.clone(), e))?;
+        if logs.is_empty() {
+            break;
+        }
+    }
+    Ok(logs)
 }
 
 /// How often waiting batch-mode outboxes are checked; bounds how late a `log:batch` can be
@@ -260,6 +293,7 @@ impl Router {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.matches.clear();
         let mut failed = Vec::new();
+        let mut failed_transforms = Vec::new();
         for (name, engine) in self.registry.engines.iter_mut() {
             if let Err(e) = engine.evaluate(batch, &mut self.matches) {
                 failed.push((name.clone(), e));
@@ -270,9 +304,29 @@ impl Router {
             let Some(reg) = self.registry.registrations.get(&m.registration) else {
                 continue;
             };
+            let matched = m.entries.iter().filter_map(|i| batch.get(*i as usize));
+            let logs: Vec<Arc<LogRecord>> = if reg.chain.is_empty() {
+                matched.cloned().collect()
+            } else {
+                let chain = reg.chain.clone();
+                match apply_chain(
+                    &mut self.registry.transforms,
+                    &chain,
+                    matched.cloned().collect(),
+                ) {
+                    Ok(logs) => logs,
+                    Err((step, error)) => {
+                        failed_transforms.push((m.registration, step, error));
+                        continue;
+                    }
+                }
+            };
+            let Some(reg) = self.registry.registrations.get(&m.registration) else {
+                continue;
+            };
             for sid in &reg.clients {
                 if let Some(client) = self.clients.get_mut(sid) {
-                    client.deliver(batch, &m.entries, now);
+                    client.deliver(&logs, now);
                     if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
                     {
                         self.next_outbox_check = now + OUTBOX_TICK;
@@ -282,6 +336,47 @@ impl Router {
         }
         for (filter, error) in failed {
             self.filter_failed(&filter, &error);
+        }
+        for (registration, step, error) in failed_transforms {
+            self.transform_failed(registration, &step, &error);
+        }
+    }
+
+    /// A transform failed on one registration's logs: they were not delivered; say so.
+    fn transform_failed(
+        &mut self,
+        registration: RegistrationId,
+        step: &str,
+        error: &crate::filter::EngineError,
+    ) {
+        let disabled = self
+            .registry
+            .transforms
+            .get(step)
+            .and_then(|t| t.disabled().map(str::to_owned));
+        let (code, message, sids) = match disabled {
+            Some(reason) => (
+                "filter_disabled",
+                format!("transform `{step}` was disabled ({reason}); subscribe again without it"),
+                self.registry.drop_transform_users(step),
+            ),
+            None => (
+                "plugin_failed",
+                format!(
+                    "transform `{step}` failed ({error}); the logs it was given were not delivered"
+                ),
+                self.registry
+                    .registrations
+                    .get(&registration)
+                    .map(|r| r.clients.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        let payload = json!({ "code": code, "message": message, "transform": step });
+        for sid in sids {
+            if let Some(client) = self.clients.get(&sid) {
+                client.emit("error", &payload);
+            }
         }
     }
 
@@ -409,9 +504,19 @@ impl Router {
                 let result = self.install(&filter, engine, &registered);
                 let _ = reply.send(result);
             }
+            Control::InstallTransform {
+                name,
+                transform,
+                reply,
+            } => {
+                self.registry.transforms.insert(name, *transform);
+                let _ = reply.send(());
+            }
             Control::Remove { filter, reply } => {
-                let sids = self.registry.drop_filter(&filter);
+                let mut sids = self.registry.drop_filter(&filter);
+                sids.extend(self.registry.drop_transform_users(&filter));
                 self.registry.engines.remove(&filter);
+                self.registry.transforms.remove(&filter);
                 let payload = json!({
                     "code": "filter_removed",
                     "message": format!("filter `{filter}` was removed from the server; subscribe again with another filter"),
@@ -466,7 +571,7 @@ impl Router {
             return Err(SubscribeError::NotConnected);
         }
         self.registry
-            .subscribe(sid, &request.filter, &request.params)?;
+            .subscribe(sid, &request.filter, &request.params, &request.transform)?;
         let client = self
             .clients
             .get_mut(&sid)
@@ -475,6 +580,7 @@ impl Router {
         let subscribed = Subscribed {
             filter: request.filter,
             params: request.params,
+            transform: request.transform,
             batch: request.batch,
             rate_limit,
         };

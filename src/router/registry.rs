@@ -1,7 +1,8 @@
 //! Subscriptions as the router sees them: which engine, which registration, which clients.
 //!
-//! Identical subscriptions (same filter, same params) share one registration, so a thousand
-//! dashboards watching the same device cost the engine one subscription.
+//! Identical subscriptions (same filter, same params, same transform chain) share one
+//! registration, so a thousand dashboards watching the same device cost the engine one
+//! subscription, and a transformed entry is built once for all of them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,9 +10,16 @@ use serde_json::Value;
 use socketioxide::socket::Sid;
 
 use crate::filter::{AddError, FilterEngine, RegistrationId};
+use crate::plugins::transform::WasmTransform;
+use crate::subscription::TransformStep;
 
 pub struct Registration {
     pub filter: String,
+    /// The params as registered with the filter engine.
+    pub params: String,
+    /// Transforms applied in order to what the filter matched: (name, params).
+    pub chain: Vec<(String, String)>,
+    /// `params` and `chain` together: what makes two subscriptions identical.
     key: String,
     pub clients: Vec<Sid>,
 }
@@ -20,6 +28,7 @@ pub struct Registration {
 #[derive(Default)]
 pub struct Registry {
     pub engines: BTreeMap<String, Box<dyn FilterEngine>>,
+    pub transforms: BTreeMap<String, WasmTransform>,
     pub registrations: HashMap<RegistrationId, Registration>,
     by_key: HashMap<(String, String), RegistrationId>,
     /// Which registration each subscribed client belongs to.
@@ -35,6 +44,10 @@ pub enum SubscribeError {
     Rejected { filter: String, message: String },
     #[error("filter `{filter}` is unavailable: {message}")]
     Unavailable { filter: String, message: String },
+    #[error("unknown transform `{name}`; loaded transforms: {loaded}")]
+    UnknownTransform { name: String, loaded: String },
+    #[error("transform `{transform}` rejected its params: {message}")]
+    TransformRejected { transform: String, message: String },
     #[error("not connected")]
     NotConnected,
 }
@@ -45,6 +58,8 @@ impl SubscribeError {
             SubscribeError::UnknownFilter { .. } => "unknown_filter",
             SubscribeError::Rejected { .. } => "invalid_params",
             SubscribeError::Unavailable { .. } => "filter_unavailable",
+            SubscribeError::UnknownTransform { .. } => "unknown_transform",
+            SubscribeError::TransformRejected { .. } => "invalid_transform",
             SubscribeError::NotConnected => "not_connected",
         }
     }
@@ -57,14 +72,58 @@ impl Registry {
     }
 
     /// Move `sid` to the registration for (`filter`, `params`), creating it if needed.
-    /// On error the client's previous subscription is untouched.
+    /// Check every step of a chain: the transform exists and accepts its params.
+    fn check_chain(
+        &mut self,
+        chain: &[TransformStep],
+    ) -> Result<Vec<(String, String)>, SubscribeError> {
+        let loaded = self
+            .transforms
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        chain
+            .iter()
+            .map(|step| {
+                let params = step.params.to_string();
+                let transform = self.transforms.get_mut(&step.name).ok_or_else(|| {
+                    SubscribeError::UnknownTransform {
+                        name: step.name.clone(),
+                        loaded: if loaded.is_empty() {
+                            "none".into()
+                        } else {
+                            loaded.clone()
+                        },
+                    }
+                })?;
+                transform.validate(&params).map_err(|e| match e {
+                    AddError::Rejected(message) => SubscribeError::TransformRejected {
+                        transform: step.name.clone(),
+                        message,
+                    },
+                    AddError::Unavailable(message) => SubscribeError::Unavailable {
+                        filter: step.name.clone(),
+                        message,
+                    },
+                })?;
+                Ok((step.name.clone(), params))
+            })
+            .collect()
+    }
+
+    /// Move `sid` to the registration for (`filter`, `params`, `chain`), creating it if
+    /// needed. On error the client's previous subscription is untouched.
     pub fn subscribe(
         &mut self,
         sid: Sid,
         filter: &str,
         params: &Value,
+        chain: &[TransformStep],
     ) -> Result<(), SubscribeError> {
-        let key = (filter.to_owned(), params.to_string());
+        let params_text = params.to_string();
+        let chain_text = serde_json::to_string(chain).unwrap_or_default();
+        let key = (filter.to_owned(), format!("{params_text}|{chain_text}"));
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
             None => {
@@ -78,7 +137,7 @@ impl Registry {
                     })?;
                 self.next_id += 1;
                 let id = self.next_id;
-                engine.add(id, &key.1).map_err(|e| match e {
+                engine.add(id, &params_text).map_err(|e| match e {
                     AddError::Rejected(message) => SubscribeError::Rejected {
                         filter: filter.to_owned(),
                         message,
@@ -88,10 +147,21 @@ impl Registry {
                         message,
                     },
                 })?;
+                let checked = match self.check_chain(chain) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Some(engine) = self.engines.get_mut(filter) {
+                            engine.remove(id);
+                        }
+                        return Err(e);
+                    }
+                };
                 self.registrations.insert(
                     id,
                     Registration {
                         filter: filter.to_owned(),
+                        params: params_text.clone(),
+                        chain: checked,
                         key: key.1.clone(),
                         clients: Vec::new(),
                     },
@@ -162,8 +232,32 @@ impl Registry {
         self.registrations
             .iter()
             .filter(|(_, r)| r.filter == filter)
-            .map(|(id, r)| (*id, r.key.clone()))
+            .map(|(id, r)| (*id, r.params.clone()))
             .collect()
+    }
+
+    /// End every registration whose chain uses `transform`; returns their clients.
+    pub fn drop_transform_users(&mut self, transform: &str) -> Vec<Sid> {
+        let ids: Vec<RegistrationId> = self
+            .registrations
+            .iter()
+            .filter(|(_, r)| r.chain.iter().any(|(name, _)| name == transform))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut clients = Vec::new();
+        for id in ids {
+            if let Some(reg) = self.registrations.remove(&id) {
+                self.by_key.remove(&(reg.filter.clone(), reg.key));
+                if let Some(engine) = self.engines.get_mut(&reg.filter) {
+                    engine.remove(id);
+                }
+                for sid in reg.clients {
+                    self.client_registration.remove(&sid);
+                    clients.push(sid);
+                }
+            }
+        }
+        clients
     }
 
     /// Clients subscribed through `filter`.

@@ -216,6 +216,8 @@ async fn on_subscribe(
         Some(Err(e)) => {
             let field = match e {
                 SubscribeError::Rejected { .. } => Some("params"),
+                SubscribeError::UnknownTransform { .. }
+                | SubscribeError::TransformRejected { .. } => Some("transform"),
                 SubscribeError::UnknownFilter { .. } | SubscribeError::Unavailable { .. } => {
                     Some("filter")
                 }
