@@ -79,6 +79,17 @@ enum PluginCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Start a new filter project (a working "message contains text" filter).
+    New {
+        /// The filter's name (what clients put in `filter`).
+        name: String,
+        /// rust, js or python.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create the project directory.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 fn overrides(args: &ConfigArgs) -> anyhow::Result<Vec<(String, String)>> {
@@ -151,6 +162,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 logs.as_deref(),
                 &mut std::io::stdout(),
             )
+        }
+        Command::Plugin(PluginCommand::New { name, lang, dir }) => {
+            let root = logstream::plugins::scaffold::create(&dir, &name, &lang)?;
+            let build = match lang.as_str() {
+                "rust" => "cargo build --release --target wasm32-wasip2",
+                "python" => "./build.sh",
+                _ => "npm install && npm run build",
+            };
+            println!(
+                "created {}; build it with: cd {} && {build}",
+                root.display(),
+                root.display()
+            );
+            Ok(())
         }
         Command::Token {
             sub,

@@ -130,3 +130,99 @@ fn check_shows_what_a_transform_returns() {
         "{out}"
     );
 }
+
+/// `plugin new` for each language gives a project that builds into a plugin that passes
+/// `plugin check` and filters as its header says.
+#[test]
+fn plugin_new_scaffolds_projects_that_build_and_pass_check() {
+    let dir = std::env::temp_dir().join(format!("logstream-scaffold-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let logs = logs_file(&[
+        r#"{"deviceId":"d","message":"disk ERROR"}"#,
+        r#"{"deviceId":"d","message":"fine"}"#,
+    ]);
+    let run = |cwd: &std::path::Path, program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (lang, name, build, artifact) in [
+        (
+            "rust",
+            "rs-contains",
+            vec![(
+                "cargo",
+                vec!["build", "--release", "--target", "wasm32-wasip2"],
+            )],
+            "target/wasm32-wasip2/release/rs_contains.wasm",
+        ),
+        (
+            "python",
+            "py-contains",
+            vec![("bash", vec!["build.sh"])],
+            "py-contains.wasm",
+        ),
+        (
+            "js",
+            "js-contains",
+            vec![
+                ("npm", vec!["install", "--no-audit", "--no-fund"]),
+                ("npm", vec!["run", "build"]),
+            ],
+            "js-contains.wasm",
+        ),
+    ] {
+        run(
+            &dir,
+            env!("CARGO_BIN_EXE_logstream"),
+            &["plugin", "new", name, "--lang", lang, "--dir", "."],
+        );
+        let project = dir.join(name);
+        assert!(
+            project.join("wit/plugin.wit").exists(),
+            "{lang}: the project carries the WIT"
+        );
+        for (program, args) in &build {
+            let mut cmd_args = args.clone();
+            if *program == "cargo" {
+                // Its own target dir, away from any enclosing build's environment.
+                cmd_args.extend(["--target-dir", "target"]);
+            }
+            run(&project, program, &cmd_args);
+        }
+        let wasm = project.join(artifact);
+        let (ok, out) = check(&[
+            wasm.to_str().unwrap(),
+            "--params",
+            r#"{"text":"error"}"#,
+            "--logs",
+            logs.to_str().unwrap(),
+        ]);
+        assert!(ok, "{lang}: {out}");
+        assert!(
+            out.contains("line 1: match") && out.contains("line 2: no match"),
+            "{lang}: {out}"
+        );
+        let (ok, out) = check(&[wasm.to_str().unwrap(), "--params", r#"{"txt":"x"}"#]);
+        assert!(!ok && out.contains("txt: unknown field"), "{lang}: {out}");
+    }
+    let (bad_lang, _) = {
+        let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
+            .args(["plugin", "new", "x", "--lang", "cobol", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        (out.status.success(), ())
+    };
+    assert!(!bad_lang);
+    let _ = std::fs::remove_dir_all(&dir);
+}

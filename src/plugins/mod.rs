@@ -13,6 +13,7 @@ pub mod filter;
 pub mod guard;
 pub mod reload;
 pub mod runtime;
+pub mod scaffold;
 pub mod transform;
 
 use std::path::{Path, PathBuf};
