@@ -241,23 +241,7 @@ async fn resubscribe_mid_stream_has_no_gap_and_no_duplicate() {
     c.subscribe(json!({ "deviceIds": ["d"] })).await;
     let total = 600;
     let url = server.url.clone();
-    let poster = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        for chunk in 0..(total / 10) {
-            let logs: Vec<Value> = (0..10)
-                .map(|i| log("d", "INFO", &(chunk * 10 + i).to_string()))
-                .collect();
-            let r = http
-                .post(format!("{url}/api/logs"))
-                .header("x-api-key", API_KEY)
-                .json(&logs)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    });
+    let poster = common::post_numbered(url, "d", total, Duration::from_millis(2));
     // Switch between equivalent subscriptions while the stream flows.
     for i in 0..6 {
         tokio::time::sleep(Duration::from_millis(15)).await;

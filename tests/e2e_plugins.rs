@@ -457,23 +457,7 @@ async fn replacing_a_plugin_under_load_loses_and_duplicates_nothing() {
 
     let total = 2000;
     let url = server.url.clone();
-    let poster = tokio::spawn(async move {
-        let http = reqwest::Client::new();
-        for chunk in 0..(total / 10) {
-            let logs: Vec<Value> = (0..10)
-                .map(|i| log("d", "INFO", &(chunk * 10 + i).to_string()))
-                .collect();
-            let r = http
-                .post(format!("{url}/api/logs"))
-                .header("x-api-key", common::API_KEY)
-                .json(&logs)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
-            tokio::time::sleep(Duration::from_millis(15)).await;
-        }
-    });
+    let poster = common::post_numbered(url, "d", total, Duration::from_millis(15));
     let mut swaps = 0;
     for round in 0..6 {
         let bytes = if round % 2 == 0 { &misbehave } else { &regex };

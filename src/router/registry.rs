@@ -203,45 +203,12 @@ impl Registry {
         true
     }
 
-    /// End every registration of `filter`; returns the clients that were subscribed.
-    pub fn drop_filter(&mut self, filter: &str) -> Vec<Sid> {
+    /// End every registration `doomed` picks; returns the clients that were subscribed.
+    fn drop_where(&mut self, doomed: impl Fn(&Registration) -> bool) -> Vec<Sid> {
         let ids: Vec<RegistrationId> = self
             .registrations
             .iter()
-            .filter(|(_, r)| r.filter == filter)
-            .map(|(id, _)| *id)
-            .collect();
-        let mut clients = Vec::new();
-        for id in ids {
-            if let Some(reg) = self.registrations.remove(&id) {
-                self.by_key.remove(&(reg.filter.clone(), reg.key));
-                for sid in reg.clients {
-                    self.client_registration.remove(&sid);
-                    clients.push(sid);
-                }
-            }
-            if let Some(engine) = self.engines.get_mut(filter) {
-                engine.remove(id);
-            }
-        }
-        clients
-    }
-
-    /// The live registrations of `filter`, with their params.
-    pub fn params_of(&self, filter: &str) -> Vec<(RegistrationId, String)> {
-        self.registrations
-            .iter()
-            .filter(|(_, r)| r.filter == filter)
-            .map(|(id, r)| (*id, r.params.clone()))
-            .collect()
-    }
-
-    /// End every registration whose chain uses `transform`; returns their clients.
-    pub fn drop_transform_users(&mut self, transform: &str) -> Vec<Sid> {
-        let ids: Vec<RegistrationId> = self
-            .registrations
-            .iter()
-            .filter(|(_, r)| r.chain.iter().any(|(name, _)| name == transform))
+            .filter(|(_, r)| doomed(r))
             .map(|(id, _)| *id)
             .collect();
         let mut clients = Vec::new();
@@ -258,6 +225,25 @@ impl Registry {
             }
         }
         clients
+    }
+
+    /// End every registration of `filter`; returns the clients that were subscribed.
+    pub fn drop_filter(&mut self, filter: &str) -> Vec<Sid> {
+        self.drop_where(|r| r.filter == filter)
+    }
+
+    /// The live registrations of `filter`, with their params.
+    pub fn params_of(&self, filter: &str) -> Vec<(RegistrationId, String)> {
+        self.registrations
+            .iter()
+            .filter(|(_, r)| r.filter == filter)
+            .map(|(id, r)| (*id, r.params.clone()))
+            .collect()
+    }
+
+    /// End every registration whose chain uses `transform`; returns their clients.
+    pub fn drop_transform_users(&mut self, transform: &str) -> Vec<Sid> {
+        self.drop_where(|r| r.chain.iter().any(|(name, _)| name == transform))
     }
 
     /// Clients subscribed through `filter`.

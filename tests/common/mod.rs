@@ -239,3 +239,30 @@ pub fn token_with(sub: &str, claims: &[(&str, Value)]) -> String {
 pub fn log(device: &str, level: &str, message: &str) -> Value {
     serde_json::json!({ "deviceId": device, "level": level, "message": message })
 }
+
+/// POST logs for `device` whose messages are "0", "1", ... `total`-1, ten per request with
+/// `pause` between requests, from a spawned task (each request must be accepted).
+pub fn post_numbered(
+    url: String,
+    device: &'static str,
+    total: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        for chunk in 0..total.div_ceil(10) {
+            let logs: Vec<Value> = (chunk * 10..(chunk * 10 + 10).min(total))
+                .map(|i| log(device, "INFO", &i.to_string()))
+                .collect();
+            let r = http
+                .post(format!("{url}/api/logs"))
+                .header("x-api-key", API_KEY)
+                .json(&logs)
+                .send()
+                .await
+                .expect("post logs");
+            assert_eq!(r.status(), 202);
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
