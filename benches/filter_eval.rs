@@ -31,6 +31,7 @@ fn wasm_default() -> WasmFilter {
             call_timeout: Duration::from_secs(10),
             memory_bytes: 512 << 20,
             log_per_second: 10,
+            max_output_bytes: 64 << 20,
         },
         None,
     )

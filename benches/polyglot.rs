@@ -24,6 +24,7 @@ fn limits() -> PluginLimits {
         call_timeout: Duration::from_secs(30),
         memory_bytes: 1 << 30,
         log_per_second: 10,
+        max_output_bytes: 64 << 20,
     }
 }
 

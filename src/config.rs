@@ -77,6 +77,9 @@ pub struct Config {
     pub plugin_max_failures: u32,
     /// `host.log` lines per second one plugin may write; the rest are counted and dropped.
     pub plugin_log_per_second: u32,
+    /// Largest answer one plugin call may return (filter indices at 4 bytes each, transform
+    /// entries by their text); a larger one is a failure of that call.
+    pub plugin_max_output_bytes: usize,
     /// Where compiled plugins are cached (keyed by content and engine); empty = no cache.
     pub plugin_cache_dir: PathBuf,
 
@@ -122,6 +125,7 @@ impl Default for Config {
             plugin_memory_mb: 64,
             plugin_max_failures: 3,
             plugin_log_per_second: 20,
+            plugin_max_output_bytes: 16 << 20,
             plugin_cache_dir: default_cache_dir(),
             redis_url: None,
             redis_log_channel: "log:new".into(),
@@ -190,7 +194,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -205,6 +209,10 @@ impl Config {
             ("ingest_queue", self.ingest_queue as u64),
             ("stats_interval_ms", self.stats_interval_ms),
             ("plugin_timeout_ms", self.plugin_timeout_ms),
+            (
+                "plugin_max_output_bytes",
+                self.plugin_max_output_bytes as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

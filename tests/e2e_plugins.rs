@@ -583,3 +583,37 @@ async fn transforms_apply_per_subscription_after_filtering() {
     server.ingest(log("d", "INFO", "after")).await;
     assert_eq!(messages(&plain.logs(1, T).await), ["after"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
+    let dir = plugins_dir(&["misbehave"], &[]);
+    // misbehave answers every index for every subscription: a batch of 50 logs (the 100 are
+    // evaluated as two batches of `batch_max_logs`) = 212 bytes.
+    let server = server_with(&dir)
+        .set("plugin_max_output_bytes", 200)
+        .set("rate_limit", 100_000)
+        .start();
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "filter": "misbehave" })).await;
+    let logs: Vec<Value> = (0..100).map(|i| log("d", "INFO", &i.to_string())).collect();
+    server.ingest(Value::Array(logs)).await;
+    let e = c.next("error").await;
+    assert_eq!(e["code"], "plugin_failed", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("plugin_max_output_bytes"),
+        "{e}"
+    );
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "nothing from the oversized answer"
+    );
+    // Small batches stay under the limit and are delivered.
+    server.ingest(log("d", "INFO", "small")).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["small"]);
+    let p = plugins(&server).await;
+    assert_eq!(plugin(&p, "misbehave")["badOutput"], 2, "both batches of 50 were over");
+    assert_eq!(plugin(&p, "misbehave")["status"], "active", "two failures, then a success: not disabled");
+}

@@ -19,6 +19,7 @@ fn wasm_default() -> WasmFilter {
             call_timeout: Duration::from_secs(5),
             memory_bytes: 64 << 20,
             log_per_second: 10,
+            max_output_bytes: 64 << 20,
         },
         None,
     )

@@ -113,6 +113,22 @@ impl FilterEngine for WasmFilter {
                 return Err(e);
             }
         };
+        let output_bytes = answer
+            .iter()
+            .map(|m| 12 + 4 * m.entries.len())
+            .sum::<usize>();
+        if output_bytes > self.guard.runtime.limits.max_output_bytes {
+            self.guard.stats.bad_output.fetch_add(1, Ordering::Relaxed);
+            self.guard
+                .stats
+                .logs_failed
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            let error = EngineError::BadOutput(format!(
+                "answer of {output_bytes} bytes is over plugin_max_output_bytes ({})",
+                self.guard.runtime.limits.max_output_bytes
+            ));
+            return Err(self.guard.failed(error));
+        }
         self.guard.succeeded();
         let n = batch.len() as u32;
         for m in answer {

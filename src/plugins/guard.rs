@@ -75,7 +75,7 @@ impl<P> Guarded<P> {
     }
 
     /// Record a failure: drop the instance, maybe disable the plugin.
-    fn failed(&mut self, error: EngineError) -> EngineError {
+    pub fn failed(&mut self, error: EngineError) -> EngineError {
         self.live = None;
         self.consecutive_failures += 1;
         self.stats.failures.fetch_add(1, Ordering::Relaxed);

@@ -142,6 +142,7 @@ pub fn limits(config: &Config) -> PluginLimits {
         call_timeout: Duration::from_millis(config.plugin_timeout_ms),
         memory_bytes: (config.plugin_memory_mb as usize) << 20,
         log_per_second: config.plugin_log_per_second,
+        max_output_bytes: config.plugin_max_output_bytes,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct PluginLimits {
     pub memory_bytes: usize,
     /// `host.log` lines per second per plugin.
     pub log_per_second: u32,
+    /// Largest answer of one call, in bytes.
+    pub max_output_bytes: usize,
 }
 
 /// The data each plugin's `Store` holds.

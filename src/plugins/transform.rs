@@ -120,6 +120,23 @@ impl WasmTransform {
         };
         let out =
             answer.map_err(|reason| bad(format!("the transform refused the batch: {reason}")))?;
+        let output_bytes: usize = out
+            .iter()
+            .map(|e| {
+                e.id.len()
+                    + e.device_id.len()
+                    + e.timestamp.len()
+                    + e.message.len()
+                    + e.extra.len()
+                    + e.tags.iter().map(String::len).sum::<usize>()
+            })
+            .sum();
+        if output_bytes > self.guard.runtime.limits.max_output_bytes {
+            return Err(bad(format!(
+                "answer of {output_bytes} bytes is over plugin_max_output_bytes ({})",
+                self.guard.runtime.limits.max_output_bytes
+            )));
+        }
         if out.len() > logs.len() {
             return Err(bad(format!(
                 "returned {} entries for {}; a transform may not add entries",
