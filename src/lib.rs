@@ -13,6 +13,7 @@
 //! - [`delivery`]: per-client rate limit, pause buffer, bounded socket queue, drop reports.
 //! - [`socket`]: Socket.IO handshake auth and client events.
 //! - [`plugins`]: the wasmtime host that runs filter components.
+//! - [`cluster`]: admin operations across instances over Redis.
 //! - [`api`]: admin and health REST endpoints.
 //! - [`config`], [`auth`], [`connections`], [`stats`], [`shutdown`]: the supporting cast.
 

@@ -614,6 +614,14 @@ async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
     server.ingest(log("d", "INFO", "small")).await;
     assert_eq!(messages(&c.logs(1, T).await), ["small"]);
     let p = plugins(&server).await;
-    assert_eq!(plugin(&p, "misbehave")["badOutput"], 2, "both batches of 50 were over");
-    assert_eq!(plugin(&p, "misbehave")["status"], "active", "two failures, then a success: not disabled");
+    assert_eq!(
+        plugin(&p, "misbehave")["badOutput"],
+        2,
+        "both batches of 50 were over"
+    );
+    assert_eq!(
+        plugin(&p, "misbehave")["status"],
+        "active",
+        "two failures, then a success: not disabled"
+    );
 }
