@@ -152,6 +152,12 @@ fn parse_transforms(value: Option<Value>) -> Result<Vec<TransformStep>, FieldErr
                             ));
                         }
                     };
+                    if params.to_string().len() > MAX_PARAMS_BYTES {
+                        return Err(FieldError::new(
+                            format!("{field}.params"),
+                            format!("larger than {MAX_PARAMS_BYTES} bytes"),
+                        ));
+                    }
                     if let Some(extra) = step.keys().next() {
                         return Err(FieldError::new(
                             format!("{field}.{extra}"),
@@ -216,6 +222,16 @@ mod tests {
             (json!({"batch": "yes"}), "batch"),
             (json!({"rateLimit": 0}), "rateLimit"),
             (json!([1]), "subscription"),
+            (
+                json!({"transform": [{"name": "redact", "params": {"x": "y".repeat(70_000)}}]}),
+                "transform[0].params",
+            ),
+            (json!({"transform": vec!["redact"; 9]}), "transform"),
+            (
+                json!({"transform": [{"name": "redact", "colour": 1}]}),
+                "transform[0].colour",
+            ),
+            (json!({"transform": ["../x"]}), "transform[0]"),
         ] {
             assert_eq!(
                 SubscribeRequest::parse(bad.clone()).unwrap_err().field,

@@ -104,22 +104,12 @@ impl Reloader {
                         pending.insert(path, Instant::now());
                     }
                 }
-                if self.control.is_empty() && self.router_gone() {
-                    return;
-                }
             }
         }
     }
 
-    fn router_gone(&self) -> bool {
-        // A closed router makes every send fail; probe without side effects.
-        let (tx, _rx) = oneshot::channel();
-        matches!(
-            self.control.try_send(Control::Counts(tx)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_))
-        )
-    }
-
+    /// Ask the router and wait for the answer; `None` once the router has stopped. The thread
+    /// itself ends when the server drops [`HotReload`] (the event channel disconnects).
     fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.control.send(build(tx)).ok()?;
