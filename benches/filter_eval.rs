@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logstream::filter::native::NativeDefault;
-use logstream::filter::{FilterEngine, Matches};
+use logstream::engine::native::NativeDefault;
+use logstream::engine::{FilterEngine, Matches};
 use logstream::log_entry::LogRecord;
 use logstream::plugins::filter::WasmFilter;
 use logstream::plugins::{BUILTIN_DEFAULT, PluginLimits, PluginStats, Runtime};

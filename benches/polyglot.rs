@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use logstream::filter::{FilterEngine, Matches};
+use logstream::engine::{FilterEngine, Matches};
 use logstream::log_entry::LogRecord;
 use logstream::plugins::filter::WasmFilter;
 use logstream::plugins::{PluginLimits, PluginStats, Runtime};

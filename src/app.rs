@@ -3,19 +3,23 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::TrySendError;
 use socketioxide::SocketIo;
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::Keys;
-use crate::bus::Bus;
+use crate::bus::{Bus, PublishError};
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::delivery::client::DeliveryLimits;
+use crate::delivery::DeliveryLimits;
 use crate::router::{Control, RouterHandle};
 use crate::stats::Metrics;
+
+/// Most ingest requests publishing at once; past it ingest answers 503 `overloaded`.
+pub const INGEST_CONCURRENCY: u32 = 4096;
 
 pub struct AppInner {
     pub config: Config,
@@ -29,10 +33,11 @@ pub struct AppInner {
     pub plugins: crate::plugins::SharedCatalog,
     /// This instance's name in cluster views.
     pub instance: String,
-    /// `false` once shutdown begins.
-    accepting: AtomicBool,
-    /// Publishes under way ([`IngestPermit`]s alive); shutdown waits for them.
-    in_flight: AtomicUsize,
+    /// Cancelled when shutdown begins: handshakes and ingest are refused from then on.
+    pub stopping: CancellationToken,
+    /// One permit per ingest request publishing; shutdown takes them all (waiting for the
+    /// requests under way) and closes it.
+    ingest_gate: Semaphore,
 }
 
 #[derive(Clone)]
@@ -45,68 +50,69 @@ impl Deref for AppState {
     }
 }
 
-/// Held while one ingest request publishes; see [`AppState::ingest_permit`].
-pub struct IngestPermit(AppState);
-
-impl Drop for IngestPermit {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The router's control queue is full.
 #[derive(Debug)]
 pub struct Busy;
 
+/// What an [`AppState`] is made of.
+pub struct AppParts {
+    pub config: Config,
+    pub keys: Keys,
+    pub metrics: Arc<Metrics>,
+    pub connections: Connections,
+    pub router: RouterHandle,
+    pub bus: Bus,
+    pub plugins: crate::plugins::SharedCatalog,
+    pub instance: String,
+    pub stopping: CancellationToken,
+}
+
 impl AppState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        keys: Keys,
-        metrics: Arc<Metrics>,
-        connections: Connections,
-        router: RouterHandle,
-        bus: Bus,
-        limits: DeliveryLimits,
-        plugins: crate::plugins::SharedCatalog,
-        instance: String,
-    ) -> AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        let limits = DeliveryLimits::from_config(&parts.config);
         AppState(Arc::new(AppInner {
-            config,
-            keys,
-            metrics,
-            connections,
-            router,
-            bus,
+            config: parts.config,
+            keys: parts.keys,
+            metrics: parts.metrics,
+            connections: parts.connections,
+            router: parts.router,
+            bus: parts.bus,
             limits,
             started: Instant::now(),
-            plugins,
-            instance,
-            accepting: AtomicBool::new(true),
-            in_flight: AtomicUsize::new(0),
+            plugins: parts.plugins,
+            instance: parts.instance,
+            stopping: parts.stopping,
+            ingest_gate: Semaphore::new(INGEST_CONCURRENCY as usize),
         }))
     }
 
-    /// A permit to publish, or `None` once shutdown has begun. Hold it until the publish
-    /// has landed.
-    pub fn ingest_permit(&self) -> Option<IngestPermit> {
-        // Count first, then check: a shutdown that flips the flag after our check will see
-        // our count and wait for it.
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let permit = IngestPermit(self.clone());
-        self.accepting.load(Ordering::SeqCst).then_some(permit)
+    /// A permit to publish; hold it until the publish has landed.
+    pub fn ingest_permit(&self) -> Result<SemaphorePermit<'_>, PublishError> {
+        if self.stopping.is_cancelled() {
+            return Err(PublishError::Closed);
+        }
+        self.ingest_gate.try_acquire().map_err(|e| match e {
+            TryAcquireError::Closed => PublishError::Closed,
+            TryAcquireError::NoPermits => PublishError::Overloaded,
+        })
     }
 
     pub fn is_accepting(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst)
+        !self.stopping.is_cancelled()
     }
 
-    /// Stop accepting; returns once no publish is in flight (or at `deadline`).
-    pub async fn stop_accepting(&self, deadline: Instant) {
-        self.accepting.store(false, Ordering::SeqCst);
-        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    /// Shutdown's first step (after `stopping` is cancelled): wait until no publish is in
+    /// flight, or `deadline`; then refuse every later one.
+    pub async fn close_ingest(&self, deadline: Instant) {
+        let all = tokio::time::timeout_at(
+            deadline.into(),
+            self.ingest_gate.acquire_many(INGEST_CONCURRENCY),
+        )
+        .await;
+        if all.is_err() {
+            tracing::warn!("ingest requests still publishing at the shutdown deadline");
         }
+        self.ingest_gate.close();
     }
 
     /// Queue a control message without blocking the async worker.
@@ -116,12 +122,15 @@ impl AppState {
         })
     }
 
-    /// Queue a control message that must not be lost (disconnects): waits for room on a
-    /// blocking thread if the queue is full.
-    pub fn control_reliably(&self, msg: Control) {
-        if let Err(TrySendError::Full(msg)) = self.router.control.try_send(msg) {
-            let tx = self.router.control.clone();
-            tokio::task::spawn_blocking(move || tx.send(msg));
+    /// Queue a control message that must not be lost (disconnects): when the queue is full,
+    /// wait for room on a blocking thread.
+    pub async fn control_reliably(&self, msg: Control) {
+        match self.router.control.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(msg)) => {
+                let tx = self.router.control.clone();
+                let _ = tokio::task::spawn_blocking(move || tx.send(msg)).await;
+            }
         }
     }
 }

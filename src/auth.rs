@@ -34,13 +34,46 @@ impl Claims {
     }
 }
 
-/// Why a token was refused. The client only ever sees "Authentication failed".
+/// Why a token was refused. The client only ever sees the seed's two messages; the reason
+/// ([`AuthError::reason`]) goes to the server's log.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("Authentication required")]
     Missing,
     #[error("Authentication failed")]
-    Invalid(String),
+    Expired,
+    /// Wrong signature, a key that does not match, or an algorithm no key accepts.
+    #[error("Authentication failed")]
+    InvalidSignature,
+    /// Not a JWT, or claims that do not hold (no `sub`, no `exp`, wrong types).
+    #[error("Authentication failed")]
+    Malformed(String),
+}
+
+impl AuthError {
+    /// A short code for logs: `missing`, `expired`, `invalid_signature`, `malformed`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::InvalidSignature => "invalid_signature",
+            AuthError::Malformed(_) => "malformed",
+        }
+    }
+
+    fn from_jwt(e: jsonwebtoken::errors::Error) -> AuthError {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::InvalidSignature
+            | ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidRsaKey(_) => AuthError::InvalidSignature,
+            _ => AuthError::Malformed(e.to_string()),
+        }
+    }
 }
 
 /// Keys in force for this process.
@@ -128,8 +161,7 @@ impl Keys {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Invalid(format!("bad header: {e}")))?;
+        let header = jsonwebtoken::decode_header(token).map_err(AuthError::from_jwt)?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
             alg => self
@@ -138,14 +170,14 @@ impl Keys {
                 .filter(|(_, algs)| algs.contains(&alg))
                 .map(|(d, _)| d),
         }
-        .ok_or_else(|| AuthError::Invalid(format!("no key accepts {:?}", header.alg)))?;
+        .ok_or(AuthError::InvalidSignature)?;
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(AuthError::from_jwt)?;
         if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub".into()));
+            return Err(AuthError::Malformed("empty sub".into()));
         }
         Ok(data.claims)
     }
@@ -256,7 +288,10 @@ mod tests {
         // Signed with another secret.
         let other = EncodingKey::from_secret(b"another-secret-of-length");
         let forged = mint_with(&other, "alice", Duration::from_secs(60), &HashMap::new()).unwrap();
-        assert!(matches!(k.verify(&forged), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            k.verify(&forged),
+            Err(AuthError::InvalidSignature)
+        ));
         // alg: none.
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let none = format!(
@@ -264,8 +299,8 @@ mod tests {
             b64(r#"{"alg":"none","typ":"JWT"}"#),
             b64(r#"{"sub":"alice","exp":9999999999}"#)
         );
-        assert!(matches!(k.verify(&none), Err(AuthError::Invalid(_))));
-        assert!(matches!(k.verify("garbage"), Err(AuthError::Invalid(_))));
+        assert!(k.verify(&none).is_err());
+        assert!(matches!(k.verify("garbage"), Err(AuthError::Malformed(_))));
     }
 
     #[test]
@@ -275,7 +310,7 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = serde_json::json!({"sub": "a", "exp": now - 3600});
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).unwrap();
-        assert!(matches!(k.verify(&t), Err(AuthError::Invalid(_))));
+        assert!(matches!(k.verify(&t), Err(AuthError::Expired)));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Admin operations across instances, over the Redis admin channel.
+//! Admin operations across instances, over the Redis admin channel ([`ClusterOp`]).
 //!
 //! Each instance answers the requests it reads on the channel ([`serve_admin`]); the admin
 //! API asks all instances and merges the answers ([`describe_all`], [`disconnect_anywhere`]).
@@ -11,37 +11,34 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
 use crate::bus::PublishError;
 use crate::bus::redis::RedisBus;
+use crate::protocol::{ClusterOp, ConnectionView, DescribeReply, DisconnectReply, InstanceStats};
 
 /// How long the admin API waits for other instances.
 pub const REPLY_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// This instance's connections, each tagged with the instance.
-pub fn local_connections(app: &AppState, instance: &str) -> Vec<Value> {
-    let mut list: Vec<Value> = app
+/// This instance's connections, oldest first.
+pub fn local_connections(app: &AppState) -> Vec<ConnectionView> {
+    let mut list: Vec<ConnectionView> = app
         .connections
         .snapshot()
         .iter()
-        .map(|c| {
-            let mut v = serde_json::to_value(c.view()).unwrap_or_default();
-            v["instance"] = Value::String(instance.to_owned());
-            v
-        })
+        .map(|c| c.view(&app.instance))
         .collect();
-    list.sort_by(|a, b| a["connectedAt"].as_str().cmp(&b["connectedAt"].as_str()));
+    list.sort_by(|a, b| a.connected_at.cmp(&b.connected_at));
     list
 }
 
 /// This instance's statistics (the seed's `getStats` plus throughput and drops).
-pub fn local_stats(app: &AppState, instance: &str) -> Value {
+pub fn local_stats(app: &AppState) -> InstanceStats {
     let conns = app.connections.snapshot();
-    let mut by_user: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_user: BTreeMap<String, u64> = BTreeMap::new();
     let now = SystemTime::now();
     let mut uptime_ms = 0u128;
     for c in &conns {
@@ -58,79 +55,37 @@ pub fn local_stats(app: &AppState, instance: &str) -> Value {
     };
     let rates = app.metrics.rates();
     let relaxed = std::sync::atomic::Ordering::Relaxed;
-    json!({
-        "instance": instance,
-        "total": conns.len(),
-        "byUser": by_user,
-        "averageUptime": average_uptime,
-        "logsIn": app.metrics.logs_in.load(relaxed),
-        "deliveries": app.metrics.deliveries.load(relaxed),
-        "logsInPerSec": rates.logs_in_per_sec,
-        "deliveriesPerSec": rates.deliveries_per_sec,
-        "drops": app.metrics.drops(),
-        "uptime": app.started.elapsed().as_secs_f64(),
-    })
+    InstanceStats {
+        instance: app.instance.clone(),
+        total: conns.len() as u64,
+        by_user,
+        average_uptime,
+        logs_in: app.metrics.logs_in.load(relaxed),
+        deliveries: app.metrics.deliveries.load(relaxed),
+        logs_in_per_sec: rates.logs_in_per_sec,
+        deliveries_per_sec: rates.deliveries_per_sec,
+        drops: app.metrics.drops(),
+        uptime: app.started.elapsed().as_secs_f64(),
+    }
 }
 
-/// Merge per-instance stats into cluster totals; the per-instance views stay under `instances`.
-pub fn merge_stats(parts: Vec<Value>) -> Value {
-    let mut total = 0u64;
-    let mut by_user: BTreeMap<String, u64> = BTreeMap::new();
-    let mut uptime_weighted = 0.0;
-    let (mut logs_in, mut deliveries, mut in_rate, mut out_rate) = (0u64, 0u64, 0.0, 0.0);
-    for p in &parts {
-        let n = p["total"].as_u64().unwrap_or(0);
-        total += n;
-        uptime_weighted += p["averageUptime"].as_f64().unwrap_or(0.0) * n as f64;
-        if let Some(users) = p["byUser"].as_object() {
-            for (u, c) in users {
-                *by_user.entry(u.clone()).or_default() += c.as_u64().unwrap_or(0);
-            }
-        }
-        logs_in += p["logsIn"].as_u64().unwrap_or(0);
-        deliveries += p["deliveries"].as_u64().unwrap_or(0);
-        in_rate += p["logsInPerSec"].as_f64().unwrap_or(0.0);
-        out_rate += p["deliveriesPerSec"].as_f64().unwrap_or(0.0);
-    }
-    let mut drops = json!({ "rateLimit": 0, "pauseOverflow": 0, "slowConsumer": 0, "ingestRejected": 0, "total": 0 });
-    for p in &parts {
-        for key in [
-            "rateLimit",
-            "pauseOverflow",
-            "slowConsumer",
-            "ingestRejected",
-            "total",
-        ] {
-            let sum = drops[key].as_u64().unwrap_or(0) + p["drops"][key].as_u64().unwrap_or(0);
-            drops[key] = sum.into();
-        }
-    }
-    json!({
-        "total": total,
-        "byUser": by_user,
-        "averageUptime": if total == 0 { 0.0 } else { uptime_weighted / total as f64 },
-        "logsIn": logs_in,
-        "deliveries": deliveries,
-        "logsInPerSec": in_rate,
-        "deliveriesPerSec": out_rate,
-        "drops": drops,
-        "instances": parts,
-    })
-}
-
-/// Ask every live instance to describe itself; returns (connections, stats parts).
-pub async fn describe_all(bus: &Arc<RedisBus>) -> Result<(Vec<Value>, Vec<Value>), PublishError> {
+/// Ask every live instance to describe itself; returns (connections, stats per instance).
+pub async fn describe_all(
+    bus: &Arc<RedisBus>,
+) -> Result<(Vec<ConnectionView>, Vec<InstanceStats>), PublishError> {
     let expected = bus.instances().await?.len().max(1);
-    let replies = bus
-        .request(json!({ "op": "describe" }), expected, REPLY_TIMEOUT)
+    let replies: Vec<DescribeReply> = bus
+        .request(
+            |reply| ClusterOp::Describe { reply },
+            expected,
+            REPLY_TIMEOUT,
+        )
         .await?;
     let mut connections = Vec::new();
     let mut stats = Vec::new();
     for r in replies {
-        if let Some(list) = r["connections"].as_array() {
-            connections.extend(list.iter().cloned());
-        }
-        stats.push(r["stats"].clone());
+        connections.extend(r.connections);
+        stats.push(r.stats);
     }
     Ok((connections, stats))
 }
@@ -141,58 +96,67 @@ pub async fn disconnect_anywhere(
     id: &str,
 ) -> Result<Option<String>, PublishError> {
     let expected = bus.instances().await?.len().max(1);
-    let replies = bus
+    let replies: Vec<DisconnectReply> = bus
         .request(
-            json!({ "op": "disconnect", "id": id }),
+            |reply| ClusterOp::Disconnect {
+                id: id.to_owned(),
+                reply,
+            },
             expected,
             REPLY_TIMEOUT,
         )
         .await?;
-    Ok(replies
-        .iter()
-        .find(|r| r["found"] == true)
-        .and_then(|r| r["instance"].as_str().map(str::to_owned)))
+    Ok(replies.into_iter().find(|r| r.found).map(|r| r.instance))
 }
 
-/// Answer admin requests read from the channel.
+/// Answer admin requests read from the channel, until `stop`.
 pub async fn serve_admin(
     app: AppState,
     io: SocketIo,
     bus: Arc<RedisBus>,
-    mut rx: mpsc::Receiver<Value>,
+    mut rx: mpsc::Receiver<ClusterOp>,
+    stop: CancellationToken,
 ) {
-    while let Some(msg) = rx.recv().await {
-        let reply_to = msg["reply"].as_str().map(str::to_owned);
-        let answer = match msg["op"].as_str() {
-            Some("broadcast") => {
-                if let Some(event) = msg["event"].as_str()
-                    && let Err(e) = io.emit(event, &msg["data"]).await
-                {
+    loop {
+        let op = tokio::select! {
+            () = stop.cancelled() => return,
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        let (reply, answer) = match op {
+            ClusterOp::Broadcast { event, data } => {
+                if let Err(e) = io.emit(event, &data).await {
                     tracing::warn!(error = %e, "cluster broadcast failed locally");
                 }
-                None
+                continue;
             }
-            Some("disconnect") => {
-                let found = msg["id"]
-                    .as_str()
-                    .and_then(|id| id.parse().ok())
+            ClusterOp::Disconnect { id, reply } => {
+                let found = id
+                    .parse()
+                    .ok()
                     .and_then(|sid| io.get_socket(sid))
-                    .map(|s| s.disconnect().is_ok())
-                    .unwrap_or(false);
-                Some(json!({ "instance": bus.instance, "found": found }))
+                    .is_some_and(|s| s.disconnect().is_ok());
+                let answer = DisconnectReply {
+                    instance: app.instance.clone(),
+                    found,
+                };
+                (reply, serde_json::to_string(&answer))
             }
-            Some("describe") => Some(json!({
-                "instance": bus.instance,
-                "connections": local_connections(&app, &bus.instance),
-                "stats": local_stats(&app, &bus.instance),
-            })),
-            other => {
-                tracing::debug!(op = ?other, "ignoring unknown admin operation");
-                None
+            ClusterOp::Describe { reply } => {
+                let answer = DescribeReply {
+                    instance: app.instance.clone(),
+                    connections: local_connections(&app),
+                    stats: local_stats(&app),
+                };
+                (reply, serde_json::to_string(&answer))
             }
+            // The bus consumes its own drain markers; others' are not for us.
+            ClusterOp::Drain { .. } => continue,
         };
-        if let (Some(reply), Some(answer)) = (reply_to, answer) {
-            let _ = bus.publish(&reply, answer.to_string()).await;
+        if let Ok(answer) = answer {
+            let _ = bus.publish(&reply, answer).await;
         }
     }
 }

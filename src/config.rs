@@ -6,6 +6,7 @@
 //! documents all three. [`Config::validate`] rejects nonsense at start-up with a message that
 //! names the key, rather than failing later on the hot path.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -67,8 +68,12 @@ pub struct Config {
     /// How long a graceful shutdown may take before the process exits anyway.
     pub shutdown_timeout_ms: u64,
 
-    /// Directory of filter plugins (`*.wasm`, named by file stem).
+    /// Directory of plugins (`*.wasm`, named by file stem). Relative paths given in a config
+    /// file are relative to that file.
     pub plugins_dir: PathBuf,
+    /// Follow symbolic links in the plugins directory (off: a link is refused, so the server
+    /// never reads a file an operator did not put there).
+    pub plugins_follow_symlinks: bool,
     /// CPU budget of one plugin call, in milliseconds (epoch deadline).
     pub plugin_timeout_ms: u64,
     /// Linear memory one plugin instance may grow to, in MiB.
@@ -93,6 +98,12 @@ pub struct Config {
     pub redis_admin_channel: String,
     /// This instance's name in cluster views; empty = generated at start.
     pub instance_id: String,
+
+    /// Where state that must survive restarts is kept (development keys); empty = nowhere.
+    pub data_dir: PathBuf,
+    /// `text` (human, coloured on a terminal) or `json` (one object per line) for the
+    /// server's own log on stderr.
+    pub log_format: String,
 }
 
 impl Default for Config {
@@ -121,6 +132,7 @@ impl Default for Config {
             stats_interval_ms: 5000,
             shutdown_timeout_ms: 5000,
             plugins_dir: PathBuf::from("./plugins"),
+            plugins_follow_symlinks: false,
             plugin_timeout_ms: 50,
             plugin_memory_mb: 64,
             plugin_max_failures: 3,
@@ -132,6 +144,8 @@ impl Default for Config {
             redis_status_channel: "device:status".into(),
             redis_admin_channel: "logstream:admin".into(),
             instance_id: String::new(),
+            data_dir: default_data_dir(),
+            log_format: "text".into(),
         }
     }
 }
@@ -141,6 +155,8 @@ impl Config {
     /// (`key=value` pairs from the command line).
     pub fn load(file: Option<&Path>, overrides: &[(String, String)]) -> anyhow::Result<Config> {
         let mut table = toml::Table::try_from(Config::default())?;
+        // Where each key's value came from, to name it in errors.
+        let mut origins: HashMap<String, String> = HashMap::new();
         let env_file = std::env::var_os(format!("{ENV_PREFIX}CONFIG")).map(PathBuf::from);
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
             let text = std::fs::read_to_string(&path)
@@ -148,7 +164,22 @@ impl Config {
             let from_file: toml::Table = text
                 .parse()
                 .with_context(|| format!("parsing config file {}", path.display()))?;
-            for (key, value) in from_file {
+            let base = path.parent().unwrap_or(Path::new("."));
+            for (key, mut value) in from_file {
+                if let Some(closest) = unknown_key(&key) {
+                    bail!(
+                        "config file {}: unknown key `{key}`{closest}",
+                        path.display()
+                    );
+                }
+                // Paths in a file are relative to the file, not to wherever the server starts.
+                if RELATIVE_TO_FILE.contains(&key.as_str())
+                    && let toml::Value::String(p) = &value
+                    && Path::new(p).is_relative()
+                {
+                    value = toml::Value::String(base.join(p).display().to_string());
+                }
+                origins.insert(key.clone(), format!("config file {}", path.display()));
                 table.insert(key, value);
             }
         }
@@ -164,13 +195,42 @@ impl Config {
         }
         for (key, raw, origin) in layered {
             let value = coerce(&key, &raw).with_context(|| format!("{origin}={raw:?}"))?;
+            origins.insert(key.clone(), format!("{origin}={raw:?}"));
             table.insert(key, value);
         }
-        let config: Config = table
-            .try_into()
-            .context("configuration has an unknown key or a value of the wrong type")?;
+        let config: Config = match table.clone().try_into() {
+            Ok(c) => c,
+            Err(e) => return Err(explain(&table, &origins, e)),
+        };
         config.validate()?;
         Ok(config)
+    }
+
+    /// `LOGSTREAM_*` variables that are not configuration keys (most likely typos), each with
+    /// the closest key. The caller logs them once logging is set up.
+    pub fn unknown_env_warnings() -> Vec<String> {
+        let mut warnings = Vec::new();
+        for (var, _) in std::env::vars_os() {
+            let Some(var) = var.to_str() else { continue };
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if key == "CONFIG" {
+                continue;
+            }
+            let key = key.to_lowercase();
+            if Config::keys().contains(&key) {
+                continue;
+            }
+            let hint = closest_key(&key)
+                .map(|k| format!("; did you mean {ENV_PREFIX}{}?", k.to_uppercase()))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "environment variable {var} is not a configuration key and is ignored{hint}"
+            ));
+        }
+        warnings.sort();
+        warnings
     }
 
     /// Every configuration key, in declaration order.
@@ -238,6 +298,9 @@ impl Config {
         {
             bail!("config key `redis_url` must start with redis://, rediss:// or unix://");
         }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("config key `log_format` must be \"text\" or \"json\"");
+        }
         if self.plugin_memory_mb == 0 || self.plugin_memory_mb > 4096 {
             bail!("config key `plugin_memory_mb` must be between 1 and 4096");
         }
@@ -253,15 +316,105 @@ impl Config {
     }
 }
 
+/// Keys whose relative paths, given in a config file, are relative to that file.
+const RELATIVE_TO_FILE: [&str; 2] = ["plugins_dir", "jwt_public_key"];
+
 /// `$XDG_CACHE_HOME/logstream`, else `$HOME/.cache/logstream`, else none: a directory only
 /// this user can write, since cached artifacts are native code.
 fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
+    xdg_dir("XDG_CACHE_HOME", ".cache")
+}
+
+/// `$XDG_STATE_HOME/logstream`, else `$HOME/.local/state/logstream`, else none.
+fn default_data_dir() -> PathBuf {
+    xdg_dir("XDG_STATE_HOME", ".local/state")
+}
+
+fn xdg_dir(var: &str, under_home: &str) -> PathBuf {
+    std::env::var_os(var)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(under_home)))
         .map(|d| d.join("logstream"))
         .unwrap_or_default()
+}
+
+/// `None` if `key` is a configuration key, else a hint naming the closest one.
+fn unknown_key(key: &str) -> Option<String> {
+    if Config::keys().iter().any(|k| k == key) {
+        return None;
+    }
+    Some(
+        closest_key(key)
+            .map(|k| format!("; did you mean `{k}`?"))
+            .unwrap_or_default(),
+    )
+}
+
+/// The configuration key nearest to `key`, if any is near.
+fn closest_key(key: &str) -> Option<String> {
+    Config::keys()
+        .into_iter()
+        .map(|k| (edit_distance(&k, key), k))
+        .min()
+        .filter(|(d, _)| *d <= 3 || key.len() > 6 && *d <= key.len() / 3)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The configuration did not deserialize: find the key at fault and say what it expects, in
+/// words and naming where the value came from (rather than serde's "expected u32").
+fn explain(
+    table: &toml::Table,
+    origins: &HashMap<String, String>,
+    error: toml::de::Error,
+) -> anyhow::Error {
+    let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+    for (key, value) in table {
+        let mut single = defaults.clone();
+        single.insert(key.clone(), value.clone());
+        if let Err(e) = single.try_into::<Config>() {
+            let origin = origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| format!("config key `{key}`"));
+            return anyhow::anyhow!("{origin}: `{key}` must be {}", expected(&e.to_string()));
+        }
+    }
+    anyhow::anyhow!("invalid configuration: {error}")
+}
+
+/// serde's expectation in words.
+fn expected(serde_message: &str) -> &'static str {
+    let after = serde_message
+        .split("expected ")
+        .nth(1)
+        .unwrap_or_default()
+        .trim();
+    match after.split_whitespace().next().unwrap_or_default() {
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "a" if after.contains("boolean") => "true or false",
+        "a" if after.contains("string") => "text",
+        "a" if after.contains("sequence") => "a list",
+        _ => "a value of another kind (see the README's configuration table)",
+    }
 }
 
 /// Turn an environment / flag string into the TOML value the key's type expects.
@@ -327,6 +480,39 @@ mod tests {
         assert!(format!("{err:#}").contains("colour"), "{err:#}");
         let err = Config::load(None, &[("rate_limit".into(), "0".into())]).unwrap_err();
         assert!(format!("{err:#}").contains("rate_limit"), "{err:#}");
+        let err = Config::load(None, &[("rate_limit".into(), "-1".into())]).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--set rate_limit")
+                && text.contains("whole number")
+                && !text.contains("u32"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn typos_get_the_closest_key() {
+        assert_eq!(unknown_key("rate_limit"), None);
+        assert_eq!(
+            unknown_key("rate_limt").as_deref(),
+            Some("; did you mean `rate_limit`?")
+        );
+        assert_eq!(unknown_key("zzzzzzzzzzzzzzzzzz").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn paths_in_a_config_file_are_relative_to_it() {
+        let dir = std::env::temp_dir().join(format!("logstream-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("logstream.toml");
+        std::fs::write(&file, "plugins_dir = \"my-plugins\"\nrate_limit = 7\n").unwrap();
+        let c = Config::load(Some(&file), &[]).unwrap();
+        assert_eq!(c.plugins_dir, dir.join("my-plugins"));
+        assert_eq!(c.rate_limit, 7);
+        std::fs::write(&file, "rate_limt = 7\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&file), &[]).unwrap_err());
+        assert!(err.contains("did you mean `rate_limit`"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use serde::Serialize;
 use serde_json::Value;
+
+use crate::protocol::ConnectionView;
 
 /// What the admin API shows about one connection.
 #[derive(Debug)]
@@ -21,23 +22,18 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
     /// Logs delivered to this client (updated by the router).
     pub message_count: AtomicU64,
-    /// The client's current subscription as accepted, for display.
+    /// The client's current subscription as accepted, for display. Written by the router
+    /// thread when a subscription changes (rarely), read by the admin API.
     pub subscription: Mutex<Option<Value>>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ConnectionView {
-    pub id: String,
-    pub user_id: String,
-    pub ip: String,
-    pub connected_at: String,
-    pub subscription: Option<Value>,
-    pub message_count: u64,
-}
-
 impl ConnectionInfo {
-    pub fn view(&self) -> ConnectionView {
+    /// Record the subscription the admin API shows (`None` once it ended).
+    pub fn set_subscription(&self, subscription: Option<Value>) {
+        *self.subscription.lock().unwrap_or_else(|p| p.into_inner()) = subscription;
+    }
+
+    pub fn view(&self, instance: &str) -> ConnectionView {
         let at: time::OffsetDateTime = self.connected_at.into();
         ConnectionView {
             id: self.id.clone(),
@@ -50,6 +46,7 @@ impl ConnectionInfo {
             message_count: self
                 .message_count
                 .load(std::sync::atomic::Ordering::Relaxed),
+            instance: instance.to_owned(),
         }
     }
 }

@@ -5,9 +5,12 @@
 //! N copies of bytes, never N serializations.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue};
+
+use crate::protocol::DeviceStatus;
 
 /// Longest accepted `deviceId`, in bytes.
 pub const MAX_DEVICE_ID_LEN: usize = 256;
@@ -111,13 +114,22 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    /// Validate one JSON object from ingest (HTTP or a bus channel) and build the record.
+    /// Validate one JSON object from ingest (HTTP or a bus channel) and build the record; an
+    /// entry without `id` gets a random one.
     pub fn from_value(value: Value) -> Result<LogRecord, FieldError> {
+        LogRecord::from_value_with_id(value, || uuid::Uuid::new_v4().to_string())
+    }
+
+    /// [`LogRecord::from_value`], with `default_id` giving the id of an entry that has none.
+    pub fn from_value_with_id(
+        value: Value,
+        default_id: impl FnOnce() -> String,
+    ) -> Result<LogRecord, FieldError> {
         let Value::Object(mut obj) = value else {
             return Err(FieldError::new("(entry)", "must be a JSON object"));
         };
         let id = match obj.remove("id") {
-            None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
+            None | Some(Value::Null) => default_id(),
             Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s,
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => {
@@ -166,7 +178,19 @@ impl LogRecord {
                     })?;
                 s
             }
-            Some(_) => return Err(FieldError::new("timestamp", "must be an ISO-8601 string")),
+            // Epoch milliseconds, as JavaScript's `Date.now()` gives them.
+            Some(Value::Number(n)) => epoch_ms_rfc3339(&n).ok_or_else(|| {
+                FieldError::new(
+                    "timestamp",
+                    format!("{n} is not a time in epoch milliseconds between 1970 and 9999"),
+                )
+            })?,
+            Some(_) => {
+                return Err(FieldError::new(
+                    "timestamp",
+                    "must be an ISO-8601 string or epoch milliseconds",
+                ));
+            }
         };
         let tags = match obj.remove("tags") {
             None | Some(Value::Null) => Vec::new(),
@@ -246,6 +270,96 @@ impl LogRecord {
     }
 }
 
+/// Most entries in one request or bus message.
+pub const MAX_ENTRIES_PER_REQUEST: usize = 10_000;
+/// Longest device status text.
+pub const MAX_STATUS_LEN: usize = 64;
+
+/// Validate a body (HTTP) or message (bus) holding one entry or an array of entries. All or
+/// nothing: the first bad entry is named (`[3].level`). `default_id(i)` gives the id of entry
+/// `i` when it has none.
+pub fn parse_entries(
+    value: Value,
+    mut default_id: impl FnMut(usize) -> String,
+) -> Result<Vec<Arc<LogRecord>>, FieldError> {
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Err(FieldError::new("(body)", "the array holds no log entries"));
+            }
+            if items.len() > MAX_ENTRIES_PER_REQUEST {
+                return Err(FieldError::new(
+                    "(body)",
+                    format!(
+                        "{} entries; at most {MAX_ENTRIES_PER_REQUEST} per request",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    LogRecord::from_value_with_id(item, || default_id(i))
+                        .map(Arc::new)
+                        .map_err(|e| e.within(&format!("[{i}]")))
+                })
+                .collect()
+        }
+        obj @ Value::Object(_) => Ok(vec![Arc::new(LogRecord::from_value_with_id(obj, || {
+            default_id(0)
+        })?)]),
+        _ => Err(FieldError::new(
+            "(body)",
+            "must be a log object or an array of them",
+        )),
+    }
+}
+
+/// A random id for an entry that came without one.
+pub fn random_id(_: usize) -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Validate a device status update (HTTP or bus): device id and status within bounds.
+pub fn device_status(device_id: String, status: Value) -> Result<DeviceStatus, FieldError> {
+    if !(1..=MAX_DEVICE_ID_LEN).contains(&device_id.len()) {
+        return Err(FieldError::new(
+            "deviceId",
+            format!("must be 1 to {MAX_DEVICE_ID_LEN} bytes"),
+        ));
+    }
+    match status {
+        Value::String(s) if !s.is_empty() && s.len() <= MAX_STATUS_LEN => Ok(DeviceStatus {
+            device_id,
+            status: s,
+        }),
+        Value::Null => Err(FieldError::new("status", "is required")),
+        _ => Err(FieldError::new(
+            "status",
+            format!("must be a string of 1 to {MAX_STATUS_LEN} bytes"),
+        )),
+    }
+}
+
+/// Epoch milliseconds as RFC 3339 (UTC, millisecond precision), if in range.
+fn epoch_ms_rfc3339(n: &serde_json::Number) -> Option<String> {
+    let ms = n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.is_finite() && f.fract() == 0.0)
+            .map(|f| f as i64)
+    })?;
+    if !(0..=253_402_300_799_999).contains(&ms) {
+        return None;
+    }
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    at.format(RFC3339_MS).ok()
+}
+
+const RFC3339_MS: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+);
+
 fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_owned()).expect("`{}` is valid JSON")
 }
@@ -253,10 +367,7 @@ fn empty_object() -> Box<RawValue> {
 /// The current time as RFC 3339 with millisecond precision, UTC.
 pub fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    now.format(&fmt)
+    now.format(RFC3339_MS)
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
@@ -282,6 +393,47 @@ mod tests {
     }
 
     #[test]
+    fn epoch_millisecond_timestamps_become_rfc3339() {
+        let r = LogRecord::from_value(
+            json!({"deviceId": "d", "message": "m", "timestamp": 1_735_898_400_123_i64}),
+        )
+        .unwrap();
+        assert_eq!(r.timestamp, "2025-01-03T10:00:00.123Z");
+    }
+
+    #[test]
+    fn bodies_are_all_or_nothing_and_ids_come_from_the_caller() {
+        let ok = parse_entries(json!([{"deviceId": "d", "message": "a"}, {"deviceId": "d", "message": "b", "id": "x"}]), |i| format!("id-{i}")).unwrap();
+        assert_eq!((ok[0].id.as_str(), ok[1].id.as_str()), ("id-0", "x"));
+        let err = parse_entries(
+            json!([{"deviceId": "d", "message": "a"}, {"deviceId": "d"}]),
+            random_id,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "[1].message");
+        assert_eq!(
+            parse_entries(json!([]), random_id).unwrap_err().field,
+            "(body)"
+        );
+        assert_eq!(
+            parse_entries(json!(3), random_id).unwrap_err().field,
+            "(body)"
+        );
+        assert_eq!(
+            device_status("d".into(), json!("online")).unwrap().status,
+            "online"
+        );
+        assert_eq!(
+            device_status("".into(), json!("x")).unwrap_err().field,
+            "deviceId"
+        );
+        assert_eq!(
+            device_status("d".into(), json!(1)).unwrap_err().field,
+            "status"
+        );
+    }
+
+    #[test]
     fn names_the_bad_field() {
         let cases = [
             (json!({"message": "m"}), "deviceId"),
@@ -300,6 +452,14 @@ mod tests {
             ),
             (json!({"deviceId": 7, "message": "m"}), "deviceId"),
             (json!([1]), "(entry)"),
+            (
+                json!({"deviceId": "d", "message": "m", "timestamp": -5}),
+                "timestamp",
+            ),
+            (
+                json!({"deviceId": "d", "message": "m", "timestamp": true}),
+                "timestamp",
+            ),
         ];
         for (input, field) in cases {
             let err = LogRecord::from_value(input.clone()).unwrap_err();

@@ -1,4 +1,5 @@
-//! The `logstream` command: `serve` (the default) and `token`.
+//! The `logstream` command: `serve` (the default: its flags work without the word), `token`,
+//! and the plugin tools.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,11 +15,28 @@ use logstream::config::Config;
 #[command(
     name = "logstream",
     version,
-    about = "Real-time log push server with WebAssembly filters"
+    about = "Real-time log push server with WebAssembly filters",
+    long_about = "Real-time log push server with WebAssembly filters.\n\nWithout a command it runs the server (same as `logstream serve`).",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// The server's flags, when no command is given.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Port for Socket.IO and the REST API (0 = any free port).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to bind.
+    #[arg(long)]
+    host: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args, Default)]
@@ -34,17 +52,9 @@ struct ConfigArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default when no command is given).
-    Serve {
-        /// Port for Socket.IO and the REST API (0 = any free port).
-        #[arg(long)]
-        port: Option<u16>,
-        /// Address to bind.
-        #[arg(long)]
-        host: Option<String>,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-    /// Mint a client token signed with the configured `jwt_secret`.
+    Serve(ServeArgs),
+    /// Mint a client token signed with the configured `jwt_secret` (in development mode, with
+    /// the development secret the server uses).
     Token {
         /// The user id (`sub`).
         #[arg(long)]
@@ -103,14 +113,48 @@ fn overrides(args: &ConfigArgs) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Targets whose debug and trace output carries handshake payloads and packets (hence
+/// tokens): capped at INFO whatever `RUST_LOG` says.
+const TRANSPORT_TARGETS: [&str; 5] = [
+    "socketioxide",
+    "engineioxide",
+    "engineioxide_core",
+    "tungstenite",
+    "tokio_tungstenite",
+];
+
+/// Log to stderr: `RUST_LOG` filtering, never transport payloads, colours only on a terminal,
+/// text or JSON as `log_format` says.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter};
+    let env = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,socketioxide=warn,engineioxide=warn".into());
+    let no_payloads = filter::filter_fn(|meta| {
+        let transport = TRANSPORT_TARGETS
+            .iter()
+            .any(|t| meta.target() == *t || meta.target().starts_with(&format!("{t}::")));
+        !transport || *meta.level() <= tracing::Level::INFO
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = if format == "json" {
+        fmt.json().with_filter(env).boxed()
+    } else {
+        fmt.with_ansi(std::io::stderr().is_terminal())
+            .with_filter(env)
+            .boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(no_payloads))
+        .try_init();
+    for warning in Config::unknown_env_warnings() {
+        tracing::warn!("{warning}");
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,socketioxide=warn,engineioxide=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -120,22 +164,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Load the configuration, then start logging as it says.
+fn load_config(args: &ConfigArgs, extra: Vec<(String, String)>) -> anyhow::Result<Config> {
+    let mut sets = overrides(args)?;
+    sets.extend(extra);
+    let config = Config::load(args.config.as_deref(), &sets)?;
+    init_logging(&config.log_format);
+    Ok(config)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let command = cli.command.unwrap_or(Command::Serve {
-        port: None,
-        host: None,
-        config: ConfigArgs::default(),
-    });
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     match command {
-        Command::Serve { port, host, config } => {
-            let mut sets = overrides(&config)?;
+        Command::Serve(ServeArgs { port, host, config }) => {
+            let mut sets = Vec::new();
             if let Some(p) = port {
                 sets.push(("port".into(), p.to_string()));
             }
             if let Some(h) = host {
                 sets.push(("host".into(), h));
             }
-            let config = Config::load(config.config.as_deref(), &sets)?;
+            let config = load_config(&config, sets)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let addr: SocketAddr = format!("{}:{}", config.host, config.port)
@@ -154,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logs,
             config,
         }) => {
-            let config = Config::load(config.config.as_deref(), &overrides(&config)?)?;
+            let config = load_config(&config, Vec::new())?;
             logstream::plugins::check::run(
                 &config,
                 &file,
@@ -183,11 +232,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             claims,
             config,
         } => {
-            let config = Config::load(config.config.as_deref(), &overrides(&config)?)?;
-            if config.jwt_secret.is_none() {
+            let config = load_config(&config, Vec::new())?;
+            if config.jwt_secret.is_none() && config.jwt_public_key.is_some() {
                 anyhow::bail!(
-                    "no jwt_secret configured: set LOGSTREAM_JWT_SECRET (or jwt_secret in the config file)"
+                    "tokens for jwt_public_key are minted by whoever holds the private key; set jwt_secret to mint HS256 tokens here"
                 );
+            }
+            // Without a secret the server runs in development mode: use its secret.
+            let (config, dev) = logstream::devmode::fill(config);
+            if dev.supplied.contains(&"jwt_secret") {
+                match &dev.file {
+                    Some(path) => eprintln!(
+                        "no jwt_secret configured: signing with the development secret in {}",
+                        path.display()
+                    ),
+                    None => anyhow::bail!(
+                        "no jwt_secret configured and no development key file could be kept (data_dir): set LOGSTREAM_JWT_SECRET"
+                    ),
+                }
             }
             let (keys, _) = Keys::from_config(&config)?;
             let claims = claims

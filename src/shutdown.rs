@@ -1,4 +1,5 @@
-//! The process-wide stop signal: Ctrl-C or SIGTERM.
+//! The process-wide stop signal: Ctrl-C or SIGTERM. [`crate::server::Running::shutdown`]
+//! does the rest.
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn signal() {

@@ -1,7 +1,6 @@
-//! Counters for everything that flows through, and the periodic `system:stats` event.
-//!
-//! Counters are plain atomics bumped on the hot path with `Relaxed` ordering; the stats task
-//! turns them into per-second rates once per interval.
+//! Counters for everything that flows through. Plain atomics bumped on the hot path with
+//! `Relaxed` ordering; the stats task of the server turns them into per-second rates once
+//! per interval for `system:stats`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::delivery::DropReason;
+use crate::protocol::{DropReason, Drops};
 
 #[derive(Default)]
 pub struct Metrics {
@@ -36,17 +35,15 @@ pub struct Rates {
     last: Option<(Instant, u64, u64, u64)>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Drops {
-    pub rate_limit: u64,
-    pub pause_overflow: u64,
-    pub slow_consumer: u64,
-    pub ingest_rejected: u64,
-    pub total: u64,
-}
-
 impl Metrics {
+    pub fn add_logs_in(&self, n: u64) {
+        self.logs_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn add_batch(&self) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn delivered(&self, n: u64) {
         self.deliveries.fetch_add(n, Ordering::Relaxed);
     }

@@ -19,12 +19,7 @@ pub const MAX_PARAMS_BYTES: usize = 64 * 1024;
 /// Most steps in one transform chain.
 pub const MAX_TRANSFORMS: usize = 8;
 
-/// One step of a transform chain: a transform plugin and its params (a JSON object).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TransformStep {
-    pub name: String,
-    pub params: Value,
-}
+pub use crate::protocol::TransformStep;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubscribeRequest {

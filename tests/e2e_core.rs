@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, API_KEY, Server, TestClient, log, token_with};
+use common::{ADMIN_KEY, API_KEY, Server, TestClient, eventually, log, token_with};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
@@ -116,15 +116,16 @@ async fn connection_limits_global_and_per_user() {
     assert_eq!(health["data"]["maxConnections"], 2);
     a.disconnect().await;
     // The slot frees once the server has seen the disconnect.
-    let mut admitted = None;
-    for _ in 0..50 {
-        if let Ok(c) = TestClient::connect(&server.url, Some(&Server::token("carol"))).await {
-            admitted = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(admitted.is_some(), "slot was not released after disconnect");
+    let _admitted = eventually(
+        Duration::from_secs(5),
+        "a slot frees after disconnect",
+        || async {
+            TestClient::connect(&server.url, Some(&Server::token("carol")))
+                .await
+                .map_err(|e| e.0)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,6 +633,9 @@ async fn admin_api() {
         r#"{"data":1}"#,
         r#"{"event":"disconnect"}"#,
         r#"{"event":"log:new","data":{}}"#,
+        r#"{"event":"error","data":{"code":"x"}}"#,
+        r#"{"event":"system:stats","data":{}}"#,
+        r#"{"event":"device:status","data":{}}"#,
         "nope",
     ] {
         assert_eq!(
@@ -668,18 +672,17 @@ async fn admin_api() {
         200
     );
     c.next("close").await;
-    let mut remaining = 3;
-    for _ in 0..50 {
-        remaining = server.get("/api/ws/connections", &admin).await.1["data"]
+    eventually(T, "the kicked connection leaves the list", || async {
+        let remaining = server.get("/api/ws/connections", &admin).await.1["data"]
             .as_array()
-            .unwrap()
-            .len();
+            .map_or(0, Vec::len);
         if remaining == 2 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{remaining} connections"))
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(remaining, 2);
+    })
+    .await;
     let (s, health) = server.get("/api/ws/health", &[]).await;
     assert_eq!((s, health["success"].as_bool()), (200, Some(true)));
     assert_eq!(health["data"]["healthy"], true);
@@ -808,21 +811,22 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
         messages(&got),
         (0..40).map(|i| i.to_string()).collect::<Vec<_>>()
     );
-    let mut slow_drops = 0;
-    for _ in 0..50 {
-        let (_, stats) = server
-            .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-            .await;
-        slow_drops = stats["data"]["drops"]["slowConsumer"].as_u64().unwrap();
-        if slow_drops > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        slow_drops > 0,
-        "a client that never reads must overflow its bounded queue"
-    );
+    eventually(
+        Duration::from_secs(5),
+        "a client that never reads must overflow its bounded queue",
+        || async {
+            let (_, stats) = server
+                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+                .await;
+            let slow = &stats["data"]["drops"]["slowConsumer"];
+            if slow.as_u64() > Some(0) {
+                Ok(())
+            } else {
+                Err(slow.to_string())
+            }
+        },
+    )
+    .await;
     let (_, health) = server.get("/api/ws/health", &[]).await;
     assert_eq!(health["data"]["healthy"], true);
     drop(ws);

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Server, log};
+use common::{ADMIN_KEY, Server, eventually, log};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
@@ -195,6 +195,9 @@ async fn identical_subscriptions_share_one_registration() {
         plugin(&plugins(&server).await, "default")["subscriptions"],
         2
     );
+    let calls_before = plugin(&plugins(&server).await, "default")["calls"]
+        .as_u64()
+        .unwrap();
     server
         .ingest(json!([log("d", "ERROR", "x"), log("e", "INFO", "y")]))
         .await;
@@ -203,25 +206,30 @@ async fn identical_subscriptions_share_one_registration() {
     }
     assert_eq!(messages(&other.logs(1, T).await), ["y"]);
     // One call per batch for all of them.
-    let calls = plugin(&plugins(&server).await, "default")["calls"]
+    let calls_after = plugin(&plugins(&server).await, "default")["calls"]
         .as_u64()
         .unwrap();
-    assert!(calls >= 1);
+    assert_eq!(
+        calls_after - calls_before,
+        1,
+        "one evaluate call for the batch, for every subscription"
+    );
     for c in clients {
         c.disconnect().await;
     }
-    let mut count = Value::Null;
-    for _ in 0..50 {
-        count = plugin(&plugins(&server).await, "default")["subscriptions"].clone();
-        if count == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        count, 1,
-        "the shared registration goes when its last client leaves"
-    );
+    eventually(
+        Duration::from_secs(3),
+        "the shared registration goes when its last client leaves",
+        || async {
+            let count = plugin(&plugins(&server).await, "default")["subscriptions"].clone();
+            if count == 1 {
+                Ok(())
+            } else {
+                Err(count.to_string())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,14 +350,15 @@ fn put(dir: &std::path::Path, file: &str, bytes: &[u8]) {
 
 /// Poll `GET /api/plugins` until `pred` holds (hot reload settles in ~0.5 s).
 async fn wait_plugins(server: &Server, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..150 {
+    eventually(Duration::from_secs(15), what, || async {
         let list = plugins(server).await;
         if pred(&list) {
-            return list;
+            Ok(list)
+        } else {
+            Err(list.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("plugins never reached: {what}: {}", plugins(server).await);
+    })
+    .await
 }
 
 fn find<'a>(list: &'a Value, name: &str) -> Option<&'a Value> {

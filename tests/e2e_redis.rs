@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{RedisServer, free_port};
-use common::{ADMIN_KEY, API_KEY, Server, TestClient, log};
+use common::{ADMIN_KEY, API_KEY, Server, TestClient, eventually, log};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(10);
@@ -32,18 +32,11 @@ async fn health(server: &Server) -> Value {
 
 /// Poll until `pred(health)` holds, for at most `within`.
 async fn wait_health(server: &Server, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    eventually(within, "health reaches the expected state", || async {
         let h = health(server).await;
-        if pred(&h) {
-            return h;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never reached the expected state: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if pred(&h) { Ok(h) } else { Err(h.to_string()) }
+    })
+    .await
 }
 
 async fn ready(server: &Server) {

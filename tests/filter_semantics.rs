@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use logstream::filter::native::{DefaultParams, NativeDefault};
-use logstream::filter::{AddError, FilterEngine, Matches};
+use logstream::engine::native::{DefaultParams, NativeDefault};
+use logstream::engine::{AddError, FilterEngine, Matches};
 use logstream::log_entry::LogRecord;
 use logstream::plugins::filter::WasmFilter;
 use logstream::plugins::{BUILTIN_DEFAULT, PluginLimits, PluginStats, Runtime};

@@ -1,45 +1,24 @@
-//! The admin REST API under `/api/ws` (the seed's routes), and the public health check.
-//!
-//! Admin calls need `X-API-Key: <admin key>` or `Authorization: Bearer <JWT with role admin>`.
+//! The admin REST API under `/api/ws` (the seed's routes), `GET /api/plugins`, and the public
+//! health check.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::socket::Sid;
 
-use super::error::{AppError, secrets_equal};
+use super::auth::Admin;
+use super::error::AppError;
 use crate::app::HttpState;
+use crate::bus::redis::RedisBus;
 use crate::cluster;
-
-pub fn require_admin(app: &HttpState, headers: &HeaderMap) -> Result<(), AppError> {
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return if secrets_equal(key, &app.keys.admin_key) {
-            Ok(())
-        } else {
-            Err(AppError::unauthorized("invalid admin key"))
-        };
-    }
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match bearer.map(|t| app.keys.verify(t)) {
-        Some(Ok(claims)) if claims.is_admin() => Ok(()),
-        Some(Ok(_)) => Err(AppError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "token lacks role admin",
-        )),
-        Some(Err(_)) => Err(AppError::unauthorized("invalid token")),
-        None => Err(AppError::unauthorized(
-            "admin key (X-API-Key) or admin bearer token required",
-        )),
-    }
-}
+use crate::protocol::{ClusterOp, Code, event};
+use crate::router::{AdminQuery, Control};
 
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
@@ -81,10 +60,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn cluster<'a>(
-        &self,
-        app: &'a HttpState,
-    ) -> Option<&'a std::sync::Arc<crate::bus::redis::RedisBus>> {
+    fn cluster<'a>(&self, app: &'a HttpState) -> Option<&'a Arc<RedisBus>> {
         if self.scope.as_deref() == Some("local") {
             None
         } else {
@@ -93,37 +69,39 @@ impl Scope {
     }
 }
 
-fn unavailable(e: crate::bus::PublishError) -> AppError {
-    AppError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "bus_unavailable",
-        e.to_string(),
-    )
-}
-
 pub async fn connections(
+    _: Admin,
     State(app): State<HttpState>,
-    headers: HeaderMap,
     Query(scope): Query<Scope>,
 ) -> Result<Json<Value>, AppError> {
-    require_admin(&app, &headers)?;
     let list = match scope.cluster(&app) {
-        Some(bus) => cluster::describe_all(bus).await.map_err(unavailable)?.0,
-        None => cluster::local_connections(&app, &app.instance),
+        Some(bus) => {
+            cluster::describe_all(bus)
+                .await
+                .map_err(AppError::unavailable)?
+                .0
+        }
+        None => cluster::local_connections(&app),
     };
     Ok(Json(json!({ "success": true, "data": list })))
 }
 
 pub async fn stats(
+    _: Admin,
     State(app): State<HttpState>,
-    headers: HeaderMap,
     Query(scope): Query<Scope>,
 ) -> Result<Json<Value>, AppError> {
-    require_admin(&app, &headers)?;
     let data = match scope.cluster(&app) {
-        Some(bus) => cluster::merge_stats(cluster::describe_all(bus).await.map_err(unavailable)?.1),
-        None => cluster::local_stats(&app, &app.instance),
-    };
+        Some(bus) => {
+            let parts = cluster::describe_all(bus)
+                .await
+                .map_err(AppError::unavailable)?
+                .1;
+            serde_json::to_value(crate::protocol::ClusterStats::merge(parts))
+        }
+        None => serde_json::to_value(cluster::local_stats(&app)),
+    }
+    .unwrap_or_default();
     Ok(Json(json!({ "success": true, "data": data })))
 }
 
@@ -134,47 +112,42 @@ pub struct BroadcastBody {
     data: Value,
 }
 
-/// Event names a broadcast may not use: Socket.IO's reserved names, and the `log:` stream
-/// whose counts clients rely on.
-fn broadcast_event_allowed(event: &str) -> bool {
-    const RESERVED: [&str; 6] = [
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-    ];
-    !event.is_empty()
-        && event.len() <= 100
-        && !RESERVED.contains(&event)
-        && !event.starts_with("log:")
+/// Event names a broadcast may not use: Socket.IO's reserved names, every event the server
+/// itself emits (clients trust those), and the `log:` stream whose counts they rely on.
+fn broadcast_event_allowed(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !event::RESERVED.contains(&name)
+        && !event::FROM_SERVER.contains(&name)
+        && !name.starts_with("log:")
 }
 
 pub async fn broadcast(
+    _: Admin,
     State(app): State<HttpState>,
-    headers: HeaderMap,
-    body: Result<Json<BroadcastBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<BroadcastBody>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
-    require_admin(&app, &headers)?;
     let Json(body) =
-        body.map_err(|e| AppError::new(StatusCode::BAD_REQUEST, "bad_body", e.body_text()))?;
+        body.map_err(|e| AppError::new(StatusCode::BAD_REQUEST, Code::BadBody, e.body_text()))?;
     let event = match body.event {
         Some(Value::String(e)) if broadcast_event_allowed(&e) => e,
         _ => {
             return Err(AppError {
                 status: StatusCode::BAD_REQUEST,
-                code: "invalid_field",
-                message: "event: must be a non-empty name of at most 100 characters, not reserved and not starting with `log:`".into(),
-                field: Some("event".into()),
+                error: crate::protocol::ClientError::new(
+                    Code::InvalidField,
+                    "event: must be a non-empty name of at most 100 characters, neither reserved nor one the server emits, not starting with `log:`",
+                )
+                .field("event"),
             });
         }
     };
     if let Some(bus) = app.bus.redis() {
-        let op = json!({ "op": "broadcast", "event": event, "data": body.data });
-        bus.publish(&bus.channels.admin, op.to_string())
-            .await
-            .map_err(unavailable)?;
+        let op = ClusterOp::Broadcast {
+            event: event.clone(),
+            data: body.data,
+        };
+        bus.publish_op(&op).await.map_err(AppError::unavailable)?;
         return Ok(Json(
             json!({ "success": true, "data": { "event": event, "scope": "cluster" } }),
         ));
@@ -183,7 +156,7 @@ pub async fn broadcast(
     app.io.emit(event.as_str(), &body.data).await.map_err(|e| {
         AppError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "broadcast_failed",
+            Code::BroadcastFailed,
             e.to_string(),
         )
     })?;
@@ -194,22 +167,21 @@ pub async fn broadcast(
 }
 
 pub async fn disconnect(
+    _: Admin,
     State(app): State<HttpState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    require_admin(&app, &headers)?;
     let sid = Sid::from_str(&id).map_err(|_| {
         AppError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_id",
+            Code::InvalidId,
             format!("{id:?} is not a connection id"),
         )
     })?;
     let not_found = || {
         AppError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            Code::NotFound,
             format!("no connection {id}"),
         )
     };
@@ -217,7 +189,7 @@ pub async fn disconnect(
         socket.disconnect().map_err(|e| {
             AppError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "disconnect_failed",
+                Code::DisconnectFailed,
                 e.to_string(),
             )
         })?;
@@ -228,24 +200,19 @@ pub async fn disconnect(
     let bus = app.bus.redis().ok_or_else(not_found)?;
     let instance = cluster::disconnect_anywhere(bus, &id)
         .await
-        .map_err(unavailable)?
+        .map_err(AppError::unavailable)?
         .ok_or_else(not_found)?;
     Ok(Json(
         json!({ "success": true, "data": { "id": id, "instance": instance } }),
     ))
 }
 
-pub async fn plugins(
-    State(app): State<HttpState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, AppError> {
-    require_admin(&app, &headers)?;
+pub async fn plugins(_: Admin, State(app): State<HttpState>) -> Result<Json<Value>, AppError> {
+    let busy = |what: &str| AppError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Busy, what);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    app.control(crate::router::Control::Counts(tx))
-        .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "router busy"))?;
-    let counts = rx
-        .await
-        .map_err(|_| AppError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "router stopped"))?;
+    app.control(Control::Admin(AdminQuery::Counts(tx)))
+        .map_err(|_| busy("router busy"))?;
+    let counts = rx.await.map_err(|_| busy("router stopped"))?;
     let catalog = app.plugins.lock().unwrap_or_else(|p| p.into_inner());
     Ok(Json(
         json!({ "success": true, "data": crate::plugins::describe(&catalog, &counts) }),

@@ -1,16 +1,16 @@
-//! The HTTP surface: ingest, device status, admin, health, plugins — one axum router on the
-//! same port as Socket.IO.
+//! The admin and health REST API (the seed's `/api/ws/*` routes and `/api/plugins`), the
+//! request extractors every REST handler authenticates with, and the one REST error type.
+//! Ingest routes live with their source in the `ingest` module; the server mounts both.
 
 pub mod admin;
+pub mod auth;
 pub mod error;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::app::HttpState;
-use crate::ingest;
 
 /// CORS for the REST API *and* Socket.IO's HTTP long-polling: applied outside both.
 /// No origins configured = any origin.
@@ -30,19 +30,13 @@ pub fn cors(config: &crate::config::Config) -> CorsLayer {
     }
 }
 
-pub fn router(app: HttpState) -> Router {
+/// Health, admin and plugin routes.
+pub fn routes() -> Router<HttpState> {
     Router::new()
-        .route("/api/logs", post(ingest::http::post_logs))
-        .route(
-            "/api/devices/{id}/status",
-            post(ingest::http::post_device_status),
-        )
         .route("/api/ws/health", get(admin::health))
         .route("/api/ws/connections", get(admin::connections))
         .route("/api/ws/connections/{id}", delete(admin::disconnect))
         .route("/api/ws/stats", get(admin::stats))
         .route("/api/ws/broadcast", post(admin::broadcast))
         .route("/api/plugins", get(admin::plugins))
-        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
-        .with_state(app)
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::log_entry::LogRecord;
+use crate::protocol::DeviceStatus;
 use crate::router::Inbound;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,16 +49,10 @@ impl Bus {
         }
     }
 
-    pub async fn publish_status(
-        &self,
-        device_id: String,
-        status: String,
-    ) -> Result<(), PublishError> {
+    pub async fn publish_status(&self, status: DeviceStatus) -> Result<(), PublishError> {
         match self {
-            Bus::Embedded(router) => {
-                send_to_router(router, Inbound::DeviceStatus { device_id, status })
-            }
-            Bus::Redis(bus) => bus.publish_status(&device_id, &status).await,
+            Bus::Embedded(router) => send_to_router(router, Inbound::DeviceStatus(status)),
+            Bus::Redis(bus) => bus.publish_status(&status).await,
         }
     }
 

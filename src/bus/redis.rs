@@ -6,8 +6,10 @@
 //! connection in a task that reconnects with exponential backoff and resubscribes; while it is
 //! down the instance reports itself degraded (`/api/ws/health`) and keeps serving its sockets.
 //!
-//! Everything read from a channel is validated like HTTP ingest. A malformed message is
-//! counted, logged at most every 10 s, and skipped.
+//! Everything read from a channel is validated like HTTP ingest (with the validators of
+//! [`crate::log_entry`]). A malformed message is counted, logged at most every 10 s, and
+//! skipped. An entry published without an `id` gets one derived from the message's bytes and
+//! its position in it, so every instance reading the message assigns the same id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,12 +20,15 @@ use crossbeam_channel::Sender;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::PublishError;
 use crate::config::Config;
-use crate::log_entry::LogRecord;
+use crate::log_entry::{LogRecord, device_status, parse_entries};
+use crate::protocol::{ClusterOp, DeviceStatus};
 use crate::router::Inbound;
 
 /// How long one publish may take before ingest answers 503.
@@ -32,6 +37,22 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_MS: u64 = 6000;
+/// How long a message read from Redis may wait for room in the router queue.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The id of entry `index` of a bus message that gave none: the same on every instance
+/// (a UUID-shaped digest of the message's bytes and the position).
+fn id_from_message(payload: &[u8], index: usize) -> String {
+    let digest = Sha256::new()
+        .chain_update(payload)
+        .chain_update((index as u64).to_le_bytes())
+        .finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
 
 #[derive(Debug, Clone)]
 pub struct Channels {
@@ -148,9 +169,15 @@ impl RedisBus {
         self.publish(&self.channels.logs, payload).await
     }
 
-    pub async fn publish_status(&self, device_id: &str, status: &str) -> Result<(), PublishError> {
-        let payload = json!({ "deviceId": device_id, "status": status }).to_string();
+    pub async fn publish_status(&self, status: &DeviceStatus) -> Result<(), PublishError> {
+        let payload = serde_json::to_string(status).unwrap_or_default();
         self.publish(&self.channels.status, payload).await
+    }
+
+    /// Publish a cluster operation on the admin channel.
+    pub async fn publish_op(&self, op: &ClusterOp) -> Result<(), PublishError> {
+        let payload = serde_json::to_string(op).unwrap_or_default();
+        self.publish(&self.channels.admin, payload).await
     }
 
     /// Wait until everything this instance published before now has been read back from
@@ -162,9 +189,11 @@ impl RedisBus {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token.clone(), tx);
-        let marker =
-            json!({ "op": "drain", "instance": self.instance, "token": token }).to_string();
-        if self.publish(&self.channels.admin, marker).await.is_err() {
+        let marker = ClusterOp::Drain {
+            instance: self.instance.clone(),
+            token,
+        };
+        if self.publish_op(&marker).await.is_err() {
             return false;
         }
         tokio::time::timeout(timeout, rx).await.is_ok()
@@ -196,13 +225,14 @@ impl RedisBus {
         }
     }
 
-    /// Publish an admin request and collect replies until `expected` arrived or `timeout`.
-    pub async fn request(
+    /// Publish the admin request `make(reply_channel)` and collect the replies that parse as
+    /// `R` until `expected` arrived or `timeout`.
+    pub async fn request<R: serde::de::DeserializeOwned>(
         &self,
-        mut op: Value,
+        make: impl FnOnce(String) -> ClusterOp,
         expected: usize,
         timeout: Duration,
-    ) -> Result<Vec<Value>, PublishError> {
+    ) -> Result<Vec<R>, PublishError> {
         let reply = format!("{}:reply:{}", self.channels.admin, uuid::Uuid::new_v4());
         let unavailable = |e: redis::RedisError| PublishError::Unavailable(format!("redis: {e}"));
         let mut pubsub = tokio::time::timeout(PUBLISH_TIMEOUT, self.client.get_async_pubsub())
@@ -210,70 +240,76 @@ impl RedisBus {
             .map_err(|_| PublishError::Unavailable("redis did not answer in time".into()))?
             .map_err(unavailable)?;
         pubsub.subscribe(&reply).await.map_err(unavailable)?;
-        op["reply"] = Value::String(reply);
-        self.publish(&self.channels.admin, op.to_string()).await?;
+        self.publish_op(&make(reply)).await?;
         let mut replies = Vec::new();
         let mut stream = pubsub.on_message();
         let deadline = tokio::time::Instant::now() + timeout;
         while replies.len() < expected {
             match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(msg)) => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(msg.get_payload_bytes()) {
-                        replies.push(v);
-                    }
-                }
+                Ok(Some(msg)) => match serde_json::from_slice::<R>(msg.get_payload_bytes()) {
+                    Ok(r) => replies.push(r),
+                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed cluster reply"),
+                },
                 Ok(None) | Err(_) => break,
             }
         }
         Ok(replies)
     }
 
-    /// Announce this instance every [`HEARTBEAT`] so others can count replies.
-    pub fn spawn_heartbeat(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let bus = self.clone();
-        tokio::spawn(async move {
-            let key = bus.instance_key(&bus.instance);
-            loop {
-                let mut conn = bus.publisher.clone();
-                let set = conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS);
-                let _ = tokio::time::timeout(PUBLISH_TIMEOUT, set).await;
-                tokio::time::sleep(HEARTBEAT).await;
+    /// Announce this instance every [`HEARTBEAT`] so others can count replies, until
+    /// `stop`; then withdraw the announcement.
+    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        let key = self.instance_key(&self.instance);
+        loop {
+            let mut conn = self.publisher.clone();
+            let set = conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS);
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, set).await;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(HEARTBEAT) => {}
             }
-        })
+        }
+        let mut conn = self.publisher.clone();
+        let _ = tokio::time::timeout(PUBLISH_TIMEOUT, conn.del::<_, ()>(&key)).await;
     }
 
-    /// Read the channels forever, reconnecting with backoff. Logs and statuses go to the
-    /// router; admin operations other than our own drain markers go to `admin`.
-    pub fn spawn_subscriber(
-        self: &Arc<Self>,
+    /// Read the channels until `stop`, reconnecting with backoff. Logs and statuses go to
+    /// the router; admin operations other than our own drain markers go to `admin`.
+    pub async fn subscriber(
+        self: Arc<Self>,
         router: Sender<Inbound>,
-        admin: mpsc::Sender<Value>,
-    ) -> tokio::task::JoinHandle<()> {
-        let bus = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = BACKOFF_MIN;
-            let mut first = true;
-            loop {
-                match bus.subscribe_once(&router, &admin, &mut first).await {
-                    Ok(()) => tracing::warn!("redis subscription ended; reconnecting"),
-                    Err(e) => {
-                        bus.status.set_error(&e);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis unavailable");
-                    }
+        admin: mpsc::Sender<ClusterOp>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let mut first = true;
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = self.subscribe_once(&router, &admin, &mut first) => outcome,
+            };
+            match outcome {
+                Ok(()) => tracing::warn!("redis subscription ended; reconnecting"),
+                Err(e) => {
+                    self.status.set_error(&e);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis unavailable");
                 }
-                if bus.status.connected.swap(false, Ordering::Relaxed) {
-                    backoff = BACKOFF_MIN;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
-        })
+            if self.status.connected.swap(false, Ordering::Relaxed) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 
     async fn subscribe_once(
         &self,
         router: &Sender<Inbound>,
-        admin: &mpsc::Sender<Value>,
+        admin: &mpsc::Sender<ClusterOp>,
         first: &mut bool,
     ) -> redis::RedisResult<()> {
         let connect = self.client.get_async_pubsub();
@@ -291,7 +327,12 @@ impl RedisBus {
         if !std::mem::take(first) {
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::info!(channels = ?self.channels, "subscribed to redis");
+        tracing::info!(
+            logs = %self.channels.logs,
+            status = %self.channels.status,
+            admin = %self.channels.admin,
+            "subscribed to redis"
+        );
         let mut stream = pubsub.on_message();
         while let Some(msg) = stream.next().await {
             let channel = msg.get_channel_name().to_owned();
@@ -307,25 +348,28 @@ impl RedisBus {
         Ok(())
     }
 
-    /// Hand to the router, waiting up to a second for room; past that, count and drop.
-    async fn forward(&self, router: &Sender<Inbound>, mut msg: Inbound, entries: u64) {
-        for _ in 0..1000 {
-            match router.try_send(msg) {
-                Ok(()) => return,
-                Err(crossbeam_channel::TrySendError::Full(back)) => {
-                    msg = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
-            }
+    /// Hand to the router; when its queue is full, wait up to [`FORWARD_TIMEOUT`] for room
+    /// on a blocking thread (the router is a plain thread); past that, count and drop.
+    async fn forward(&self, router: &Sender<Inbound>, msg: Inbound, entries: u64) {
+        let msg = match router.try_send(msg) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            Err(crossbeam_channel::TrySendError::Full(msg)) => msg,
+        };
+        let router = router.clone();
+        let sent =
+            tokio::task::spawn_blocking(move || router.send_timeout(msg, FORWARD_TIMEOUT)).await;
+        if matches!(
+            sent,
+            Ok(Err(crossbeam_channel::SendTimeoutError::Timeout(_)))
+        ) {
+            self.status
+                .overflow_dropped
+                .fetch_add(entries, Ordering::Relaxed);
+            tracing::warn!(
+                entries,
+                "router queue full for 1 s; dropped logs read from redis"
+            );
         }
-        self.status
-            .overflow_dropped
-            .fetch_add(entries, Ordering::Relaxed);
-        tracing::warn!(
-            entries,
-            "router queue full for 1 s; dropped logs read from redis"
-        );
     }
 
     async fn on_logs(&self, payload: &[u8], router: &Sender<Inbound>) {
@@ -337,7 +381,7 @@ impl RedisBus {
                     .malformed(&self.channels.logs, &format!("not JSON: {e}"));
             }
         };
-        match crate::ingest::http::parse_entries(value) {
+        match parse_entries(value, |i| id_from_message(payload, i)) {
             Ok(records) => {
                 let n = records.len() as u64;
                 self.forward(router, Inbound::Logs(records), n).await;
@@ -347,15 +391,16 @@ impl RedisBus {
     }
 
     async fn on_status(&self, payload: &[u8], router: &Sender<Inbound>) {
-        let parsed = serde_json::from_slice::<Value>(payload).ok().and_then(|v| {
-            let device = v.get("deviceId")?.as_str()?.to_owned();
-            let status = v.get("status")?.as_str()?.to_owned();
-            crate::ingest::http::valid_status(&device, &status).then_some((device, status))
-        });
+        let parsed = serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|mut v| {
+                let device = v.get("deviceId")?.as_str()?.to_owned();
+                let status = v.get_mut("status").map(Value::take)?;
+                device_status(device, status).ok()
+            });
         match parsed {
-            Some((device_id, status)) => {
-                self.forward(router, Inbound::DeviceStatus { device_id, status }, 0)
-                    .await;
+            Some(status) => {
+                self.forward(router, Inbound::DeviceStatus(status), 0).await;
             }
             None => self.status.malformed(
                 &self.channels.status,
@@ -364,13 +409,19 @@ impl RedisBus {
         }
     }
 
-    async fn on_admin(&self, payload: &[u8], admin: &mpsc::Sender<Value>) {
-        let Ok(value) = serde_json::from_slice::<Value>(payload) else {
-            return self.status.malformed(&self.channels.admin, "not JSON");
+    async fn on_admin(&self, payload: &[u8], admin: &mpsc::Sender<ClusterOp>) {
+        let op = match serde_json::from_slice::<ClusterOp>(payload) {
+            Ok(op) => op,
+            // Replies travel on their own channels; anything else here is not ours.
+            Err(e) => {
+                return self.status.malformed(
+                    &self.channels.admin,
+                    &format!("not a cluster operation: {e}"),
+                );
+            }
         };
-        if value["op"] == "drain" {
-            if value["instance"] == self.instance.as_str()
-                && let Some(token) = value["token"].as_str()
+        if let ClusterOp::Drain { instance, token } = &op {
+            if *instance == self.instance
                 && let Some(tx) = self
                     .drains
                     .lock()
@@ -381,7 +432,7 @@ impl RedisBus {
             }
             return;
         }
-        if admin.try_send(value).is_err() {
+        if admin.try_send(op).is_err() {
             tracing::warn!("admin queue full; dropped a cluster admin message");
         }
     }

@@ -1,4 +1,4 @@
-//! One connected client's delivery state.
+//! One connected client's delivery state, owned by the router thread.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -7,47 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::SocketError;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
-use super::rate_limit::TokenBucket;
+use super::outlet::{Outlet, Unsent};
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;
+use crate::protocol::{ClientError, DropReason, Dropped, event};
+use crate::rate_limit::TokenBucket;
 use crate::stats::Metrics;
-
-/// Why a matched log did not reach the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Over the client's logs-per-second limit.
-    RateLimit,
-    /// The client was paused and its hold buffer was full.
-    PauseOverflow,
-    /// The socket's outbound queue was full: the client reads slower than logs arrive.
-    SlowConsumer,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 3] = [
-        DropReason::RateLimit,
-        DropReason::PauseOverflow,
-        DropReason::SlowConsumer,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::RateLimit => "rate_limit",
-            DropReason::PauseOverflow => "pause_overflow",
-            DropReason::SlowConsumer => "slow_consumer",
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct DroppedEvent {
-    count: u64,
-    reason: &'static str,
-}
 
 /// Delivery limits shared by all clients.
 #[derive(Debug, Clone, Copy)]
@@ -60,14 +27,28 @@ pub struct DeliveryLimits {
     pub batch_interval: Duration,
 }
 
+impl DeliveryLimits {
+    pub fn from_config(config: &crate::config::Config) -> DeliveryLimits {
+        DeliveryLimits {
+            max_rate: config.rate_limit,
+            pause_buffer: config.pause_buffer,
+            batch_max_logs: config.batch_max_logs,
+            batch_interval: Duration::from_millis(config.batch_max_delay_ms),
+        }
+    }
+}
+
+/// How long a client registered by a handshake may stay unconnected before it is pruned.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
+
 pub struct Client {
     pub sid: Sid,
-    socket: SocketRef,
+    outlet: Box<dyn Outlet>,
     pub info: Arc<ConnectionInfo>,
     metrics: Arc<Metrics>,
     limits: DeliveryLimits,
     /// `log:batch` arrays instead of one `log:new` per log.
-    pub batch_mode: bool,
+    batch_mode: bool,
     limiter: TokenBucket,
     paused: bool,
     /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
@@ -84,15 +65,16 @@ pub struct Client {
 
 impl Client {
     pub fn new(
-        socket: SocketRef,
+        outlet: Box<dyn Outlet>,
+        sid: Sid,
         info: Arc<ConnectionInfo>,
         metrics: Arc<Metrics>,
         limits: DeliveryLimits,
         now: Instant,
     ) -> Client {
         Client {
-            sid: socket.id,
-            socket,
+            sid,
+            outlet,
             info,
             metrics,
             limits,
@@ -110,15 +92,14 @@ impl Client {
     /// A client registered during a handshake whose CONNECT never completed (so no
     /// disconnect will ever be reported for it).
     pub fn is_stale(&self, now: Instant) -> bool {
-        !self.socket.connected()
-            && now.saturating_duration_since(self.registered_at)
-                > std::time::Duration::from_secs(30)
+        !self.outlet.is_connected()
+            && now.saturating_duration_since(self.registered_at) > HANDSHAKE_GRACE
     }
 
     /// Apply a (new) subscription's delivery options; returns the effective rate. Logs
     /// the previous subscription already admitted are sent first.
-    pub fn configure(&mut self, batch_mode: bool, rate: Option<u32>) -> u32 {
-        self.flush_outbox(Instant::now(), true);
+    pub fn configure(&mut self, batch_mode: bool, rate: Option<u32>, now: Instant) -> u32 {
+        self.flush_outbox(now, true);
         let rate = rate
             .unwrap_or(self.limits.max_rate)
             .clamp(1, self.limits.max_rate);
@@ -196,7 +177,8 @@ impl Client {
         false
     }
 
-    /// Emit admitted logs: one `log:batch` in batch mode, else one `log:new` each.
+    /// Emit admitted logs: one `log:batch` per `batch_max_logs` in batch mode, else one
+    /// `log:new` each. What the socket cannot queue is counted as `slow_consumer`.
     fn emit_logs(&mut self, logs: &[&Arc<LogRecord>]) {
         if logs.is_empty() {
             return;
@@ -205,19 +187,18 @@ impl Client {
         let mut lost = 0u64;
         if self.batch_mode {
             for chunk in logs.chunks(self.limits.batch_max_logs.max(1)) {
-                let raws: Vec<&RawValue> = chunk.iter().map(|l| &*l.json).collect();
-                match self.socket.emit("log:batch", &raws) {
+                match self.outlet.send(event::BATCH, &json_array(chunk)) {
                     Ok(()) => delivered += chunk.len() as u64,
-                    Err(e) if is_closed(&e) => return,
-                    Err(_) => lost += chunk.len() as u64,
+                    Err(Unsent::Closed) => return,
+                    Err(Unsent::Full) => lost += chunk.len() as u64,
                 }
             }
         } else {
             for log in logs {
-                match self.socket.emit("log:new", &*log.json) {
+                match self.outlet.send(event::NEW, &log.json) {
                     Ok(()) => delivered += 1,
-                    Err(e) if is_closed(&e) => return,
-                    Err(_) => lost += 1,
+                    Err(Unsent::Closed) => return,
+                    Err(Unsent::Full) => lost += 1,
                 }
             }
         }
@@ -256,22 +237,246 @@ impl Client {
             if count == 0 {
                 continue;
             }
-            let event = DroppedEvent {
-                count,
-                reason: reason.as_str(),
-            };
-            if self.socket.emit("log:dropped", &event).is_ok() {
+            if self.emit(event::DROPPED, &Dropped { count, reason }) {
                 self.pending_drops[reason as usize] = 0;
             }
         }
     }
 
-    /// Emit any event (device status, errors) to this client; best effort.
+    /// The reports due on the periodic tick: a paused client hears about pause overflow
+    /// only when it resumes.
+    pub fn report_periodic_drops(&mut self) {
+        if self.paused {
+            self.report_drops(&[DropReason::RateLimit, DropReason::SlowConsumer]);
+        } else {
+            self.report_drops(&DropReason::ALL);
+        }
+    }
+
+    /// Emit an already serialized event (device status, errors shared by many clients).
+    pub fn send_raw(&self, event: &str, data: &RawValue) -> bool {
+        self.outlet.send(event, data).is_ok()
+    }
+
+    /// Emit any event to this client; best effort.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> bool {
-        self.socket.emit(event, data).is_ok()
+        to_raw(data).is_some_and(|raw| self.send_raw(event, &raw))
+    }
+
+    /// Emit `error`.
+    pub fn error(&self, error: &ClientError) -> bool {
+        self.emit(event::ERROR, error)
     }
 }
 
-fn is_closed(e: &socketioxide::SendError) -> bool {
-    matches!(e, socketioxide::SendError::Socket(SocketError::Closed))
+/// Serialize once, for sharing among clients.
+pub fn to_raw<T: Serialize + ?Sized>(data: &T) -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(data).ok()
+}
+
+/// `[a,b,c]` from the logs' own JSON, without re-serializing them.
+fn json_array(logs: &[&Arc<LogRecord>]) -> Box<RawValue> {
+    let mut text =
+        String::with_capacity(logs.iter().map(|l| l.json.get().len() + 1).sum::<usize>() + 2);
+    text.push('[');
+    for (i, log) in logs.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(log.json.get());
+    }
+    text.push(']');
+    // Valid JSON values joined by commas inside brackets are a valid JSON array.
+    RawValue::from_string(text)
+        .unwrap_or_else(|_| RawValue::from_string("[]".to_owned()).expect("`[]` is valid JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    /// Records what was sent; refuses with `Full` once `room` events are queued.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        sent: Arc<Mutex<Vec<(String, String)>>>,
+        room: Arc<Mutex<Option<usize>>>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Outlet for Recorder {
+        fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent> {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(Unsent::Closed);
+            }
+            let mut sent = self.sent.lock().unwrap();
+            if self.room.lock().unwrap().is_some_and(|r| sent.len() >= r) {
+                return Err(Unsent::Full);
+            }
+            sent.push((event.to_owned(), data.get().to_owned()));
+            Ok(())
+        }
+        fn is_connected(&self) -> bool {
+            !self.closed.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<(String, String)> {
+            self.sent.lock().unwrap().clone()
+        }
+        fn messages(&self, name: &str) -> Vec<String> {
+            self.events()
+                .into_iter()
+                .filter(|(e, _)| e == name)
+                .map(|(_, d)| d)
+                .collect()
+        }
+    }
+
+    fn limits(rate: u32, pause_buffer: usize) -> DeliveryLimits {
+        DeliveryLimits {
+            max_rate: rate,
+            pause_buffer,
+            batch_max_logs: 3,
+            batch_interval: Duration::from_millis(100),
+        }
+    }
+
+    fn client(rec: &Recorder, limits: DeliveryLimits, now: Instant) -> Client {
+        let info = Arc::new(ConnectionInfo {
+            id: "c".into(),
+            user_id: "u".into(),
+            ip: "127.0.0.1".into(),
+            connected_at: std::time::SystemTime::now(),
+            message_count: Default::default(),
+            subscription: Default::default(),
+        });
+        Client::new(
+            Box::new(rec.clone()),
+            Sid::new(),
+            info,
+            Arc::new(Metrics::default()),
+            limits,
+            now,
+        )
+    }
+
+    fn logs(n: usize) -> Vec<Arc<LogRecord>> {
+        (0..n)
+            .map(|i| {
+                let v = serde_json::json!({"deviceId": "d", "message": i.to_string(), "id": i.to_string()});
+                Arc::new(LogRecord::from_value(v).unwrap())
+            })
+            .collect()
+    }
+
+    fn dropped(rec: &Recorder) -> Vec<Dropped> {
+        rec.messages(event::DROPPED)
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rate_limit_drops_add_up_and_are_reported() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(5, 100), t0);
+        c.deliver(&logs(8), t0);
+        assert_eq!(rec.messages(event::NEW).len(), 5);
+        c.report_periodic_drops();
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 3,
+                reason: DropReason::RateLimit
+            }]
+        );
+        c.report_periodic_drops();
+        assert_eq!(dropped(&rec).len(), 1, "a count is reported once");
+    }
+
+    #[test]
+    fn pause_holds_in_order_and_reports_overflow_on_resume() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 4), t0);
+        c.pause();
+        c.deliver(&logs(6), t0);
+        c.report_periodic_drops();
+        assert!(rec.events().is_empty(), "nothing while paused");
+        c.resume();
+        let got: Vec<String> = rec
+            .messages(event::NEW)
+            .iter()
+            .map(|j| {
+                serde_json::from_str::<serde_json::Value>(j).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(got, ["0", "1", "2", "3"]);
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 2,
+                reason: DropReason::PauseOverflow
+            }]
+        );
+    }
+
+    #[test]
+    fn batch_mode_sends_the_first_at_once_then_gathers_per_window() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        c.configure(true, None, t0);
+        c.deliver(&logs(1), t0);
+        assert_eq!(rec.messages(event::BATCH).len(), 1, "leading edge");
+        c.deliver(&logs(2), t0 + Duration::from_millis(10));
+        assert!(c.has_outbox());
+        assert!(
+            c.flush_outbox(t0 + Duration::from_millis(50), false),
+            "not due"
+        );
+        assert!(!c.flush_outbox(t0 + Duration::from_millis(100), false));
+        let batches = rec.messages(event::BATCH);
+        assert_eq!(batches.len(), 2);
+        let second: serde_json::Value = serde_json::from_str(&batches[1]).unwrap();
+        assert_eq!(second.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_full_socket_queue_is_counted_as_slow_consumer() {
+        let rec = Recorder::default();
+        *rec.room.lock().unwrap() = Some(2);
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        c.deliver(&logs(5), t0);
+        assert_eq!(rec.messages(event::NEW).len(), 2);
+        *rec.room.lock().unwrap() = None;
+        c.report_periodic_drops();
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 3,
+                reason: DropReason::SlowConsumer
+            }]
+        );
+        assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_closed_socket_is_stale_after_the_grace_period() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let c = client(&rec, limits(100, 100), t0);
+        assert!(!c.is_stale(t0 + HANDSHAKE_GRACE * 2));
+        rec.closed.store(true, Ordering::Relaxed);
+        assert!(!c.is_stale(t0));
+        assert!(c.is_stale(t0 + HANDSHAKE_GRACE * 2));
+    }
 }

@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use super::filter::WasmFilter;
 use super::runtime::Prepared;
 use super::transform::WasmTransform;
-use super::{INTERFACE, PluginStats, Runtime, limits};
+use super::{INTERFACE, PluginStats};
 use crate::config::Config;
-use crate::filter::{AddError, FilterEngine, Matches};
+use crate::engine::{AddError, FilterEngine, Matches, TransformEngine};
 use crate::log_entry::LogRecord;
 
 /// Parse a `--params` value: a JSON object.
@@ -112,7 +112,8 @@ pub fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let runtime = Runtime::new(limits(config), None)?;
+    // The server's compile cache: checking the same file again skips compilation.
+    let runtime = super::runtime(config)?;
     let started = Instant::now();
     let prepared = match runtime.prepare_any(&bytes) {
         Ok(p) => p,

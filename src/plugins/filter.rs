@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::PluginStats;
-use super::guard::{Guarded, truncate};
+use super::guard::{Call, Guarded, truncate};
 use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, to_wit};
-use crate::filter::{AddError, EngineError, FilterEngine, Matches, RegistrationId};
+use crate::engine::{AddError, EngineError, FilterEngine, Matches, RegistrationId};
 use crate::log_entry::LogRecord;
 
 pub struct WasmFilter {
@@ -47,7 +47,7 @@ impl WasmFilter {
         let subs: Vec<(RegistrationId, String)> =
             self.subs.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, params) in subs {
-            let answer = self.guard.call(|s, p| {
+            let answer = self.guard.call(Call::AddSubscription, |s, p| {
                 p.logstream_plugin_filter()
                     .call_add_subscription(s, id, &params)
             })?;
@@ -66,7 +66,7 @@ impl FilterEngine for WasmFilter {
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
         let answer = self
             .guard
-            .call(|s, p| {
+            .call(Call::AddSubscription, |s, p| {
                 p.logstream_plugin_filter()
                     .call_add_subscription(s, id, params)
             })
@@ -85,9 +85,9 @@ impl FilterEngine for WasmFilter {
         if self.subs.remove(&id).is_none() || !self.guard.is_live() {
             return;
         }
-        let _ = self
-            .guard
-            .call(|s, p| p.logstream_plugin_filter().call_remove_subscription(s, id));
+        let _ = self.guard.call(Call::RemoveSubscription, |s, p| {
+            p.logstream_plugin_filter().call_remove_subscription(s, id)
+        });
     }
 
     fn evaluate(
@@ -100,9 +100,9 @@ impl FilterEngine for WasmFilter {
         }
         self.ensure_live()?;
         let entries = to_wit(batch);
-        let answer = self
-            .guard
-            .call(|s, p| p.logstream_plugin_filter().call_evaluate(s, &entries));
+        let answer = self.guard.call(Call::Evaluate, |s, p| {
+            p.logstream_plugin_filter().call_evaluate(s, &entries)
+        });
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {

@@ -2,16 +2,21 @@
 //! instance per plugin, every call under the CPU deadline with accounting, and the failure
 //! policy. A trap or timeout discards the instance (the next call creates a fresh one); after
 //! `max_failures` consecutive failures the plugin is disabled and answers no more calls.
+//!
+//! Warm-up: a fresh instance's first call of each function pays for things no later call
+//! does (first touch of its memory, tables built lazily, an interpreter's start), and on a
+//! busy machine that alone passed the budget and counted as a failure. Instantiation and the
+//! first call of each [`Call`] kind run under [`Runtime::warmup_budget`] instead.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
 use super::PluginStats;
 use super::runtime::{PluginState, Runtime};
-use crate::filter::EngineError;
+use crate::engine::EngineError;
 
 /// Longest plugin-provided message passed on to a client.
 const MAX_REASON_LEN: usize = 500;
@@ -28,10 +33,22 @@ pub fn truncate(mut s: String) -> String {
     s
 }
 
+/// The functions of a plugin, for warm-up accounting.
+#[derive(Debug, Clone, Copy)]
+pub enum Call {
+    AddSubscription = 0,
+    RemoveSubscription = 1,
+    Evaluate = 2,
+    Validate = 3,
+    Apply = 4,
+}
+
 pub struct Guarded<P> {
     pub name: Arc<str>,
     pub runtime: Arc<Runtime>,
     live: Option<(Store<PluginState>, P)>,
+    /// Bit per [`Call`] kind already made on the live instance.
+    warmed: u8,
     consecutive_failures: u32,
     max_failures: u32,
     disabled: Option<String>,
@@ -49,6 +66,7 @@ impl<P> Guarded<P> {
             name: name.into(),
             runtime,
             live: None,
+            warmed: 0,
             consecutive_failures: 0,
             max_failures: max_failures.max(1),
             disabled: None,
@@ -110,7 +128,7 @@ impl<P> Guarded<P> {
             return Ok(false);
         }
         let mut store = self.runtime.store(&self.name);
-        self.runtime.arm(&mut store);
+        self.runtime.arm(&mut store, self.runtime.warmup_budget());
         let plugin = instantiate(&mut store).map_err(|e| {
             let err = EngineError::Trap(truncate(format!("instantiation failed: {e:#}")));
             self.failed(err)
@@ -119,19 +137,29 @@ impl<P> Guarded<P> {
             self.stats.restarts.fetch_add(1, Ordering::Relaxed);
         }
         self.live = Some((store, plugin));
+        self.warmed = 0;
         Ok(true)
     }
 
-    /// Run one call under the deadline, with accounting.
+    /// Run one call under the deadline (the warm-up budget for the first call of its kind
+    /// on this instance), with accounting.
     pub fn call<T>(
         &mut self,
+        kind: Call,
         f: impl FnOnce(&mut Store<PluginState>, &P) -> wasmtime::Result<T>,
     ) -> Result<T, EngineError> {
         let (store, plugin) = self
             .live
             .as_mut()
             .ok_or_else(|| EngineError::Trap("no instance".into()))?;
-        self.runtime.arm(store);
+        let bit = 1u8 << (kind as u8);
+        let budget: Duration = if self.warmed & bit == 0 {
+            self.runtime.warmup_budget()
+        } else {
+            self.runtime.limits.call_timeout
+        };
+        self.warmed |= bit;
+        self.runtime.arm(store, budget);
         let started = Instant::now();
         let result = f(store, plugin);
         self.stats

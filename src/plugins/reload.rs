@@ -1,50 +1,80 @@
 //! Hot reload: the plugins directory is watched, and a file that appears, changes or goes
-//! away changes the set of filters while the server runs.
+//! away changes the set of plugins while the server runs.
 //!
 //! - A new or changed `NAME.wasm` is compiled and instantiated here, on the watcher thread,
 //!   and every live subscription of `NAME` is registered in the new instance, all off the hot
-//!   path. Then the router switches to it between two batches ([`Control::Install`]): it adds
-//!   the few subscriptions created meanwhile and drops those that went away, so no log is lost
-//!   or delivered twice.
+//!   path. Then the router switches to it between two batches: it adds the few subscriptions
+//!   created meanwhile and drops those that went away, so no log is lost or delivered twice.
 //! - If the new file does not load, or refuses the params of a live subscription, the old
 //!   version stays in service and the reason is logged and shown in `GET /api/plugins`
 //!   (`reloadError`).
-//! - A removed file unloads the filter; its subscribers receive an `error` (`filter_removed`).
+//! - A removed file unloads the plugin; its subscribers receive an `error` (`filter_removed`).
 //!   Removing `default.wasm` brings back the built-in default.
 //! - Half-written files: a file is only read once it has been quiet for [`SETTLE`] and its size
 //!   is stable; a copy still in progress that happens to be read fails to compile and is
 //!   retried on its next change. Writing to a temporary name and renaming is the safe way.
+//!
+//! Only changes count: reading a file makes the kernel report an access to it, and reacting
+//! to that made the watcher re-read every plugin forever. Access events are ignored, and a
+//! file whose size and modification time are those already processed is not read again, so
+//! an idle server does no plugin I/O and a refused file is reported once per change.
+//!
+//! This module does not know the router: the server hands it a [`LiveSet`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::Sender;
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::oneshot;
+use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::filter::WasmFilter;
-use super::runtime::{PluginState, Prepared, TransformPluginPre};
-use super::transform::WasmTransform;
-use super::{BUILTIN_DEFAULT, Rejected, Runtime, SharedCatalog, new_stats};
-use crate::filter::{AddError, FilterEngine};
-use crate::router::Control;
-use crate::subscription::{DEFAULT_FILTER, valid_filter_name};
+use super::{BUILTIN_DEFAULT, Runtime, SharedCatalog, build, new_stats, plugin_name};
+use crate::engine::{AddError, Plugin, RegistrationId};
+use crate::subscription::DEFAULT_FILTER;
 
 /// How long a file must be quiet before it is read.
 pub const SETTLE: Duration = Duration::from_millis(300);
 
-/// Keeps the watch alive; dropping it stops hot reload.
+/// The live plugin set, as the watcher sees it. `None` answers mean the server is stopping.
+pub trait LiveSet: Send + 'static {
+    /// The live registrations of `filter`, with their params.
+    fn registrations(&self, filter: &str) -> Option<Vec<(RegistrationId, String)>>;
+    /// Switch `name` to `plugin` between two batches (see the router's hot swap).
+    fn install(
+        &self,
+        name: &str,
+        plugin: Plugin,
+        registered: Vec<RegistrationId>,
+    ) -> Option<Result<(), String>>;
+    /// Unload `name`; answers how many subscriptions ended.
+    fn remove(&self, name: &str) -> Option<usize>;
+}
+
+/// Keeps the watch alive; dropping it stops hot reload (the thread ends with it).
 pub struct HotReload {
     _watcher: notify::RecommendedWatcher,
 }
 
-struct Reloader {
+struct Reloader<L> {
     runtime: Arc<Runtime>,
     max_failures: u32,
-    control: Sender<Control>,
+    follow_symlinks: bool,
+    live: L,
     catalog: SharedCatalog,
+    /// (size, modification time) of each file as last processed.
+    processed: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+}
+
+/// Whether an event says a file's content or existence may have changed.
+fn is_change(kind: &EventKind) -> bool {
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Any => true,
+    }
 }
 
 /// Watch `dir`. Fails (and the caller logs it) if the directory cannot be watched.
@@ -52,24 +82,33 @@ pub fn watch(
     dir: &Path,
     runtime: Arc<Runtime>,
     max_failures: u32,
-    control: Sender<Control>,
+    follow_symlinks: bool,
+    live: impl LiveSet,
     catalog: SharedCatalog,
 ) -> anyhow::Result<HotReload> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res {
+        if let Ok(event) = res
+            && is_change(&event.kind)
+        {
             for path in event.paths {
                 let _ = tx.send(path);
             }
         }
     })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    let reloader = Reloader {
+    let mut reloader = Reloader {
         runtime,
         max_failures,
-        control,
+        follow_symlinks,
+        live,
         catalog,
+        processed: HashMap::new(),
     };
+    for path in super::plugin_files(dir) {
+        let print = fingerprint(&path);
+        reloader.processed.insert(path, print);
+    }
     std::thread::Builder::new()
         .name("logstream-reload".into())
         .spawn(move || reloader.run(rx))?;
@@ -77,11 +116,32 @@ pub fn watch(
     Ok(HotReload { _watcher: watcher })
 }
 
-impl Reloader {
-    fn run(self, rx: std::sync::mpsc::Receiver<PathBuf>) {
+/// Size and modification time, without following links and without reading the file.
+fn fingerprint(path: &Path) -> (u64, Option<SystemTime>) {
+    std::fs::symlink_metadata(path)
+        .map(|m| (m.len(), m.modified().ok()))
+        .unwrap_or((0, None))
+}
+
+/// The file should be looked at again later (still being written).
+struct Retry;
+
+impl<L: LiveSet> Reloader<L> {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<PathBuf>) {
         let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            // Sleep until the next pending file settles, or indefinitely when none is.
+            let wait = pending
+                .values()
+                .map(|t| (*t + SETTLE).saturating_duration_since(Instant::now()))
+                .min();
+            let received = match wait {
+                Some(w) => rx.recv_timeout(w),
+                None => rx
+                    .recv()
+                    .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+            };
+            match received {
                 Ok(path) => {
                     if path.extension().is_some_and(|e| e == "wasm") {
                         pending.insert(path, Instant::now());
@@ -98,76 +158,46 @@ impl Reloader {
                 .collect();
             for path in settled {
                 pending.remove(&path);
-                match self.process(&path) {
-                    Ok(()) => {}
-                    Err(Retry) => {
-                        pending.insert(path, Instant::now());
-                    }
+                if let Err(Retry) = self.process(&path) {
+                    pending.insert(path, Instant::now());
                 }
             }
         }
     }
 
-    /// Ask the router and wait for the answer; `None` once the router has stopped. The thread
-    /// itself ends when the server drops [`HotReload`] (the event channel disconnects).
-    fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> Control) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.control.send(build(tx)).ok()?;
-        rx.blocking_recv().ok()
-    }
-
-    fn process(&self, path: &Path) -> Result<(), Retry> {
-        let Some(name) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .filter(|s| valid_filter_name(s))
-            .map(str::to_owned)
-        else {
-            tracing::warn!(file = %path.display(), "ignoring: the file name must be a plugin name");
-            return Ok(());
-        };
+    fn process(&mut self, path: &Path) -> Result<(), Retry> {
         let file = path.display().to_string();
-        if !path.exists() {
-            if name == DEFAULT_FILTER {
-                tracing::info!("default.wasm removed; going back to the built-in default filter");
-                self.install(&name, "built-in".into(), BUILTIN_DEFAULT);
-            } else {
-                let n = self
-                    .ask(|reply| Control::Remove {
-                        filter: name.clone(),
-                        reply,
-                    })
-                    .unwrap_or(0);
-                let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
-                catalog.loaded.retain(|s| s.name != name);
-                catalog.rejected.retain(|r| r.file != file);
-                catalog.reload_errors.remove(&name);
-                tracing::info!(plugin = %name, subscriptions_ended = n, "plugin removed");
+        let name = match plugin_name(path) {
+            Ok(n) => n.to_owned(),
+            Err(e) => {
+                if self
+                    .processed
+                    .insert(path.to_owned(), fingerprint(path))
+                    .is_none()
+                {
+                    tracing::warn!(%file, reason = %e, "plugin file ignored");
+                }
+                return Ok(());
             }
-            return Ok(());
+        };
+        if std::fs::symlink_metadata(path).is_err() {
+            self.processed.remove(path);
+            return self.removed(&name, &file);
         }
         // A copy in progress keeps growing: wait until the size holds still.
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let print = fingerprint(path);
         std::thread::sleep(Duration::from_millis(150));
-        let size_again = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if size != size_again || size == 0 {
+        if fingerprint(path) != print {
             return Err(Retry);
         }
-        if size > super::MAX_PLUGIN_BYTES {
-            self.failed(
-                &name,
-                &file,
-                format!(
-                    "{size} bytes; at most {} are accepted",
-                    super::MAX_PLUGIN_BYTES
-                ),
-            );
+        if self.processed.get(path) == Some(&print) {
             return Ok(());
         }
-        let bytes = match std::fs::read(path) {
+        self.processed.insert(path.to_owned(), print);
+        let bytes = match super::read_plugin_file(path, self.follow_symlinks) {
             Ok(b) => b,
             Err(e) => {
-                self.failed(&name, &file, format!("cannot read: {e}"));
+                self.failed(&name, &file, format!("{e:#}"));
                 return Ok(());
             }
         };
@@ -176,58 +206,59 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .content_hash(&name)
-            == Some(super::content_hash(&bytes));
+            == Some(super::catalog::content_hash(&bytes));
         if !unchanged {
             self.install(&name, file, &bytes);
         }
         Ok(())
     }
 
+    fn removed(&self, name: &str, file: &str) -> Result<(), Retry> {
+        if name == DEFAULT_FILTER {
+            tracing::info!("default.wasm removed; going back to the built-in default filter");
+            self.install(name, "built-in".into(), BUILTIN_DEFAULT);
+            return Ok(());
+        }
+        let ended = self.live.remove(name).unwrap_or(0);
+        self.catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget(name, file);
+        tracing::info!(plugin = %name, subscriptions_ended = ended, "plugin removed");
+        Ok(())
+    }
+
     /// Prepare the new version off the hot path and hand it to the router.
     fn install(&self, name: &str, source: String, bytes: &[u8]) {
         let started = Instant::now();
-        let pre = match self.runtime.prepare_any(bytes) {
-            Ok(Prepared::Filter(pre)) => pre,
-            Ok(Prepared::Transform(pre)) => {
-                return self.install_transform(name, source, bytes, pre);
-            }
+        let stats = new_stats(name, source.clone(), bytes);
+        let plugin = match build(&self.runtime, name, bytes, self.max_failures, &stats) {
+            Ok(p) => p,
             Err(e) => return self.failed(name, &source, format!("{e:#}")),
         };
-        let stats = new_stats(name, source.clone(), bytes);
-        let mut engine = WasmFilter::new(
-            name,
-            self.runtime.clone(),
-            pre,
-            self.max_failures,
-            stats.clone(),
-        );
-        let live = self
-            .ask(|reply| Control::Registrations {
-                filter: name.to_owned(),
-                reply,
-            })
-            .unwrap_or_default();
-        let mut registered = Vec::with_capacity(live.len());
-        for (id, params) in live {
-            match engine.add(id, &params) {
-                Ok(()) => registered.push(id),
-                Err(AddError::Rejected(m) | AddError::Unavailable(m)) => {
-                    return self.failed(
-                        name,
-                        &source,
-                        format!("the new version refuses a live subscription ({params}): {m}"),
-                    );
+        let mut registered = Vec::new();
+        let plugin = match plugin {
+            Plugin::Filter(mut engine) => {
+                for (id, params) in self.live.registrations(name).unwrap_or_default() {
+                    match engine.add(id, &params) {
+                        Ok(()) => registered.push(id),
+                        Err(AddError::Rejected(m) | AddError::Unavailable(m)) => {
+                            return self.failed(
+                                name,
+                                &source,
+                                format!(
+                                    "the new version refuses a live subscription ({params}): {m}"
+                                ),
+                            );
+                        }
+                    }
                 }
+                Plugin::Filter(engine)
             }
-        }
-        let engine: Box<dyn FilterEngine> = Box::new(engine);
-        let answer = self.ask(|reply| Control::Install {
-            filter: name.to_owned(),
-            engine,
-            registered: registered.clone(),
-            reply,
-        });
-        match answer {
+            transform => transform,
+        };
+        let kind = plugin.kind();
+        match self.live.install(name, plugin, registered.clone()) {
             Some(Ok(())) => {
                 self.catalog
                     .lock()
@@ -235,6 +266,7 @@ impl Reloader {
                     .loaded(stats);
                 tracing::info!(
                     plugin = %name,
+                    kind,
                     subscriptions = registered.len(),
                     took_ms = started.elapsed().as_millis() as u64,
                     "plugin (re)loaded"
@@ -245,52 +277,14 @@ impl Reloader {
         }
     }
 
-    /// Transforms keep no subscription state: build the new version and switch.
-    fn install_transform(
-        &self,
-        name: &str,
-        source: String,
-        bytes: &[u8],
-        pre: TransformPluginPre<PluginState>,
-    ) {
-        let stats = new_stats(name, source, bytes);
-        stats.set_kind("transform");
-        let transform = WasmTransform::new(
-            name,
-            self.runtime.clone(),
-            pre,
-            self.max_failures,
-            stats.clone(),
-        );
-        let installed = self.ask(|reply| Control::InstallTransform {
-            name: name.to_owned(),
-            transform: Box::new(transform),
-            reply,
-        });
-        if installed.is_some() {
-            self.catalog
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .loaded(stats);
-            tracing::info!(plugin = %name, "transform (re)loaded");
-        }
-    }
-
-    /// A load that did not happen: the old version (if any) stays; say why.
+    /// A load that did not happen: the old version (if any) stays; say why, once.
     fn failed(&self, name: &str, file: &str, reason: String) {
-        tracing::warn!(plugin = %name, %file, %reason, "plugin not (re)loaded; the previous version stays");
         let mut catalog = self.catalog.lock().unwrap_or_else(|p| p.into_inner());
         if catalog.loaded.iter().any(|s| s.name == name) {
-            catalog.reload_errors.insert(name.to_owned(), reason);
+            tracing::warn!(plugin = %name, %file, %reason, "plugin not reloaded; the previous version stays in service");
         } else {
-            catalog.rejected.retain(|r| r.file != file);
-            catalog.rejected.push(Rejected {
-                file: file.to_owned(),
-                reason,
-            });
+            tracing::warn!(plugin = %name, %file, %reason, "plugin not loaded");
         }
+        catalog.failed(name, file, reason);
     }
 }
-
-/// The file should be looked at again later (still being written).
-struct Retry;

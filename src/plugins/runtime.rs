@@ -14,7 +14,7 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::delivery::rate_limit::TokenBucket;
+use crate::rate_limit::TokenBucket;
 
 /// The WIT package version this host implements.
 pub const INTERFACE: &str = "logstream:plugin@0.1.0";
@@ -198,7 +198,6 @@ impl Runtime {
         }))
     }
 
-    /// Compile (or load from the cache) and link a component; fails with a readable reason
     /// Compile (or load from the cache) and link a component of either world; fails with a
     /// readable reason when the bytes are not a component or implement neither world.
     pub fn prepare_any(&self, bytes: &[u8]) -> anyhow::Result<Prepared> {
@@ -292,15 +291,17 @@ impl Runtime {
         store
     }
 
-    /// Arm the CPU deadline before a call.
-    pub fn arm(&self, store: &mut Store<PluginState>) {
-        let ticks = self
-            .limits
-            .call_timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1) as u64;
+    /// Arm the deadline before a call: `budget` from now.
+    pub fn arm(&self, store: &mut Store<PluginState>, budget: Duration) {
+        let ticks = budget.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
+    }
+
+    /// The budget of the first call of each function on a fresh instance, which pays for
+    /// the instance's own warm-up (first touch of its memory, lazily built tables): twenty
+    /// times the normal budget, at least one second.
+    pub fn warmup_budget(&self) -> Duration {
+        (self.limits.call_timeout * 20).max(Duration::from_secs(1))
     }
 }
 

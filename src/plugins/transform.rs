@@ -13,11 +13,11 @@ use std::sync::atomic::Ordering;
 use serde_json::{Map, Value};
 
 use super::PluginStats;
-use super::guard::{Guarded, truncate};
+use super::guard::{Call, Guarded, truncate};
 use super::runtime::{
     PluginState, Runtime, TransformPlugin, TransformPluginPre, WitLevel, WitLogEntry, to_wit,
 };
-use crate::filter::{AddError, EngineError};
+use crate::engine::{AddError, EngineError, TransformEngine};
 use crate::log_entry::LogRecord;
 
 pub struct WasmTransform {
@@ -71,25 +71,29 @@ impl WasmTransform {
             .ensure(|store| pre.instantiate(store))
             .map(|_| ())
     }
+}
 
-    pub fn disabled(&self) -> Option<&str> {
+impl TransformEngine for WasmTransform {
+    fn disabled(&self) -> Option<&str> {
         self.guard.disabled()
     }
 
     /// Check params for one step of a chain.
-    pub fn validate(&mut self, params: &str) -> Result<(), AddError> {
+    fn validate(&mut self, params: &str) -> Result<(), AddError> {
         self.ensure_live()
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
         let answer = self
             .guard
-            .call(|s, p| p.logstream_plugin_transform().call_validate(s, params))
+            .call(Call::Validate, |s, p| {
+                p.logstream_plugin_transform().call_validate(s, params)
+            })
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
         self.guard.succeeded();
         answer.map_err(|reason| AddError::Rejected(truncate(reason)))
     }
 
     /// Transform the entries one registration matched.
-    pub fn apply(
+    fn apply(
         &mut self,
         params: &str,
         logs: &[Arc<LogRecord>],
@@ -99,7 +103,7 @@ impl WasmTransform {
         }
         self.ensure_live()?;
         let entries = to_wit(logs);
-        let answer = self.guard.call(|s, p| {
+        let answer = self.guard.call(Call::Apply, |s, p| {
             p.logstream_plugin_transform()
                 .call_apply(s, params, &entries)
         });

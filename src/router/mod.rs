@@ -1,11 +1,11 @@
 //! The router: one dedicated thread that owns every subscription and every client's
-//! delivery state, cuts the incoming stream into batches, evaluates each filter engine once
-//! per batch for all its subscriptions, and hands each client its matches in ingest order.
+//! delivery state, cuts the incoming stream into batches, evaluates each filter once per
+//! batch for all its subscriptions, and hands each client its matches in ingest order.
 //!
 //! Why one thread: a single owner makes ordering and atomicity trivial. A subscription change,
 //! a pause or a resume is a [`Control`] message applied *between* two batches, so a client
-//! never sees a gap or a duplicate. And because it is a plain OS thread, filter code (native
-//! or WebAssembly) never runs on the async runtime's workers.
+//! never sees a gap or a duplicate. And because it is a plain OS thread, plugin code never
+//! runs on the async runtime's workers.
 //!
 //! Batching costs no latency when idle. Evaluation batches are cut at `batch_max_logs` or
 //! as soon as the inbound queue is empty. For `batch: true` clients, `log:batch` messages
@@ -13,127 +13,49 @@
 //! logs after a quiet `batch_max_delay_ms` go out at once, later ones wait for the window
 //! (or for `batch_max_logs` to pile up). That cuts messages, the dominant cost of fan-out,
 //! without delaying a lone log.
+//!
+//! Control messages come in three kinds, one file each: [`client`] (connect, subscribe,
+//! pause, ...), [`admin`] (queries for the REST API) and [`plugin`] (hot swap of plugins).
 
+pub mod admin;
+pub mod client;
+pub mod plugin;
 pub mod registry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select_biased};
-use serde::Serialize;
-use serde_json::{Value, json};
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
-use crate::delivery::client::DeliveryLimits;
-use crate::delivery::{Client, DropReason};
-use crate::filter::{FilterEngine, Matches, RegistrationId};
+use crate::delivery::{Client, to_raw};
+use crate::engine::{EngineError, Matches, RegistrationId};
 use crate::log_entry::LogRecord;
+use crate::protocol::{ClientError, Code, DeviceStatus, event};
 use crate::stats::Metrics;
-use crate::subscription::SubscribeRequest;
+pub use admin::AdminQuery;
+pub use client::ClientCommand;
+pub use plugin::PluginCommand;
 pub use registry::{Registry, SubscribeError};
 
 /// Data, in ingest order.
 pub enum Inbound {
     Logs(Vec<Arc<LogRecord>>),
-    DeviceStatus {
-        device_id: String,
-        status: String,
-    },
-    /// Answered once everything queued before it has been delivered.
+    DeviceStatus(DeviceStatus),
+    /// Answered once everything queued before it has been handed to the sockets.
     Drain(oneshot::Sender<()>),
 }
 
-/// Changes to clients and subscriptions; each takes effect between two batches.
+/// Changes and questions; each is applied between two batches.
 pub enum Control {
-    Connect(Box<Client>),
-    Disconnect(Sid),
-    Subscribe {
-        sid: Sid,
-        request: SubscribeRequest,
-        reply: oneshot::Sender<Result<Subscribed, SubscribeError>>,
-    },
-    Unsubscribe {
-        sid: Sid,
-        reply: oneshot::Sender<bool>,
-    },
-    Pause {
-        sid: Sid,
-        reply: oneshot::Sender<bool>,
-    },
-    Resume {
-        sid: Sid,
-        reply: oneshot::Sender<bool>,
-    },
-    /// Registration counts per filter, for the admin API.
-    Counts(oneshot::Sender<HashMap<String, usize>>),
+    Client(ClientCommand),
+    Admin(AdminQuery),
+    Plugin(PluginCommand),
     /// Deliver what is pending and end the thread.
     Stop,
-    /// The registrations of one filter (id, params), so a new version of the plugin can be
-    /// prepared off this thread.
-    Registrations {
-        filter: String,
-        reply: oneshot::Sender<Vec<(RegistrationId, String)>>,
-    },
-    /// Switch `filter` to `engine` between two batches. `registered` are the registrations
-    /// already added to it; the router adds those created since and removes those gone. If
-    /// the new engine refuses one, nothing changes and the reason comes back.
-    Install {
-        filter: String,
-        engine: Box<dyn FilterEngine>,
-        registered: Vec<RegistrationId>,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
-    /// Switch transform `name` to a new version between two batches (transforms keep no
-    /// state, so nothing needs re-registering).
-    InstallTransform {
-        name: String,
-        transform: Box<crate::plugins::transform::WasmTransform>,
-        reply: oneshot::Sender<()>,
-    },
-    /// Unload `filter` (a filter or a transform): its subscribers get an `error` and lose
-    /// their subscription.
-    Remove {
-        filter: String,
-        reply: oneshot::Sender<usize>,
-    },
-}
-
-/// What `log:subscribed` confirms.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Subscribed {
-    pub filter: String,
-    pub params: Value,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub transform: Vec<crate::subscription::TransformStep>,
-    pub batch: bool,
-    pub rate_limit: u32,
-}
-
-/// Run `logs` through each step of `chain`; on failure, the failing step and why.
-fn apply_chain(
-    transforms: &mut std::collections::BTreeMap<String, crate::plugins::transform::WasmTransform>,
-    chain: &[(String, String)],
-    mut logs: Vec<Arc<LogRecord>>,
-) -> Result<Vec<Arc<LogRecord>>, (String, crate::filter::EngineError)> {
-    for (name, params) in chain {
-        let Some(transform) = transforms.get_mut(name) else {
-            return Err((
-                name.clone(),
-                crate::filter::EngineError::Disabled("unloaded".into()),
-            ));
-        };
-        logs = transform
-            .apply(params, &logs)
-            .map_err(|e| (name.clone(), e))?;
-        if logs.is_empty() {
-            break;
-        }
-    }
-    Ok(logs)
 }
 
 /// How often waiting batch-mode outboxes are checked; bounds how late a `log:batch` can be
@@ -163,12 +85,14 @@ pub struct Router {
     /// The admin table, to prune entries of clients that never finished connecting.
     connections: crate::connections::Connections,
     /// Batch-mode clients with logs waiting in their outbox.
-    outboxes: std::collections::HashSet<Sid>,
+    outboxes: HashSet<Sid>,
     next_outbox_check: Instant,
+    /// Reused across batches.
     matches: Vec<Matches>,
 }
 
-/// Start the router thread. It ends when every [`RouterHandle`] is dropped.
+/// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
+/// dropped.
 pub fn spawn(
     registry: Registry,
     batch: BatchLimits,
@@ -186,7 +110,7 @@ pub fn spawn(
         batch,
         metrics,
         connections,
-        outboxes: Default::default(),
+        outboxes: HashSet::new(),
         next_outbox_check: Instant::now(),
         matches: Vec::new(),
     };
@@ -216,30 +140,37 @@ impl Router {
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(Control::Stop) | Err(_) => break,
-                    Ok(c) => { self.flush_all(); self.apply(c); }
+                    Ok(c) => { self.flush_pending(); self.apply(c); }
                 },
                 recv(inbound) -> msg => match msg {
                     Ok(m) => self.on_inbound(m, &inbound),
                     Err(_) => break,
                 },
-                recv(ticker) -> _ => self.report_drops(),
+                recv(ticker) -> _ => self.tick(),
                 default(wait) => {}
             }
             if !self.outboxes.is_empty() && Instant::now() >= self.next_outbox_check {
                 self.flush_outboxes(false);
             }
         }
-        self.flush_all();
+        self.flush_pending();
         self.flush_outboxes(true);
         tracing::debug!("router stopped");
+    }
+
+    fn apply(&mut self, control: Control) {
+        match control {
+            Control::Client(c) => self.apply_client(c),
+            Control::Admin(q) => self.apply_admin(q),
+            Control::Plugin(p) => self.apply_plugin(p),
+            Control::Stop => {}
+        }
     }
 
     fn on_inbound(&mut self, msg: Inbound, queue: &Receiver<Inbound>) {
         match msg {
             Inbound::Logs(logs) => {
-                self.metrics
-                    .logs_in
-                    .fetch_add(logs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.add_logs_in(logs.len() as u64);
                 if self.pending.is_empty() {
                     self.pending_since = Some(Instant::now());
                 }
@@ -247,84 +178,63 @@ impl Router {
                 while self.pending.len() >= self.batch.max_logs {
                     let rest = self.pending.split_off(self.batch.max_logs);
                     let full = std::mem::replace(&mut self.pending, rest);
-                    self.flush(&full);
+                    self.evaluate(&full);
                     self.pending_since = Some(Instant::now());
                 }
                 let waited = self.pending_since.map(|t| t.elapsed()).unwrap_or_default();
                 if queue.is_empty() || waited >= self.batch.max_delay {
-                    self.flush_all();
+                    self.flush_pending();
                 }
             }
-            Inbound::DeviceStatus { device_id, status } => {
-                self.flush_all();
-                let payload = json!({ "deviceId": device_id, "status": status });
-                let extra = match status.as_str() {
-                    "online" => Some("device:online"),
-                    "offline" => Some("device:offline"),
-                    _ => None,
+            Inbound::DeviceStatus(status) => {
+                self.flush_pending();
+                let Some(payload) = to_raw(&status) else {
+                    return;
                 };
+                let extra = status.extra_event();
                 for client in self.clients.values() {
-                    client.emit("device:status", &payload);
+                    client.send_raw(event::DEVICE_STATUS, &payload);
                     if let Some(event) = extra {
-                        client.emit(event, &payload);
+                        client.send_raw(event, &payload);
                     }
                 }
             }
             Inbound::Drain(reply) => {
-                self.flush_all();
+                self.flush_pending();
                 self.flush_outboxes(true);
                 let _ = reply.send(());
             }
         }
     }
 
-    fn flush_all(&mut self) {
+    fn flush_pending(&mut self) {
         if !self.pending.is_empty() {
             let batch = std::mem::take(&mut self.pending);
-            self.flush(&batch);
+            self.evaluate(&batch);
         }
         self.pending_since = None;
     }
 
-    /// Evaluate every engine that has registrations once, then deliver per client.
-    fn flush(&mut self, batch: &[Arc<LogRecord>]) {
-        self.metrics
-            .batches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.matches.clear();
-        let mut failed = Vec::new();
-        let mut failed_transforms = Vec::new();
-        for (name, engine) in self.registry.engines.iter_mut() {
-            if let Err(e) = engine.evaluate(batch, &mut self.matches) {
-                failed.push((name.clone(), e));
-            }
-        }
+    /// Evaluate every filter that has registrations once, then deliver per client.
+    fn evaluate(&mut self, batch: &[Arc<LogRecord>]) {
+        self.metrics.add_batch();
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        let failed = self.registry.evaluate(batch, &mut matches);
         let now = Instant::now();
-        for m in &self.matches {
-            let Some(reg) = self.registry.registrations.get(&m.registration) else {
-                continue;
-            };
-            let matched = m.entries.iter().filter_map(|i| batch.get(*i as usize));
-            let logs: Vec<Arc<LogRecord>> = if reg.chain.is_empty() {
-                matched.cloned().collect()
-            } else {
-                let chain = reg.chain.clone();
-                match apply_chain(
-                    &mut self.registry.transforms,
-                    &chain,
-                    matched.cloned().collect(),
-                ) {
-                    Ok(logs) => logs,
-                    Err((step, error)) => {
-                        failed_transforms.push((m.registration, step, error));
-                        continue;
-                    }
+        let mut failed_transforms = Vec::new();
+        for m in &matches {
+            let logs = match self.registry.deliverable(m, batch) {
+                Ok(logs) => logs,
+                Err((step, error)) => {
+                    failed_transforms.push((m.registration, step, error));
+                    continue;
                 }
             };
-            let Some(reg) = self.registry.registrations.get(&m.registration) else {
+            if logs.is_empty() {
                 continue;
-            };
-            for sid in &reg.clients {
+            }
+            for sid in self.registry.clients(m.registration) {
                 if let Some(client) = self.clients.get_mut(sid) {
                     client.deliver(&logs, now);
                     if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
@@ -334,6 +244,7 @@ impl Router {
                 }
             }
         }
+        self.matches = matches;
         for (filter, error) in failed {
             self.filter_failed(&filter, &error);
         }
@@ -342,76 +253,82 @@ impl Router {
         }
     }
 
-    /// A transform failed on one registration's logs: they were not delivered; say so.
-    fn transform_failed(
-        &mut self,
-        registration: RegistrationId,
-        step: &str,
-        error: &crate::filter::EngineError,
-    ) {
-        let disabled = self
-            .registry
-            .transforms
-            .get(step)
-            .and_then(|t| t.disabled().map(str::to_owned));
-        let (code, message, sids) = match disabled {
-            Some(reason) => (
-                "filter_disabled",
-                format!("transform `{step}` was disabled ({reason}); subscribe again without it"),
-                self.registry.drop_transform_users(step),
-            ),
-            None => (
-                "plugin_failed",
-                format!(
-                    "transform `{step}` failed ({error}); the logs it was given were not delivered"
-                ),
-                self.registry
-                    .registrations
-                    .get(&registration)
-                    .map(|r| r.clients.clone())
-                    .unwrap_or_default(),
-            ),
-        };
-        let payload = json!({ "code": code, "message": message, "transform": step });
-        for sid in sids {
-            if let Some(client) = self.clients.get(&sid) {
-                client.emit("error", &payload);
+    /// A filter failed on a batch: tell its subscribers; end them if it is now disabled.
+    fn filter_failed(&mut self, filter: &str, error: &EngineError) {
+        match self.registry.filter_disabled(filter) {
+            Some(reason) => {
+                let sids = self.registry.end_filter(filter);
+                let error = ClientError::new(
+                    Code::FilterDisabled,
+                    format!(
+                        "filter `{filter}` was disabled ({reason}); subscribe again with another filter"
+                    ),
+                )
+                .for_filter(filter);
+                self.end_subscriptions(&sids, &error);
+            }
+            None => {
+                let sids = self.registry.clients_of(filter);
+                let error = ClientError::new(
+                    Code::PluginFailed,
+                    format!(
+                        "filter `{filter}` failed on a batch ({error}); it was restarted and those logs were skipped"
+                    ),
+                )
+                .for_filter(filter);
+                self.notify(&sids, &error);
             }
         }
     }
 
-    /// Tell the subscribers of a failed filter; end their subscriptions if it is disabled.
-    fn filter_failed(&mut self, filter: &str, error: &crate::filter::EngineError) {
-        let disabled = self
-            .registry
-            .engines
-            .get(filter)
-            .and_then(|e| e.disabled().map(str::to_owned));
-        let (code, message, sids) = match disabled {
-            Some(reason) => (
-                "filter_disabled",
-                format!(
-                    "filter `{filter}` was disabled ({reason}); subscribe again with another filter"
-                ),
-                self.registry.drop_filter(filter),
-            ),
-            None => (
-                "plugin_failed",
-                format!(
-                    "filter `{filter}` failed on a batch ({error}); it was restarted and those logs were skipped"
-                ),
-                self.registry.clients_of(filter),
-            ),
+    /// A transform failed on one registration's logs: they were not delivered; say so, and
+    /// end every chain using it if it is now disabled.
+    fn transform_failed(&mut self, registration: RegistrationId, step: &str, error: &EngineError) {
+        match self.registry.transform_disabled(step) {
+            Some(reason) => {
+                let sids = self.registry.end_transform_users(step);
+                let error = ClientError::new(
+                    Code::FilterDisabled,
+                    format!(
+                        "transform `{step}` was disabled ({reason}); subscribe again without it"
+                    ),
+                )
+                .for_transform(step);
+                self.end_subscriptions(&sids, &error);
+            }
+            None => {
+                let sids = self.registry.clients(registration).to_vec();
+                let error = ClientError::new(
+                    Code::PluginFailed,
+                    format!(
+                        "transform `{step}` failed ({error}); the logs it was given were not delivered"
+                    ),
+                )
+                .for_transform(step);
+                self.notify(&sids, &error);
+            }
+        }
+    }
+
+    /// Send `error` to each of `sids` (serialized once).
+    fn notify(&self, sids: &[Sid], error: &ClientError) {
+        let Some(payload) = to_raw(error) else {
+            return;
         };
-        let payload = json!({ "code": code, "message": message, "filter": filter });
         for sid in sids {
-            if let Some(client) = self.clients.get(&sid) {
-                client.emit("error", &payload);
-                if code == "filter_disabled"
-                    && let Ok(mut s) = client.info.subscription.lock()
-                {
-                    *s = None;
-                }
+            if let Some(client) = self.clients.get(sid) {
+                client.send_raw(event::ERROR, &payload);
+            }
+        }
+    }
+
+    /// The subscriptions of `sids` have ended (the registry already forgot them): tell each
+    /// client why and clear what the admin API shows.
+    fn end_subscriptions(&mut self, sids: &[Sid], error: &ClientError) {
+        self.notify(sids, error);
+        for sid in sids {
+            if let Some(client) = self.clients.get(sid) {
+                client.info.set_subscription(None);
             }
         }
     }
@@ -428,7 +345,8 @@ impl Router {
         self.next_outbox_check = now + OUTBOX_TICK;
     }
 
-    fn report_drops(&mut self) {
+    /// Once a second: drop reports, and pruning of handshakes that never completed.
+    fn tick(&mut self) {
         let now = Instant::now();
         let stale: Vec<Sid> = self
             .clients
@@ -443,160 +361,7 @@ impl Router {
             tracing::debug!(%sid, "pruned a client whose handshake never completed");
         }
         for client in self.clients.values_mut() {
-            if client.is_paused() {
-                client.report_drops(&[DropReason::RateLimit, DropReason::SlowConsumer]);
-            } else {
-                client.report_drops(&DropReason::ALL);
-            }
+            client.report_periodic_drops();
         }
-    }
-
-    fn apply(&mut self, control: Control) {
-        match control {
-            Control::Connect(client) => {
-                self.clients.insert(client.sid, *client);
-            }
-            Control::Disconnect(sid) => {
-                self.registry.unsubscribe(sid);
-                self.clients.remove(&sid);
-            }
-            Control::Subscribe {
-                sid,
-                request,
-                reply,
-            } => {
-                let result = self.subscribe(sid, request);
-                let _ = reply.send(result);
-            }
-            Control::Unsubscribe { sid, reply } => {
-                if let Some(client) = self.clients.get_mut(&sid) {
-                    client.flush_outbox(Instant::now(), true);
-                }
-                let had = self.registry.unsubscribe(sid);
-                if let Some(client) = self.clients.get(&sid)
-                    && let Ok(mut s) = client.info.subscription.lock()
-                {
-                    *s = None;
-                }
-                let _ = reply.send(had);
-            }
-            Control::Pause { sid, reply } => {
-                let found = self.clients.get_mut(&sid).map(Client::pause).is_some();
-                let _ = reply.send(found);
-            }
-            Control::Resume { sid, reply } => {
-                let found = self.clients.get_mut(&sid).map(Client::resume).is_some();
-                let _ = reply.send(found);
-            }
-            Control::Counts(reply) => {
-                let _ = reply.send(self.registry.counts());
-            }
-            Control::Stop => {}
-            Control::Registrations { filter, reply } => {
-                let _ = reply.send(self.registry.params_of(&filter));
-            }
-            Control::Install {
-                filter,
-                engine,
-                registered,
-                reply,
-            } => {
-                let result = self.install(&filter, engine, &registered);
-                let _ = reply.send(result);
-            }
-            Control::InstallTransform {
-                name,
-                transform,
-                reply,
-            } => {
-                self.registry.transforms.insert(name, *transform);
-                let _ = reply.send(());
-            }
-            Control::Remove { filter, reply } => {
-                let mut sids = self.registry.drop_filter(&filter);
-                sids.extend(self.registry.drop_transform_users(&filter));
-                self.registry.engines.remove(&filter);
-                self.registry.transforms.remove(&filter);
-                let payload = json!({
-                    "code": "filter_removed",
-                    "message": format!("filter `{filter}` was removed from the server; subscribe again with another filter"),
-                    "filter": filter,
-                });
-                for sid in &sids {
-                    if let Some(client) = self.clients.get(sid) {
-                        client.emit("error", &payload);
-                        if let Ok(mut s) = client.info.subscription.lock() {
-                            *s = None;
-                        }
-                    }
-                }
-                let _ = reply.send(sids.len());
-            }
-        }
-    }
-
-    /// Bring `engine` up to date with the live registrations of `filter` and switch to it.
-    fn install(
-        &mut self,
-        filter: &str,
-        mut engine: Box<dyn FilterEngine>,
-        registered: &[RegistrationId],
-    ) -> Result<(), String> {
-        let live = self.registry.params_of(filter);
-        for (id, params) in &live {
-            if !registered.contains(id) {
-                engine.add(*id, params).map_err(|e| match e {
-                    crate::filter::AddError::Rejected(m)
-                    | crate::filter::AddError::Unavailable(m) => {
-                        format!("the new version refuses a live subscription ({params}): {m}")
-                    }
-                })?;
-            }
-        }
-        for id in registered {
-            if !live.iter().any(|(l, _)| l == id) {
-                engine.remove(*id);
-            }
-        }
-        self.registry.engines.insert(filter.to_owned(), engine);
-        Ok(())
-    }
-
-    fn subscribe(
-        &mut self,
-        sid: Sid,
-        request: SubscribeRequest,
-    ) -> Result<Subscribed, SubscribeError> {
-        if !self.clients.contains_key(&sid) {
-            return Err(SubscribeError::NotConnected);
-        }
-        self.registry
-            .subscribe(sid, &request.filter, &request.params, &request.transform)?;
-        let client = self
-            .clients
-            .get_mut(&sid)
-            .ok_or(SubscribeError::NotConnected)?;
-        let rate_limit = client.configure(request.batch, request.rate_limit);
-        let subscribed = Subscribed {
-            filter: request.filter,
-            params: request.params,
-            transform: request.transform,
-            batch: request.batch,
-            rate_limit,
-        };
-        if let Ok(mut s) = client.info.subscription.lock() {
-            *s = serde_json::to_value(&subscribed).ok();
-        }
-        Ok(subscribed)
-    }
-}
-
-/// Limits for [`Client`]s, from configuration.
-pub fn delivery_limits(config: &crate::config::Config) -> DeliveryLimits {
-    DeliveryLimits {
-        max_rate: config.rate_limit,
-        pause_buffer: config.pause_buffer,
-        batch_max_logs: config.batch_max_logs,
-        batch_interval: Duration::from_millis(config.batch_max_delay_ms),
     }
 }

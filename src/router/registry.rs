@@ -1,41 +1,48 @@
-//! Subscriptions as the router sees them: which engine, which registration, which clients.
+//! Subscriptions as the router sees them: which plugin, which registration, which clients.
 //!
 //! Identical subscriptions (same filter, same params, same transform chain) share one
-//! registration, so a thousand dashboards watching the same device cost the engine one
+//! registration, so a thousand dashboards watching the same device cost the filter one
 //! subscription, and a transformed entry is built once for all of them.
+//!
+//! A plugin name is either a filter or a transform, never both: installing a name in one role
+//! removes it from the other and ends the registrations that used it there.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::Value;
 use socketioxide::socket::Sid;
 
-use crate::filter::{AddError, FilterEngine, RegistrationId};
-use crate::plugins::transform::WasmTransform;
-use crate::subscription::TransformStep;
+use crate::engine::{
+    AddError, EngineError, FilterEngine, Matches, Plugin, RegistrationId, TransformEngine,
+};
+use crate::log_entry::LogRecord;
+use crate::protocol::{ClientError, Code, TransformStep};
 
-pub struct Registration {
-    pub filter: String,
-    /// The params as registered with the filter engine.
-    pub params: String,
+struct Registration {
+    filter: String,
+    /// The params as registered with the filter.
+    params: String,
     /// Transforms applied in order to what the filter matched: (name, params).
-    pub chain: Vec<(String, String)>,
-    /// `params` and `chain` together: what makes two subscriptions identical.
+    chain: Vec<(String, String)>,
+    /// Filter, params and chain together: what makes two subscriptions identical.
     key: String,
-    pub clients: Vec<Sid>,
+    clients: Vec<Sid>,
 }
 
-/// The engines by filter name and the live registrations.
+/// The plugins by name and the live registrations.
 #[derive(Default)]
 pub struct Registry {
-    pub engines: BTreeMap<String, Box<dyn FilterEngine>>,
-    pub transforms: BTreeMap<String, WasmTransform>,
-    pub registrations: HashMap<RegistrationId, Registration>,
-    by_key: HashMap<(String, String), RegistrationId>,
+    filters: BTreeMap<String, Box<dyn FilterEngine>>,
+    transforms: BTreeMap<String, Box<dyn TransformEngine>>,
+    registrations: HashMap<RegistrationId, Registration>,
+    by_key: HashMap<String, RegistrationId>,
     /// Which registration each subscribed client belongs to.
-    pub client_registration: HashMap<Sid, RegistrationId>,
+    client_registration: HashMap<Sid, RegistrationId>,
     next_id: RegistrationId,
 }
 
+/// Why a subscription was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SubscribeError {
     #[error("unknown filter `{name}`; loaded filters: {loaded}")]
@@ -48,41 +55,104 @@ pub enum SubscribeError {
     UnknownTransform { name: String, loaded: String },
     #[error("transform `{transform}` rejected its params: {message}")]
     TransformRejected { transform: String, message: String },
+    #[error("transform `{transform}` is unavailable: {message}")]
+    TransformUnavailable { transform: String, message: String },
     #[error("not connected")]
     NotConnected,
 }
 
 impl SubscribeError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            SubscribeError::UnknownFilter { .. } => "unknown_filter",
-            SubscribeError::Rejected { .. } => "invalid_params",
-            SubscribeError::Unavailable { .. } => "filter_unavailable",
-            SubscribeError::UnknownTransform { .. } => "unknown_transform",
-            SubscribeError::TransformRejected { .. } => "invalid_transform",
-            SubscribeError::NotConnected => "not_connected",
+    /// The error as the client receives it, naming the field at fault.
+    pub fn to_client(&self) -> ClientError {
+        let (code, field) = match self {
+            SubscribeError::UnknownFilter { .. } => (Code::UnknownFilter, Some("filter")),
+            SubscribeError::Rejected { .. } => (Code::InvalidParams, Some("params")),
+            SubscribeError::Unavailable { .. } => (Code::FilterUnavailable, Some("filter")),
+            SubscribeError::UnknownTransform { .. } => (Code::UnknownTransform, Some("transform")),
+            SubscribeError::TransformRejected { .. } => (Code::InvalidTransform, Some("transform")),
+            SubscribeError::TransformUnavailable { .. } => {
+                (Code::TransformUnavailable, Some("transform"))
+            }
+            SubscribeError::NotConnected => (Code::NotConnected, None),
+        };
+        let error = ClientError::new(code, self.to_string());
+        match field {
+            Some(f) => error.field(f),
+            None => error,
         }
     }
 }
 
+fn names<V>(map: &BTreeMap<String, V>) -> String {
+    if map.is_empty() {
+        "none".into()
+    } else {
+        map.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
 impl Registry {
-    pub fn with_engine(mut self, name: &str, engine: Box<dyn FilterEngine>) -> Self {
-        self.engines.insert(name.to_owned(), engine);
-        self
+    /// Install (or replace) plugin `name` in its role; returns the clients whose
+    /// subscriptions ended because the name changed role.
+    pub fn install(&mut self, name: &str, plugin: Plugin) -> Vec<Sid> {
+        match plugin {
+            Plugin::Filter(engine) => self.install_filter(name, engine),
+            Plugin::Transform(transform) => self.install_transform(name, transform),
+        }
     }
 
-    /// Move `sid` to the registration for (`filter`, `params`), creating it if needed.
+    /// Make `name` a filter served by `engine`. The engine must already hold every live
+    /// registration of `name` (see the router's hot swap).
+    pub fn install_filter(&mut self, name: &str, engine: Box<dyn FilterEngine>) -> Vec<Sid> {
+        let ended = if self.transforms.remove(name).is_some() {
+            self.end_transform_users(name)
+        } else {
+            Vec::new()
+        };
+        self.filters.insert(name.to_owned(), engine);
+        ended
+    }
+
+    /// Make `name` a transform; chains keep using it with their params.
+    pub fn install_transform(
+        &mut self,
+        name: &str,
+        transform: Box<dyn TransformEngine>,
+    ) -> Vec<Sid> {
+        let ended = if self.filters.contains_key(name) {
+            let ended = self.end_filter(name);
+            self.filters.remove(name);
+            ended
+        } else {
+            Vec::new()
+        };
+        self.transforms.insert(name.to_owned(), transform);
+        ended
+    }
+
+    /// Unload `name` in whichever role; returns the clients whose subscriptions ended.
+    pub fn remove_plugin(&mut self, name: &str) -> Vec<Sid> {
+        let mut ended = self.end_filter(name);
+        ended.extend(self.end_transform_users(name));
+        self.filters.remove(name);
+        self.transforms.remove(name);
+        ended
+    }
+
+    pub fn is_filter(&self, name: &str) -> bool {
+        self.filters.contains_key(name)
+    }
+
+    pub fn is_transform(&self, name: &str) -> bool {
+        self.transforms.contains_key(name)
+    }
+
     /// Check every step of a chain: the transform exists and accepts its params.
     fn check_chain(
         &mut self,
         chain: &[TransformStep],
     ) -> Result<Vec<(String, String)>, SubscribeError> {
-        let loaded = self
-            .transforms
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
+        let loaded = names(&self.transforms);
         chain
             .iter()
             .map(|step| {
@@ -90,11 +160,7 @@ impl Registry {
                 let transform = self.transforms.get_mut(&step.name).ok_or_else(|| {
                     SubscribeError::UnknownTransform {
                         name: step.name.clone(),
-                        loaded: if loaded.is_empty() {
-                            "none".into()
-                        } else {
-                            loaded.clone()
-                        },
+                        loaded: loaded.clone(),
                     }
                 })?;
                 transform.validate(&params).map_err(|e| match e {
@@ -102,8 +168,8 @@ impl Registry {
                         transform: step.name.clone(),
                         message,
                     },
-                    AddError::Unavailable(message) => SubscribeError::Unavailable {
-                        filter: step.name.clone(),
+                    AddError::Unavailable(message) => SubscribeError::TransformUnavailable {
+                        transform: step.name.clone(),
                         message,
                     },
                 })?;
@@ -123,52 +189,10 @@ impl Registry {
     ) -> Result<(), SubscribeError> {
         let params_text = params.to_string();
         let chain_text = serde_json::to_string(chain).unwrap_or_default();
-        let key = (filter.to_owned(), format!("{params_text}|{chain_text}"));
+        let key = format!("{filter}|{params_text}|{chain_text}");
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
-            None => {
-                let loaded = self.engines.keys().cloned().collect::<Vec<_>>().join(", ");
-                let engine = self
-                    .engines
-                    .get_mut(filter)
-                    .ok_or(SubscribeError::UnknownFilter {
-                        name: filter.to_owned(),
-                        loaded,
-                    })?;
-                self.next_id += 1;
-                let id = self.next_id;
-                engine.add(id, &params_text).map_err(|e| match e {
-                    AddError::Rejected(message) => SubscribeError::Rejected {
-                        filter: filter.to_owned(),
-                        message,
-                    },
-                    AddError::Unavailable(message) => SubscribeError::Unavailable {
-                        filter: filter.to_owned(),
-                        message,
-                    },
-                })?;
-                let checked = match self.check_chain(chain) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Some(engine) = self.engines.get_mut(filter) {
-                            engine.remove(id);
-                        }
-                        return Err(e);
-                    }
-                };
-                self.registrations.insert(
-                    id,
-                    Registration {
-                        filter: filter.to_owned(),
-                        params: params_text.clone(),
-                        chain: checked,
-                        key: key.1.clone(),
-                        clients: Vec::new(),
-                    },
-                );
-                self.by_key.insert(key, id);
-                id
-            }
+            None => self.register(filter, params_text, chain, key)?,
         };
         if self.client_registration.get(&sid) == Some(&id) {
             return Ok(());
@@ -181,7 +205,58 @@ impl Registry {
         Ok(())
     }
 
-    /// Detach `sid`; a registration left without clients is removed from its engine.
+    /// A new registration, added to its filter with a checked chain.
+    fn register(
+        &mut self,
+        filter: &str,
+        params: String,
+        chain: &[TransformStep],
+        key: String,
+    ) -> Result<RegistrationId, SubscribeError> {
+        let loaded = names(&self.filters);
+        let engine = self
+            .filters
+            .get_mut(filter)
+            .ok_or(SubscribeError::UnknownFilter {
+                name: filter.to_owned(),
+                loaded,
+            })?;
+        let id = self.next_id + 1;
+        engine.add(id, &params).map_err(|e| match e {
+            AddError::Rejected(message) => SubscribeError::Rejected {
+                filter: filter.to_owned(),
+                message,
+            },
+            AddError::Unavailable(message) => SubscribeError::Unavailable {
+                filter: filter.to_owned(),
+                message,
+            },
+        })?;
+        self.next_id = id;
+        let checked = match self.check_chain(chain) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(engine) = self.filters.get_mut(filter) {
+                    engine.remove(id);
+                }
+                return Err(e);
+            }
+        };
+        self.registrations.insert(
+            id,
+            Registration {
+                filter: filter.to_owned(),
+                params,
+                chain: checked,
+                key: key.clone(),
+                clients: Vec::new(),
+            },
+        );
+        self.by_key.insert(key, id);
+        Ok(id)
+    }
+
+    /// Detach `sid`; a registration left without clients is removed from its filter.
     /// Returns whether the client had a subscription.
     pub fn unsubscribe(&mut self, sid: Sid) -> bool {
         let Some(id) = self.client_registration.remove(&sid) else {
@@ -195,8 +270,8 @@ impl Registry {
             None => false,
         };
         if empty && let Some(reg) = self.registrations.remove(&id) {
-            self.by_key.remove(&(reg.filter.clone(), reg.key));
-            if let Some(engine) = self.engines.get_mut(&reg.filter) {
+            self.by_key.remove(&reg.key);
+            if let Some(engine) = self.filters.get_mut(&reg.filter) {
                 engine.remove(id);
             }
         }
@@ -204,7 +279,7 @@ impl Registry {
     }
 
     /// End every registration `doomed` picks; returns the clients that were subscribed.
-    fn drop_where(&mut self, doomed: impl Fn(&Registration) -> bool) -> Vec<Sid> {
+    fn end_where(&mut self, doomed: impl Fn(&Registration) -> bool) -> Vec<Sid> {
         let ids: Vec<RegistrationId> = self
             .registrations
             .iter()
@@ -214,8 +289,8 @@ impl Registry {
         let mut clients = Vec::new();
         for id in ids {
             if let Some(reg) = self.registrations.remove(&id) {
-                self.by_key.remove(&(reg.filter.clone(), reg.key));
-                if let Some(engine) = self.engines.get_mut(&reg.filter) {
+                self.by_key.remove(&reg.key);
+                if let Some(engine) = self.filters.get_mut(&reg.filter) {
                     engine.remove(id);
                 }
                 for sid in reg.clients {
@@ -228,8 +303,13 @@ impl Registry {
     }
 
     /// End every registration of `filter`; returns the clients that were subscribed.
-    pub fn drop_filter(&mut self, filter: &str) -> Vec<Sid> {
-        self.drop_where(|r| r.filter == filter)
+    pub fn end_filter(&mut self, filter: &str) -> Vec<Sid> {
+        self.end_where(|r| r.filter == filter)
+    }
+
+    /// End every registration whose chain uses `transform`; returns their clients.
+    pub fn end_transform_users(&mut self, transform: &str) -> Vec<Sid> {
+        self.end_where(|r| r.chain.iter().any(|(name, _)| name == transform))
     }
 
     /// The live registrations of `filter`, with their params.
@@ -241,11 +321,6 @@ impl Registry {
             .collect()
     }
 
-    /// End every registration whose chain uses `transform`; returns their clients.
-    pub fn drop_transform_users(&mut self, transform: &str) -> Vec<Sid> {
-        self.drop_where(|r| r.chain.iter().any(|(name, _)| name == transform))
-    }
-
     /// Clients subscribed through `filter`.
     pub fn clients_of(&self, filter: &str) -> Vec<Sid> {
         self.registrations
@@ -255,12 +330,228 @@ impl Registry {
             .collect()
     }
 
-    /// Registrations per filter name.
+    /// The clients of one registration.
+    pub fn clients(&self, id: RegistrationId) -> &[Sid] {
+        self.registrations
+            .get(&id)
+            .map(|r| r.clients.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// Registrations per plugin name: a filter's own, and for a transform the registrations
+    /// whose chain uses it.
     pub fn counts(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         for reg in self.registrations.values() {
             *counts.entry(reg.filter.clone()).or_default() += 1;
+            for (name, _) in &reg.chain {
+                *counts.entry(name.clone()).or_default() += 1;
+            }
         }
         counts
+    }
+
+    /// Run every filter that has registrations over `batch`, appending to `out`; returns
+    /// the filters that failed.
+    pub fn evaluate(
+        &mut self,
+        batch: &[Arc<LogRecord>],
+        out: &mut Vec<Matches>,
+    ) -> Vec<(String, EngineError)> {
+        let mut failed = Vec::new();
+        for (name, engine) in self.filters.iter_mut() {
+            if let Err(e) = engine.evaluate(batch, out) {
+                failed.push((name.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// What registration `m.registration` receives of `batch`: the matched entries through
+    /// its transform chain. On failure, the failing step and why (nothing is delivered).
+    pub fn deliverable(
+        &mut self,
+        m: &Matches,
+        batch: &[Arc<LogRecord>],
+    ) -> Result<Vec<Arc<LogRecord>>, (String, EngineError)> {
+        let Some(reg) = self.registrations.get(&m.registration) else {
+            return Ok(Vec::new());
+        };
+        let mut logs: Vec<Arc<LogRecord>> = m
+            .entries
+            .iter()
+            .filter_map(|i| batch.get(*i as usize).cloned())
+            .collect();
+        for (name, params) in &reg.chain {
+            if logs.is_empty() {
+                break;
+            }
+            let Some(transform) = self.transforms.get_mut(name) else {
+                return Err((name.clone(), EngineError::Disabled("unloaded".into())));
+            };
+            logs = transform
+                .apply(params, &logs)
+                .map_err(|e| (name.clone(), e))?;
+        }
+        Ok(logs)
+    }
+
+    pub fn filter_disabled(&self, name: &str) -> Option<String> {
+        self.filters
+            .get(name)
+            .and_then(|f| f.disabled().map(str::to_owned))
+    }
+
+    pub fn transform_disabled(&self, name: &str) -> Option<String> {
+        self.transforms
+            .get(name)
+            .and_then(|t| t.disabled().map(str::to_owned))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::native::NativeDefault;
+    use serde_json::json;
+
+    /// Upper-cases messages; refuses params `{"bad": true}`.
+    struct Shout;
+
+    impl TransformEngine for Shout {
+        fn validate(&mut self, params: &str) -> Result<(), AddError> {
+            if params.contains("bad") {
+                Err(AddError::Rejected("bad: no".into()))
+            } else {
+                Ok(())
+            }
+        }
+        fn apply(
+            &mut self,
+            _: &str,
+            logs: &[Arc<LogRecord>],
+        ) -> Result<Vec<Arc<LogRecord>>, EngineError> {
+            Ok(logs
+                .iter()
+                .map(|l| {
+                    let v = json!({"deviceId": l.device_id, "message": l.message.to_uppercase(), "id": l.id});
+                    Arc::new(LogRecord::from_value(v).unwrap())
+                })
+                .collect())
+        }
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::default();
+        r.install(
+            "default",
+            Plugin::Filter(Box::new(NativeDefault::default())),
+        );
+        r.install("shout", Plugin::Transform(Box::new(Shout)));
+        r
+    }
+
+    fn record(device: &str, message: &str) -> Arc<LogRecord> {
+        Arc::new(LogRecord::from_value(json!({"deviceId": device, "message": message})).unwrap())
+    }
+
+    fn step(name: &str, params: Value) -> TransformStep {
+        TransformStep {
+            name: name.into(),
+            params,
+        }
+    }
+
+    #[test]
+    fn identical_subscriptions_share_a_registration_until_the_last_leaves() {
+        let mut r = registry();
+        let (a, b) = (Sid::new(), Sid::new());
+        let p = json!({"deviceIds": ["d1"]});
+        r.subscribe(a, "default", &p, &[]).unwrap();
+        r.subscribe(b, "default", &p, &[]).unwrap();
+        assert_eq!(r.counts()["default"], 1);
+        assert_eq!(r.clients_of("default").len(), 2);
+        assert!(r.unsubscribe(a));
+        assert!(!r.unsubscribe(a));
+        assert_eq!(r.params_of("default").len(), 1);
+        r.unsubscribe(b);
+        assert!(r.params_of("default").is_empty());
+        assert!(r.counts().is_empty());
+    }
+
+    #[test]
+    fn a_refused_subscription_keeps_the_previous_one() {
+        let mut r = registry();
+        let a = Sid::new();
+        r.subscribe(a, "default", &json!({"deviceIds": ["d1"]}), &[])
+            .unwrap();
+        let e = r
+            .subscribe(a, "default", &json!({"levels": ["LOUD"]}), &[])
+            .unwrap_err();
+        assert_eq!(e.to_client().code, Code::InvalidParams);
+        let e = r.subscribe(a, "nope", &json!({}), &[]).unwrap_err();
+        assert_eq!(e.to_client().field.as_deref(), Some("filter"));
+        let e = r
+            .subscribe(
+                a,
+                "default",
+                &json!({}),
+                &[step("shout", json!({"bad": true}))],
+            )
+            .unwrap_err();
+        assert_eq!(e.to_client().code, Code::InvalidTransform);
+        assert_eq!(
+            r.params_of("default").len(),
+            1,
+            "the failed chain left no registration"
+        );
+        let mut out = Vec::new();
+        let batch = [record("d1", "x"), record("d2", "y")];
+        assert!(r.evaluate(&batch, &mut out).is_empty());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].entries, [0]);
+    }
+
+    #[test]
+    fn chains_transform_what_the_filter_matched() {
+        let mut r = registry();
+        let a = Sid::new();
+        r.subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
+            .unwrap();
+        let batch = [record("d1", "quiet")];
+        let mut out = Vec::new();
+        r.evaluate(&batch, &mut out);
+        let logs = r.deliverable(&out[0], &batch).unwrap();
+        assert_eq!(logs[0].message, "QUIET");
+        assert_eq!(r.clients(out[0].registration), [a]);
+        assert_eq!(r.counts()["shout"], 1);
+    }
+
+    #[test]
+    fn a_name_changing_role_leaves_the_other_role_and_ends_its_users() {
+        let mut r = registry();
+        let (a, b) = (Sid::new(), Sid::new());
+        r.subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
+            .unwrap();
+        r.subscribe(b, "default", &json!({"deviceIds": ["x"]}), &[])
+            .unwrap();
+        // `shout` becomes a filter: the chain that used it as a transform ends.
+        let ended = r.install("shout", Plugin::Filter(Box::new(NativeDefault::default())));
+        assert_eq!(ended, [a]);
+        assert!(r.is_filter("shout") && !r.is_transform("shout"));
+        let e = r
+            .subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
+            .unwrap_err();
+        assert_eq!(e.to_client().code, Code::UnknownTransform);
+        // `default` becomes a transform: its filter registrations end.
+        let ended = r.install("default", Plugin::Transform(Box::new(Shout)));
+        assert_eq!(ended, [b]);
+        assert!(!r.is_filter("default") && r.is_transform("default"));
+        assert!(r.counts().is_empty());
+        // Removal ends users in either role.
+        r.subscribe(a, "shout", &json!({}), &[step("default", json!({}))])
+            .unwrap();
+        assert_eq!(r.remove_plugin("default"), [a]);
+        assert!(!r.is_transform("default"));
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Handshake (connect middleware, before the socket joins): token from `auth.token`,
 //! verified ([`crate::auth`]); then a connection slot ([`crate::connections`]). Refusals reach
-//! the client as `connect_error` with the seed's messages.
+//! the client as `connect_error` with the seed's messages, and are logged at INFO with the
+//! reason and the peer address (never the token).
 //!
 //! Events: `log:subscribe`, `log:unsubscribe`, `log:pause`, `log:resume`. Each is checked
 //! against the socket's event budget, validated here, and applied by the router between two
 //! batches; the answer goes out as the seed's event and, when the client passed one, as the
-//! acknowledgement.
+//! acknowledgement. A payload that cannot be decoded is refused (`invalid_payload`), never
+//! read as "no filter"; an unknown event is answered with `unknown_event`.
 
 mod session;
 
@@ -16,9 +18,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::extract::ConnectInfo;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
@@ -27,7 +30,8 @@ use crate::app::AppState;
 use crate::connections::ConnectionInfo;
 use crate::delivery::Client;
 use crate::log_entry::FieldError;
-use crate::router::{Control, SubscribeError};
+use crate::protocol::{ClientError, Code, Done, Failure, event};
+use crate::router::{ClientCommand, Control};
 use crate::subscription::SubscribeRequest;
 pub use session::Session;
 
@@ -41,37 +45,48 @@ pub fn register(io: &SocketIo) {
 #[error("{0}")]
 struct Refusal(String);
 
+/// Log a refused handshake: why, and from where.
+fn refuse(socket: &SocketRef, reason: &str, message: String) -> Refusal {
+    tracing::info!(peer = %peer(socket), reason, "handshake refused");
+    Refusal(message)
+}
+
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
     State(app): State<AppState>,
 ) -> Result<(), Refusal> {
     if !app.is_accepting() {
-        return Err(Refusal("Server shutting down".into()));
+        return Err(refuse(
+            &socket,
+            "shutting_down",
+            "Server shutting down".into(),
+        ));
     }
     let token = auth
         .ok()
         .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default();
-    let claims = app.keys.verify(&token).map_err(|e| {
-        tracing::debug!(sid = %socket.id, reason = ?e, "handshake refused");
-        Refusal(e.to_string())
-    })?;
+    let claims = app
+        .keys
+        .verify(&token)
+        .map_err(|e| refuse(&socket, e.reason(), e.to_string()))?;
     let slot = app
         .connections
         .admit(&claims.sub)
-        .map_err(|e| Refusal(e.to_string()))?;
+        .map_err(|e| refuse(&socket, "connection_limit", e.to_string()))?;
     let session = Arc::new(Session::new(claims, slot, app.config.events_per_second));
     socket.extensions.insert(session.clone());
     attach(&socket, &app, &session)
 }
 
-fn client_ip(socket: &SocketRef) -> String {
-    let parts = socket.req_parts();
-    parts
+/// The peer's address, as the HTTP server saw it.
+fn peer(socket: &SocketRef) -> String {
+    socket
+        .req_parts()
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip().to_string())
+        .map(|ci| ci.0.to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -82,30 +97,38 @@ fn client_ip(socket: &SocketRef) -> String {
 /// there can miss an event the client sends right after `connect` (the seed's client
 /// subscribes exactly then).
 fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), Refusal> {
+    let ip = socket
+        .req_parts()
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ci| ci.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
     let info = Arc::new(ConnectionInfo {
         id: socket.id.to_string(),
         user_id: session.claims.sub.clone(),
-        ip: client_ip(socket),
+        ip,
         connected_at: SystemTime::now(),
         message_count: Default::default(),
         subscription: Default::default(),
     });
     let client = Client::new(
-        socket.clone(),
+        Box::new(socket.clone()),
+        socket.id,
         info.clone(),
         app.metrics.clone(),
         app.limits,
         Instant::now(),
     );
-    if app.control(Control::Connect(Box::new(client))).is_err() {
-        tracing::warn!(sid = %socket.id, "router busy; refusing connection");
-        return Err(Refusal("Server busy".into()));
+    let connect = Control::Client(ClientCommand::Connect(Box::new(client)));
+    if app.control(connect).is_err() {
+        return Err(refuse(socket, "router_busy", "Server busy".into()));
     }
     app.connections.insert(info);
-    socket.on("log:subscribe", on_subscribe);
-    socket.on("log:unsubscribe", on_unsubscribe);
-    socket.on("log:pause", on_pause);
-    socket.on("log:resume", on_resume);
+    socket.on(event::SUBSCRIBE, on_subscribe);
+    socket.on(event::UNSUBSCRIBE, on_unsubscribe);
+    socket.on(event::PAUSE, on_pause);
+    socket.on(event::RESUME, on_resume);
+    socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
     Ok(())
 }
@@ -119,31 +142,22 @@ async fn on_connect(socket: SocketRef) {
     tracing::info!(sid = %socket.id, %user, "client connected");
 }
 
-fn error_payload(code: &str, message: &str, field: Option<&str>) -> Value {
-    let mut v = json!({ "code": code, "message": message });
-    if let Some(f) = field {
-        v["field"] = Value::String(f.to_owned());
-    }
-    v
-}
-
 /// Send `error` and a failed acknowledgement.
-fn reply_error(socket: &SocketRef, ack: AckSender, code: &str, message: &str, field: Option<&str>) {
-    let err = error_payload(code, message, field);
-    let _ = socket.emit("error", &err);
-    let _ = ack.send(&json!({ "success": false, "error": err }));
+fn reply_error(socket: &SocketRef, ack: AckSender, error: &ClientError) {
+    let _ = socket.emit(event::ERROR, error);
+    let _ = ack.send(&Failure::of(error));
 }
 
-/// Send the success event and the same payload as acknowledgement.
-fn reply_ok(socket: &SocketRef, ack: AckSender, event: Option<&str>, payload: Value) {
+/// Send the success event (if any) and the same payload as acknowledgement.
+fn reply_ok<T: Serialize>(socket: &SocketRef, ack: AckSender, event: Option<&str>, payload: &T) {
     if let Some(event) = event {
-        let _ = socket.emit(event, &payload);
+        let _ = socket.emit(event, payload);
     }
-    let _ = ack.send(&payload);
+    let _ = ack.send(payload);
 }
 
-/// Spend one unit of the socket's event budget; on refusal tell the client (at most once a
-/// second) and return `false`.
+/// Spend one unit of the socket's event budget; on refusal tell the client (the `error`
+/// event at most once a second, so a flood is not answered by a flood) and return `None`.
 fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<AckSender> {
     let session = socket.extensions.get::<Arc<Session>>()?;
     match session.admit_event(Instant::now()) {
@@ -152,16 +166,11 @@ fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<Ack
             app.metrics
                 .events_rejected
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let error = ClientError::new(Code::RateLimited, "too many events; slow down");
             if notify {
-                reply_error(
-                    socket,
-                    ack,
-                    "rate_limited",
-                    "too many events; slow down",
-                    None,
-                );
+                reply_error(socket, ack, &error);
             } else {
-                let _ = ack.send(&json!({ "success": false, "error": error_payload("rate_limited", "too many events; slow down", None) }));
+                let _ = ack.send(&Failure::of(&error));
             }
             None
         }
@@ -171,10 +180,10 @@ fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<Ack
 async fn ask_router<T>(
     socket: &SocketRef,
     app: &AppState,
-    build: impl FnOnce(oneshot::Sender<T>) -> Control,
+    build: impl FnOnce(oneshot::Sender<T>) -> ClientCommand,
 ) -> Option<T> {
     let (tx, rx) = oneshot::channel();
-    if app.control(build(tx)).is_err() {
+    if app.control(Control::Client(build(tx))).is_err() {
         return None;
     }
     let answer = rx.await.ok();
@@ -182,6 +191,10 @@ async fn ask_router<T>(
         tracing::warn!(sid = %socket.id, "router dropped a request");
     }
     answer
+}
+
+fn busy() -> ClientError {
+    ClientError::new(Code::Busy, "server busy, try again")
 }
 
 async fn on_subscribe(
@@ -193,82 +206,112 @@ async fn on_subscribe(
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
-    let request = match SubscribeRequest::parse(data.unwrap_or(Value::Null)) {
+    let data = match data {
+        Ok(v) => v,
+        // No argument at all: the seed's "everything" subscription.
+        Err(e) if e.to_string().contains("first element not found") => Value::Null,
+        Err(e) => {
+            let error = ClientError::new(
+                Code::InvalidPayload,
+                format!("the subscription could not be decoded: {e}"),
+            );
+            return reply_error(&socket, ack, &error);
+        }
+    };
+    let request = match SubscribeRequest::parse(data) {
         Ok(r) => r,
         Err(FieldError { field, message }) => {
-            let text = format!("{field}: {message}");
-            return reply_error(&socket, ack, "invalid_subscription", &text, Some(&field));
+            let error = ClientError::new(Code::InvalidSubscription, format!("{field}: {message}"))
+                .field(field);
+            return reply_error(&socket, ack, &error);
         }
     };
     let sid = socket.id;
-    match ask_router(&socket, &app, |reply| Control::Subscribe {
+    match ask_router(&socket, &app, |reply| ClientCommand::Subscribe {
         sid,
         request,
         reply,
     })
     .await
     {
-        Some(Ok(subscribed)) => {
-            let mut payload = serde_json::to_value(&subscribed).unwrap_or_default();
-            payload["success"] = Value::Bool(true);
-            reply_ok(&socket, ack, Some("log:subscribed"), payload);
-        }
-        Some(Err(e)) => {
-            let field = match e {
-                SubscribeError::Rejected { .. } => Some("params"),
-                SubscribeError::UnknownTransform { .. }
-                | SubscribeError::TransformRejected { .. } => Some("transform"),
-                SubscribeError::UnknownFilter { .. } | SubscribeError::Unavailable { .. } => {
-                    Some("filter")
-                }
-                SubscribeError::NotConnected => None,
-            };
-            reply_error(&socket, ack, e.code(), &e.to_string(), field)
-        }
-        None => reply_error(&socket, ack, "busy", "server busy, try again", None),
+        Some(Ok(subscribed)) => reply_ok(&socket, ack, Some(event::SUBSCRIBED), &subscribed),
+        Some(Err(e)) => reply_error(&socket, ack, &e),
+        None => reply_error(&socket, ack, &busy()),
     }
 }
 
-/// The shape shared by the argument-less events: spend the event budget, apply a control
-/// message in the router, answer with `event` (if any) and the acknowledgement.
+/// The shape shared by the argument-less events: spend the event budget, apply a command in
+/// the router, answer with `event` (if any) and the acknowledgement.
 async fn simple_event(
     socket: SocketRef,
     ack: AckSender,
     app: AppState,
-    build: impl FnOnce(Sid, oneshot::Sender<bool>) -> Control,
+    build: impl FnOnce(Sid, oneshot::Sender<bool>) -> ClientCommand,
     event: Option<&str>,
-    payload: Value,
+    payload: Done,
 ) {
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
     let sid = socket.id;
     match ask_router(&socket, &app, |reply| build(sid, reply)).await {
-        Some(_) => reply_ok(&socket, ack, event, payload),
-        None => reply_error(&socket, ack, "busy", "server busy, try again", None),
+        Some(_) => reply_ok(&socket, ack, event, &payload),
+        None => reply_error(&socket, ack, &busy()),
     }
 }
 
 async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
-    let payload = json!({ "success": true });
-    let build = |sid, reply| Control::Unsubscribe { sid, reply };
-    simple_event(socket, ack, app, build, Some("log:unsubscribed"), payload).await;
+    let payload = Done {
+        success: true,
+        paused: None,
+    };
+    let build = |sid, reply| ClientCommand::Unsubscribe { sid, reply };
+    simple_event(socket, ack, app, build, Some(event::UNSUBSCRIBED), payload).await;
 }
 
 async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
-    let payload = json!({ "success": true, "paused": true });
-    let build = |sid, reply| Control::Pause { sid, reply };
+    let payload = Done {
+        success: true,
+        paused: Some(true),
+    };
+    let build = |sid, reply| ClientCommand::Pause { sid, reply };
     simple_event(socket, ack, app, build, None, payload).await;
 }
 
 async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
-    let payload = json!({ "success": true, "paused": false });
-    let build = |sid, reply| Control::Resume { sid, reply };
+    let payload = Done {
+        success: true,
+        paused: Some(false),
+    };
+    let build = |sid, reply| ClientCommand::Resume { sid, reply };
     simple_event(socket, ack, app, build, None, payload).await;
+}
+
+/// An event this server does not know (a typo such as `log:subscibe`): say so rather than
+/// leave the client waiting for an answer that never comes.
+async fn on_unknown(
+    socket: SocketRef,
+    Event(name): Event,
+    ack: AckSender,
+    State(app): State<AppState>,
+) {
+    let Some(ack) = admit_event(&socket, &app, ack) else {
+        return;
+    };
+    let shown: String = name.chars().take(64).collect();
+    let error = ClientError::new(
+        Code::UnknownEvent,
+        format!(
+            "unknown event {shown:?}; this server handles {}",
+            event::FROM_CLIENT.join(", ")
+        ),
+    );
+    reply_error(&socket, ack, &error);
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
     tracing::info!(sid = %socket.id, "client disconnected");
     app.connections.remove(&socket.id.to_string());
-    app.control_reliably(Control::Disconnect(socket.id));
+    app.control_reliably(Control::Client(ClientCommand::Disconnect(socket.id)))
+        .await;
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::Claims;
 use crate::connections::ConnectionSlot;
-use crate::delivery::rate_limit::TokenBucket;
+use crate::rate_limit::TokenBucket;
 
 pub struct Session {
     pub claims: Claims,

@@ -24,6 +24,8 @@ pub struct Server {
     child: Option<Child>,
     pub url: String,
     pub stdout_lines: Vec<String>,
+    /// The server's log, with [`ServerBuilder::capture_stderr`].
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
 
@@ -31,6 +33,9 @@ pub struct ServerBuilder {
     sets: Vec<(String, String)>,
     env: Vec<(String, String)>,
     configured_keys: bool,
+    capture_stderr: bool,
+    args: Option<Vec<String>>,
+    cwd: Option<std::path::PathBuf>,
 }
 
 impl ServerBuilder {
@@ -51,9 +56,33 @@ impl ServerBuilder {
         self
     }
 
+    /// Keep the server's stderr (its log) in [`Server::stderr`] instead of passing it on.
+    pub fn capture_stderr(mut self) -> Self {
+        self.capture_stderr = true;
+        self
+    }
+
+    /// Command-line arguments instead of `serve --host 127.0.0.1 --port 0`.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args = Some(args.iter().map(|a| a.to_string()).collect());
+        self
+    }
+
+    /// Working directory of the server process.
+    pub fn cwd(mut self, dir: &std::path::Path) -> Self {
+        self.cwd = Some(dir.to_owned());
+        self
+    }
+
     pub fn start(self) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
+        match &self.args {
+            Some(args) => cmd.args(args),
+            None => cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]),
+        };
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         for (k, v) in &self.sets {
             cmd.arg("--set").arg(format!("{k}={v}"));
         }
@@ -69,6 +98,8 @@ impl ServerBuilder {
                 .env("LOGSTREAM_ADMIN_KEY", ADMIN_KEY);
         }
         cmd.env("LOGSTREAM_PLUGINS_DIR", plugins_dir());
+        // Development keys (and anything else kept across restarts) stay out of $HOME.
+        cmd.env("LOGSTREAM_DATA_DIR", scratch_dir("data"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -76,8 +107,21 @@ impl ServerBuilder {
             "RUST_LOG",
             std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
         );
-        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdout(Stdio::piped()).stderr(if self.capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
         let mut child = cmd.spawn().expect("spawn logstream");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let lines = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -102,6 +146,7 @@ impl ServerBuilder {
             child: Some(child),
             url,
             stdout_lines: lines,
+            stderr,
             http: reqwest::Client::new(),
         }
     }
@@ -119,6 +164,9 @@ impl Server {
             sets: Vec::new(),
             env: Vec::new(),
             configured_keys: true,
+            capture_stderr: false,
+            args: None,
+            cwd: None,
         }
     }
 
@@ -185,6 +233,11 @@ impl Server {
         assert_eq!(status, 202, "ingest refused: {body}");
     }
 
+    /// The log lines captured so far (see [`ServerBuilder::capture_stderr`]).
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
@@ -216,6 +269,41 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// A fresh directory under the system's temp dir, unique to this process and call.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "logstream-{what}-{}-{n}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Poll `probe` every 50 ms until it returns `Some`, for at most `within`; panics naming
+/// `what` (and the last value seen, through the probe's own `Err`) otherwise.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not reached within {within:?}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

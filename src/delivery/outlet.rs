@@ -1,0 +1,39 @@
+//! Where a client's events go: the socket, behind a small trait so that the delivery state
+//! ([`super::Client`]) can be tested without one.
+//!
+//! Payloads arrive already serialized ([`RawValue`]): a log's JSON is built once at ingest and
+//! shared by every client; a batch's array is built once per `log:batch`.
+
+use serde_json::value::RawValue;
+use socketioxide::extract::SocketRef;
+use socketioxide::{SendError, SocketError};
+
+/// Why an event was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The connection is gone; nothing more will be sent.
+    Closed,
+    /// The socket's outbound queue is full: the client reads slower than we write.
+    Full,
+}
+
+/// The emitting side of one client.
+pub trait Outlet: Send + Sync {
+    /// Queue `event` with one argument, `data`.
+    fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent>;
+    /// Whether the transport is still connected.
+    fn is_connected(&self) -> bool;
+}
+
+impl Outlet for SocketRef {
+    fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent> {
+        self.emit(event, data).map_err(|e| match e {
+            SendError::Socket(SocketError::Closed) => Unsent::Closed,
+            _ => Unsent::Full,
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connected()
+    }
+}

@@ -1,0 +1,345 @@
+//! The server assembled, in named steps: [`start`] builds every part from the configuration
+//! and starts its tasks; [`Running::shutdown`] takes them down in order, within a deadline.
+//!
+//! One [`CancellationToken`] (`stopping`, in the app state) marks the start of shutdown:
+//! handshakes and ingest refuse from then on. A second one stops the background tasks, which
+//! all run on one [`TaskTracker`] so shutdown can wait for them. Nothing on the way down
+//! sleeps a fixed time: each step waits for the thing it needs, bounded by the deadline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::Sender;
+use socketioxide::SocketIo;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{AppParts, AppState, HttpState};
+use crate::auth::Keys;
+use crate::bus::{self, Bus};
+use crate::config::Config;
+use crate::connections::Connections;
+use crate::engine::{Plugin, RegistrationId};
+use crate::plugins::reload::{HotReload, LiveSet};
+use crate::protocol::SystemStats;
+use crate::router::{self, BatchLimits, Control, Inbound, PluginCommand, Registry, RouterHandle};
+use crate::stats::Metrics;
+
+/// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
+/// its transport is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A started server.
+pub struct Running {
+    app: AppState,
+    io: SocketIo,
+    router: RouterHandle,
+    router_thread: JoinHandle<()>,
+    /// Every background task: HTTP server, stats, Redis reader, heartbeat, cluster admin.
+    tasks: TaskTracker,
+    /// Stops the background tasks (after the data path has drained).
+    stop_tasks: CancellationToken,
+    _hot_reload: Option<HotReload>,
+    addr: SocketAddr,
+}
+
+/// The hot-reload watcher's view of the router.
+struct RouterPlugins(Sender<Control>);
+
+impl RouterPlugins {
+    fn ask<T>(&self, build: impl FnOnce(oneshot::Sender<T>) -> PluginCommand) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(Control::Plugin(build(tx))).ok()?;
+        rx.blocking_recv().ok()
+    }
+}
+
+impl LiveSet for RouterPlugins {
+    fn registrations(&self, filter: &str) -> Option<Vec<(RegistrationId, String)>> {
+        self.ask(|reply| PluginCommand::Registrations {
+            filter: filter.to_owned(),
+            reply,
+        })
+    }
+
+    fn install(
+        &self,
+        name: &str,
+        plugin: Plugin,
+        registered: Vec<RegistrationId>,
+    ) -> Option<Result<(), String>> {
+        self.ask(|reply| PluginCommand::Install {
+            name: name.to_owned(),
+            plugin,
+            registered,
+            reply,
+        })
+    }
+
+    fn remove(&self, name: &str) -> Option<usize> {
+        self.ask(|reply| PluginCommand::Remove {
+            name: name.to_owned(),
+            reply,
+        })
+    }
+}
+
+/// Build everything from `config` and start serving on `listener`.
+pub async fn start(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let (config, dev) = crate::devmode::fill(config);
+    let (keys, _) = Keys::from_config(&config)?;
+    let metrics = Arc::new(Metrics::default());
+    let connections = Connections::new(config.max_connections, config.max_connections_per_user);
+
+    // Plugins, then the router that owns them.
+    if !config.plugins_dir.is_dir() {
+        tracing::warn!(
+            dir = %config.plugins_dir.display(),
+            cwd = %std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
+            "the plugins directory does not exist: only the built-in `default` filter is available \
+             (set plugins_dir; relative paths are relative to the working directory, or to the config file)"
+        );
+    }
+    let loaded = crate::plugins::load(&config)?;
+    let mut registry = Registry::default();
+    for (name, plugin) in loaded.plugins {
+        registry.install(&name, plugin);
+    }
+    let (router, router_thread) = router::spawn(
+        registry,
+        BatchLimits {
+            max_logs: config.batch_max_logs,
+            max_delay: Duration::from_millis(config.batch_max_delay_ms),
+        },
+        config.ingest_queue,
+        metrics.clone(),
+        connections.clone(),
+    )
+    .context("starting the router thread")?;
+
+    let instance = if config.instance_id.is_empty() {
+        uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+    } else {
+        config.instance_id.clone()
+    };
+    let bus = match &config.redis_url {
+        None => Bus::Embedded(router.inbound.clone()),
+        Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
+    };
+    let app = AppState::new(AppParts {
+        config: config.clone(),
+        keys,
+        metrics,
+        connections,
+        router: router.clone(),
+        bus,
+        plugins: loaded.catalog.clone(),
+        instance: instance.clone(),
+        stopping: CancellationToken::new(),
+    });
+
+    // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an
+    // unauthenticated peer cannot make the server buffer more than `max_message_bytes`.
+    let max_message = config.max_message_bytes as usize;
+    let (io_layer, io) = SocketIo::builder()
+        .ping_interval(Duration::from_millis(config.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
+        .max_payload(config.max_message_bytes)
+        .ws_max_frame_size(max_message)
+        .ws_max_message_size(max_message)
+        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .max_buffer_size(config.socket_queue)
+        .with_state(app.clone())
+        .build_layer();
+    crate::socket::register(&io);
+
+    let hot_reload = if config.plugins_dir.is_dir() {
+        crate::plugins::reload::watch(
+            &config.plugins_dir,
+            loaded.runtime,
+            config.plugin_max_failures,
+            config.plugins_follow_symlinks,
+            RouterPlugins(router.control.clone()),
+            loaded.catalog,
+        )
+        .map_err(|e| tracing::warn!(error = %e, "plugins directory not watched; hot reload is off"))
+        .ok()
+    } else {
+        None
+    };
+
+    let http = crate::ingest::routes()
+        .merge(crate::api::routes())
+        .fallback(crate::api::error::not_found)
+        .method_not_allowed_fallback(crate::api::error::method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(HttpState {
+            app: app.clone(),
+            io: io.clone(),
+        })
+        .layer(io_layer)
+        .layer(crate::api::cors(&config));
+
+    let tasks = TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+    let stop = stop_tasks.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(
+            listener,
+            http.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "http server ended with an error");
+        }
+    });
+    tasks.spawn(stats_loop(app.clone(), io.clone(), stop_tasks.clone()));
+    if let Some(redis) = app.bus.redis() {
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
+        tasks.spawn(
+            redis
+                .clone()
+                .subscriber(router.inbound.clone(), admin_tx, stop_tasks.clone()),
+        );
+        tasks.spawn(redis.clone().heartbeat(stop_tasks.clone()));
+        tasks.spawn(crate::cluster::serve_admin(
+            app.clone(),
+            io.clone(),
+            redis.clone(),
+            admin_rx,
+            stop_tasks.clone(),
+        ));
+        tracing::info!(%instance, "using the redis bus");
+    }
+
+    let base_url = format!("http://{addr}");
+    if dev.active() {
+        let token = app
+            .keys
+            .mint("dev", Duration::from_secs(24 * 3600), &Default::default())
+            .ok();
+        print!(
+            "{}",
+            crate::devmode::banner(&dev, &config, token.as_deref(), &base_url)
+        );
+    }
+    println!("logstream listening on {base_url}");
+    tracing::info!(%addr, "listening");
+    Ok(Running {
+        app,
+        io,
+        router,
+        router_thread,
+        tasks,
+        stop_tasks,
+        _hot_reload: hot_reload,
+        addr,
+    })
+}
+
+impl Running {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop gracefully: refuse new work, deliver everything already accepted, close every
+    /// client's transport, stop the tasks and the router. Bounded by `shutdown_timeout_ms`.
+    pub async fn shutdown(self) {
+        let deadline = Instant::now() + Duration::from_millis(self.app.config.shutdown_timeout_ms);
+        // 1. Refuse handshakes and ingest; wait for the publishes under way.
+        self.app.stopping.cancel();
+        self.app.close_ingest(deadline).await;
+        // 2. With Redis, what this instance published must come back before the drain.
+        if let Some(redis) = self.app.bus.redis() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !redis.drain(left).await {
+                tracing::warn!(
+                    "could not confirm that redis returned everything this instance published"
+                );
+            }
+        }
+        // 3. Everything accepted is ahead of the drain marker: once answered, it is queued
+        //    on the sockets.
+        let (drained_tx, drained_rx) = oneshot::channel();
+        if self.router.inbound.send(Inbound::Drain(drained_tx)).is_ok()
+            && tokio::time::timeout_at(deadline.into(), drained_rx)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the router did not drain before the shutdown deadline");
+        }
+        // 4. Close the transports. A socket's writer sends what is queued before the close
+        //    frame; a client that does not read is cut off at the deadline.
+        if tokio::time::timeout_at(deadline.into(), self.io.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some clients were still being written to at the shutdown deadline");
+        }
+        // 5. Background tasks and the HTTP server.
+        self.stop_tasks.cancel();
+        self.tasks.close();
+        if tokio::time::timeout_at(deadline.into(), self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop before the shutdown deadline");
+        }
+        // 6. The router thread.
+        let _ = self.router.control.send(Control::Stop);
+        let thread = self.router_thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout_at(deadline.into(), joined)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the router thread did not stop before the shutdown deadline");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Run on `listener` until `signal` resolves, then shut down gracefully.
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start(config, listener).await?;
+    signal.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// `system:stats` to every client each `stats_interval_ms`, until `stop`.
+async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(app.config.stats_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let rates = app.metrics.sample_rates(Instant::now());
+        let payload = SystemStats {
+            connections: app.connections.len(),
+            logs_in_per_sec: rates.logs_in_per_sec,
+            deliveries_per_sec: rates.deliveries_per_sec,
+            drops_per_sec: rates.drops_per_sec,
+            drops: app.metrics.drops(),
+            uptime: app.started.elapsed().as_secs_f64(),
+        };
+        if let Err(e) = io
+            .emit(crate::protocol::event::SYSTEM_STATS, &payload)
+            .await
+        {
+            tracing::debug!(error = %e, "system:stats broadcast failed");
+        }
+    }
+}
