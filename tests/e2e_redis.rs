@@ -12,12 +12,15 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(500);
 
-fn instance(redis_url: &str, id: &str) -> Server {
+fn instance_builder(redis_url: &str, id: &str) -> common::ServerBuilder {
     Server::builder()
         .env("LOGSTREAM_REDIS_URL", redis_url)
         .set("instance_id", id)
         .set("rate_limit", 100_000)
-        .start()
+}
+
+fn instance(redis_url: &str, id: &str) -> Server {
+    instance_builder(redis_url, id).start()
 }
 
 fn messages(logs: &[Value]) -> Vec<String> {
@@ -46,10 +49,18 @@ async fn ready(server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_log_reaches_each_matching_client_once_wherever_it_came_in() {
     let redis = RedisServer::start();
-    let a = instance(&redis.url(), "a");
+    let a = instance_builder(&redis.url(), "a")
+        .env("RUST_LOG", "info")
+        .capture_stderr()
+        .start();
     let b = instance(&redis.url(), "b");
     ready(&a).await;
     ready(&b).await;
+    let startup = a.stderr().join("\n");
+    assert!(
+        startup.contains("subscribed to redis") && !startup.contains("Channels {"),
+        "the start-up line names the channels, not a Rust struct: {startup}"
+    );
     let mut a1 = a.client("u1").await;
     a1.subscribe(json!({ "deviceIds": ["d1"] })).await;
     let mut a2 = a.client("u2").await;
@@ -78,12 +89,19 @@ async fn each_log_reaches_each_matching_client_once_wherever_it_came_in() {
     a.ingest(json!([log("d1", "INFO", "7")])).await;
 
     assert_eq!(messages(&a1.logs(4, T).await), ["1", "3", "5", "7"]);
-    assert_eq!(
-        messages(&a2.logs(7, T).await),
-        ["1", "2", "3", "4", "5", "6", "7"]
-    );
+    let a2_logs = a2.logs(7, T).await;
+    assert_eq!(messages(&a2_logs), ["1", "2", "3", "4", "5", "6", "7"]);
     assert_eq!(messages(&b1.logs(2, T).await), ["3", "5"]);
-    assert_eq!(messages(&b2.logs(3, T).await), ["2", "4", "6"]);
+    let b2_logs = b2.logs(3, T).await;
+    assert_eq!(messages(&b2_logs), ["2", "4", "6"]);
+    // Published on the seed's channel without an id: both instances assign the same one.
+    let id_of =
+        |logs: &[Value], m: &str| logs.iter().find(|l| l["message"] == m).unwrap()["id"].clone();
+    for m in ["4", "6"] {
+        assert!(id_of(&a2_logs, m).is_string());
+        assert_eq!(id_of(&a2_logs, m), id_of(&b2_logs, m), "log {m}");
+    }
+    assert_ne!(id_of(&a2_logs, "4"), id_of(&a2_logs, "6"));
     for c in [&mut a1, &mut a2, &mut b1, &mut b2] {
         assert!(c.drain("log:new", QUIET).await.is_empty(), "no duplicates");
         assert!(

@@ -87,6 +87,41 @@ fn check_reports_validity_params_and_matches() {
 }
 
 #[test]
+fn check_uses_the_compile_cache() {
+    let cache = std::env::temp_dir().join(format!("logstream-check-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_logstream"))
+            .args(["plugin", "check"])
+            .arg(built("regex"))
+            .args(["--params", r#"{"pattern":"x"}"#])
+            .env("LOGSTREAM_PLUGIN_CACHE_DIR", &cache)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap()
+    };
+    assert!(run().status.success());
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .expect("the check created the cache")
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "one compiled artifact for the checked file"
+    );
+    let modified = cached[0].metadata().unwrap().modified().unwrap();
+    assert!(run().status.success());
+    assert_eq!(
+        cached[0].metadata().unwrap().modified().unwrap(),
+        modified,
+        "the second check read the artifact instead of compiling again"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
 fn check_reports_a_plugin_that_runs_away() {
     let logs = logs_file(&[r#"{"deviceId":"d","message":"loop"}"#]);
     let (ok, out) = check(&[

@@ -75,6 +75,7 @@ impl ServerBuilder {
     }
 
     pub fn start(self) -> Server {
+        warm_compile_cache();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
         match &self.args {
             Some(args) => cmd.args(args),
@@ -98,15 +99,15 @@ impl ServerBuilder {
                 .env("LOGSTREAM_ADMIN_KEY", ADMIN_KEY);
         }
         cmd.env("LOGSTREAM_PLUGINS_DIR", plugins_dir());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         // Development keys (and anything else kept across restarts) stay out of $HOME.
         cmd.env("LOGSTREAM_DATA_DIR", scratch_dir("data"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-        );
         cmd.stdout(Stdio::piped()).stderr(if self.capture_stderr {
             Stdio::piped()
         } else {
@@ -150,6 +151,25 @@ impl ServerBuilder {
             http: reqwest::Client::new(),
         }
     }
+}
+
+/// Compile the shipped plugins into the compile cache once per test binary, before the first
+/// server starts: otherwise every server of a parallel run on a fresh machine compiles them
+/// at once, and two cores take minutes.
+fn warm_compile_cache() {
+    static WARM: std::sync::Once = std::sync::Once::new();
+    WARM.call_once(|| {
+        let built = std::path::PathBuf::from(env!("LOGSTREAM_BUILT_PLUGINS"));
+        for name in ["default", "regex", "redact"] {
+            let _ = Command::new(env!("CARGO_BIN_EXE_logstream"))
+                .args(["plugin", "check"])
+                .arg(built.join(format!("{name}.wasm")))
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    });
 }
 
 /// The directory holding the plugins built from this repo (see `build.rs`).
