@@ -2,7 +2,7 @@
 //! everything behind one `Arc`.
 
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crossbeam_channel::TrySendError;
@@ -10,7 +10,7 @@ use socketioxide::SocketIo;
 use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Keys;
+use crate::auth::{Access, Keys};
 use crate::bus::{Bus, PublishError};
 use crate::config::Config;
 use crate::connections::Connections;
@@ -38,6 +38,8 @@ pub struct AppInner {
     /// One permit per ingest request publishing; shutdown takes them all (waiting for the
     /// requests under way) and closes it.
     ingest_gate: Semaphore,
+    /// Scoped ingest keys and the default device scope; replaced whole on SIGHUP.
+    access: RwLock<Arc<Access>>,
 }
 
 #[derive(Clone)]
@@ -65,6 +67,7 @@ pub struct AppParts {
     pub plugins: crate::plugins::SharedCatalog,
     pub instance: String,
     pub stopping: CancellationToken,
+    pub access: Access,
 }
 
 impl AppState {
@@ -83,7 +86,21 @@ impl AppState {
             instance: parts.instance,
             stopping: parts.stopping,
             ingest_gate: Semaphore::new(INGEST_CONCURRENCY as usize),
+            access: RwLock::new(Arc::new(parts.access)),
         }))
+    }
+
+    /// The ingest keys and default scope in force.
+    pub fn access(&self) -> Arc<Access> {
+        self.access
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put a re-read configuration's keys and scopes in force.
+    pub fn set_access(&self, access: Access) {
+        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
     }
 
     /// A permit to publish; hold it until the publish has landed.

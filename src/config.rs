@@ -32,6 +32,12 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Key for the admin REST API under `/api/ws` (`X-API-Key`). Generated when unset.
     pub admin_key: Option<String>,
+    /// Named ingest keys, each limited to the devices its patterns match (stored hashed).
+    pub ingest_keys: Vec<crate::auth::ingest_keys::IngestKeyConfig>,
+    /// Device patterns of a token without a `devices` claim; `[]` = deny by default.
+    pub default_device_scope: Vec<String>,
+    /// How long before its token expires a connection receives `auth:expired`.
+    pub auth_expiry_notice_ms: u64,
 
     /// Socket.IO connections accepted by this instance.
     pub max_connections: usize,
@@ -115,6 +121,9 @@ impl Default for Config {
             jwt_public_key: None,
             api_key: None,
             admin_key: None,
+            ingest_keys: Vec::new(),
+            default_device_scope: vec!["*".into()],
+            auth_expiry_notice_ms: 5000,
             max_connections: 10_000,
             max_connections_per_user: 100,
             max_message_bytes: 1_000_000,
@@ -298,6 +307,10 @@ impl Config {
         {
             bail!("config key `redis_url` must start with redis://, rediss:// or unix://");
         }
+        crate::auth::ingest_keys::parse_all(&self.ingest_keys)
+            .map_err(|e| anyhow::anyhow!("config key `{e}`"))?;
+        crate::auth::Scope::parse(&self.default_device_scope)
+            .map_err(|e| anyhow::anyhow!("config key `default_device_scope`: {e}"))?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("config key `log_format` must be \"text\" or \"json\"");
         }
@@ -419,6 +432,13 @@ fn expected(serde_message: &str) -> &'static str {
 
 /// Turn an environment / flag string into the TOML value the key's type expects.
 fn coerce(key: &str, raw: &str) -> anyhow::Result<toml::Value> {
+    if key == "ingest_keys" {
+        // A list of tables: JSON in the environment and on the command line.
+        let value: serde_json::Value = serde_json::from_str(raw).with_context(
+            || "`ingest_keys` expects a JSON array of {name, key_sha256, devices} objects",
+        )?;
+        return Ok(toml::Value::try_from(value)?);
+    }
     let defaults = toml::Table::try_from(Config::default())?;
     Ok(match defaults.get(key) {
         Some(toml::Value::Integer(_)) => toml::Value::Integer(

@@ -71,6 +71,23 @@ enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Scoped ingest keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Make a new ingest key that may write only the given devices: prints the key once and
+    /// the `[[ingest_keys]]` entry (with its SHA-256) to paste into the config file.
+    New {
+        /// The key's name, shown in logs and the audit trail.
+        #[arg(long)]
+        name: String,
+        /// Device patterns the key may write (`*` matches any run of characters). Repeatable.
+        #[arg(long = "devices", value_name = "PATTERN", num_args = 1.., required = true)]
+        devices: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,7 +193,11 @@ fn load_config(args: &ConfigArgs, extra: Vec<(String, String)>) -> anyhow::Resul
 fn run(cli: Cli) -> anyhow::Result<()> {
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     match command {
-        Command::Serve(ServeArgs { port, host, config }) => {
+        Command::Serve(ServeArgs {
+            port,
+            host,
+            config: args,
+        }) => {
             let mut sets = Vec::new();
             if let Some(p) = port {
                 sets.push(("port".into(), p.to_string()));
@@ -184,7 +205,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(h) = host {
                 sets.push(("host".into(), h));
             }
-            let config = load_config(&config, sets)?;
+            let config = load_config(&args, sets.clone())?;
+            // SIGHUP reads the same layers again.
+            let mut all_sets = overrides(&args)?;
+            all_sets.extend(sets);
+            let file = args.config.clone();
+            let reload: logstream::server::Reload =
+                Box::new(move || Config::load(file.as_deref(), &all_sets));
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let addr: SocketAddr = format!("{}:{}", config.host, config.port)
@@ -194,7 +221,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding {addr}"))?;
-                logstream::serve(config, listener, logstream::shutdown::signal()).await
+                logstream::serve(
+                    config,
+                    listener,
+                    logstream::shutdown::signal(),
+                    Some(reload),
+                )
+                .await
             })
         }
         Command::Plugin(PluginCommand::Check {
@@ -211,6 +244,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 logs.as_deref(),
                 &mut std::io::stdout(),
             )
+        }
+        Command::Key(KeyCommand::New { name, devices }) => {
+            use logstream::auth::ingest_keys::{IngestKey, IngestKeyConfig, digest_hex};
+            let key = logstream::auth::random_secret();
+            let entry = IngestKeyConfig {
+                name,
+                key_sha256: digest_hex(&key),
+                devices,
+            };
+            IngestKey::from_config(0, &entry).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let toml = toml::to_string(&entry).context("formatting the entry")?;
+            println!("key (shown once; give it to the shipper as X-API-Key): {key}");
+            println!();
+            println!("paste into the config file (then send the server SIGHUP):");
+            println!();
+            println!("[[ingest_keys]]");
+            print!("{toml}");
+            Ok(())
         }
         Command::Plugin(PluginCommand::New { name, lang, dir }) => {
             let root = logstream::plugins::scaffold::create(&dir, &name, &lang)?;

@@ -18,6 +18,7 @@ pub mod event {
     pub const UNSUBSCRIBE: &str = "log:unsubscribe";
     pub const PAUSE: &str = "log:pause";
     pub const RESUME: &str = "log:resume";
+    pub const AUTH_REFRESH: &str = "auth:refresh";
 
     // Server → client.
     pub const SUBSCRIBED: &str = "log:subscribed";
@@ -30,12 +31,14 @@ pub mod event {
     pub const DEVICE_OFFLINE: &str = "device:offline";
     pub const SYSTEM_STATS: &str = "system:stats";
     pub const ERROR: &str = "error";
+    pub const AUTH_EXPIRED: &str = "auth:expired";
 
     /// Every event a client may send.
-    pub const FROM_CLIENT: [&str; 4] = [SUBSCRIBE, UNSUBSCRIBE, PAUSE, RESUME];
+    pub const FROM_CLIENT: [&str; 5] = [SUBSCRIBE, UNSUBSCRIBE, PAUSE, RESUME, AUTH_REFRESH];
 
     /// Every event the server emits on its own; an admin broadcast may not impersonate them.
-    pub const FROM_SERVER: [&str; 10] = [
+    pub const FROM_SERVER: [&str; 11] = [
+        AUTH_EXPIRED,
         SUBSCRIBED,
         UNSUBSCRIBED,
         NEW,
@@ -277,6 +280,27 @@ pub struct Done {
     pub success: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paused: Option<bool>,
+}
+
+/// `auth:expired`: the connection's token runs out soon; send `auth:refresh` with a new one
+/// or be disconnected at `expiresAt`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthExpiring {
+    /// Unix seconds.
+    pub expires_at: u64,
+    pub seconds_left: u64,
+}
+
+/// The acknowledgement of `auth:refresh`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refreshed {
+    pub success: bool,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The device patterns now in force.
+    pub devices: Vec<String>,
 }
 
 /// Drops by reason, as `system:stats` and the stats API show them.

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppParts, AppState, HttpState};
-use crate::auth::Keys;
+use crate::auth::{Access, Keys};
 use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::connections::Connections;
@@ -32,6 +32,9 @@ use crate::stats::Metrics;
 /// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
 /// its transport is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Re-reads the configuration (the file and the layers above it) for SIGHUP.
+pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 /// A started server.
 pub struct Running {
@@ -88,11 +91,17 @@ impl LiveSet for RouterPlugins {
     }
 }
 
-/// Build everything from `config` and start serving on `listener`.
-pub async fn start(config: Config, listener: tokio::net::TcpListener) -> anyhow::Result<Running> {
+/// Build everything from `config` and start serving on `listener`. With `reload`, SIGHUP
+/// re-reads the configuration and puts its ingest keys and scopes in force.
+pub async fn start(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    reload: Option<Reload>,
+) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (config, dev) = crate::devmode::fill(config);
     let (keys, _) = Keys::from_config(&config)?;
+    let access = Access::from_config(&config)?;
     let metrics = Arc::new(Metrics::default());
     let connections = Connections::new(config.max_connections, config.max_connections_per_user);
 
@@ -141,6 +150,7 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> anyhow:
         plugins: loaded.catalog.clone(),
         instance: instance.clone(),
         stopping: CancellationToken::new(),
+        access,
     });
 
     // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an
@@ -200,6 +210,9 @@ pub async fn start(config: Config, listener: tokio::net::TcpListener) -> anyhow:
         }
     });
     tasks.spawn(stats_loop(app.clone(), io.clone(), stop_tasks.clone()));
+    if let Some(reload) = reload {
+        tasks.spawn(reload_on_hangup(app.clone(), reload, stop_tasks.clone()));
+    }
     if let Some(redis) = app.bus.redis() {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
         tasks.spawn(
@@ -310,11 +323,54 @@ pub async fn serve(
     config: Config,
     listener: tokio::net::TcpListener,
     signal: impl std::future::Future<Output = ()>,
+    reload: Option<Reload>,
 ) -> anyhow::Result<()> {
-    let running = start(config, listener).await?;
+    let running = start(config, listener, reload).await?;
     signal.await;
     running.shutdown().await;
     Ok(())
+}
+
+/// On SIGHUP, re-read the configuration and put its ingest keys and device scopes in force;
+/// a configuration that does not load keeps the old one, and the log says why.
+async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is off");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            match reload().and_then(|c| Access::from_config(&c)) {
+                Ok(access) => {
+                    tracing::info!(
+                        target: "audit",
+                        ingest_keys = access.ingest_keys.len(),
+                        default_device_scope = %access.default_scope,
+                        "configuration reloaded (SIGHUP): ingest keys and scopes"
+                    );
+                    app.set_access(access);
+                }
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "configuration reload (SIGHUP) failed; the previous keys and scopes stay in force"
+                ),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (app, reload);
+        stop.cancelled().await;
+    }
 }
 
 /// `system:stats` to every client each `stats_interval_ms`, until `stop`.

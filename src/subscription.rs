@@ -10,7 +10,9 @@
 
 use serde_json::{Map, Value};
 
+use crate::auth::Scope;
 use crate::log_entry::FieldError;
+use crate::protocol::{ClientError, Code};
 
 pub const DEFAULT_FILTER: &str = "default";
 /// Longest accepted params, as JSON text.
@@ -99,6 +101,33 @@ impl SubscribeRequest {
             rate_limit,
         })
     }
+}
+
+/// Whether a subscription stays inside `scope`: a scope that grants nothing refuses every
+/// subscription, and the default filter's explicit `deviceIds` must all be in scope (the
+/// first one that is not is named). Everything else is narrowed by the host at delivery.
+pub fn check_scope(filter: &str, params: &Value, scope: &Scope) -> Result<(), ClientError> {
+    if scope.is_empty() {
+        return Err(ClientError::new(
+            Code::Forbidden,
+            "your token grants no devices (it has no `devices` claim and the server's default_device_scope is empty)",
+        )
+        .field("deviceIds"));
+    }
+    if filter != DEFAULT_FILTER {
+        return Ok(());
+    }
+    let devices = params.get("deviceIds").and_then(Value::as_array);
+    for device in devices.into_iter().flatten().filter_map(Value::as_str) {
+        if !scope.matches(device) {
+            return Err(ClientError::new(
+                Code::Forbidden,
+                format!("deviceIds: {device:?} is outside the devices your token may see {scope}"),
+            )
+            .field("deviceIds"));
+        }
+    }
+    Ok(())
 }
 
 /// `transform`: a list of names or `{ name, params }` objects.

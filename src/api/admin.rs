@@ -1,12 +1,13 @@
 //! The admin REST API under `/api/ws` (the seed's routes), `GET /api/plugins`, and the public
 //! health check.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -123,8 +124,9 @@ fn broadcast_event_allowed(name: &str) -> bool {
 }
 
 pub async fn broadcast(
-    _: Admin,
+    admin: Admin,
     State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Json<BroadcastBody>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Json(body) =
@@ -142,6 +144,7 @@ pub async fn broadcast(
             });
         }
     };
+    tracing::info!(target: "audit", who = %admin.who, %peer, %event, "broadcast");
     if let Some(bus) = app.bus.redis() {
         let op = ClusterOp::Broadcast {
             event: event.clone(),
@@ -167,10 +170,12 @@ pub async fn broadcast(
 }
 
 pub async fn disconnect(
-    _: Admin,
+    admin: Admin,
     State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
+    tracing::info!(target: "audit", who = %admin.who, %peer, connection = %id, "disconnect");
     let sid = Sid::from_str(&id).map_err(|_| {
         AppError::new(
             StatusCode::BAD_REQUEST,

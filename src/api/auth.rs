@@ -1,33 +1,59 @@
 //! Who is calling: extractors that authenticate a request and reject into [`AppError`], so a
 //! handler states what it needs in its arguments.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 
 use super::error::{AppError, secrets_equal};
 use crate::app::HttpState;
+use crate::auth::Scope;
+use crate::auth::ingest_keys::digest;
 use crate::protocol::Code;
 
-/// The caller holds the ingest key (`X-API-Key`).
-pub struct IngestKey;
+/// The caller holds an ingest key (`X-API-Key`): the `api_key` (any device) or one of the
+/// scoped `ingest_keys`.
+pub struct Ingester {
+    /// `api_key`, or the scoped key's name (for the audit trail).
+    pub name: String,
+    /// The devices this key may write; `None` = any.
+    pub scope: Option<Arc<Scope>>,
+}
 
 /// The caller is an administrator: `X-API-Key: <admin key>`, or `Authorization: Bearer`
 /// with a token whose `role` is `admin`.
-pub struct Admin;
+pub struct Admin {
+    /// `admin_key`, or `token:<sub>` (for the audit trail).
+    pub who: String,
+}
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-impl FromRequestParts<HttpState> for IngestKey {
+impl FromRequestParts<HttpState> for Ingester {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
-        match header(parts, "x-api-key") {
-            Some(k) if secrets_equal(k, &app.keys.api_key) => Ok(IngestKey),
-            Some(_) => Err(AppError::unauthorized("invalid API key")),
-            None => Err(AppError::unauthorized("X-API-Key header required")),
+        let Some(key) = header(parts, "x-api-key") else {
+            return Err(AppError::unauthorized("X-API-Key header required"));
+        };
+        if secrets_equal(key, &app.keys.api_key) {
+            return Ok(Ingester {
+                name: "api_key".into(),
+                scope: None,
+            });
+        }
+        let presented = digest(key);
+        let access = app.access();
+        match access.ingest_keys.iter().find(|k| k.is(&presented)) {
+            Some(k) => Ok(Ingester {
+                name: k.name.clone(),
+                scope: Some(k.scope.clone()),
+            }),
+            None => Err(AppError::unauthorized("invalid API key")),
         }
     }
 }
@@ -38,14 +64,18 @@ impl FromRequestParts<HttpState> for Admin {
     async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
         if let Some(key) = header(parts, "x-api-key") {
             return if secrets_equal(key, &app.keys.admin_key) {
-                Ok(Admin)
+                Ok(Admin {
+                    who: "admin_key".into(),
+                })
             } else {
                 Err(AppError::unauthorized("invalid admin key"))
             };
         }
         let bearer = header(parts, "authorization").and_then(|v| v.strip_prefix("Bearer "));
         match bearer.map(|t| app.keys.verify(t)) {
-            Some(Ok(claims)) if claims.is_admin() => Ok(Admin),
+            Some(Ok(claims)) if claims.is_admin() => Ok(Admin {
+                who: format!("token:{}", claims.sub),
+            }),
             Some(Ok(_)) => Err(AppError::new(
                 StatusCode::FORBIDDEN,
                 Code::Forbidden,

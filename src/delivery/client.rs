@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 
 use super::outlet::{Outlet, Unsent};
+use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;
 use crate::protocol::{ClientError, DropReason, Dropped, event};
@@ -44,6 +45,8 @@ const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
 pub struct Client {
     pub sid: Sid,
     outlet: Box<dyn Outlet>,
+    /// The devices this client may see (from its token).
+    scope: Arc<Scope>,
     pub info: Arc<ConnectionInfo>,
     metrics: Arc<Metrics>,
     limits: DeliveryLimits,
@@ -67,6 +70,7 @@ impl Client {
     pub fn new(
         outlet: Box<dyn Outlet>,
         sid: Sid,
+        scope: Arc<Scope>,
         info: Arc<ConnectionInfo>,
         metrics: Arc<Metrics>,
         limits: DeliveryLimits,
@@ -75,6 +79,7 @@ impl Client {
         Client {
             sid,
             outlet,
+            scope,
             info,
             metrics,
             limits,
@@ -106,6 +111,15 @@ impl Client {
         self.batch_mode = batch_mode;
         self.limiter.set_rate(rate, rate);
         rate
+    }
+
+    pub fn scope(&self) -> &Arc<Scope> {
+        &self.scope
+    }
+
+    /// A refreshed token's scope.
+    pub fn set_scope(&mut self, scope: Arc<Scope>) {
+        self.scope = scope;
     }
 
     pub fn has_outbox(&self) -> bool {
@@ -356,6 +370,7 @@ mod tests {
         Client::new(
             Box::new(rec.clone()),
             Sid::new(),
+            Arc::new(Scope::all()),
             info,
             Arc::new(Metrics::default()),
             limits,

@@ -4,20 +4,38 @@
 //! answers 400 naming its field (`[3].level`), and a full router queue answers 503 with
 //! nothing accepted, counted in `ingest_rejected`.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::auth::IngestKey;
+use crate::api::auth::Ingester;
 use crate::api::error::AppError;
 use crate::app::HttpState;
-use crate::log_entry::{device_status, parse_entries, random_id};
+use crate::log_entry::{FieldError, device_status, parse_entries, random_id};
 use crate::protocol::Code;
+
+/// A scoped key wrote a device outside its patterns: the whole request is refused (403),
+/// naming the entry, and the refusal goes to the audit trail.
+fn outside_scope(who: &Ingester, peer: SocketAddr, field: String, device: &str) -> AppError {
+    tracing::info!(target: "audit", key = %who.name, %peer, %field, device, "ingest refused: device outside the key's scope");
+    let e = FieldError::new(
+        field,
+        format!(
+            "{device:?} is outside the devices the key `{}` may write",
+            who.name
+        ),
+    );
+    AppError {
+        status: StatusCode::FORBIDDEN,
+        error: crate::protocol::ClientError::new(Code::Forbidden, e.to_string()).field(e.field),
+    }
+}
 
 fn parse_body(app: &HttpState, body: Result<Bytes, BytesRejection>) -> Result<Value, AppError> {
     let body = body.map_err(|r| AppError::body(r, app.config.max_body_bytes))?;
@@ -39,11 +57,27 @@ fn refused(app: &HttpState, e: crate::bus::PublishError, entries: usize) -> AppE
 }
 
 pub async fn post_logs(
-    _: IngestKey,
+    who: Ingester,
     State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let records = parse_entries(parse_body(&app, body)?, random_id).map_err(AppError::bad_field)?;
+    let body = parse_body(&app, body)?;
+    let is_array = body.is_array();
+    let records = parse_entries(body, random_id).map_err(AppError::bad_field)?;
+    if let Some(scope) = &who.scope
+        && let Some((i, r)) = records
+            .iter()
+            .enumerate()
+            .find(|(_, r)| !scope.matches(&r.device_id))
+    {
+        let field = if is_array {
+            format!("[{i}].deviceId")
+        } else {
+            "deviceId".into()
+        };
+        return Err(outside_scope(&who, peer, field, &r.device_id));
+    }
     let n = records.len();
     let _permit = app.ingest_permit().map_err(|e| refused(&app, e, n))?;
     app.bus
@@ -57,11 +91,17 @@ pub async fn post_logs(
 }
 
 pub async fn post_device_status(
-    _: IngestKey,
+    who: Ingester,
     State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(device_id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    if let Some(scope) = &who.scope
+        && !scope.matches(&device_id)
+    {
+        return Err(outside_scope(&who, peer, "deviceId".into(), &device_id));
+    }
     let status = parse_body(&app, body)?
         .get_mut("status")
         .map(Value::take)

@@ -192,7 +192,11 @@ impl Router {
                     return;
                 };
                 let extra = status.extra_event();
-                for client in self.clients.values() {
+                let in_scope = self
+                    .clients
+                    .values()
+                    .filter(|c| c.scope().matches(&status.device_id));
+                for client in in_scope {
                     client.send_raw(event::DEVICE_STATUS, &payload);
                     if let Some(event) = extra {
                         client.send_raw(event, &payload);

@@ -6,6 +6,10 @@
 //!
 //! A plugin name is either a filter or a transform, never both: installing a name in one role
 //! removes it from the other and ends the registrations that used it there.
+//!
+//! Device scopes: a registration belongs to one scope (part of what makes subscriptions
+//! identical), so it never mixes the logs of two. What its filter matched is narrowed to the
+//! scope here, before any transform sees it and before delivery: a plugin cannot widen it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use socketioxide::socket::Sid;
 
+use crate::auth::Scope;
 use crate::engine::{
     AddError, EngineError, FilterEngine, Matches, Plugin, RegistrationId, TransformEngine,
 };
@@ -23,6 +28,10 @@ struct Registration {
     filter: String,
     /// The params as registered with the filter.
     params: String,
+    /// The params and chain as the client gave them (to register again under a new scope).
+    request: (Value, Vec<TransformStep>),
+    /// The devices this registration may deliver.
+    scope: Arc<Scope>,
     /// Transforms applied in order to what the filter matched: (name, params).
     chain: Vec<(String, String)>,
     /// Filter, params and chain together: what makes two subscriptions identical.
@@ -178,21 +187,22 @@ impl Registry {
             .collect()
     }
 
-    /// Move `sid` to the registration for (`filter`, `params`, `chain`), creating it if
-    /// needed. On error the client's previous subscription is untouched.
+    /// Move `sid` to the registration for (`filter`, `params`, `chain`, `scope`), creating it
+    /// if needed. On error the client's previous subscription is untouched.
     pub fn subscribe(
         &mut self,
         sid: Sid,
         filter: &str,
         params: &Value,
         chain: &[TransformStep],
+        scope: &Arc<Scope>,
     ) -> Result<(), SubscribeError> {
         let params_text = params.to_string();
         let chain_text = serde_json::to_string(chain).unwrap_or_default();
-        let key = format!("{filter}|{params_text}|{chain_text}");
+        let key = format!("{filter}|{params_text}|{chain_text}|{scope}");
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
-            None => self.register(filter, params_text, chain, key)?,
+            None => self.register(filter, params, chain, scope, key)?,
         };
         if self.client_registration.get(&sid) == Some(&id) {
             return Ok(());
@@ -209,10 +219,12 @@ impl Registry {
     fn register(
         &mut self,
         filter: &str,
-        params: String,
+        params_value: &Value,
         chain: &[TransformStep],
+        scope: &Arc<Scope>,
         key: String,
     ) -> Result<RegistrationId, SubscribeError> {
+        let params = params_value.to_string();
         let loaded = names(&self.filters);
         let engine = self
             .filters
@@ -247,6 +259,8 @@ impl Registry {
             Registration {
                 filter: filter.to_owned(),
                 params,
+                request: (params_value.clone(), chain.to_vec()),
+                scope: scope.clone(),
                 chain: checked,
                 key: key.clone(),
                 clients: Vec::new(),
@@ -254,6 +268,18 @@ impl Registry {
         );
         self.by_key.insert(key, id);
         Ok(id)
+    }
+
+    /// What `sid` is subscribed to: filter, params and chain as given.
+    pub fn subscription_of(&self, sid: Sid) -> Option<(String, Value, Vec<TransformStep>)> {
+        let reg = self
+            .registrations
+            .get(self.client_registration.get(&sid)?)?;
+        Some((
+            reg.filter.clone(),
+            reg.request.0.clone(),
+            reg.request.1.clone(),
+        ))
     }
 
     /// Detach `sid`; a registration left without clients is removed from its filter.
@@ -380,7 +406,9 @@ impl Registry {
         let mut logs: Vec<Arc<LogRecord>> = m
             .entries
             .iter()
-            .filter_map(|i| batch.get(*i as usize).cloned())
+            .filter_map(|i| batch.get(*i as usize))
+            .filter(|log| reg.scope.is_all() || reg.scope.matches(&log.device_id))
+            .cloned()
             .collect();
         for (name, params) in &reg.chain {
             if logs.is_empty() {
@@ -441,6 +469,10 @@ mod tests {
         }
     }
 
+    fn all() -> Arc<Scope> {
+        Arc::new(Scope::all())
+    }
+
     fn registry() -> Registry {
         let mut r = Registry::default();
         r.install(
@@ -467,8 +499,8 @@ mod tests {
         let mut r = registry();
         let (a, b) = (Sid::new(), Sid::new());
         let p = json!({"deviceIds": ["d1"]});
-        r.subscribe(a, "default", &p, &[]).unwrap();
-        r.subscribe(b, "default", &p, &[]).unwrap();
+        r.subscribe(a, "default", &p, &[], &all()).unwrap();
+        r.subscribe(b, "default", &p, &[], &all()).unwrap();
         assert_eq!(r.counts()["default"], 1);
         assert_eq!(r.clients_of("default").len(), 2);
         assert!(r.unsubscribe(a));
@@ -483,13 +515,13 @@ mod tests {
     fn a_refused_subscription_keeps_the_previous_one() {
         let mut r = registry();
         let a = Sid::new();
-        r.subscribe(a, "default", &json!({"deviceIds": ["d1"]}), &[])
+        r.subscribe(a, "default", &json!({"deviceIds": ["d1"]}), &[], &all())
             .unwrap();
         let e = r
-            .subscribe(a, "default", &json!({"levels": ["LOUD"]}), &[])
+            .subscribe(a, "default", &json!({"levels": ["LOUD"]}), &[], &all())
             .unwrap_err();
         assert_eq!(e.to_client().code, Code::InvalidParams);
-        let e = r.subscribe(a, "nope", &json!({}), &[]).unwrap_err();
+        let e = r.subscribe(a, "nope", &json!({}), &[], &all()).unwrap_err();
         assert_eq!(e.to_client().field.as_deref(), Some("filter"));
         let e = r
             .subscribe(
@@ -497,6 +529,7 @@ mod tests {
                 "default",
                 &json!({}),
                 &[step("shout", json!({"bad": true}))],
+                &all(),
             )
             .unwrap_err();
         assert_eq!(e.to_client().code, Code::InvalidTransform);
@@ -516,8 +549,14 @@ mod tests {
     fn chains_transform_what_the_filter_matched() {
         let mut r = registry();
         let a = Sid::new();
-        r.subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
-            .unwrap();
+        r.subscribe(
+            a,
+            "default",
+            &json!({}),
+            &[step("shout", json!({}))],
+            &all(),
+        )
+        .unwrap();
         let batch = [record("d1", "quiet")];
         let mut out = Vec::new();
         r.evaluate(&batch, &mut out);
@@ -528,19 +567,63 @@ mod tests {
     }
 
     #[test]
+    fn a_scope_narrows_what_a_plugin_matched_and_keeps_registrations_apart() {
+        let mut r = registry();
+        let (a, b) = (Sid::new(), Sid::new());
+        let plant_a = Arc::new(Scope::parse(&["plant-a/*".to_owned()]).unwrap());
+        r.subscribe(a, "default", &json!({}), &[], &plant_a)
+            .unwrap();
+        r.subscribe(b, "default", &json!({}), &[], &all()).unwrap();
+        assert_eq!(
+            r.params_of("default").len(),
+            2,
+            "one registration per scope"
+        );
+        let batch = [record("plant-a/1", "x"), record("plant-b/1", "y")];
+        let mut out = Vec::new();
+        r.evaluate(&batch, &mut out);
+        for m in &out {
+            let devices: Vec<String> = r
+                .deliverable(m, &batch)
+                .unwrap()
+                .iter()
+                .map(|l| l.device_id.clone())
+                .collect();
+            if r.clients(m.registration) == [a] {
+                assert_eq!(devices, ["plant-a/1"]);
+            } else {
+                assert_eq!(devices, ["plant-a/1", "plant-b/1"]);
+            }
+        }
+        assert_eq!(r.subscription_of(a).unwrap().0, "default");
+    }
+
+    #[test]
     fn a_name_changing_role_leaves_the_other_role_and_ends_its_users() {
         let mut r = registry();
         let (a, b) = (Sid::new(), Sid::new());
-        r.subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
-            .unwrap();
-        r.subscribe(b, "default", &json!({"deviceIds": ["x"]}), &[])
+        r.subscribe(
+            a,
+            "default",
+            &json!({}),
+            &[step("shout", json!({}))],
+            &all(),
+        )
+        .unwrap();
+        r.subscribe(b, "default", &json!({"deviceIds": ["x"]}), &[], &all())
             .unwrap();
         // `shout` becomes a filter: the chain that used it as a transform ends.
         let ended = r.install("shout", Plugin::Filter(Box::new(NativeDefault::default())));
         assert_eq!(ended, [a]);
         assert!(r.is_filter("shout") && !r.is_transform("shout"));
         let e = r
-            .subscribe(a, "default", &json!({}), &[step("shout", json!({}))])
+            .subscribe(
+                a,
+                "default",
+                &json!({}),
+                &[step("shout", json!({}))],
+                &all(),
+            )
             .unwrap_err();
         assert_eq!(e.to_client().code, Code::UnknownTransform);
         // `default` becomes a transform: its filter registrations end.
@@ -549,8 +632,14 @@ mod tests {
         assert!(!r.is_filter("default") && r.is_transform("default"));
         assert!(r.counts().is_empty());
         // Removal ends users in either role.
-        r.subscribe(a, "shout", &json!({}), &[step("default", json!({}))])
-            .unwrap();
+        r.subscribe(
+            a,
+            "shout",
+            &json!({}),
+            &[step("default", json!({}))],
+            &all(),
+        )
+        .unwrap();
         assert_eq!(r.remove_plugin("default"), [a]);
         assert!(!r.is_transform("default"));
     }

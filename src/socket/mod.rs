@@ -11,6 +11,7 @@
 //! acknowledgement. A payload that cannot be decoded is refused (`invalid_payload`), never
 //! read as "no filter"; an unknown event is answered with `unknown_event`.
 
+mod expiry;
 mod session;
 
 use std::net::SocketAddr;
@@ -27,13 +28,14 @@ use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
 use crate::app::AppState;
+use crate::auth::AuthError;
 use crate::connections::ConnectionInfo;
 use crate::delivery::Client;
 use crate::log_entry::FieldError;
-use crate::protocol::{ClientError, Code, Done, Failure, event};
+use crate::protocol::{ClientError, Code, Done, Failure, Refreshed, event};
 use crate::router::{ClientCommand, Control};
 use crate::subscription::SubscribeRequest;
-pub use session::Session;
+pub use session::{Grant, Session};
 
 /// Install the handlers on the default namespace.
 pub fn register(io: &SocketIo) {
@@ -67,17 +69,33 @@ async fn authenticate(
         .ok()
         .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default();
-    let claims = app
-        .keys
-        .verify(&token)
-        .map_err(|e| refuse(&socket, e.reason(), e.to_string()))?;
+    let (user, grant) =
+        verify(&app, &token).map_err(|e| refuse(&socket, e.reason(), e.to_string()))?;
     let slot = app
         .connections
-        .admit(&claims.sub)
+        .admit(&user)
         .map_err(|e| refuse(&socket, "connection_limit", e.to_string()))?;
-    let session = Arc::new(Session::new(claims, slot, app.config.events_per_second));
+    let session = Arc::new(Session::new(
+        user,
+        grant,
+        slot,
+        app.config.events_per_second,
+    ));
     socket.extensions.insert(session.clone());
     attach(&socket, &app, &session)
+}
+
+/// Who the token names and what it grants.
+fn verify(app: &AppState, token: &str) -> Result<(String, Grant), AuthError> {
+    let claims = app.keys.verify(token)?;
+    let scope = claims.scope(&app.access().default_scope)?;
+    Ok((
+        claims.sub,
+        Grant {
+            expires_at: claims.exp,
+            scope,
+        },
+    ))
 }
 
 /// The peer's address, as the HTTP server saw it.
@@ -96,7 +114,7 @@ fn peer(socket: &SocketRef) -> String {
 /// socketioxide spawns the connect handler after sending CONNECT, so handlers installed
 /// there can miss an event the client sends right after `connect` (the seed's client
 /// subscribes exactly then).
-fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), Refusal> {
+fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<(), Refusal> {
     let ip = socket
         .req_parts()
         .extensions
@@ -105,7 +123,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), R
         .unwrap_or_else(|| "unknown".into());
     let info = Arc::new(ConnectionInfo {
         id: socket.id.to_string(),
-        user_id: session.claims.sub.clone(),
+        user_id: session.user.clone(),
         ip,
         connected_at: SystemTime::now(),
         message_count: Default::default(),
@@ -114,6 +132,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), R
     let client = Client::new(
         Box::new(socket.clone()),
         socket.id,
+        session.grant().scope,
         info.clone(),
         app.metrics.clone(),
         app.limits,
@@ -128,8 +147,11 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Session) -> Result<(), R
     socket.on(event::UNSUBSCRIBE, on_unsubscribe);
     socket.on(event::PAUSE, on_pause);
     socket.on(event::RESUME, on_resume);
+    socket.on(event::AUTH_REFRESH, on_refresh);
     socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
+    let notice = std::time::Duration::from_millis(app.config.auth_expiry_notice_ms);
+    tokio::spawn(expiry::watch(socket.clone(), session.clone(), notice));
     Ok(())
 }
 
@@ -137,7 +159,7 @@ async fn on_connect(socket: SocketRef) {
     let user = socket
         .extensions
         .get::<Arc<Session>>()
-        .map(|s| s.claims.sub.clone())
+        .map(|s| s.user.clone())
         .unwrap_or_default();
     tracing::info!(sid = %socket.id, %user, "client connected");
 }
@@ -235,7 +257,17 @@ async fn on_subscribe(
     .await
     {
         Some(Ok(subscribed)) => reply_ok(&socket, ack, Some(event::SUBSCRIBED), &subscribed),
-        Some(Err(e)) => reply_error(&socket, ack, &e),
+        Some(Err(e)) => {
+            if e.code == Code::Forbidden {
+                let user = socket
+                    .extensions
+                    .get::<Arc<Session>>()
+                    .map(|s| s.user.clone())
+                    .unwrap_or_default();
+                tracing::info!(target: "audit", %user, peer = %peer(&socket), reason = %e.message, "subscription refused");
+            }
+            reply_error(&socket, ack, &e)
+        }
         None => reply_error(&socket, ack, &busy()),
     }
 }
@@ -287,6 +319,67 @@ async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState
     simple_event(socket, ack, app, build, None, payload).await;
 }
 
+/// `auth:refresh` with `{ token }` (or the token itself): a newer token for the same user
+/// keeps the connection past the old one's `exp`; its scope applies at once.
+async fn on_refresh(
+    socket: SocketRef,
+    TryData(data): TryData<Value>,
+    ack: AckSender,
+    State(app): State<AppState>,
+) {
+    let Some(ack) = admit_event(&socket, &app, ack) else {
+        return;
+    };
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    let token = match &data {
+        Ok(Value::String(t)) => t.clone(),
+        Ok(v) => v
+            .get("token")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        Err(_) => String::new(),
+    };
+    let (user, grant) = match verify(&app, &token) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(target: "audit", user = %session.user, peer = %peer(&socket), reason = e.reason(), "token refresh refused");
+            let error = ClientError::new(
+                Code::Unauthorized,
+                format!("the new token was refused ({})", e.reason()),
+            )
+            .field("token");
+            return reply_error(&socket, ack, &error);
+        }
+    };
+    if user != session.user {
+        tracing::info!(target: "audit", user = %session.user, other = %user, peer = %peer(&socket), "token refresh for another user refused");
+        let error =
+            ClientError::new(Code::Forbidden, "the new token is for another user").field("token");
+        return reply_error(&socket, ack, &error);
+    }
+    session.set_grant(grant.clone());
+    let sid = socket.id;
+    let scope = grant.scope.clone();
+    let ended = ask_router(&socket, &app, |reply| ClientCommand::Rescope {
+        sid,
+        scope,
+        reply,
+    })
+    .await;
+    if let Some(Some(error)) = &ended {
+        tracing::info!(target: "audit", user = %session.user, peer = %peer(&socket), reason = %error.message, "subscription ended by a narrower token");
+    }
+    let payload = Refreshed {
+        success: true,
+        expires_at: grant.expires_at,
+        devices: grant.scope.patterns().to_vec(),
+    };
+    let _ = ack.send(&payload);
+}
+
 /// An event this server does not know (a typo such as `log:subscibe`): say so rather than
 /// leave the client waiting for an answer that never comes.
 async fn on_unknown(
@@ -311,6 +404,9 @@ async fn on_unknown(
 
 async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
     tracing::info!(sid = %socket.id, "client disconnected");
+    if let Some(session) = socket.extensions.get::<Arc<Session>>() {
+        session.close();
+    }
     app.connections.remove(&socket.id.to_string());
     app.control_reliably(Control::Client(ClientCommand::Disconnect(socket.id)))
         .await;

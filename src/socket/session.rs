@@ -1,15 +1,31 @@
-//! Per-socket state that lives in the socket's extensions: who the client is, the connection
-//! slot it holds (released when the socket is dropped), and its event budget.
+//! Per-socket state that lives in the socket's extensions: who the client is, what its token
+//! grants and until when (replaced by `auth:refresh`), the connection slot it holds (released
+//! when the socket is dropped), and its event budget.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::Claims;
+use tokio::sync::Notify;
+
+use crate::auth::Scope;
 use crate::connections::ConnectionSlot;
 use crate::rate_limit::TokenBucket;
 
+/// What the current token grants.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The token's `exp`, Unix seconds.
+    pub expires_at: u64,
+    pub scope: Arc<Scope>,
+}
+
 pub struct Session {
-    pub claims: Claims,
+    /// The token's `sub`; a refreshed token must carry the same.
+    pub user: String,
+    grant: Mutex<Grant>,
+    /// Wakes the expiry watcher when the grant changes or the socket goes.
+    pub changed: Notify,
+    closed: std::sync::atomic::AtomicBool,
     _slot: ConnectionSlot,
     events: Mutex<EventBudget>,
 }
@@ -28,9 +44,17 @@ pub enum EventAdmission {
 }
 
 impl Session {
-    pub fn new(claims: Claims, slot: ConnectionSlot, events_per_second: u32) -> Session {
+    pub fn new(
+        user: String,
+        grant: Grant,
+        slot: ConnectionSlot,
+        events_per_second: u32,
+    ) -> Session {
         Session {
-            claims,
+            user,
+            grant: Mutex::new(grant),
+            changed: Notify::new(),
+            closed: Default::default(),
             _slot: slot,
             events: Mutex::new(EventBudget {
                 bucket: TokenBucket::new(
@@ -41,6 +65,27 @@ impl Session {
                 last_notice: None,
             }),
         }
+    }
+
+    pub fn grant(&self) -> Grant {
+        self.grant.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A refreshed token is in force.
+    pub fn set_grant(&self, grant: Grant) {
+        *self.grant.lock().unwrap_or_else(|p| p.into_inner()) = grant;
+        self.changed.notify_one();
+    }
+
+    /// The socket is gone: the expiry watcher stops.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn admit_event(&self, now: Instant) -> EventAdmission {

@@ -26,7 +26,14 @@ function token(sub, extra = {}) {
 function startServer(sets = {}) {
   const args = ['serve', '--host', '127.0.0.1', '--port', '0'];
   for (const [k, v] of Object.entries(sets)) args.push('--set', `${k}=${v}`);
-  const env = { ...process.env, LOGSTREAM_JWT_SECRET: SECRET, LOGSTREAM_API_KEY: API_KEY, LOGSTREAM_ADMIN_KEY: ADMIN_KEY, RUST_LOG: 'warn' };
+  const env = {
+    ...process.env,
+    LOGSTREAM_JWT_SECRET: SECRET,
+    LOGSTREAM_API_KEY: API_KEY,
+    LOGSTREAM_ADMIN_KEY: ADMIN_KEY,
+    LOGSTREAM_PLUGINS_DIR: path.join(__dirname, '..', '..', 'plugins'),
+    RUST_LOG: 'warn',
+  };
   const child = spawn(BIN, args, { env, stdio: ['ignore', 'pipe', 'inherit'] });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('server did not start')), 60000);
@@ -42,6 +49,14 @@ function startServer(sets = {}) {
           url,
           child,
           exited,
+          async status(deviceId, status, key = API_KEY) {
+            const r = await fetch(`${url}/api/devices/${encodeURIComponent(deviceId)}/status`, {
+              method: 'POST',
+              headers: { 'content-type': 'application/json', 'x-api-key': key },
+              body: JSON.stringify({ status }),
+            });
+            return r.status;
+          },
           async ingest(logs, key = API_KEY) {
             const r = await fetch(`${url}/api/logs`, {
               method: 'POST',

@@ -1,5 +1,6 @@
-//! Who may connect and who may administer: JWT verification for Socket.IO handshakes and
-//! admin REST calls, API keys for ingest and admin, token minting, development keys.
+//! Who may connect, see and write what: JWT verification for Socket.IO handshakes and admin
+//! REST calls, device scopes ([`scope`]), API and scoped ingest keys ([`ingest_keys`]), token
+//! minting.
 //!
 //! The seed's handshake took any token and never checked it. Here a token must verify against
 //! the configured HS256 secret or PEM public key (RS*/ES*), carry `sub` and `exp`, and not be
@@ -15,7 +16,18 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod ingest_keys;
+pub mod scope;
+
 use crate::config::Config;
+pub use scope::Scope;
+
+/// Longest token accepted, in bytes, checked before anything is decoded.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Longest `sub`, in bytes.
+pub const MAX_SUB_BYTES: usize = 256;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims logstream reads. Everything else in the token is kept in `extra`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -24,6 +36,11 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Device patterns this token may see (see [`Scope`]); absent = the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -31,6 +48,22 @@ pub struct Claims {
 impl Claims {
     pub fn is_admin(&self) -> bool {
         self.role.as_deref() == Some("admin")
+    }
+
+    /// The devices this token may see: all for an admin, its `devices` claim, or `default`.
+    pub fn scope(
+        &self,
+        default: &std::sync::Arc<Scope>,
+    ) -> Result<std::sync::Arc<Scope>, AuthError> {
+        if self.is_admin() {
+            return Ok(std::sync::Arc::new(Scope::all()));
+        }
+        match &self.devices {
+            None => Ok(default.clone()),
+            Some(patterns) => Scope::parse(patterns)
+                .map(std::sync::Arc::new)
+                .map_err(|e| AuthError::Malformed(format!("devices claim: {e}"))),
+        }
     }
 }
 
@@ -73,6 +106,27 @@ impl AuthError {
             | ErrorKind::InvalidRsaKey(_) => AuthError::InvalidSignature,
             _ => AuthError::Malformed(e.to_string()),
         }
+    }
+}
+
+/// What may be changed while the server runs (re-read on SIGHUP): the scoped ingest keys and
+/// the default device scope of tokens.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub ingest_keys: Vec<ingest_keys::IngestKey>,
+    pub default_scope: std::sync::Arc<Scope>,
+}
+
+impl Access {
+    pub fn from_config(config: &Config) -> anyhow::Result<Access> {
+        Ok(Access {
+            ingest_keys: ingest_keys::parse_all(&config.ingest_keys)
+                .map_err(|e| anyhow::anyhow!("config key `{e}`"))?,
+            default_scope: std::sync::Arc::new(
+                Scope::parse(&config.default_device_scope)
+                    .map_err(|e| anyhow::anyhow!("default_device_scope: {e}"))?,
+            ),
+        })
     }
 }
 
@@ -161,6 +215,12 @@ impl Keys {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Malformed(format!(
+                "{} bytes; tokens are at most {MAX_TOKEN_BYTES}",
+                token.len()
+            )));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(AuthError::from_jwt)?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref().map(|(d, _)| d),
@@ -173,11 +233,18 @@ impl Keys {
         .ok_or(AuthError::InvalidSignature)?;
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 5;
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(AuthError::from_jwt)?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::Malformed("empty sub".into()));
+        if data.claims.sub.is_empty() || data.claims.sub.len() > MAX_SUB_BYTES {
+            return Err(AuthError::Malformed(format!(
+                "sub must be 1 to {MAX_SUB_BYTES} bytes"
+            )));
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if data.claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) {
+            return Err(AuthError::Malformed("issued in the future (iat)".into()));
         }
         Ok(data.claims)
     }
@@ -301,6 +368,42 @@ mod tests {
         );
         assert!(k.verify(&none).is_err());
         assert!(matches!(k.verify("garbage"), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn checks_nbf_iat_sizes_and_the_devices_claim() {
+        let k = keys();
+        let (_, enc) = k.hs256.as_ref().unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).unwrap()
+        };
+        let later = sign(serde_json::json!({"sub": "a", "exp": now + 600, "nbf": now + 300}));
+        assert!(k.verify(&later).is_err(), "not before");
+        let future = sign(serde_json::json!({"sub": "a", "exp": now + 600, "iat": now + 300}));
+        assert!(matches!(k.verify(&future), Err(AuthError::Malformed(_))));
+        let huge =
+            sign(serde_json::json!({"sub": "a", "exp": now + 600, "pad": "x".repeat(800_000)}));
+        assert!(matches!(k.verify(&huge), Err(AuthError::Malformed(_))));
+        let long_sub = sign(serde_json::json!({"sub": "s".repeat(300), "exp": now + 600}));
+        assert!(k.verify(&long_sub).is_err());
+        let bad_devices =
+            sign(serde_json::json!({"sub": "a", "exp": now + 600, "devices": "plant-a/*"}));
+        assert!(matches!(
+            k.verify(&bad_devices),
+            Err(AuthError::Malformed(_))
+        ));
+        let scoped =
+            sign(serde_json::json!({"sub": "a", "exp": now + 600, "devices": ["plant-a/*"]}));
+        let default = std::sync::Arc::new(Scope::all());
+        let scope = k.verify(&scoped).unwrap().scope(&default).unwrap();
+        assert!(scope.matches("plant-a/1") && !scope.matches("plant-b/1"));
+        let admin =
+            sign(serde_json::json!({"sub": "a", "exp": now + 600, "role": "admin", "devices": []}));
+        assert!(k.verify(&admin).unwrap().scope(&default).unwrap().is_all());
+        let empty_pattern =
+            sign(serde_json::json!({"sub": "a", "exp": now + 600, "devices": [""]}));
+        assert!(k.verify(&empty_pattern).unwrap().scope(&default).is_err());
     }
 
     #[test]
