@@ -40,6 +40,8 @@ pub struct AppInner {
     ingest_gate: Semaphore,
     /// Scoped ingest keys and the default device scope; replaced whole on SIGHUP.
     access: RwLock<Arc<Access>>,
+    /// Sessions of resumable subscriptions.
+    pub sessions: crate::sessions::Sessions,
 }
 
 #[derive(Clone)]
@@ -68,6 +70,7 @@ pub struct AppParts {
     pub instance: String,
     pub stopping: CancellationToken,
     pub access: Access,
+    pub sessions: crate::sessions::Sessions,
 }
 
 impl AppState {
@@ -87,6 +90,7 @@ impl AppState {
             stopping: parts.stopping,
             ingest_gate: Semaphore::new(INGEST_CONCURRENCY as usize),
             access: RwLock::new(Arc::new(parts.access)),
+            sessions: parts.sessions,
         }))
     }
 
@@ -146,7 +150,7 @@ impl AppState {
             Ok(()) | Err(TrySendError::Disconnected(_)) => {}
             Err(TrySendError::Full(msg)) => {
                 let tx = self.router.control.clone();
-                let _ = tokio::task::spawn_blocking(move || tx.send(msg)).await;
+                let _ = tokio::task::spawn_blocking(move || tx.send(msg).is_ok()).await;
             }
         }
     }

@@ -66,6 +66,17 @@ pub fn local_stats(app: &AppState) -> InstanceStats {
         deliveries_per_sec: rates.deliveries_per_sec,
         drops: app.metrics.drops(),
         uptime: app.started.elapsed().as_secs_f64(),
+        history: {
+            let h = app.metrics.history();
+            crate::protocol::HistoryStats {
+                logs: h.logs as u64,
+                bytes: h.bytes as u64,
+                oldest_age_s: h.oldest.as_ref().map(|(_, at)| at.elapsed().as_secs_f64()),
+                oldest_offset: h.oldest.map(|(offset, _)| offset),
+            }
+        },
+        replays_served: app.metrics.replays_served.load(relaxed),
+        recoveries_failed: app.metrics.recoveries_failed.load(relaxed),
     }
 }
 
@@ -133,11 +144,14 @@ pub async fn serve_admin(
                 continue;
             }
             ClusterOp::Disconnect { id, reply } => {
-                let found = id
-                    .parse()
-                    .ok()
-                    .and_then(|sid| io.get_socket(sid))
-                    .is_some_and(|s| s.disconnect().is_ok());
+                let socket = id.parse().ok().and_then(|sid| io.get_socket(sid));
+                let found = match socket {
+                    Some(s) => {
+                        crate::socket::end_session(&s, &app).await;
+                        s.disconnect().is_ok()
+                    }
+                    None => false,
+                };
                 let answer = DisconnectReply {
                     instance: app.instance.clone(),
                     found,

@@ -69,6 +69,19 @@ pub struct Config {
     /// Ingest requests queued ahead of the router; past it ingest answers 503.
     pub ingest_queue: usize,
 
+    /// Most logs kept in history (for `since`, `tail` and resumed sessions).
+    pub history_max_logs: usize,
+    /// Most bytes of logs kept in history.
+    pub history_max_bytes: usize,
+    /// Oldest log kept in history, in seconds.
+    pub history_max_age_s: u64,
+    /// Most logs one replay (`since`, a resumed session) sends; past it `recovered: false`.
+    pub replay_max_logs: usize,
+    /// Largest `tail` a subscription may ask for.
+    pub tail_max: usize,
+    /// How long a resumable subscription's session outlives its connection.
+    pub session_ttl_ms: u64,
+
     /// Period of the `system:stats` event.
     pub stats_interval_ms: u64,
     /// How long a graceful shutdown may take before the process exits anyway.
@@ -102,6 +115,8 @@ pub struct Config {
     pub redis_status_channel: String,
     /// Channel for cluster-wide admin operations between logstream instances.
     pub redis_admin_channel: String,
+    /// Redis Stream holding every accepted log (the cluster's history and durable bus).
+    pub redis_stream: String,
     /// This instance's name in cluster views; empty = generated at start.
     pub instance_id: String,
 
@@ -138,6 +153,12 @@ impl Default for Config {
             batch_max_logs: 50,
             batch_max_delay_ms: 100,
             ingest_queue: 1024,
+            history_max_logs: 100_000,
+            history_max_bytes: 64 << 20,
+            history_max_age_s: 3600,
+            replay_max_logs: 10_000,
+            tail_max: 1000,
+            session_ttl_ms: 120_000,
             stats_interval_ms: 5000,
             shutdown_timeout_ms: 5000,
             plugins_dir: PathBuf::from("./plugins"),
@@ -152,6 +173,7 @@ impl Default for Config {
             redis_log_channel: "log:new".into(),
             redis_status_channel: "device:status".into(),
             redis_admin_channel: "logstream:admin".into(),
+            redis_stream: "logstream:logs".into(),
             instance_id: String::new(),
             data_dir: default_data_dir(),
             log_format: "text".into(),
@@ -263,7 +285,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 18] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -278,6 +300,12 @@ impl Config {
             ("ingest_queue", self.ingest_queue as u64),
             ("stats_interval_ms", self.stats_interval_ms),
             ("plugin_timeout_ms", self.plugin_timeout_ms),
+            ("history_max_logs", self.history_max_logs as u64),
+            ("history_max_bytes", self.history_max_bytes as u64),
+            ("history_max_age_s", self.history_max_age_s),
+            ("replay_max_logs", self.replay_max_logs as u64),
+            ("tail_max", self.tail_max as u64),
+            ("session_ttl_ms", self.session_ttl_ms),
             (
                 "plugin_max_output_bytes",
                 self.plugin_max_output_bytes as u64,
@@ -295,6 +323,7 @@ impl Config {
             ("redis_log_channel", &self.redis_log_channel),
             ("redis_status_channel", &self.redis_status_channel),
             ("redis_admin_channel", &self.redis_admin_channel),
+            ("redis_stream", &self.redis_stream),
         ] {
             if value.is_empty() {
                 bail!("config key `{key}` must not be empty");

@@ -10,6 +10,7 @@
 //! - [`bus`]: hands accepted records to the router (embedded queue, or Redis).
 //! - [`router`]: one thread that owns subscriptions, cuts batches, runs each filter once per
 //!   batch (through the [`engine`] traits), and hands matches to [`delivery`].
+//! - [`history`]: recent logs with their offsets, for `since`, `tail` and resumed sessions.
 //! - [`delivery`]: per-client rate limit, pause buffer, batch window, socket queue, drop
 //!   reports.
 //! - [`socket`]: the Socket.IO face: handshake auth and the client events.
@@ -18,7 +19,7 @@
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
 //! the one REST error), [`cluster`] (admin across instances over Redis), [`server`] (assembly,
 //! start and shutdown in named steps), and the supporting cast: [`config`], [`auth`],
-//! [`devmode`], [`app`], [`connections`], [`stats`], [`rate_limit`], [`subscription`],
+//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`rate_limit`], [`subscription`],
 //! [`shutdown`].
 
 pub mod api;
@@ -31,6 +32,7 @@ pub mod connections;
 pub mod delivery;
 pub mod devmode;
 pub mod engine;
+pub mod history;
 pub mod ingest;
 pub mod log_entry;
 pub mod plugins;
@@ -38,6 +40,7 @@ pub mod protocol;
 pub mod rate_limit;
 pub mod router;
 pub mod server;
+pub mod sessions;
 pub mod shutdown;
 pub mod socket;
 pub mod stats;

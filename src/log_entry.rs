@@ -5,7 +5,7 @@
 //! N copies of bytes, never N serializations.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, value::RawValue};
@@ -111,6 +111,37 @@ pub struct LogRecord {
     pub extra_json: String,
     /// The complete entry as clients receive it.
     pub json: Box<RawValue>,
+    /// Where the entry stands in the history: set once, by the router (embedded bus) or the
+    /// Redis stream reader, before any client sees it.
+    pub stamp: OnceLock<Stamp>,
+}
+
+/// A position in one history: `(seq, 0)` on the embedded bus, the stream entry id `(ms, n)`
+/// with Redis. Ordered as ingest was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub major: u64,
+    pub minor: u64,
+}
+
+/// A record's position and its offset as clients see it (`"<epoch>:<major>-<minor>"`, kept
+/// as a JSON string so every emit shares the same bytes).
+#[derive(Debug)]
+pub struct Stamp {
+    pub position: Position,
+    pub offset: Box<RawValue>,
+}
+
+impl Stamp {
+    pub fn new(epoch: &str, position: Position) -> Stamp {
+        let text = format!("\"{epoch}:{}-{}\"", position.major, position.minor);
+        Stamp {
+            position,
+            // Digits, a colon, a dash and an epoch of hex digits need no escaping.
+            offset: RawValue::from_string(text)
+                .unwrap_or_else(|_| RawValue::from_string("\"\"".into()).expect("valid")),
+        }
+    }
 }
 
 impl LogRecord {
@@ -266,6 +297,7 @@ impl LogRecord {
             tags,
             extra_json,
             json,
+            stamp: OnceLock::new(),
         }
     }
 }

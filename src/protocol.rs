@@ -80,6 +80,7 @@ pub enum Code {
     UnknownTransform,
     InvalidTransform,
     TransformUnavailable,
+    SessionExpired,
     PluginFailed,
     FilterDisabled,
     FilterRemoved,
@@ -115,6 +116,7 @@ impl Code {
             Code::UnknownTransform => "unknown_transform",
             Code::InvalidTransform => "invalid_transform",
             Code::TransformUnavailable => "transform_unavailable",
+            Code::SessionExpired => "session_expired",
             Code::PluginFailed => "plugin_failed",
             Code::FilterDisabled => "filter_disabled",
             Code::FilterRemoved => "filter_removed",
@@ -272,6 +274,15 @@ pub struct Subscribed {
     pub transform: Vec<TransformStep>,
     pub batch: bool,
     pub rate_limit: u32,
+    /// With `since` (or a session resumed): whether everything missed was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+    /// Logs replayed from history before live delivery began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<u64>,
+    /// A resumable subscription's session: reconnect with `auth: { token, session, offset }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// The acknowledgement of argument-less events.
@@ -365,6 +376,20 @@ pub struct InstanceStats {
     pub deliveries_per_sec: f64,
     pub drops: Drops,
     pub uptime: f64,
+    pub history: HistoryStats,
+    pub replays_served: u64,
+    pub recoveries_failed: u64,
+}
+
+/// The kept history of one instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryStats {
+    pub logs: u64,
+    pub bytes: u64,
+    pub oldest_offset: Option<String>,
+    /// Age of the oldest log kept, in seconds.
+    pub oldest_age_s: Option<f64>,
 }
 
 /// Statistics of the whole cluster: totals, plus each instance's own.
@@ -379,6 +404,8 @@ pub struct ClusterStats {
     pub logs_in_per_sec: f64,
     pub deliveries_per_sec: f64,
     pub drops: Drops,
+    pub replays_served: u64,
+    pub recoveries_failed: u64,
     pub instances: Vec<InstanceStats>,
 }
 
@@ -398,6 +425,8 @@ impl ClusterStats {
             all.logs_in_per_sec += p.logs_in_per_sec;
             all.deliveries_per_sec += p.deliveries_per_sec;
             all.drops += p.drops;
+            all.replays_served += p.replays_served;
+            all.recoveries_failed += p.recoveries_failed;
         }
         if all.total > 0 {
             all.average_uptime = uptime_weighted / all.total as f64;

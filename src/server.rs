@@ -26,7 +26,9 @@ use crate::connections::Connections;
 use crate::engine::{Plugin, RegistrationId};
 use crate::plugins::reload::{HotReload, LiveSet};
 use crate::protocol::SystemStats;
-use crate::router::{self, BatchLimits, Control, Inbound, PluginCommand, Registry, RouterHandle};
+use crate::router::{
+    self, BatchLimits, Control, Inbound, PluginCommand, Registry, RouterHandle, RouterSettings,
+};
 use crate::stats::Metrics;
 
 /// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
@@ -121,11 +123,17 @@ pub async fn start(
     }
     let (router, router_thread) = router::spawn(
         registry,
-        BatchLimits {
-            max_logs: config.batch_max_logs,
-            max_delay: Duration::from_millis(config.batch_max_delay_ms),
+        RouterSettings {
+            batch: BatchLimits {
+                max_logs: config.batch_max_logs,
+                max_delay: Duration::from_millis(config.batch_max_delay_ms),
+            },
+            queue: config.ingest_queue,
+            history: crate::history::HistoryLimits::from_config(&config),
+            replay_max_logs: config.replay_max_logs,
+            // With Redis the stream's epoch arrives from the bus once connected.
+            epoch: crate::history::new_epoch(),
         },
-        config.ingest_queue,
         metrics.clone(),
         connections.clone(),
     )
@@ -146,11 +154,15 @@ pub async fn start(
         metrics,
         connections,
         router: router.clone(),
-        bus,
+        bus: bus.clone(),
         plugins: loaded.catalog.clone(),
         instance: instance.clone(),
         stopping: CancellationToken::new(),
         access,
+        sessions: match &bus {
+            Bus::Redis(redis) => crate::sessions::Sessions::Redis(redis.clone()),
+            Bus::Embedded(_) => crate::sessions::Sessions::memory(),
+        },
     });
 
     // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an
@@ -210,6 +222,11 @@ pub async fn start(
         }
     });
     tasks.spawn(stats_loop(app.clone(), io.clone(), stop_tasks.clone()));
+    tasks.spawn(keep_sessions_alive(
+        app.clone(),
+        io.clone(),
+        stop_tasks.clone(),
+    ));
     if let Some(reload) = reload {
         tasks.spawn(reload_on_hangup(app.clone(), reload, stop_tasks.clone()));
     }
@@ -370,6 +387,27 @@ async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken
     {
         let _ = (app, reload);
         stop.cancelled().await;
+    }
+}
+
+/// Keep the sessions of live connections from expiring (Redis), and drop expired ones
+/// (memory), every third of `session_ttl_ms`.
+async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToken) {
+    let ttl = Duration::from_millis(app.config.session_ttl_ms);
+    let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ids: Vec<String> = io
+            .sockets()
+            .iter()
+            .filter_map(|s| s.extensions.get::<Arc<crate::socket::Session>>())
+            .filter_map(|s| s.resume_id())
+            .collect();
+        app.sessions.keep_alive(&ids, ttl).await;
     }
 }
 

@@ -22,7 +22,20 @@ pub struct Metrics {
     /// Client events refused by the per-socket event limit.
     pub events_rejected: AtomicU64,
     pub batches: AtomicU64,
+    /// Replays of history served (`since`, `tail`, resumed sessions).
+    pub replays_served: AtomicU64,
+    /// Replays that could not be exact (`recovered: false`).
+    pub recoveries_failed: AtomicU64,
+    history: Mutex<HistoryFigures>,
     rates: Mutex<Rates>,
+}
+
+/// The kept history, as of the router's last tick.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFigures {
+    pub logs: usize,
+    pub bytes: usize,
+    pub oldest: Option<(String, Instant)>,
 }
 
 #[derive(Clone, Copy, Default, Serialize)]
@@ -42,6 +55,28 @@ impl Metrics {
 
     pub fn add_batch(&self) {
         self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn replay_served(&self, recovered: bool) {
+        self.replays_served.fetch_add(1, Ordering::Relaxed);
+        if !recovered {
+            self.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_history(&self, logs: usize, bytes: usize, oldest: Option<(String, Instant)>) {
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = HistoryFigures {
+            logs,
+            bytes,
+            oldest,
+        };
+    }
+
+    pub fn history(&self) -> HistoryFigures {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn delivered(&self, n: u64) {

@@ -33,10 +33,25 @@ pub struct SubscribeRequest {
     pub batch: bool,
     /// Logs per second this client wants at most (clamped to the server's limit).
     pub rate_limit: Option<u32>,
+    /// Offsets with every event, and a session to resume (`resume`, or implied by
+    /// `since` / `tail`).
+    pub resume: bool,
+    /// Replay what matched after this offset first.
+    pub since: Option<String>,
+    /// Replay the last this many matching logs first.
+    pub tail: Option<usize>,
+    /// The session this subscription is kept under (set by the server, not the client).
+    pub session: Option<String>,
 }
 
 impl SubscribeRequest {
-    pub fn parse(value: Value) -> Result<SubscribeRequest, FieldError> {
+    /// Whether events carry offsets and a session is kept.
+    pub fn resumable(&self) -> bool {
+        self.resume || self.since.is_some() || self.tail.is_some()
+    }
+
+    /// Validate `value`; `tail_max` bounds `tail`.
+    pub fn parse(value: Value, tail_max: usize) -> Result<SubscribeRequest, FieldError> {
         let mut obj = match value {
             Value::Null => Map::new(),
             Value::Object(obj) => obj,
@@ -55,6 +70,37 @@ impl SubscribeRequest {
             },
             Some(_) => return Err(FieldError::new("rateLimit", "must be a number")),
         };
+        let resume = match obj.remove("resume") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return Err(FieldError::new("resume", "must be true or false")),
+        };
+        let since = match obj.remove("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if crate::history::is_offset(&s) => Some(s),
+            Some(_) => {
+                return Err(FieldError::new(
+                    "since",
+                    "must be an offset this server sent (the last argument of log:new)",
+                ));
+            }
+        };
+        let tail = match obj.remove("tail") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(t) if t >= 1 && t <= tail_max as u64 => Some(t as usize),
+                _ => {
+                    return Err(FieldError::new(
+                        "tail",
+                        format!("must be a whole number from 1 to {tail_max}"),
+                    ));
+                }
+            },
+            Some(_) => return Err(FieldError::new("tail", "must be a number")),
+        };
+        if since.is_some() && tail.is_some() {
+            return Err(FieldError::new("tail", "give `since` or `tail`, not both"));
+        }
         let transform = parse_transforms(obj.remove("transform"))?;
         let (filter, params) = match obj.remove("filter") {
             None | Some(Value::Null) => {
@@ -99,6 +145,10 @@ impl SubscribeRequest {
             transform,
             batch,
             rate_limit,
+            resume,
+            since,
+            tail,
+            session: None,
         })
     }
 }
@@ -224,18 +274,35 @@ mod tests {
 
     #[test]
     fn seed_shape_goes_to_default() {
-        let r = SubscribeRequest::parse(json!({"deviceIds": ["d1"], "batch": true})).unwrap();
+        let r = SubscribeRequest::parse(json!({"deviceIds": ["d1"], "batch": true}), 1000).unwrap();
         assert_eq!(r.filter, "default");
         assert_eq!(r.params, json!({"deviceIds": ["d1"]}));
         assert!(r.batch);
-        let r = SubscribeRequest::parse(Value::Null).unwrap();
+        let r = SubscribeRequest::parse(Value::Null, 1000).unwrap();
         assert_eq!(r.params, json!({}));
+    }
+
+    #[test]
+    fn history_options() {
+        let r =
+            SubscribeRequest::parse(json!({"since": "1a:5-0", "deviceIds": ["d"]}), 1000).unwrap();
+        assert_eq!(r.since.as_deref(), Some("1a:5-0"));
+        assert!(r.resumable());
+        assert_eq!(r.params, json!({"deviceIds": ["d"]}));
+        let r = SubscribeRequest::parse(json!({"tail": 10}), 1000).unwrap();
+        assert_eq!(r.tail, Some(10));
+        assert!(
+            !SubscribeRequest::parse(json!({}), 1000)
+                .unwrap()
+                .resumable()
+        );
     }
 
     #[test]
     fn named_shape_and_errors() {
         let r = SubscribeRequest::parse(
             json!({"filter": "regex", "params": {"pattern": "x"}, "rateLimit": 5}),
+            1000,
         )
         .unwrap();
         assert_eq!((r.filter.as_str(), r.rate_limit), ("regex", Some(5)));
@@ -256,9 +323,17 @@ mod tests {
                 "transform[0].colour",
             ),
             (json!({"transform": ["../x"]}), "transform[0]"),
+            (json!({"since": "yesterday"}), "since"),
+            (json!({"since": 5}), "since"),
+            (json!({"tail": 0}), "tail"),
+            (json!({"tail": 1001}), "tail"),
+            (json!({"tail": 5, "since": "ab:1-0"}), "tail"),
+            (json!({"resume": "yes"}), "resume"),
         ] {
             assert_eq!(
-                SubscribeRequest::parse(bad.clone()).unwrap_err().field,
+                SubscribeRequest::parse(bad.clone(), 1000)
+                    .unwrap_err()
+                    .field,
                 field,
                 "{bad}"
             );

@@ -191,6 +191,7 @@ pub async fn disconnect(
         )
     };
     if let Some(socket) = app.io.get_socket(sid) {
+        crate::socket::end_session(&socket, &app).await;
         socket.disconnect().map_err(|e| {
             AppError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -102,6 +102,8 @@ pub struct RedisBus {
     client: redis::Client,
     publisher: ConnectionManager,
     pub channels: Channels,
+    /// The Redis Stream of logs.
+    stream: String,
     pub instance: String,
     pub status: RedisStatus,
     /// Drain markers this instance is waiting to read back.
@@ -127,10 +129,21 @@ impl RedisBus {
                 status: config.redis_status_channel.clone(),
                 admin: config.redis_admin_channel.clone(),
             },
+            stream: config.redis_stream.clone(),
             instance,
             status: RedisStatus::default(),
             drains: Mutex::default(),
         }))
+    }
+
+    /// A handle on the shared multiplexed connection (cheap to clone).
+    pub fn connection(&self) -> ConnectionManager {
+        self.publisher.clone()
+    }
+
+    /// The stream of logs, also the prefix of this cluster's other keys (sessions, epoch).
+    pub fn stream_key(&self) -> &str {
+        &self.stream
     }
 
     pub fn connected(&self) -> bool {

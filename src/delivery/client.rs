@@ -52,6 +52,10 @@ pub struct Client {
     limits: DeliveryLimits,
     /// `log:batch` arrays instead of one `log:new` per log.
     batch_mode: bool,
+    /// Events carry the offset as a last argument (resumable subscriptions).
+    with_offsets: bool,
+    /// A replay of history is under way: live logs are held until it ends.
+    replaying: bool,
     limiter: TokenBucket,
     paused: bool,
     /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
@@ -84,6 +88,8 @@ impl Client {
             metrics,
             limits,
             batch_mode: false,
+            with_offsets: false,
+            replaying: false,
             limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
             paused: false,
             held: VecDeque::new(),
@@ -103,12 +109,19 @@ impl Client {
 
     /// Apply a (new) subscription's delivery options; returns the effective rate. Logs
     /// the previous subscription already admitted are sent first.
-    pub fn configure(&mut self, batch_mode: bool, rate: Option<u32>, now: Instant) -> u32 {
+    pub fn configure(
+        &mut self,
+        batch_mode: bool,
+        with_offsets: bool,
+        rate: Option<u32>,
+        now: Instant,
+    ) -> u32 {
         self.flush_outbox(now, true);
         let rate = rate
             .unwrap_or(self.limits.max_rate)
             .clamp(1, self.limits.max_rate);
         self.batch_mode = batch_mode;
+        self.with_offsets = with_offsets;
         self.limiter.set_rate(rate, rate);
         rate
     }
@@ -150,7 +163,7 @@ impl Client {
             }
         }
         self.drop_logs(DropReason::RateLimit, limited);
-        if self.paused {
+        if self.paused || self.replaying {
             self.hold(admitted.into_iter().cloned());
             return;
         }
@@ -160,6 +173,49 @@ impl Client {
         } else {
             self.emit_logs(&admitted);
         }
+    }
+
+    /// Deliver logs a replay of history found, ahead of the live logs held meanwhile:
+    /// rate-limited like live ones, sent at once (held if the client is paused).
+    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>], now: Instant) {
+        let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(logs.len());
+        let mut limited = 0;
+        for log in logs {
+            if self.limiter.try_take(now) {
+                admitted.push(log);
+            } else {
+                limited += 1;
+            }
+        }
+        self.drop_logs(DropReason::RateLimit, limited);
+        if self.paused {
+            self.hold(admitted.into_iter().cloned());
+        } else {
+            self.emit_logs(&admitted);
+        }
+    }
+
+    /// A replay begins: live logs wait behind it.
+    pub fn start_replay(&mut self) {
+        self.replaying = true;
+    }
+
+    /// The replay is done: what was held meanwhile goes out, in order.
+    pub fn finish_replay(&mut self) {
+        if !self.replaying {
+            return;
+        }
+        self.replaying = false;
+        if !self.paused {
+            self.release_held();
+        }
+    }
+
+    fn release_held(&mut self) {
+        let held: Vec<Arc<LogRecord>> = self.held.drain(..).collect();
+        let refs: Vec<&Arc<LogRecord>> = held.iter().collect();
+        self.emit_logs(&refs);
+        self.report_drops(&[DropReason::PauseOverflow]);
     }
 
     /// Keep logs for a paused client, up to `pause_buffer`; count the overflow.
@@ -201,7 +257,12 @@ impl Client {
         let mut lost = 0u64;
         if self.batch_mode {
             for chunk in logs.chunks(self.limits.batch_max_logs.max(1)) {
-                match self.outlet.send(event::BATCH, &json_array(chunk)) {
+                let array = json_array(chunk);
+                let sent = match chunk.last().and_then(|l| self.offset_of(l)) {
+                    Some(offset) => self.outlet.send_with_offset(event::BATCH, &array, offset),
+                    None => self.outlet.send(event::BATCH, &array),
+                };
+                match sent {
                     Ok(()) => delivered += chunk.len() as u64,
                     Err(Unsent::Closed) => return,
                     Err(Unsent::Full) => lost += chunk.len() as u64,
@@ -209,7 +270,11 @@ impl Client {
             }
         } else {
             for log in logs {
-                match self.outlet.send(event::NEW, &log.json) {
+                let sent = match self.offset_of(log) {
+                    Some(offset) => self.outlet.send_with_offset(event::NEW, &log.json, offset),
+                    None => self.outlet.send(event::NEW, &log.json),
+                };
+                match sent {
                     Ok(()) => delivered += 1,
                     Err(Unsent::Closed) => return,
                     Err(Unsent::Full) => lost += 1,
@@ -223,6 +288,14 @@ impl Client {
         self.drop_logs(DropReason::SlowConsumer, lost);
     }
 
+    /// The offset to send with `log`, for a resumable subscription.
+    fn offset_of<'a>(&self, log: &'a LogRecord) -> Option<&'a RawValue> {
+        if !self.with_offsets {
+            return None;
+        }
+        log.stamp.get().map(|s| &*s.offset)
+    }
+
     pub fn pause(&mut self) {
         self.paused = true;
         // Admitted but not yet sent: these are held like anything that arrives now.
@@ -230,16 +303,16 @@ impl Client {
         self.hold(waiting.into_iter());
     }
 
-    /// Deliver everything held, in order, then report any pause overflow at once.
+    /// Deliver everything held, in order (unless a replay is still under way), then report
+    /// any pause overflow at once.
     pub fn resume(&mut self) {
         if !self.paused {
             return;
         }
         self.paused = false;
-        let held: Vec<Arc<LogRecord>> = self.held.drain(..).collect();
-        let refs: Vec<&Arc<LogRecord>> = held.iter().collect();
-        self.emit_logs(&refs);
-        self.report_drops(&[DropReason::PauseOverflow]);
+        if !self.replaying {
+            self.release_held();
+        }
     }
 
     /// Emit `log:dropped` for each reason with unreported drops. Called at most once a
@@ -330,6 +403,15 @@ mod tests {
             }
             sent.push((event.to_owned(), data.get().to_owned()));
             Ok(())
+        }
+        fn send_with_offset(
+            &self,
+            event: &str,
+            data: &RawValue,
+            offset: &RawValue,
+        ) -> Result<(), Unsent> {
+            let pair = format!("[{},{}]", data.get(), offset.get());
+            self.send(event, &RawValue::from_string(pair).unwrap())
         }
         fn is_connected(&self) -> bool {
             !self.closed.load(Ordering::Relaxed)
@@ -448,7 +530,7 @@ mod tests {
         let rec = Recorder::default();
         let t0 = Instant::now();
         let mut c = client(&rec, limits(100, 100), t0);
-        c.configure(true, None, t0);
+        c.configure(true, false, None, t0);
         c.deliver(&logs(1), t0);
         assert_eq!(rec.messages(event::BATCH).len(), 1, "leading edge");
         c.deliver(&logs(2), t0 + Duration::from_millis(10));
@@ -462,6 +544,45 @@ mod tests {
         assert_eq!(batches.len(), 2);
         let second: serde_json::Value = serde_json::from_str(&batches[1]).unwrap();
         assert_eq!(second.as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn live_logs_wait_behind_a_replay_and_carry_offsets() {
+        use crate::log_entry::{Position, Stamp};
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        c.configure(false, true, None, t0);
+        let all = logs(4);
+        for (i, l) in all.iter().enumerate() {
+            let _ = l.stamp.set(Stamp::new(
+                "e",
+                Position {
+                    major: i as u64 + 1,
+                    minor: 0,
+                },
+            ));
+        }
+        c.start_replay();
+        c.deliver(&all[2..], t0); // live, during the replay
+        assert!(rec.events().is_empty());
+        c.deliver_replay(&all[..2], t0);
+        c.finish_replay();
+        let sent = rec.messages(event::NEW);
+        let offsets: Vec<String> = sent
+            .iter()
+            .map(|pair| {
+                serde_json::from_str::<serde_json::Value>(pair).unwrap()[1]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            offsets,
+            ["e:1-0", "e:2-0", "e:3-0", "e:4-0"],
+            "replay first, then live"
+        );
     }
 
     #[test]

@@ -21,16 +21,38 @@ pub enum Unsent {
 pub trait Outlet: Send + Sync {
     /// Queue `event` with one argument, `data`.
     fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent>;
+    /// Queue `event` with two arguments: `data` and `offset` (Socket.IO's recovery
+    /// convention puts the offset last).
+    fn send_with_offset(
+        &self,
+        event: &str,
+        data: &RawValue,
+        offset: &RawValue,
+    ) -> Result<(), Unsent>;
     /// Whether the transport is still connected.
     fn is_connected(&self) -> bool;
 }
 
+fn unsent(e: SendError) -> Unsent {
+    match e {
+        SendError::Socket(SocketError::Closed) => Unsent::Closed,
+        _ => Unsent::Full,
+    }
+}
+
 impl Outlet for SocketRef {
     fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent> {
-        self.emit(event, data).map_err(|e| match e {
-            SendError::Socket(SocketError::Closed) => Unsent::Closed,
-            _ => Unsent::Full,
-        })
+        self.emit(event, data).map_err(unsent)
+    }
+
+    fn send_with_offset(
+        &self,
+        event: &str,
+        data: &RawValue,
+        offset: &RawValue,
+    ) -> Result<(), Unsent> {
+        // A tuple is sent as that many arguments.
+        self.emit(event, &(data, offset)).map_err(unsent)
     }
 
     fn is_connected(&self) -> bool {

@@ -6,16 +6,19 @@ use std::time::Instant;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
+use super::replay::{Plan, Replay};
 use super::{Router, SubscribeError};
 use crate::auth::Scope;
 use crate::delivery::Client;
-use crate::protocol::{ClientError, Subscribed};
+use crate::history::ring::Since;
+use crate::protocol::{ClientError, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
 
 pub enum ClientCommand {
     /// A handshake passed authentication and admission.
     Connect(Box<Client>),
     Disconnect(Sid),
+    /// Answered (and `log:subscribed` sent by the router) once any replay has ended.
     Subscribe {
         sid: Sid,
         request: SubscribeRequest,
@@ -53,6 +56,7 @@ impl Router {
                 self.clients.insert(client.sid, *client);
             }
             ClientCommand::Disconnect(sid) => {
+                self.cancel_replay(sid);
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
                 self.outboxes.remove(&sid);
@@ -62,6 +66,7 @@ impl Router {
                 request,
                 reply,
             } => {
+                self.cancel_replay(sid);
                 // The scope is checked here, where the client's current scope lives (a token
                 // refresh may have just changed it).
                 let in_scope = match self.clients.get(&sid) {
@@ -70,9 +75,21 @@ impl Router {
                 };
                 let result =
                     in_scope.and_then(|()| self.subscribe(sid, request).map_err(|e| e.to_client()));
-                let _ = reply.send(result);
+                match result {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    Ok((subscribed, None)) => {
+                        if let Some(client) = self.clients.get(&sid) {
+                            client.emit(event::SUBSCRIBED, &subscribed);
+                        }
+                        let _ = reply.send(Ok(subscribed));
+                    }
+                    Ok((subscribed, Some(plan))) => self.start_replay(sid, plan, subscribed, reply),
+                }
             }
             ClientCommand::Unsubscribe { sid, reply } => {
+                self.cancel_replay(sid);
                 if let Some(client) = self.clients.get_mut(&sid) {
                     client.flush_outbox(Instant::now(), true);
                     client.info.set_subscription(None);
@@ -115,14 +132,12 @@ impl Router {
         }
     }
 
+    /// Install the subscription; with `since` or `tail`, also say what to replay first.
     fn subscribe(
         &mut self,
         sid: Sid,
         request: SubscribeRequest,
-    ) -> Result<Subscribed, SubscribeError> {
-        if !self.clients.contains_key(&sid) {
-            return Err(SubscribeError::NotConnected);
-        }
+    ) -> Result<(Subscribed, Option<Plan>), SubscribeError> {
         let client = self
             .clients
             .get_mut(&sid)
@@ -134,18 +149,83 @@ impl Router {
             &request.transform,
             client.scope(),
         )?;
-        let rate_limit = client.configure(request.batch, request.rate_limit, Instant::now());
-        let subscribed = Subscribed {
+        let resumable = request.resumable();
+        let rate_limit =
+            client.configure(request.batch, resumable, request.rate_limit, Instant::now());
+        let mut subscribed = Subscribed {
             success: true,
             filter: request.filter,
             params: request.params,
             transform: request.transform,
             batch: request.batch,
             rate_limit,
+            recovered: None,
+            replayed: None,
+            session: request.session,
         };
         client
             .info
             .set_subscription(serde_json::to_value(&subscribed).ok());
-        Ok(subscribed)
+        // Everything the router has processed is in history; what comes next is live.
+        let end = self.history.newest().unwrap_or_default();
+        let plan = match (&request.since, request.tail) {
+            (Some(since), _) => {
+                let exact = crate::history::parse(since)
+                    .filter(|(epoch, _)| *epoch == self.epoch)
+                    .map(|(_, after)| (after, self.history.since(after)));
+                match exact {
+                    Some((after, Since::From(i))) if i < self.history.end() => {
+                        Some(Plan::Since { after, end })
+                    }
+                    Some((_, Since::From(_))) => {
+                        subscribed.recovered = Some(true);
+                        subscribed.replayed = Some(0);
+                        None
+                    }
+                    // Another epoch (a restart), or older than what is kept.
+                    _ => {
+                        self.metrics.replay_served(false);
+                        subscribed.recovered = Some(false);
+                        subscribed.replayed = Some(0);
+                        None
+                    }
+                }
+            }
+            (None, Some(n)) if !self.history.is_empty() => Some(Plan::Tail { n, end }),
+            (None, Some(_)) => {
+                subscribed.replayed = Some(0);
+                None
+            }
+            (None, None) => None,
+        };
+        Ok((subscribed, plan))
+    }
+
+    fn start_replay(
+        &mut self,
+        sid: Sid,
+        plan: Plan,
+        subscribed: Subscribed,
+        reply: oneshot::Sender<Result<Subscribed, ClientError>>,
+    ) {
+        let (Some(registration), Some(client)) = (
+            self.registry.registration_of(sid),
+            self.clients.get_mut(&sid),
+        ) else {
+            return;
+        };
+        client.start_replay();
+        self.replays.push_back(Replay {
+            sid,
+            registration,
+            filter: subscribed.filter.clone(),
+            plan,
+            found: Default::default(),
+            back_from: None,
+            sent: 0,
+            recovered: true,
+            subscribed,
+            reply: Some(reply),
+        });
     }
 }

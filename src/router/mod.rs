@@ -21,8 +21,9 @@ pub mod admin;
 pub mod client;
 pub mod plugin;
 pub mod registry;
+pub mod replay;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,7 +34,9 @@ use tokio::sync::oneshot;
 
 use crate::delivery::{Client, to_raw};
 use crate::engine::{EngineError, Matches, RegistrationId};
-use crate::log_entry::LogRecord;
+use crate::history::HistoryLimits;
+use crate::history::ring::Ring;
+use crate::log_entry::{LogRecord, Position, Stamp};
 use crate::protocol::{ClientError, Code, DeviceStatus, event};
 use crate::stats::Metrics;
 pub use admin::AdminQuery;
@@ -44,6 +47,11 @@ pub use registry::{Registry, SubscribeError};
 /// Data, in ingest order.
 pub enum Inbound {
     Logs(Vec<Arc<LogRecord>>),
+    /// Logs accepted before this instance started (read from the Redis stream at start):
+    /// history only, not delivered.
+    Backfill(Vec<Arc<LogRecord>>),
+    /// The history's epoch (the Redis stream's); a change empties the kept history.
+    Epoch(String),
     DeviceStatus(DeviceStatus),
     /// Answered once everything queued before it has been handed to the sockets.
     Drain(oneshot::Sender<()>),
@@ -68,6 +76,18 @@ pub struct BatchLimits {
     pub max_delay: Duration,
 }
 
+/// How the router is set up.
+pub struct RouterSettings {
+    pub batch: BatchLimits,
+    /// Capacity of the inbound and control queues.
+    pub queue: usize,
+    pub history: HistoryLimits,
+    /// Most logs one replay sends.
+    pub replay_max_logs: usize,
+    /// The history's epoch; logs that arrive unstamped are numbered in it by the router.
+    pub epoch: String,
+}
+
 /// The senders into the router thread.
 #[derive(Clone)]
 pub struct RouterHandle {
@@ -89,30 +109,43 @@ pub struct Router {
     next_outbox_check: Instant,
     /// Reused across batches.
     matches: Vec<Matches>,
+    /// Recent logs, for replays.
+    history: Ring,
+    /// The history's epoch (part of every offset).
+    epoch: String,
+    /// The last position the router gave a log (embedded bus).
+    next_seq: u64,
+    /// Replays under way, served a slice at a time.
+    replays: VecDeque<replay::Replay>,
+    replay_max: usize,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
 /// dropped.
 pub fn spawn(
     registry: Registry,
-    batch: BatchLimits,
-    queue: usize,
+    settings: RouterSettings,
     metrics: Arc<Metrics>,
     connections: crate::connections::Connections,
 ) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
-    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(queue);
-    let (control_tx, control_rx) = crossbeam_channel::bounded(queue);
+    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(settings.queue);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(settings.queue);
     let router = Router {
         registry,
         clients: HashMap::new(),
         pending: Vec::new(),
         pending_since: None,
-        batch,
+        batch: settings.batch,
         metrics,
         connections,
         outboxes: HashSet::new(),
         next_outbox_check: Instant::now(),
         matches: Vec::new(),
+        history: Ring::new(settings.history),
+        epoch: settings.epoch,
+        next_seq: 0,
+        replays: VecDeque::new(),
+        replay_max: settings.replay_max_logs,
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -130,8 +163,11 @@ impl Router {
     fn run(mut self, inbound: Receiver<Inbound>, control: Receiver<Control>) {
         let ticker = crossbeam_channel::tick(Duration::from_secs(1));
         loop {
-            // Wake up for due outboxes even when no message arrives.
-            let wait = if self.outboxes.is_empty() {
+            // Wake up for due outboxes even when no message arrives; with replays under way,
+            // do not wait at all (messages still come first).
+            let wait = if !self.replays.is_empty() {
+                Duration::ZERO
+            } else if self.outboxes.is_empty() {
                 Duration::from_secs(3600)
             } else {
                 self.next_outbox_check
@@ -151,6 +187,10 @@ impl Router {
             }
             if !self.outboxes.is_empty() && Instant::now() >= self.next_outbox_check {
                 self.flush_outboxes(false);
+            }
+            if !self.replays.is_empty() {
+                self.flush_pending();
+                self.replay_step();
             }
         }
         self.flush_pending();
@@ -203,6 +243,27 @@ impl Router {
                     }
                 }
             }
+            Inbound::Backfill(logs) => {
+                self.flush_pending();
+                let now = Instant::now();
+                if let Some(first) = logs.first().and_then(|l| l.stamp.get()) {
+                    self.history.mark_unknown_before(first.position);
+                }
+                for log in logs {
+                    if let Some(stamp) = log.stamp.get() {
+                        let position = stamp.position;
+                        self.history.push(position, log, now);
+                    }
+                }
+            }
+            Inbound::Epoch(epoch) => {
+                self.flush_pending();
+                if epoch != self.epoch {
+                    tracing::info!(old = %self.epoch, new = %epoch, "history epoch changed; older offsets can no longer be replayed");
+                    self.history = Ring::new(self.history.limits());
+                    self.epoch = epoch;
+                }
+            }
             Inbound::Drain(reply) => {
                 self.flush_pending();
                 self.flush_outboxes(true);
@@ -219,9 +280,30 @@ impl Router {
         self.pending_since = None;
     }
 
+    /// Give each log of `batch` its place in history (unless the bus already did) and keep it.
+    fn record_history(&mut self, batch: &[Arc<LogRecord>]) {
+        let now = Instant::now();
+        for log in batch {
+            let position = match log.stamp.get() {
+                Some(stamp) => stamp.position,
+                None => {
+                    self.next_seq += 1;
+                    let position = Position {
+                        major: self.next_seq,
+                        minor: 0,
+                    };
+                    let _ = log.stamp.set(Stamp::new(&self.epoch, position));
+                    position
+                }
+            };
+            self.history.push(position, log.clone(), now);
+        }
+    }
+
     /// Evaluate every filter that has registrations once, then deliver per client.
     fn evaluate(&mut self, batch: &[Arc<LogRecord>]) {
         self.metrics.add_batch();
+        self.record_history(batch);
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let failed = self.registry.evaluate(batch, &mut matches);
@@ -349,9 +431,20 @@ impl Router {
         self.next_outbox_check = now + OUTBOX_TICK;
     }
 
-    /// Once a second: drop reports, and pruning of handshakes that never completed.
+    /// Once a second: drop reports, history expiry and its figures, and pruning of
+    /// handshakes that never completed.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.history.expire(now);
+        self.metrics.set_history(
+            self.history.len(),
+            self.history.bytes(),
+            self.history.oldest().and_then(|(r, at)| {
+                r.stamp
+                    .get()
+                    .map(|s| (s.offset.get().trim_matches('"').to_owned(), at))
+            }),
+        );
         let stale: Vec<Sid> = self
             .clients
             .values()

@@ -393,6 +393,24 @@ impl Registry {
         failed
     }
 
+    /// Run one filter over `batch` (a replay's slice), appending to `out`.
+    pub fn evaluate_one(
+        &mut self,
+        filter: &str,
+        batch: &[Arc<LogRecord>],
+        out: &mut Vec<Matches>,
+    ) -> Result<(), EngineError> {
+        match self.filters.get_mut(filter) {
+            Some(engine) => engine.evaluate(batch, out),
+            None => Err(EngineError::Disabled("unloaded".into())),
+        }
+    }
+
+    /// The registration `sid` belongs to.
+    pub fn registration_of(&self, sid: Sid) -> Option<RegistrationId> {
+        self.client_registration.get(&sid).copied()
+    }
+
     /// What registration `m.registration` receives of `batch`: the matched entries through
     /// its transform chain. On failure, the failing step and why (nothing is delivered).
     pub fn deliverable(

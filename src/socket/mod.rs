@@ -66,11 +66,25 @@ async fn authenticate(
         ));
     }
     let token = auth
+        .as_ref()
         .ok()
         .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default();
     let (user, grant) =
         verify(&app, &token).map_err(|e| refuse(&socket, e.reason(), e.to_string()))?;
+    // A session to resume once connected: `auth: { token, session, offset }`.
+    let resume = auth.as_ref().ok().and_then(|a| {
+        let id = a
+            .get("session")?
+            .as_str()
+            .filter(|s| !s.is_empty() && s.len() <= 64)?;
+        let offset = a
+            .get("offset")
+            .and_then(Value::as_str)
+            .filter(|o| crate::history::is_offset(o))
+            .map(str::to_owned);
+        Some((id.to_owned(), offset))
+    });
     let slot = app
         .connections
         .admit(&user)
@@ -81,6 +95,10 @@ async fn authenticate(
         slot,
         app.config.events_per_second,
     ));
+    *session
+        .resume_request
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = resume;
     socket.extensions.insert(session.clone());
     attach(&socket, &app, &session)
 }
@@ -155,13 +173,67 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef) {
-    let user = socket
-        .extensions
-        .get::<Arc<Session>>()
-        .map(|s| s.user.clone())
-        .unwrap_or_default();
-    tracing::info!(sid = %socket.id, %user, "client connected");
+async fn on_connect(socket: SocketRef, State(app): State<AppState>) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    tracing::info!(sid = %socket.id, user = %session.user, "client connected");
+    let resume = session
+        .resume_request
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some((id, offset)) = resume {
+        resume_session(&socket, &app, &session, id, offset).await;
+    }
+}
+
+/// Bring back the subscription of session `id` (this user's, not expired), replaying from
+/// `offset`; the router sends `log:subscribed` with `recovered`. An unknown session gets an
+/// `error` (`session_expired`) so the client subscribes anew.
+async fn resume_session(
+    socket: &SocketRef,
+    app: &AppState,
+    session: &Session,
+    id: String,
+    offset: Option<String>,
+) {
+    let request = app
+        .sessions
+        .load(&id, &session.user)
+        .await
+        .and_then(|saved| SubscribeRequest::parse(saved.subscription, app.config.tail_max).ok());
+    let Some(mut request) = request else {
+        let error = ClientError::new(
+            Code::SessionExpired,
+            "the session is unknown or expired; subscribe again",
+        );
+        let _ = socket.emit(event::ERROR, &error);
+        return;
+    };
+    request.resume = true;
+    request.since = offset;
+    request.session = Some(id.clone());
+    session.set_resume_id(Some(id));
+    let sid = socket.id;
+    if let Some(Err(e)) = ask_router(socket, app, |reply| ClientCommand::Subscribe {
+        sid,
+        request,
+        reply,
+    })
+    .await
+    {
+        let _ = socket.emit(event::ERROR, &e);
+    }
+}
+
+/// An admin is disconnecting this client: its session ends with it (no resume).
+pub async fn end_session(socket: &SocketRef, app: &AppState) {
+    if let Some(session) = socket.extensions.get::<Arc<Session>>()
+        && let Some(id) = session.set_resume_id(None)
+    {
+        app.sessions.end(&id).await;
+    }
 }
 
 /// Send `error` and a failed acknowledgement.
@@ -240,7 +312,13 @@ async fn on_subscribe(
             return reply_error(&socket, ack, &error);
         }
     };
-    let request = match SubscribeRequest::parse(data) {
+    // What a session keeps: the subscription without its one-off replay request.
+    let mut kept = data.clone();
+    if let Some(obj) = kept.as_object_mut() {
+        obj.remove("since");
+        obj.remove("tail");
+    }
+    let mut request = match SubscribeRequest::parse(data, app.config.tail_max) {
         Ok(r) => r,
         Err(FieldError { field, message }) => {
             let error = ClientError::new(Code::InvalidSubscription, format!("{field}: {message}"))
@@ -248,6 +326,14 @@ async fn on_subscribe(
             return reply_error(&socket, ack, &error);
         }
     };
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    let resumable = request.resumable();
+    if resumable {
+        request.session = Some(session.resume_id().unwrap_or_else(crate::sessions::new_id));
+    }
+    let session_id = request.session.clone();
     let sid = socket.id;
     match ask_router(&socket, &app, |reply| ClientCommand::Subscribe {
         sid,
@@ -256,7 +342,26 @@ async fn on_subscribe(
     })
     .await
     {
-        Some(Ok(subscribed)) => reply_ok(&socket, ack, Some(event::SUBSCRIBED), &subscribed),
+        // The router sent `log:subscribed` itself, ahead of any log.
+        Some(Ok(subscribed)) => {
+            let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+            match session_id {
+                Some(id) => {
+                    let saved = crate::sessions::Saved {
+                        user: session.user.clone(),
+                        subscription: kept,
+                    };
+                    app.sessions.save(&id, &saved, ttl).await;
+                    session.set_resume_id(Some(id));
+                }
+                None => {
+                    if let Some(old) = session.set_resume_id(None) {
+                        app.sessions.end(&old).await;
+                    }
+                }
+            }
+            reply_ok(&socket, ack, None, &subscribed)
+        }
         Some(Err(e)) => {
             if e.code == Code::Forbidden {
                 let user = socket
@@ -293,6 +398,8 @@ async fn simple_event(
 }
 
 async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+    // An explicit unsubscribe ends the session: nothing to resume.
+    end_session(&socket, &app).await;
     let payload = Done {
         success: true,
         paused: None,
@@ -406,6 +513,10 @@ async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
     tracing::info!(sid = %socket.id, "client disconnected");
     if let Some(session) = socket.extensions.get::<Arc<Session>>() {
         session.close();
+        if let Some(id) = session.resume_id() {
+            let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+            app.sessions.detach(&id, ttl).await;
+        }
     }
     app.connections.remove(&socket.id.to_string());
     app.control_reliably(Control::Client(ClientCommand::Disconnect(socket.id)))

@@ -26,6 +26,10 @@ pub struct Session {
     /// Wakes the expiry watcher when the grant changes or the socket goes.
     pub changed: Notify,
     closed: std::sync::atomic::AtomicBool,
+    /// The session of this connection's resumable subscription, if any.
+    resume: Mutex<Option<String>>,
+    /// A session to resume once connected: (id, offset), from the handshake's `auth`.
+    pub resume_request: Mutex<Option<(String, Option<String>)>>,
     _slot: ConnectionSlot,
     events: Mutex<EventBudget>,
 }
@@ -55,6 +59,8 @@ impl Session {
             grant: Mutex::new(grant),
             changed: Notify::new(),
             closed: Default::default(),
+            resume: Mutex::new(None),
+            resume_request: Mutex::new(None),
             _slot: slot,
             events: Mutex::new(EventBudget {
                 bucket: TokenBucket::new(
@@ -86,6 +92,22 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This connection's session id, if its subscription is resumable.
+    pub fn resume_id(&self) -> Option<String> {
+        self.resume
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Set (or clear) this connection's session id; returns the previous one.
+    pub fn set_resume_id(&self, id: Option<String>) -> Option<String> {
+        std::mem::replace(
+            &mut *self.resume.lock().unwrap_or_else(|p| p.into_inner()),
+            id,
+        )
     }
 
     pub fn admit_event(&self, now: Instant) -> EventAdmission {

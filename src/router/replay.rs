@@ -1,0 +1,198 @@
+//! Replays of history for one client (`since`, `tail`, a resumed session), run on the router
+//! thread in bounded slices between live batches, so a long replay never stalls anyone else.
+//!
+//! The seam: a replay covers history up to the newest log the router had processed when the
+//! subscription was installed; everything after it is live. Live logs matched for the client
+//! meanwhile are held (like a pause) and follow the replay, so nothing is missed or repeated.
+//! The client's `log:subscribed` (and acknowledgement) go out when the replay ends, with
+//! `recovered` and the number of logs `replayed`.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use socketioxide::socket::Sid;
+use tokio::sync::oneshot;
+
+use super::Router;
+use crate::engine::RegistrationId;
+use crate::history::ring::Since;
+use crate::log_entry::{LogRecord, Position};
+use crate::protocol::{ClientError, Subscribed, event};
+
+/// History entries evaluated per step.
+pub const SLICE: usize = 256;
+
+pub enum Plan {
+    /// Everything after `after` up to `end`.
+    Since { after: Position, end: Position },
+    /// The last `n` matches up to `end`.
+    Tail { n: usize, end: Position },
+}
+
+pub struct Replay {
+    pub sid: Sid,
+    pub registration: RegistrationId,
+    pub filter: String,
+    pub plan: Plan,
+    /// Tail: matches found so far, newest last.
+    pub found: VecDeque<Arc<LogRecord>>,
+    /// Tail: entries before this position are still to be looked at.
+    pub back_from: Option<Position>,
+    pub sent: usize,
+    pub recovered: bool,
+    pub subscribed: Subscribed,
+    pub reply: Option<oneshot::Sender<Result<Subscribed, ClientError>>>,
+}
+
+enum Step {
+    More,
+    Done,
+}
+
+fn position(record: &LogRecord) -> Position {
+    record.stamp.get().map(|s| s.position).unwrap_or_default()
+}
+
+impl Router {
+    /// Run one slice of the oldest replay; round-robin between clients.
+    pub(super) fn replay_step(&mut self) {
+        let Some(mut replay) = self.replays.pop_front() else {
+            return;
+        };
+        let step = match replay.plan {
+            Plan::Since { .. } => self.since_step(&mut replay),
+            Plan::Tail { .. } => self.tail_step(&mut replay),
+        };
+        match step {
+            Step::More => self.replays.push_back(replay),
+            Step::Done => self.finish_replay(replay),
+        }
+    }
+
+    /// What `replay`'s registration receives of `slice`: its filter's matches, narrowed to
+    /// its scope and through its transforms. `None` if the filter failed.
+    fn replay_matches(
+        &mut self,
+        replay: &Replay,
+        slice: &[Arc<LogRecord>],
+    ) -> Option<Vec<Arc<LogRecord>>> {
+        let mut out = Vec::new();
+        self.registry
+            .evaluate_one(&replay.filter, slice, &mut out)
+            .ok()?;
+        let Some(m) = out.iter().find(|m| m.registration == replay.registration) else {
+            return Some(Vec::new());
+        };
+        self.registry.deliverable(m, slice).ok()
+    }
+
+    fn since_step(&mut self, replay: &mut Replay) -> Step {
+        let Plan::Since { after, end } = replay.plan else {
+            return Step::Done;
+        };
+        let start = match self.history.since(after) {
+            Since::From(i) => i,
+            // The history dropped what was left to replay.
+            Since::Gone => {
+                replay.recovered = false;
+                return Step::Done;
+            }
+        };
+        let slice: Vec<Arc<LogRecord>> = self
+            .history
+            .slice(start, SLICE)
+            .into_iter()
+            .filter(|r| position(r) <= end)
+            .collect();
+        let Some(last) = slice.last().map(|r| position(r)) else {
+            return Step::Done;
+        };
+        replay.plan = Plan::Since { after: last, end };
+        let Some(mut logs) = self.replay_matches(replay, &slice) else {
+            replay.recovered = false;
+            return Step::Done;
+        };
+        let room = self.replay_max.saturating_sub(replay.sent);
+        let truncated = logs.len() > room;
+        logs.truncate(room);
+        self.deliver_replayed(replay, &logs);
+        if truncated {
+            replay.recovered = false;
+            return Step::Done;
+        }
+        if last >= end { Step::Done } else { Step::More }
+    }
+
+    fn tail_step(&mut self, replay: &mut Replay) -> Step {
+        let Plan::Tail { n, end } = replay.plan else {
+            return Step::Done;
+        };
+        let upto = replay.back_from.unwrap_or(Position {
+            major: end.major,
+            minor: end.minor.saturating_add(1),
+        });
+        let slice = self.history.before(upto, SLICE);
+        let Some(first) = slice.first().map(|r| position(r)) else {
+            return self.send_tail(replay);
+        };
+        replay.back_from = Some(first);
+        let Some(logs) = self.replay_matches(replay, &slice) else {
+            return self.send_tail(replay);
+        };
+        for log in logs.into_iter().rev() {
+            if replay.found.len() == n {
+                break;
+            }
+            replay.found.push_front(log);
+        }
+        if replay.found.len() >= n {
+            self.send_tail(replay)
+        } else {
+            Step::More
+        }
+    }
+
+    fn send_tail(&mut self, replay: &mut Replay) -> Step {
+        let logs: Vec<Arc<LogRecord>> = replay.found.drain(..).collect();
+        self.deliver_replayed(replay, &logs);
+        Step::Done
+    }
+
+    fn deliver_replayed(&mut self, replay: &mut Replay, logs: &[Arc<LogRecord>]) {
+        if logs.is_empty() {
+            return;
+        }
+        if let Some(client) = self.clients.get_mut(&replay.sid) {
+            client.deliver_replay(logs, Instant::now());
+            replay.sent += logs.len();
+        }
+    }
+
+    /// The replay is over: the held live logs follow, then `log:subscribed` says how it went.
+    fn finish_replay(&mut self, mut replay: Replay) {
+        self.metrics.replay_served(replay.recovered);
+        if let Plan::Since { .. } = replay.plan {
+            replay.subscribed.recovered = Some(replay.recovered);
+        }
+        replay.subscribed.replayed = Some(replay.sent as u64);
+        if let Some(client) = self.clients.get_mut(&replay.sid) {
+            client.emit(event::SUBSCRIBED, &replay.subscribed);
+            client.finish_replay();
+        }
+        if let Some(reply) = replay.reply.take() {
+            let _ = reply.send(Ok(replay.subscribed));
+        }
+    }
+
+    /// Stop `sid`'s replay (its subscription changed or ended); its held logs are released.
+    pub(super) fn cancel_replay(&mut self, sid: Sid) {
+        if let Some(i) = self.replays.iter().position(|r| r.sid == sid) {
+            let replay = self.replays.remove(i);
+            if let Some(client) = self.clients.get_mut(&sid) {
+                client.finish_replay();
+            }
+            drop(replay);
+        }
+    }
+}
