@@ -166,8 +166,6 @@ pub async fn serve_admin(
                 };
                 (reply, serde_json::to_string(&answer))
             }
-            // The bus consumes its own drain markers; others' are not for us.
-            ClusterOp::Drain { .. } => continue,
         };
         if let Ok(answer) = answer {
             let _ = bus.publish(&reply, answer).await;

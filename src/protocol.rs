@@ -447,9 +447,6 @@ pub enum ClusterOp {
     Disconnect { id: String, reply: String },
     /// Describe connections and statistics; answered with [`DescribeReply`].
     Describe { reply: String },
-    /// A marker an instance publishes to itself to learn that Redis returned everything it
-    /// published before.
-    Drain { instance: String, token: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

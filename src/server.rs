@@ -237,6 +237,11 @@ pub async fn start(
                 .clone()
                 .subscriber(router.inbound.clone(), admin_tx, stop_tasks.clone()),
         );
+        tasks.spawn(
+            redis
+                .clone()
+                .stream_reader(router.inbound.clone(), stop_tasks.clone()),
+        );
         tasks.spawn(redis.clone().heartbeat(stop_tasks.clone()));
         tasks.spawn(crate::cluster::serve_admin(
             app.clone(),

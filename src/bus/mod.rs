@@ -2,12 +2,14 @@
 //!
 //! - Embedded (default): the router's bounded inbound queue. A publish lands whole or is
 //!   refused whole (`Overloaded`), so ingest can answer 503 and nothing accepted is lost.
-//! - Redis ([`redis::RedisBus`]): ingest publishes to the seed's channels and every instance,
-//!   this one included, delivers what it reads back from them to its own clients. So each
-//!   log reaches each client of the cluster once, wherever it came in. A publish Redis did
-//!   not confirm answers 503, never a silent 202.
+//! - Redis ([`redis::RedisBus`]): ingest appends to a Redis Stream ([`stream`]) and every
+//!   instance, this one included, delivers what it reads from the stream to its own clients.
+//!   So each log reaches each client of the cluster once, wherever it came in, and survives
+//!   the death of the instance that took it. A publish Redis did not confirm answers 503,
+//!   never a silent 202.
 
 pub mod redis;
+pub mod stream;
 
 use std::sync::Arc;
 

@@ -1,5 +1,11 @@
-//! The Redis bus: the seed's pub/sub channels (`log:new`, `device:status`) as the shared bus
-//! of several logstream instances, plus an admin channel for cluster-wide operations.
+//! The Redis bus shared by several logstream instances.
+//!
+//! - Logs go through a Redis Stream ([`super::stream`]): ingest answers 202 once Redis has
+//!   taken them, every instance reads the stream and delivers to its own clients, and the
+//!   stream is the history any instance replays from.
+//! - The seed's pub/sub channels keep working: a log published on `log:new` is put into the
+//!   stream once (the first instance to claim it does), `device:status` is delivered as it
+//!   comes, and an admin channel carries cluster-wide operations.
 //!
 //! Publishing goes through one multiplexed connection (`ConnectionManager`, created lazily,
 //! so a Redis that is down at start does not stop the server). Reading is a dedicated pub/sub
@@ -9,9 +15,8 @@
 //! Everything read from a channel is validated like HTTP ingest (with the validators of
 //! [`crate::log_entry`]). A malformed message is counted, logged at most every 10 s, and
 //! skipped. An entry published without an `id` gets one derived from the message's bytes and
-//! its position in it, so every instance reading the message assigns the same id.
+//! its position in it, so every instance assigns the same id.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,23 +27,26 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::PublishError;
 use crate::config::Config;
-use crate::log_entry::{LogRecord, device_status, parse_entries};
+use crate::log_entry::{Position, device_status, parse_entries};
 use crate::protocol::{ClusterOp, DeviceStatus};
 use crate::router::Inbound;
 
 /// How long one publish may take before ingest answers 503.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const HEARTBEAT: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a claim on a seed-channel message holds: the same bytes published again within it
+/// count as the same message.
+const BRIDGE_CLAIM_MS: u64 = 10_000;
 
 /// The id of entry `index` of a bus message that gave none: the same on every instance
 /// (a UUID-shaped digest of the message's bytes and the position).
@@ -64,7 +72,10 @@ pub struct Channels {
 /// Health and fault counters of the Redis link.
 #[derive(Default)]
 pub struct RedisStatus {
+    /// The pub/sub subscriber is connected.
     pub connected: AtomicBool,
+    /// The stream reader is connected.
+    pub reading: AtomicBool,
     pub reconnects: AtomicU64,
     pub malformed: AtomicU64,
     /// Logs read from Redis that the router could not take within a second (counted, dropped).
@@ -81,11 +92,11 @@ impl RedisStatus {
             .clone()
     }
 
-    fn set_error(&self, e: impl ToString) {
+    pub(super) fn set_error(&self, e: impl ToString) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
     }
 
-    fn malformed(&self, channel: &str, why: &str) {
+    pub(super) fn malformed(&self, channel: &str, why: &str) {
         let n = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
         let mut last = self
             .last_malformed_log
@@ -99,15 +110,19 @@ impl RedisStatus {
 }
 
 pub struct RedisBus {
-    client: redis::Client,
+    pub(super) client: redis::Client,
     publisher: ConnectionManager,
     pub channels: Channels,
     /// The Redis Stream of logs.
-    stream: String,
+    pub(super) stream: String,
+    /// The stream is trimmed to about this many entries (`history_max_logs`).
+    pub(super) max_len: usize,
     pub instance: String,
     pub status: RedisStatus,
-    /// Drain markers this instance is waiting to read back.
-    drains: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    /// The newest stream position this instance added (for the shutdown drain).
+    pub(super) published: Mutex<Position>,
+    /// The newest stream position this instance has read and handed to the router.
+    pub(super) read: watch::Sender<Position>,
 }
 
 impl RedisBus {
@@ -130,9 +145,11 @@ impl RedisBus {
                 admin: config.redis_admin_channel.clone(),
             },
             stream: config.redis_stream.clone(),
+            max_len: config.history_max_logs,
             instance,
             status: RedisStatus::default(),
-            drains: Mutex::default(),
+            published: Mutex::default(),
+            read: watch::Sender::new(Position::default()),
         }))
     }
 
@@ -147,7 +164,7 @@ impl RedisBus {
     }
 
     pub fn connected(&self) -> bool {
-        self.status.connected.load(Ordering::Relaxed)
+        self.status.connected.load(Ordering::Relaxed) && self.status.reading.load(Ordering::Relaxed)
     }
 
     /// PUBLISH, bounded in time; any failure is `Unavailable`.
@@ -166,22 +183,6 @@ impl RedisBus {
         }
     }
 
-    /// One PUBLISH of the whole request as a JSON array (the seed's entry format), built from
-    /// the bytes serialized at ingest.
-    pub async fn publish_logs(&self, logs: &[Arc<LogRecord>]) -> Result<(), PublishError> {
-        let mut payload =
-            String::with_capacity(logs.iter().map(|l| l.json.get().len() + 1).sum::<usize>() + 2);
-        payload.push('[');
-        for (i, log) in logs.iter().enumerate() {
-            if i > 0 {
-                payload.push(',');
-            }
-            payload.push_str(log.json.get());
-        }
-        payload.push(']');
-        self.publish(&self.channels.logs, payload).await
-    }
-
     pub async fn publish_status(&self, status: &DeviceStatus) -> Result<(), PublishError> {
         let payload = serde_json::to_string(status).unwrap_or_default();
         self.publish(&self.channels.status, payload).await
@@ -191,25 +192,6 @@ impl RedisBus {
     pub async fn publish_op(&self, op: &ClusterOp) -> Result<(), PublishError> {
         let payload = serde_json::to_string(op).unwrap_or_default();
         self.publish(&self.channels.admin, payload).await
-    }
-
-    /// Wait until everything this instance published before now has been read back from
-    /// Redis (and handed to the router): publish a marker and wait to see it.
-    pub async fn drain(&self, timeout: Duration) -> bool {
-        let token = uuid::Uuid::new_v4().to_string();
-        let (tx, rx) = oneshot::channel();
-        self.drains
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token.clone(), tx);
-        let marker = ClusterOp::Drain {
-            instance: self.instance.clone(),
-            token,
-        };
-        if self.publish_op(&marker).await.is_err() {
-            return false;
-        }
-        tokio::time::timeout(timeout, rx).await.is_ok()
     }
 
     fn instance_key(&self, id: &str) -> String {
@@ -351,7 +333,7 @@ impl RedisBus {
             let channel = msg.get_channel_name().to_owned();
             let payload = msg.get_payload_bytes();
             if channel == self.channels.logs {
-                self.on_logs(payload, router).await;
+                self.on_logs(payload).await;
             } else if channel == self.channels.status {
                 self.on_status(payload, router).await;
             } else if channel == self.channels.admin {
@@ -363,7 +345,7 @@ impl RedisBus {
 
     /// Hand to the router; when its queue is full, wait up to [`FORWARD_TIMEOUT`] for room
     /// on a blocking thread (the router is a plain thread); past that, count and drop.
-    async fn forward(&self, router: &Sender<Inbound>, msg: Inbound, entries: u64) {
+    pub(super) async fn forward(&self, router: &Sender<Inbound>, msg: Inbound, entries: u64) {
         let msg = match router.try_send(msg) {
             Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
             Err(crossbeam_channel::TrySendError::Full(msg)) => msg,
@@ -385,7 +367,9 @@ impl RedisBus {
         }
     }
 
-    async fn on_logs(&self, payload: &[u8], router: &Sender<Inbound>) {
+    /// A log published on the seed's channel: every instance reads it, the first to claim
+    /// it puts it into the stream (once for the cluster), and all deliver it from there.
+    async fn on_logs(&self, payload: &[u8]) {
         let value: Value = match serde_json::from_slice(payload) {
             Ok(v) => v,
             Err(e) => {
@@ -394,12 +378,39 @@ impl RedisBus {
                     .malformed(&self.channels.logs, &format!("not JSON: {e}"));
             }
         };
-        match parse_entries(value, |i| id_from_message(payload, i)) {
-            Ok(records) => {
-                let n = records.len() as u64;
-                self.forward(router, Inbound::Logs(records), n).await;
+        let records = match parse_entries(value, |i| id_from_message(payload, i)) {
+            Ok(r) => r,
+            Err(e) => return self.status.malformed(&self.channels.logs, &e.to_string()),
+        };
+        let claim = format!(
+            "{}:bridged:{:x}",
+            self.stream,
+            Sha256::digest(payload)
+                .iter()
+                .take(16)
+                .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
+        );
+        let mut conn = self.publisher.clone();
+        let mut command = redis::cmd("SET");
+        command
+            .arg(&claim)
+            .arg(&self.instance)
+            .arg("NX")
+            .arg("PX")
+            .arg(BRIDGE_CLAIM_MS);
+        let set = command.query_async::<Option<String>>(&mut conn);
+        match tokio::time::timeout(PUBLISH_TIMEOUT, set).await {
+            Ok(Ok(Some(_))) => {
+                if let Err(e) = self.publish_logs(&records).await {
+                    self.status
+                        .overflow_dropped
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %e, entries = records.len(), "a log from the seed channel could not be put into the stream");
+                }
             }
-            Err(e) => self.status.malformed(&self.channels.logs, &e.to_string()),
+            Ok(Ok(None)) => {} // another instance took it
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not claim a seed-channel message"),
+            Err(_) => tracing::warn!("redis did not answer a seed-channel claim in time"),
         }
     }
 
@@ -433,18 +444,6 @@ impl RedisBus {
                 );
             }
         };
-        if let ClusterOp::Drain { instance, token } = &op {
-            if *instance == self.instance
-                && let Some(tx) = self
-                    .drains
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(token)
-            {
-                let _ = tx.send(());
-            }
-            return;
-        }
         if admin.try_send(op).is_err() {
             tracing::warn!("admin queue full; dropped a cluster admin message");
         }

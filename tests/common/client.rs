@@ -14,6 +14,9 @@ pub struct TestClient {
     rx: mpsc::UnboundedReceiver<(String, Value)>,
     /// Events received but not yet asked for.
     backlog: VecDeque<(String, Value)>,
+    /// The offset (last argument) of each `log:new` / `log:batch` that carried one, by the
+    /// first argument's JSON text.
+    offsets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 fn first_value(payload: Payload) -> Value {
@@ -26,6 +29,14 @@ fn first_value(payload: Payload) -> Value {
     }
 }
 
+/// The second argument of an event that has two (the offset convention).
+fn second_value(payload: &Payload) -> Option<String> {
+    match payload {
+        Payload::Text(values) if values.len() == 2 => values[1].as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
 /// Why a connection was refused.
 #[derive(Debug)]
 pub struct ConnectRefused(pub String);
@@ -34,6 +45,11 @@ impl TestClient {
     /// Connect over WebSocket with `auth: { token }`. Waits for the namespace connect or the
     /// refusal.
     pub async fn connect(url: &str, token: Option<&str>) -> Result<TestClient, ConnectRefused> {
+        TestClient::connect_auth(url, token.map(|t| serde_json::json!({ "token": t }))).await
+    }
+
+    /// Connect with this `auth` payload (e.g. `{ token, session, offset }` to resume).
+    pub async fn connect_auth(url: &str, auth: Option<Value>) -> Result<TestClient, ConnectRefused> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Value)>();
         let on = |name: &'static str, tx: mpsc::UnboundedSender<(String, Value)>| {
             move |payload: Payload, _c: Client| {
@@ -45,6 +61,9 @@ impl TestClient {
             }
         };
         let any_tx = tx.clone();
+        let offsets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+            Default::default();
+        let any_offsets = offsets.clone();
         let mut builder = ClientBuilder::new(url)
             .transport_type(TransportType::Websocket)
             .reconnect(false)
@@ -53,13 +72,19 @@ impl TestClient {
             .on(Event::Close, on("close", tx.clone()))
             .on_any(move |event, payload, _c| {
                 let tx = any_tx.clone();
+                let offsets = any_offsets.clone();
                 async move {
-                    let _ = tx.send((event.as_str().to_owned(), first_value(payload)));
+                    let offset = second_value(&payload);
+                    let value = first_value(payload);
+                    if let Some(o) = offset {
+                        offsets.lock().unwrap().insert(value.to_string(), o);
+                    }
+                    let _ = tx.send((event.as_str().to_owned(), value));
                 }
                 .boxed()
             });
-        if let Some(t) = token {
-            builder = builder.auth(serde_json::json!({ "token": t }));
+        if let Some(auth) = auth {
+            builder = builder.auth(auth);
         }
         let client = builder
             .connect()
@@ -85,6 +110,7 @@ impl TestClient {
             client,
             rx,
             backlog,
+            offsets,
         })
     }
 
@@ -196,6 +222,11 @@ impl TestClient {
                 None => return out,
             }
         }
+    }
+
+    /// The offset that came with `log` (a `log:new` entry), if any.
+    pub fn offset_of(&self, log: &Value) -> Option<String> {
+        self.offsets.lock().unwrap().get(&log.to_string()).cloned()
     }
 
     pub async fn disconnect(self) {

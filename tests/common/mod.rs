@@ -262,6 +262,14 @@ impl Server {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Send SIGTERM and wait for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

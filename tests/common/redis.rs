@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// With persistence: the directory of its append-only file.
+    dir: Option<std::path::PathBuf>,
 }
 
 pub fn free_port() -> u16 {
@@ -22,8 +24,32 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        RedisServer::launch(port, None)
+    }
+
+    /// A Redis that keeps its data across restarts (append-only file, fsync always).
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::launch(free_port(), Some(super::scratch_dir("redis")))
+    }
+
+    /// Kill it and start it again on the same port (and data, if persistent).
+    pub fn restart(&mut self) {
+        self.stop();
+        *self = RedisServer::launch(self.port, self.dir.clone());
+    }
+
+    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> RedisServer {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        match &dir {
+            Some(d) => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d);
+            }
+            None => {
+                cmd.args(["--appendonly", "no"]);
+            }
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -41,6 +67,7 @@ impl RedisServer {
         RedisServer {
             child: Some(child),
             port,
+            dir,
         }
     }
 

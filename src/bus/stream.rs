@@ -1,0 +1,222 @@
+//! The Redis Stream of logs: the cluster's durable bus and its history.
+//!
+//! - Ingest appends each accepted log with `XADD … MAXLEN ~ history_max_logs` (one atomic
+//!   pipeline per request) and answers 202 only once Redis has taken them all.
+//! - Every instance reads the stream with `XREAD BLOCK` on a connection of its own, from the
+//!   last entry it read, so a Redis blip loses nothing; at start it first loads what the
+//!   stream still holds into its history (not delivered: history only).
+//! - A log's offset is its stream entry id, in the stream's epoch: a random value kept in
+//!   Redis beside the stream (`<stream>:epoch`). A Redis that lost its data gets a new epoch,
+//!   so offsets from before can never replay the wrong logs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use redis::AsyncCommands;
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use tokio_util::sync::CancellationToken;
+
+use super::PublishError;
+use super::redis::{BACKOFF_MAX, BACKOFF_MIN, PUBLISH_TIMEOUT, RedisBus};
+use crate::log_entry::{LogRecord, Position, Stamp};
+use crate::router::Inbound;
+
+/// Entries per read.
+const READ_COUNT: usize = 1000;
+
+/// A stream entry id (`1700000000000-3`) as a position.
+fn position(id: &str) -> Option<Position> {
+    let (ms, n) = id.split_once('-')?;
+    Some(Position {
+        major: ms.parse().ok()?,
+        minor: n.parse().ok()?,
+    })
+}
+
+impl RedisBus {
+    /// Append `logs` to the stream, all or none; returns once Redis has them.
+    pub async fn publish_logs(&self, logs: &[Arc<LogRecord>]) -> Result<(), PublishError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for log in logs {
+            pipe.cmd("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.max_len)
+                .arg("*")
+                .arg("e")
+                .arg(log.json.get());
+        }
+        let mut conn = self.connection();
+        let added = pipe.query_async::<Vec<String>>(&mut conn);
+        let ids = match tokio::time::timeout(PUBLISH_TIMEOUT, added).await {
+            Ok(Ok(ids)) => ids,
+            Ok(Err(e)) => {
+                self.status.set_error(&e);
+                return Err(PublishError::Unavailable(format!("redis: {e}")));
+            }
+            Err(_) => {
+                return Err(PublishError::Unavailable(
+                    "redis did not answer in time".into(),
+                ));
+            }
+        };
+        if let Some(last) = ids.last().and_then(|id| position(id)) {
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            *published = (*published).max(last);
+        }
+        Ok(())
+    }
+
+    /// Wait until this instance has read back everything it appended (shutdown: so the
+    /// router drains it too). `false` if `timeout` passed first.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let target = *self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = self.read.subscribe();
+        tokio::time::timeout(timeout, read.wait_for(|p| *p >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Read the stream until `stop`, reconnecting with backoff from the last entry read.
+    pub async fn stream_reader(self: Arc<Self>, router: Sender<Inbound>, stop: CancellationToken) {
+        let mut epoch: Option<String> = None;
+        let mut last: Option<String> = None;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = self.read_once(&router, &mut epoch, &mut last) => outcome,
+            };
+            if let Err(e) = outcome {
+                self.status.set_error(&e);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis stream unavailable");
+            }
+            if self.status.reading.swap(false, Ordering::Relaxed) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// The stream's epoch, created if the stream has none (a new or wiped Redis).
+    async fn epoch(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
+        let key = format!("{}:epoch", self.stream);
+        let _: bool = conn.set_nx(&key, crate::history::new_epoch()).await?;
+        conn.get(&key).await
+    }
+
+    fn records(&self, epoch: &str, entries: Vec<StreamId>) -> Vec<Arc<LogRecord>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let parsed = position(&entry.id).and_then(|p| {
+                let text: String = entry.get("e")?;
+                let value = serde_json::from_str(&text).ok()?;
+                let record = LogRecord::from_value_with_id(value, || entry.id.clone()).ok()?;
+                let _ = record.stamp.set(Stamp::new(epoch, p));
+                Some(Arc::new(record))
+            });
+            match parsed {
+                Some(r) => out.push(r),
+                None => self
+                    .status
+                    .malformed(&self.stream, &format!("stream entry {} is not a log entry", entry.id)),
+            }
+        }
+        out
+    }
+
+    async fn read_once(
+        &self,
+        router: &Sender<Inbound>,
+        epoch: &mut Option<String>,
+        last: &mut Option<String>,
+    ) -> redis::RedisResult<()> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let current = self.epoch(&mut conn).await?;
+        if epoch.as_deref() != Some(current.as_str()) {
+            if epoch.is_some() {
+                tracing::warn!(old = ?epoch, new = %current, "the redis stream has a new epoch (its data was lost?): older offsets cannot be replayed");
+            }
+            *epoch = Some(current.clone());
+            *last = None;
+            self.forward(router, Inbound::Epoch(current.clone()), 0).await;
+        }
+        if last.is_none() {
+            // Load what the stream holds into history, oldest first.
+            let mut from = "-".to_owned();
+            let mut newest = "0-0".to_owned();
+            loop {
+                let reply: redis::streams::StreamRangeReply =
+                    conn.xrange_count(&self.stream, &from, "+", READ_COUNT).await?;
+                let n = reply.ids.len();
+                if let Some(entry) = reply.ids.last() {
+                    newest = entry.id.clone();
+                    from = format!("({newest}");
+                }
+                let records = self.records(&current, reply.ids);
+                if !records.is_empty() {
+                    self.forward(router, Inbound::Backfill(records), 0).await;
+                }
+                if n < READ_COUNT {
+                    break;
+                }
+            }
+            *last = Some(newest);
+        }
+        self.status.reading.store(true, Ordering::Relaxed);
+        tracing::info!(stream = %self.stream, epoch = %current, "reading the redis stream");
+        let options = StreamReadOptions::default().block(1000).count(READ_COUNT);
+        loop {
+            let from = last.clone().unwrap_or_else(|| "0-0".into());
+            let reply: Option<StreamReadReply> = conn
+                .xread_options(&[&self.stream], &[&from], &options)
+                .await?;
+            let entries: Vec<StreamId> = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default();
+            let Some(newest) = entries.last().map(|e| e.id.clone()) else {
+                continue;
+            };
+            let records = self.records(&current, entries);
+            let n = records.len() as u64;
+            if !records.is_empty() {
+                self.forward(router, Inbound::Logs(records), n).await;
+            }
+            if let Some(p) = position(&newest) {
+                self.read.send_replace(p);
+            }
+            *last = Some(newest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_are_positions() {
+        assert_eq!(
+            position("1700000000000-3"),
+            Some(Position {
+                major: 1_700_000_000_000,
+                minor: 3
+            })
+        );
+        assert_eq!(position("nope"), None);
+    }
+}
