@@ -126,7 +126,7 @@ pub struct Position {
 
 /// A record's position and its offset as clients see it (`"<epoch>:<major>-<minor>"`, kept
 /// as a JSON string so every emit shares the same bytes).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Stamp {
     pub position: Position,
     pub offset: Box<RawValue>,

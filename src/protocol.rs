@@ -219,13 +219,17 @@ pub enum DropReason {
     PauseOverflow,
     /// The socket's outbound queue was full: the client reads slower than logs arrive.
     SlowConsumer,
+    /// Held for the client (paused, or behind a replay) when a refreshed token narrowed what
+    /// it may see: no longer its to receive.
+    ScopeChanged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::RateLimit,
         DropReason::PauseOverflow,
         DropReason::SlowConsumer,
+        DropReason::ScopeChanged,
     ];
 }
 
@@ -321,6 +325,7 @@ pub struct Drops {
     pub rate_limit: u64,
     pub pause_overflow: u64,
     pub slow_consumer: u64,
+    pub scope_changed: u64,
     /// Ingest refused because the router queue was full (not part of `total`: never matched).
     pub ingest_rejected: u64,
     pub total: u64,
@@ -331,6 +336,7 @@ impl AddAssign for Drops {
         self.rate_limit += o.rate_limit;
         self.pause_overflow += o.pause_overflow;
         self.slow_consumer += o.slow_consumer;
+        self.scope_changed += o.scope_changed;
         self.ingest_rejected += o.ingest_rejected;
         self.total += o.total;
     }

@@ -326,10 +326,15 @@ impl Running {
         {
             tracing::warn!("background tasks did not stop before the shutdown deadline");
         }
-        // 6. The router thread.
-        let _ = self.router.control.send(Control::Stop);
+        // 6. The router thread (the control queue may be full of disconnects: wait for room
+        //    on a blocking thread, not on this worker).
+        drop(self._hot_reload);
+        let control = self.router.control.clone();
         let thread = self.router_thread;
-        let joined = tokio::task::spawn_blocking(move || thread.join());
+        let joined = tokio::task::spawn_blocking(move || {
+            let _ = control.send(Control::Stop);
+            thread.join()
+        });
         if tokio::time::timeout_at(deadline.into(), joined)
             .await
             .is_err()

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub dropped_rate_limit: AtomicU64,
     pub dropped_pause_overflow: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
+    pub dropped_scope_changed: AtomicU64,
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,
     /// Client events refused by the per-socket event limit.
@@ -88,6 +89,7 @@ impl Metrics {
             DropReason::RateLimit => &self.dropped_rate_limit,
             DropReason::PauseOverflow => &self.dropped_pause_overflow,
             DropReason::SlowConsumer => &self.dropped_slow_consumer,
+            DropReason::ScopeChanged => &self.dropped_scope_changed,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -96,13 +98,15 @@ impl Metrics {
         let rate_limit = self.dropped_rate_limit.load(Ordering::Relaxed);
         let pause_overflow = self.dropped_pause_overflow.load(Ordering::Relaxed);
         let slow_consumer = self.dropped_slow_consumer.load(Ordering::Relaxed);
+        let scope_changed = self.dropped_scope_changed.load(Ordering::Relaxed);
         let ingest_rejected = self.ingest_rejected.load(Ordering::Relaxed);
         Drops {
             rate_limit,
             pause_overflow,
             slow_consumer,
+            scope_changed,
             ingest_rejected,
-            total: rate_limit + pause_overflow + slow_consumer,
+            total: rate_limit + pause_overflow + slow_consumer + scope_changed,
         }
     }
 

@@ -160,7 +160,7 @@ pub fn check_scope(filter: &str, params: &Value, scope: &Scope) -> Result<(), Cl
     if scope.is_empty() {
         return Err(ClientError::new(
             Code::Forbidden,
-            "your token grants no devices (it has no `devices` claim and the server's default_device_scope is empty)",
+            "your token grants no devices (an empty `devices` claim, or none and an empty default_device_scope on the server)",
         )
         .field("deviceIds"));
     }
@@ -172,12 +172,30 @@ pub fn check_scope(filter: &str, params: &Value, scope: &Scope) -> Result<(), Cl
         if !scope.matches(device) {
             return Err(ClientError::new(
                 Code::Forbidden,
-                format!("deviceIds: {device:?} is outside the devices your token may see {scope}"),
+                format!(
+                    "deviceIds: {device:?} is outside the devices your token may see ({})",
+                    shown(scope)
+                ),
             )
             .field("deviceIds"));
         }
     }
     Ok(())
+}
+
+/// A scope for a message: its first few patterns.
+fn shown(scope: &Scope) -> String {
+    let patterns = scope.patterns();
+    let mut text = patterns
+        .iter()
+        .take(3)
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if patterns.len() > 3 {
+        text.push_str(&format!(" and {} more", patterns.len() - 3));
+    }
+    text
 }
 
 /// `transform`: a list of names or `{ name, params }` objects.

@@ -55,7 +55,9 @@ async fn a_client_resumes_on_another_instance_after_its_instance_is_killed() {
     ready(&b).await;
     let token = Server::token("roamer");
     let mut c = TestClient::connect(&a.url, Some(&token)).await.unwrap();
-    let subscribed = c.subscribe(json!({"deviceIds": ["d"], "resume": true})).await;
+    let subscribed = c
+        .subscribe(json!({"deviceIds": ["d"], "resume": true}))
+        .await;
     let session = subscribed["session"].as_str().unwrap().to_owned();
 
     a.ingest(numbered("d", 0, 10)).await;

@@ -10,7 +10,10 @@ use common::{API_KEY, Server};
 #[test]
 fn python_client_since_and_tail_over_polling_and_websocket() {
     let server = Server::builder().set("rate_limit", 100_000).start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/history_client.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/history_client.py"
+    );
     let output = Command::new("python3")
         .arg(script)
         .args([&server.url, &Server::token("py"), API_KEY])

@@ -2,22 +2,10 @@
 //! each allowed to write only the devices its patterns match. The configuration holds their
 //! SHA-256, never the keys themselves; `logstream key new` makes one.
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::Scope;
-
-/// One `[[ingest_keys]]` entry of the configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IngestKeyConfig {
-    /// Who this key is, in logs and the audit trail.
-    pub name: String,
-    /// SHA-256 of the key, lower-case hex.
-    pub key_sha256: String,
-    /// Device patterns the key may write.
-    pub devices: Vec<String>,
-}
+pub use crate::config::IngestKeyConfig;
 
 /// A validated scoped key.
 #[derive(Debug, Clone)]

@@ -107,7 +107,10 @@ impl RedisBus {
     }
 
     /// The stream's epoch, created if the stream has none (a new or wiped Redis).
-    async fn epoch(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<String> {
+    async fn epoch(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<String> {
         let key = format!("{}:epoch", self.stream);
         let _: bool = conn.set_nx(&key, crate::history::new_epoch()).await?;
         conn.get(&key).await
@@ -125,9 +128,10 @@ impl RedisBus {
             });
             match parsed {
                 Some(r) => out.push(r),
-                None => self
-                    .status
-                    .malformed(&self.stream, &format!("stream entry {} is not a log entry", entry.id)),
+                None => self.status.malformed(
+                    &self.stream,
+                    &format!("stream entry {} is not a log entry", entry.id),
+                ),
             }
         }
         out
@@ -153,15 +157,17 @@ impl RedisBus {
             }
             *epoch = Some(current.clone());
             *last = None;
-            self.forward(router, Inbound::Epoch(current.clone()), 0).await;
+            self.forward(router, Inbound::Epoch(current.clone()), 0)
+                .await;
         }
         if last.is_none() {
             // Load what the stream holds into history, oldest first.
             let mut from = "-".to_owned();
             let mut newest = "0-0".to_owned();
             loop {
-                let reply: redis::streams::StreamRangeReply =
-                    conn.xrange_count(&self.stream, &from, "+", READ_COUNT).await?;
+                let reply: redis::streams::StreamRangeReply = conn
+                    .xrange_count(&self.stream, &from, "+", READ_COUNT)
+                    .await?;
                 let n = reply.ids.len();
                 if let Some(entry) = reply.ids.last() {
                     newest = entry.id.clone();

@@ -61,7 +61,7 @@ pub struct Client {
     /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
     held: VecDeque<Arc<LogRecord>>,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
-    pending_drops: [u64; 3],
+    pending_drops: [u64; 4],
     /// When the handshake registered this client (see [`Client::is_stale`]).
     registered_at: Instant,
     /// Batch mode: admitted logs waiting for the next `log:batch`, oldest first.
@@ -93,7 +93,7 @@ impl Client {
             limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
             paused: false,
             held: VecDeque::new(),
-            pending_drops: [0; 3],
+            pending_drops: [0; 4],
             registered_at: now,
             outbox: Vec::new(),
             last_batch_at: None,
@@ -130,9 +130,17 @@ impl Client {
         &self.scope
     }
 
-    /// A refreshed token's scope.
+    /// A refreshed token's scope. What is held for the client (paused, behind a replay, in
+    /// the batch window) from devices the new scope excludes is no longer its to receive:
+    /// dropped, and reported as `scope_changed`.
     pub fn set_scope(&mut self, scope: Arc<Scope>) {
+        let before = self.held.len() + self.outbox.len();
+        self.held.retain(|l| scope.matches(&l.device_id));
+        self.outbox.retain(|l| scope.matches(&l.device_id));
+        let removed = before - self.held.len() - self.outbox.len();
+        self.drop_logs(DropReason::ScopeChanged, removed as u64);
         self.scope = scope;
+        self.report_drops(&[DropReason::ScopeChanged]);
     }
 
     pub fn has_outbox(&self) -> bool {
@@ -582,6 +590,44 @@ mod tests {
             offsets,
             ["e:1-0", "e:2-0", "e:3-0", "e:4-0"],
             "replay first, then live"
+        );
+    }
+
+    #[test]
+    fn a_narrower_scope_drops_what_is_held_from_devices_it_excludes() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        c.pause();
+        let mixed: Vec<Arc<LogRecord>> = ["a/1", "b/1", "a/2"]
+            .iter()
+            .map(|d| {
+                Arc::new(
+                    LogRecord::from_value(serde_json::json!({"deviceId": d, "message": d}))
+                        .unwrap(),
+                )
+            })
+            .collect();
+        c.deliver(&mixed, t0);
+        c.set_scope(Arc::new(Scope::parse(&["a/*".to_owned()]).unwrap()));
+        c.resume();
+        let devices: Vec<String> = rec
+            .messages(event::NEW)
+            .iter()
+            .map(|j| {
+                serde_json::from_str::<serde_json::Value>(j).unwrap()["deviceId"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(devices, ["a/1", "a/2"]);
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 1,
+                reason: DropReason::ScopeChanged
+            }]
         );
     }
 

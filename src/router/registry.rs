@@ -199,7 +199,9 @@ impl Registry {
     ) -> Result<(), SubscribeError> {
         let params_text = params.to_string();
         let chain_text = serde_json::to_string(chain).unwrap_or_default();
-        let key = format!("{filter}|{params_text}|{chain_text}|{scope}");
+        let scope_text = serde_json::to_string(scope.patterns()).unwrap_or_default();
+        let key = serde_json::to_string(&(filter, &params_text, &chain_text, &scope_text))
+            .unwrap_or_default();
         let id = match self.by_key.get(&key) {
             Some(id) => *id,
             None => self.register(filter, params, chain, scope, key)?,
@@ -428,6 +430,10 @@ impl Registry {
             .filter(|log| reg.scope.is_all() || reg.scope.matches(&log.device_id))
             .cloned()
             .collect();
+        if reg.chain.is_empty() || logs.is_empty() {
+            return Ok(logs);
+        }
+        let matched = logs.clone();
         for (name, params) in &reg.chain {
             if logs.is_empty() {
                 break;
@@ -438,6 +444,22 @@ impl Registry {
             logs = transform
                 .apply(params, &logs)
                 .map_err(|e| (name.clone(), e))?;
+        }
+        // What a transform returns is new: it may not name a device outside the scope (a
+        // transform that keeps state could otherwise pass one registration's logs to
+        // another), and it keeps the place in history of the entry it came from.
+        logs.retain(|l| reg.scope.matches(&l.device_id));
+        for log in &logs {
+            if log.stamp.get().is_none() {
+                let source = matched
+                    .iter()
+                    .find(|m| m.id == log.id)
+                    .or(matched.last())
+                    .and_then(|m| m.stamp.get());
+                if let Some(stamp) = source {
+                    let _ = log.stamp.set(stamp.clone());
+                }
+            }
         }
         Ok(logs)
     }
@@ -489,6 +511,28 @@ mod tests {
 
     fn all() -> Arc<Scope> {
         Arc::new(Scope::all())
+    }
+
+    /// Rewrites every entry's device: a transform trying to widen a scope.
+    struct Relabel;
+
+    impl TransformEngine for Relabel {
+        fn validate(&mut self, _: &str) -> Result<(), AddError> {
+            Ok(())
+        }
+        fn apply(
+            &mut self,
+            _: &str,
+            logs: &[Arc<LogRecord>],
+        ) -> Result<Vec<Arc<LogRecord>>, EngineError> {
+            Ok(logs
+                .iter()
+                .map(|l| {
+                    let v = json!({"deviceId": "plant-b/9", "message": l.message, "id": l.id});
+                    Arc::new(LogRecord::from_value(v).unwrap())
+                })
+                .collect())
+        }
     }
 
     fn registry() -> Registry {
@@ -614,6 +658,46 @@ mod tests {
             }
         }
         assert_eq!(r.subscription_of(a).unwrap().0, "default");
+    }
+
+    #[test]
+    fn what_a_transform_returns_is_held_to_the_scope_and_keeps_its_offset() {
+        use crate::log_entry::{Position, Stamp};
+        let mut r = registry();
+        r.install("relabel", Plugin::Transform(Box::new(Relabel)));
+        let (a, b) = (Sid::new(), Sid::new());
+        let plant_a = Arc::new(Scope::parse(&["plant-a/*".to_owned()]).unwrap());
+        r.subscribe(
+            a,
+            "default",
+            &json!({}),
+            &[step("relabel", json!({}))],
+            &plant_a,
+        )
+        .unwrap();
+        r.subscribe(
+            b,
+            "default",
+            &json!({}),
+            &[step("shout", json!({}))],
+            &all(),
+        )
+        .unwrap();
+        let batch = [record("plant-a/1", "x")];
+        let _ = batch[0]
+            .stamp
+            .set(Stamp::new("e", Position { major: 7, minor: 0 }));
+        let mut out = Vec::new();
+        r.evaluate(&batch, &mut out);
+        for m in &out {
+            let logs = r.deliverable(m, &batch).unwrap();
+            if r.clients(m.registration) == [a] {
+                assert!(logs.is_empty(), "plant-b/9 is outside plant-a/*");
+            } else {
+                assert_eq!(logs[0].message, "X");
+                assert_eq!(logs[0].stamp.get().unwrap().position.major, 7);
+            }
+        }
     }
 
     #[test]

@@ -17,12 +17,21 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Watch `session`'s grant until the socket goes; runs as one task per connection.
+/// Watch `session`'s grant until the socket goes; runs as one task per connection, started
+/// during the handshake: it waits for the connection first, and gives up on a handshake that
+/// never completes.
 pub async fn watch(socket: SocketRef, session: Arc<Session>, notice: Duration) {
+    let deadline =
+        tokio::time::Instant::now() + crate::server::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+    while !socket.connected() {
+        if session.is_closed() || tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The `exp` already warned about, so a refresh to a later one warns again.
     let mut warned_for = 0;
     loop {
-        // (Started during the handshake, before the socket counts as connected.)
         if session.is_closed() {
             return;
         }

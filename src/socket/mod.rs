@@ -5,7 +5,8 @@
 //! the client as `connect_error` with the seed's messages, and are logged at INFO with the
 //! reason and the peer address (never the token).
 //!
-//! Events: `log:subscribe`, `log:unsubscribe`, `log:pause`, `log:resume`. Each is checked
+//! Events: `log:subscribe`, `log:unsubscribe`, `log:pause`, `log:resume`, `auth:refresh`
+//! (a newer token; see [`expiry`] for `auth:expired`). Each is checked
 //! against the socket's event budget, validated here, and applied by the router between two
 //! batches; the answer goes out as the seed's event and, when the client passed one, as the
 //! acknowledgement. A payload that cannot be decoded is refused (`invalid_payload`), never
@@ -438,8 +439,11 @@ async fn on_refresh(
         return;
     };
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return;
+        return reply_error(&socket, ack, &busy());
     };
+    // One refresh at a time per connection, so the grant and the router's scope move
+    // together.
+    let _one_at_a_time = session.refreshing.lock().await;
     let token = match &data {
         Ok(Value::String(t)) => t.clone(),
         Ok(v) => v
@@ -467,18 +471,31 @@ async fn on_refresh(
             ClientError::new(Code::Forbidden, "the new token is for another user").field("token");
         return reply_error(&socket, ack, &error);
     }
-    session.set_grant(grant.clone());
+    if grant.expires_at < session.grant().expires_at {
+        let error = ClientError::new(
+            Code::Unauthorized,
+            "the new token expires before the current one",
+        )
+        .field("token");
+        return reply_error(&socket, ack, &error);
+    }
+    // The router first (it holds what the client is sent), then the grant (its expiry).
     let sid = socket.id;
     let scope = grant.scope.clone();
-    let ended = ask_router(&socket, &app, |reply| ClientCommand::Rescope {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.control_reliably(Control::Client(ClientCommand::Rescope {
         sid,
         scope,
-        reply,
-    })
+        reply: tx,
+    }))
     .await;
-    if let Some(Some(error)) = &ended {
-        tracing::info!(target: "audit", user = %session.user, peer = %peer(&socket), reason = %error.message, "subscription ended by a narrower token");
+    let Ok(ended) = rx.await else {
+        return reply_error(&socket, ack, &busy());
+    };
+    if let Some(error) = &ended {
+        tracing::info!(target: "audit", user = %session.user, peer = %peer(&socket), code = %error.code, reason = %error.message, "subscription ended on token refresh");
     }
+    session.set_grant(grant.clone());
     let payload = Refreshed {
         success: true,
         expires_at: grant.expires_at,

@@ -1,6 +1,8 @@
 //! Per-socket state that lives in the socket's extensions: who the client is, what its token
-//! grants and until when (replaced by `auth:refresh`), the connection slot it holds (released
-//! when the socket is dropped), and its event budget.
+//! grants and until when (replaced by `auth:refresh`), its resumable session, the connection
+//! slot it holds (released when the last reference to the session goes: the socket, and its
+//! expiry watcher, which ends with the connection or an abandoned handshake), and its event
+//! budget.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ pub struct Session {
     grant: Mutex<Grant>,
     /// Wakes the expiry watcher when the grant changes or the socket goes.
     pub changed: Notify,
+    /// Held while an `auth:refresh` is applied.
+    pub refreshing: tokio::sync::Mutex<()>,
     closed: std::sync::atomic::AtomicBool,
     /// The session of this connection's resumable subscription, if any.
     resume: Mutex<Option<String>>,
@@ -58,6 +62,7 @@ impl Session {
             user,
             grant: Mutex::new(grant),
             changed: Notify::new(),
+            refreshing: tokio::sync::Mutex::new(()),
             closed: Default::default(),
             resume: Mutex::new(None),
             resume_request: Mutex::new(None),

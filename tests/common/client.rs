@@ -49,7 +49,10 @@ impl TestClient {
     }
 
     /// Connect with this `auth` payload (e.g. `{ token, session, offset }` to resume).
-    pub async fn connect_auth(url: &str, auth: Option<Value>) -> Result<TestClient, ConnectRefused> {
+    pub async fn connect_auth(
+        url: &str,
+        auth: Option<Value>,
+    ) -> Result<TestClient, ConnectRefused> {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, Value)>();
         let on = |name: &'static str, tx: mpsc::UnboundedSender<(String, Value)>| {
             move |payload: Payload, _c: Client| {

@@ -40,10 +40,18 @@ impl RedisServer {
 
     fn launch(port: u16, dir: Option<std::path::PathBuf>) -> RedisServer {
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""]);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
         match &dir {
             Some(d) => {
-                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"]).arg(d);
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                    .arg(d);
             }
             None => {
                 cmd.args(["--appendonly", "no"]);
