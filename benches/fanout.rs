@@ -3,8 +3,17 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream,logstream-redis,node | both] [--mode batch|new]
-//!   [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10] [--set key=value ...]`
+//! `cargo bench --bench fanout -- [--target logstream,logstream-redis,logstream-redis-pubsub,node | both]
+//!   [--mode batch|new] [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10]
+//!   [--replay N] [--set key=value ...]`
+//! `cargo bench --bench fanout -- --history-memory 100000`
+//!
+//! `--replay N`: before the window, N logs of a device nobody watches are ingested; in the
+//! middle of the window one more client subscribes with `since` an offset just before them,
+//! and the time until its N-th log arrives is reported beside the others' latency.
+//! `--history-memory N`: RSS growth of a server holding N logs in history, per log.
+//! `logstream-redis-pubsub` runs the binary named by `LOGSTREAM_PUBSUB_BIN` (a build of the
+//! previous, pub/sub-only bus) the same way as `logstream-redis`.
 //!
 //! `node` is the seed's design on Node.js + socket.io (`../shared/peers/node-seed`, copied to
 //! a temporary directory and `npm ci`-ed), measured in the same run with the same clients.
@@ -34,6 +43,10 @@ struct Args {
     seconds: u64,
     /// `--set key=value` passed to logstream.
     sets: Vec<String>,
+    /// Logs replayed to one extra client in the middle of the window (0 = none).
+    replay: usize,
+    /// Measure the memory of a history of this many logs instead (0 = no).
+    history_memory: usize,
 }
 
 fn parse_args() -> Args {
@@ -45,6 +58,8 @@ fn parse_args() -> Args {
         rate: 5000,
         seconds: 10,
         sets: Vec::new(),
+        replay: 0,
+        history_memory: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -58,6 +73,8 @@ fn parse_args() -> Args {
             "--rate" => a.rate = v.parse().expect("--rate N"),
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
             "--set" => a.sets.push(v),
+            "--replay" => a.replay = v.parse().expect("--replay N"),
+            "--history-memory" => a.history_memory = v.parse().expect("--history-memory N"),
             _ => {
                 i += 1;
                 continue;
@@ -157,6 +174,18 @@ fn start_logstream(sets: &[String]) -> Target {
 /// Two logstream instances sharing one redis-server; clients and ingest alternate between
 /// them. CPU and memory include Redis.
 fn start_logstream_redis(sets: &[String]) -> Target {
+    start_redis_pair(sets, env!("CARGO_BIN_EXE_logstream"), "logstream ×2 + redis (stream)")
+}
+
+/// The same with another build (the pub/sub bus of before the Redis Stream).
+fn start_logstream_redis_pubsub(sets: &[String]) -> Target {
+    let bin = std::env::var("LOGSTREAM_PUBSUB_BIN")
+        .expect("LOGSTREAM_PUBSUB_BIN: a logstream binary built from the pub/sub version");
+    let bin: &'static str = Box::leak(bin.into_boxed_str());
+    start_redis_pair(sets, bin, "logstream ×2 + redis (pub/sub, before)")
+}
+
+fn start_redis_pair(sets: &[String], bin: &str, name: &'static str) -> Target {
     let port = free_port();
     let redis = Command::new("redis-server")
         .args([
@@ -176,19 +205,23 @@ fn start_logstream_redis(sets: &[String]) -> Target {
         std::thread::sleep(Duration::from_millis(20));
     }
     let url = format!("redis://127.0.0.1:{port}");
-    let (a, url_a) = spawn_logstream(sets, &[("LOGSTREAM_REDIS_URL", &url)]);
-    let (b, url_b) = spawn_logstream(sets, &[("LOGSTREAM_REDIS_URL", &url)]);
+    let (a, url_a) = spawn_bin(bin, sets, &[("LOGSTREAM_REDIS_URL", &url)]);
+    let (b, url_b) = spawn_bin(bin, sets, &[("LOGSTREAM_REDIS_URL", &url)]);
     std::thread::sleep(Duration::from_millis(500));
     Target {
-        name: "logstream ×2 + redis",
+        name,
         urls: vec![url_a, url_b],
         children: vec![a, b, redis],
     }
 }
 
 fn spawn_logstream(sets: &[String], env: &[(&str, &str)]) -> (Child, String) {
+    spawn_bin(env!("CARGO_BIN_EXE_logstream"), sets, env)
+}
+
+fn spawn_bin(bin: &str, sets: &[String], env: &[(&str, &str)]) -> (Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
+    let mut cmd = Command::new(bin);
     cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
     for kv in sets {
         cmd.arg("--set").arg(kv);
@@ -201,6 +234,7 @@ fn spawn_logstream(sets: &[String], env: &[(&str, &str)]) -> (Child, String) {
         .env("LOGSTREAM_API_KEY", API_KEY)
         .env("LOGSTREAM_MAX_CONNECTIONS_PER_USER", "100000")
         .env("RUST_LOG", "warn")
+        .env("LOGSTREAM_DATA_DIR", "")
         .stdout(Stdio::piped())
         .spawn()
         .expect("start logstream");
@@ -348,6 +382,111 @@ async fn run_client(
     }
 }
 
+/// A raw client: subscribe with `sub`, then hand every `log:new` frame (as JSON: event, entry,
+/// offset) to `on_log` until it returns false.
+async fn raw_subscribe(url: &str, user: &str, sub: Value, mut on_log: impl FnMut(Value) -> bool) {
+    let ws_url = format!("{}/socket.io/?EIO=4&transport=websocket", url.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws connect");
+    ws.send(Message::Text(format!("40{}", json!({ "token": token(user) }))))
+        .await
+        .unwrap();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        if text == "2" {
+            let _ = ws.send(Message::Text("3".into())).await;
+        } else if text.starts_with("40") {
+            let frame = json!(["log:subscribe", sub]);
+            ws.send(Message::Text(format!("42{frame}"))).await.unwrap();
+        } else if text.starts_with("42[\"log:new\"") {
+            let v: Value = serde_json::from_str(&text[2..]).unwrap_or_default();
+            if !on_log(v) {
+                break;
+            }
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+async fn post_all(url: &str, logs: Vec<Value>) {
+    let http = reqwest::Client::new();
+    for chunk in logs.chunks(1000) {
+        let r = http
+            .post(format!("{url}/api/logs"))
+            .header("x-api-key", API_KEY)
+            .json(&chunk)
+            .send()
+            .await
+            .expect("post");
+        assert!(r.status().is_success(), "ingest refused: {}", r.status());
+    }
+}
+
+/// Ingest `n` logs of device `replay` after a marker; returns the marker's offset.
+async fn prepare_replay(url: &str, n: usize) -> String {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut tx = Some(tx);
+    let watcher = tokio::spawn({
+        let url = url.to_owned();
+        async move {
+            raw_subscribe(&url, "replay-prep", json!({"deviceIds": ["replay"], "resume": true}), |v| {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(v[2].as_str().unwrap_or_default().to_owned());
+                }
+                false
+            })
+            .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_all(url, vec![json!({"deviceId": "replay", "message": "marker"})]).await;
+    let offset = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("marker").unwrap();
+    let _ = watcher.await;
+    let logs = (0..n)
+        .map(|i| json!({"deviceId": "replay", "message": format!("replayed {i}")}))
+        .collect();
+    post_all(url, logs).await;
+    offset
+}
+
+/// Subscribe with `since` and time until the `n`-th log.
+async fn time_replay(url: &str, since: &str, n: usize) -> Duration {
+    let t0 = Instant::now();
+    let mut got = 0;
+    raw_subscribe(url, "replayer", json!({"deviceIds": ["replay"], "since": since}), |_| {
+        got += 1;
+        got < n
+    })
+    .await;
+    t0.elapsed()
+}
+
+/// RSS growth per log of a history holding `n` logs (typical 150-byte messages).
+fn history_memory(n: usize, sets: &[String]) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut sets = sets.to_vec();
+    sets.push(format!("history_max_logs={n}"));
+    let target = start_logstream(&sets);
+    let pid = target.pids()[0];
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kb(pid);
+    rt.block_on(async {
+        let logs = (0..n)
+            .map(|i| json!({"deviceId": format!("dev-{}", i % 100), "level": "INFO",
+                "message": format!("GET /api/v1/items/{i} 200 in 12 ms from 10.0.0.{} user agent curl/8.5", i % 250),
+                "tags": ["http", "api"]}))
+            .collect();
+        post_all(&target.urls[0], logs).await;
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss_kb(pid);
+    println!(
+        "history of {n} logs: RSS {} MB → {} MB, {:.0} bytes per log",
+        before / 1024,
+        after / 1024,
+        (after.saturating_sub(before) as f64 * 1024.0) / n as f64
+    );
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -398,6 +537,11 @@ async fn measure(target: &Target, a: &Args) -> String {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_all();
+    let replay_from = if a.replay > 0 {
+        Some(prepare_replay(&target.urls[0], a.replay).await)
+    } else {
+        None
+    };
 
     let http = reqwest::Client::new();
     let per_tick = (a.rate / 50).max(1);
@@ -443,8 +587,19 @@ async fn measure(target: &Target, a: &Args) -> String {
     let offered0 = offered.load(Ordering::Relaxed);
     tally.recording.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
+    let replay = replay_from.map(|since| {
+        let (url, n, half) = (target.urls[0].clone(), a.replay, a.seconds / 2);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(half)).await;
+            time_replay(&url, &since, n).await
+        })
+    });
     tokio::time::sleep(Duration::from_secs(a.seconds)).await;
     tally.recording.store(false, Ordering::Relaxed);
+    if let Some(replay) = replay {
+        let took = replay.await.unwrap();
+        println!("replay of {} logs to one client: {:.0} ms to the last log", a.replay, took.as_secs_f64() * 1e3);
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_all() - cpu0;
     let router_cpu = router_all() - router0;
@@ -480,6 +635,10 @@ async fn measure(target: &Target, a: &Args) -> String {
 
 fn main() {
     let a = parse_args();
+    if a.history_memory > 0 {
+        history_memory(a.history_memory, &a.sets);
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -501,6 +660,7 @@ fn main() {
         let target = match t {
             "node" => start_node(),
             "logstream-redis" => start_logstream_redis(&a.sets),
+            "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
             _ => start_logstream(&a.sets),
         };
         let row = rt.block_on(measure(&target, &a));

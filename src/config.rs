@@ -259,7 +259,11 @@ impl Config {
             let Some(key) = var.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            if key == "CONFIG" {
+            // Variables of this project's own tools and build, not configuration.
+            if matches!(
+                key,
+                "CONFIG" | "BUILT_PLUGINS" | "TEST_PLUGINS_DIR" | "BIN" | "PUBSUB_BIN"
+            ) {
                 continue;
             }
             let key = key.to_lowercase();

@@ -48,6 +48,14 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// count as the same message.
 const BRIDGE_CLAIM_MS: u64 = 10_000;
 
+/// `url` with any password replaced, for messages.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// The id of entry `index` of a bus message that gave none: the same on every instance
 /// (a UUID-shaped digest of the message's bytes and the position).
 fn id_from_message(payload: &[u8], index: usize) -> String {
@@ -127,8 +135,8 @@ pub struct RedisBus {
 
 impl RedisBus {
     pub fn new(url: &str, config: &Config, instance: String) -> anyhow::Result<Arc<RedisBus>> {
-        let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis_url {url:?}: {e}"))?;
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("redis_url {:?}: {e}", without_password(url)))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))
@@ -447,5 +455,17 @@ impl RedisBus {
         if admin.try_send(op).is_err() {
             tracing::warn!("admin queue full; dropped a cluster admin message");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            super::without_password("redis://:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(super::without_password("redis://host:6379"), "redis://host:6379");
     }
 }

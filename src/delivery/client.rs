@@ -184,23 +184,33 @@ impl Client {
     }
 
     /// Deliver logs a replay of history found, ahead of the live logs held meanwhile:
-    /// rate-limited like live ones, sent at once (held if the client is paused).
-    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>], now: Instant) {
-        let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(logs.len());
+    /// rate-limited like live ones, then sent (held if the client is paused). A replay can
+    /// outrun the socket: what its queue cannot take now is returned, to be sent later with
+    /// [`Client::send_replayed`], rather than dropped.
+    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>], now: Instant) -> Vec<Arc<LogRecord>> {
+        let mut admitted: Vec<Arc<LogRecord>> = Vec::with_capacity(logs.len());
         let mut limited = 0;
         for log in logs {
             if self.limiter.try_take(now) {
-                admitted.push(log);
+                admitted.push(log.clone());
             } else {
                 limited += 1;
             }
         }
         self.drop_logs(DropReason::RateLimit, limited);
         if self.paused {
-            self.hold(admitted.into_iter().cloned());
-        } else {
-            self.emit_logs(&admitted);
+            self.hold(admitted.into_iter());
+            return Vec::new();
         }
+        let sent = self.send_replayed(&admitted);
+        admitted.split_off(sent)
+    }
+
+    /// Send already admitted replayed logs until the socket's queue is full; returns how many
+    /// went out.
+    pub fn send_replayed(&mut self, logs: &[Arc<LogRecord>]) -> usize {
+        let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
+        self.emit_packets(&refs, true)
     }
 
     /// A replay begins: live logs wait behind it.
@@ -258,42 +268,50 @@ impl Client {
     /// Emit admitted logs: one `log:batch` per `batch_max_logs` in batch mode, else one
     /// `log:new` each. What the socket cannot queue is counted as `slow_consumer`.
     fn emit_logs(&mut self, logs: &[&Arc<LogRecord>]) {
+        self.emit_packets(logs, false);
+    }
+
+    /// Emit `logs` as packets (one `log:batch` per `batch_max_logs` in batch mode, else one
+    /// `log:new` each). A packet the socket cannot queue is dropped as `slow_consumer`, or,
+    /// with `stop_when_full`, ends the emission. Returns how many logs were sent (or held
+    /// back by a closed socket).
+    fn emit_packets(&mut self, logs: &[&Arc<LogRecord>], stop_when_full: bool) -> usize {
         if logs.is_empty() {
-            return;
+            return 0;
         }
-        let mut delivered = 0u64;
+        let per_packet = if self.batch_mode {
+            self.limits.batch_max_logs.max(1)
+        } else {
+            1
+        };
+        let mut delivered = 0usize;
         let mut lost = 0u64;
-        if self.batch_mode {
-            for chunk in logs.chunks(self.limits.batch_max_logs.max(1)) {
+        for chunk in logs.chunks(per_packet) {
+            let sent = if self.batch_mode {
                 let array = json_array(chunk);
-                let sent = match chunk.last().and_then(|l| self.offset_of(l)) {
+                match chunk.last().and_then(|l| self.offset_of(l)) {
                     Some(offset) => self.outlet.send_with_offset(event::BATCH, &array, offset),
                     None => self.outlet.send(event::BATCH, &array),
-                };
-                match sent {
-                    Ok(()) => delivered += chunk.len() as u64,
-                    Err(Unsent::Closed) => return,
-                    Err(Unsent::Full) => lost += chunk.len() as u64,
                 }
-            }
-        } else {
-            for log in logs {
-                let sent = match self.offset_of(log) {
-                    Some(offset) => self.outlet.send_with_offset(event::NEW, &log.json, offset),
-                    None => self.outlet.send(event::NEW, &log.json),
-                };
-                match sent {
-                    Ok(()) => delivered += 1,
-                    Err(Unsent::Closed) => return,
-                    Err(Unsent::Full) => lost += 1,
+            } else {
+                match self.offset_of(chunk[0]) {
+                    Some(offset) => self.outlet.send_with_offset(event::NEW, &chunk[0].json, offset),
+                    None => self.outlet.send(event::NEW, &chunk[0].json),
                 }
+            };
+            match sent {
+                Ok(()) => delivered += chunk.len(),
+                Err(Unsent::Closed) => return logs.len(),
+                Err(Unsent::Full) if stop_when_full => break,
+                Err(Unsent::Full) => lost += chunk.len() as u64,
             }
         }
         self.info
             .message_count
-            .fetch_add(delivered, Ordering::Relaxed);
-        self.metrics.delivered(delivered);
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        self.metrics.delivered(delivered as u64);
         self.drop_logs(DropReason::SlowConsumer, lost);
+        delivered + lost as usize
     }
 
     /// The offset to send with `log`, for a resumable subscription.
@@ -574,7 +592,7 @@ mod tests {
         c.start_replay();
         c.deliver(&all[2..], t0); // live, during the replay
         assert!(rec.events().is_empty());
-        c.deliver_replay(&all[..2], t0);
+        assert!(c.deliver_replay(&all[..2], t0).is_empty());
         c.finish_replay();
         let sent = rec.messages(event::NEW);
         let offsets: Vec<String> = sent

@@ -223,7 +223,10 @@ impl Router {
             found: Default::default(),
             back_from: None,
             sent: 0,
+            backlog: Vec::new(),
+            retry_at: None,
             recovered: true,
+            finished: false,
             subscribed,
             reply: Some(reply),
         });

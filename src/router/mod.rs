@@ -163,16 +163,16 @@ impl Router {
     fn run(mut self, inbound: Receiver<Inbound>, control: Receiver<Control>) {
         let ticker = crossbeam_channel::tick(Duration::from_secs(1));
         loop {
-            // Wake up for due outboxes even when no message arrives; with replays under way,
-            // do not wait at all (messages still come first).
-            let wait = if !self.replays.is_empty() {
-                Duration::ZERO
-            } else if self.outboxes.is_empty() {
-                Duration::from_secs(3600)
-            } else {
-                self.next_outbox_check
-                    .saturating_duration_since(Instant::now())
-            };
+            // Wake up for due outboxes and replays even when no message arrives (messages
+            // still come first).
+            let now = Instant::now();
+            let mut wait = Duration::from_secs(3600);
+            if !self.outboxes.is_empty() {
+                wait = wait.min(self.next_outbox_check.saturating_duration_since(now));
+            }
+            if let Some(at) = self.next_replay_at() {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(Control::Stop) | Err(_) => break,

@@ -23,6 +23,9 @@ use crate::protocol::{ClientError, Subscribed, event};
 /// History entries evaluated per step.
 pub const SLICE: usize = 256;
 
+/// How long a replay waits when its client's socket queue is full.
+const FULL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
+
 pub enum Plan {
     /// Everything after `after` up to `end`.
     Since { after: Position, end: Position },
@@ -40,7 +43,13 @@ pub struct Replay {
     /// Tail: entries before this position are still to be looked at.
     pub back_from: Option<Position>,
     pub sent: usize,
+    /// Replayed logs the client's socket could not take yet (sent before anything else).
+    pub backlog: Vec<Arc<LogRecord>>,
+    /// Not before this instant (the socket was full).
+    pub retry_at: Option<Instant>,
     pub recovered: bool,
+    /// Every log to replay is found; only the backlog remains.
+    pub finished: bool,
     pub subscribed: Subscribed,
     pub reply: Option<oneshot::Sender<Result<Subscribed, ClientError>>>,
 }
@@ -55,17 +64,56 @@ fn position(record: &LogRecord) -> Position {
 }
 
 impl Router {
-    /// Run one slice of the oldest replay; round-robin between clients.
+    /// When the next replay step may run (now, or when a full socket may have room).
+    pub(super) fn next_replay_at(&self) -> Option<Instant> {
+        self.replays
+            .iter()
+            .map(|r| r.retry_at.unwrap_or_else(Instant::now))
+            .min()
+    }
+
+    /// Run one slice of the first replay that is ready; round-robin between clients.
     pub(super) fn replay_step(&mut self) {
-        let Some(mut replay) = self.replays.pop_front() else {
+        let now = Instant::now();
+        let Some(i) = self
+            .replays
+            .iter()
+            .position(|r| r.retry_at.is_none_or(|t| t <= now))
+        else {
             return;
         };
+        let Some(mut replay) = self.replays.remove(i) else {
+            return;
+        };
+        replay.retry_at = None;
+        // What the socket could not take last time goes first.
+        if !replay.backlog.is_empty() {
+            let sent = match self.clients.get_mut(&replay.sid) {
+                Some(client) => client.send_replayed(&replay.backlog),
+                None => replay.backlog.len(),
+            };
+            replay.sent += sent;
+            replay.backlog.drain(..sent);
+            if !replay.backlog.is_empty() {
+                replay.retry_at = Some(now + FULL_BACKOFF);
+                self.replays.push_back(replay);
+                return;
+            }
+            if replay.finished {
+                return self.finish_replay(replay);
+            }
+        }
         let step = match replay.plan {
             Plan::Since { .. } => self.since_step(&mut replay),
             Plan::Tail { .. } => self.tail_step(&mut replay),
         };
         match step {
             Step::More => self.replays.push_back(replay),
+            Step::Done if !replay.backlog.is_empty() => {
+                replay.finished = true;
+                replay.retry_at = Some(now + FULL_BACKOFF);
+                self.replays.push_back(replay);
+            }
             Step::Done => self.finish_replay(replay),
         }
     }
@@ -113,7 +161,9 @@ impl Router {
             replay.recovered = false;
             return Step::Done;
         };
-        let room = self.replay_max.saturating_sub(replay.sent);
+        let room = self
+            .replay_max
+            .saturating_sub(replay.sent + replay.backlog.len());
         let truncated = logs.len() > room;
         logs.truncate(room);
         self.deliver_replayed(replay, &logs);
@@ -164,8 +214,9 @@ impl Router {
             return;
         }
         if let Some(client) = self.clients.get_mut(&replay.sid) {
-            client.deliver_replay(logs, Instant::now());
-            replay.sent += logs.len();
+            let unsent = client.deliver_replay(logs, Instant::now());
+            replay.sent += logs.len() - unsent.len();
+            replay.backlog.extend(unsent);
         }
     }
 

@@ -54,6 +54,15 @@ fn refuse(socket: &SocketRef, reason: &str, message: String) -> Refusal {
     Refusal(message)
 }
 
+/// A refused token: the reason and, for a malformed one, what was wrong (never the token).
+fn refuse_token(socket: &SocketRef, e: AuthError) -> Refusal {
+    if let AuthError::Malformed(detail) = &e {
+        tracing::info!(peer = %peer(socket), reason = e.reason(), %detail, "handshake refused");
+        return Refusal(e.to_string());
+    }
+    refuse(socket, e.reason(), e.to_string())
+}
+
 async fn authenticate(
     socket: SocketRef,
     TryData(auth): TryData<Value>,
@@ -71,8 +80,7 @@ async fn authenticate(
         .ok()
         .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_default();
-    let (user, grant) =
-        verify(&app, &token).map_err(|e| refuse(&socket, e.reason(), e.to_string()))?;
+    let (user, grant) = verify(&app, &token).map_err(|e| refuse_token(&socket, e))?;
     // A session to resume once connected: `auth: { token, session, offset }`.
     let resume = auth.as_ref().ok().and_then(|a| {
         let id = a

@@ -188,3 +188,26 @@ test('a dropped transport reconnects with auth as a function and resumes its ses
   await again;
   assert.strictEqual((await err).code, 'session_expired');
 });
+
+test('a replay larger than the socket queue waits for room instead of dropping', async (t) => {
+  const server = await startServer({ rate_limit: 100000, socket_queue: 8 });
+  t.after(() => server.stop());
+  await server.ingest(logs('big', 0, 1));
+  const first = await connect(server, { token: token('u') });
+  const got1 = pairs(first, 1);
+  await first.emitWithAck('log:subscribe', { deviceIds: ['big'], tail: 1 });
+  const [[, offset]] = await got1;
+  first.close();
+  for (let i = 0; i < 4; i++) await server.ingest(logs('big', 1 + i * 100, 100));
+  const socket = await connect(server, { token: token('u') });
+  t.after(() => socket.close());
+  const dropped = [];
+  socket.on('log:dropped', (d) => dropped.push(d));
+  const got = pairs(socket, 400);
+  const ack = await socket.emitWithAck('log:subscribe', { deviceIds: ['big'], since: offset });
+  assert.strictEqual(ack.recovered, true);
+  assert.strictEqual(ack.replayed, 400);
+  assert.deepStrictEqual((await got).map(([e]) => e.message), logs('big', 1, 400).map((l) => l.message));
+  await sleep(1200);
+  assert.deepStrictEqual(dropped, []);
+});
