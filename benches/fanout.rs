@@ -174,7 +174,11 @@ fn start_logstream(sets: &[String]) -> Target {
 /// Two logstream instances sharing one redis-server; clients and ingest alternate between
 /// them. CPU and memory include Redis.
 fn start_logstream_redis(sets: &[String]) -> Target {
-    start_redis_pair(sets, env!("CARGO_BIN_EXE_logstream"), "logstream ×2 + redis (stream)")
+    start_redis_pair(
+        sets,
+        env!("CARGO_BIN_EXE_logstream"),
+        "logstream ×2 + redis (stream)",
+    )
 }
 
 /// The same with another build (the pub/sub bus of before the Redis Stream).
@@ -385,11 +389,19 @@ async fn run_client(
 /// A raw client: subscribe with `sub`, then hand every `log:new` frame (as JSON: event, entry,
 /// offset) to `on_log` until it returns false.
 async fn raw_subscribe(url: &str, user: &str, sub: Value, mut on_log: impl FnMut(Value) -> bool) {
-    let ws_url = format!("{}/socket.io/?EIO=4&transport=websocket", url.replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws connect");
-    ws.send(Message::Text(format!("40{}", json!({ "token": token(user) }))))
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
         .await
-        .unwrap();
+        .expect("ws connect");
+    ws.send(Message::Text(format!(
+        "40{}",
+        json!({ "token": token(user) })
+    )))
+    .await
+    .unwrap();
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(text) = msg else { continue };
         if text == "2" {
@@ -428,18 +440,30 @@ async fn prepare_replay(url: &str, n: usize) -> String {
     let watcher = tokio::spawn({
         let url = url.to_owned();
         async move {
-            raw_subscribe(&url, "replay-prep", json!({"deviceIds": ["replay"], "resume": true}), |v| {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(v[2].as_str().unwrap_or_default().to_owned());
-                }
-                false
-            })
+            raw_subscribe(
+                &url,
+                "replay-prep",
+                json!({"deviceIds": ["replay"], "resume": true}),
+                |v| {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(v[2].as_str().unwrap_or_default().to_owned());
+                    }
+                    false
+                },
+            )
             .await;
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    post_all(url, vec![json!({"deviceId": "replay", "message": "marker"})]).await;
-    let offset = tokio::time::timeout(Duration::from_secs(10), rx).await.expect("marker").unwrap();
+    post_all(
+        url,
+        vec![json!({"deviceId": "replay", "message": "marker"})],
+    )
+    .await;
+    let offset = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .expect("marker")
+        .unwrap();
     let _ = watcher.await;
     let logs = (0..n)
         .map(|i| json!({"deviceId": "replay", "message": format!("replayed {i}")}))
@@ -452,10 +476,15 @@ async fn prepare_replay(url: &str, n: usize) -> String {
 async fn time_replay(url: &str, since: &str, n: usize) -> Duration {
     let t0 = Instant::now();
     let mut got = 0;
-    raw_subscribe(url, "replayer", json!({"deviceIds": ["replay"], "since": since}), |_| {
-        got += 1;
-        got < n
-    })
+    raw_subscribe(
+        url,
+        "replayer",
+        json!({"deviceIds": ["replay"], "since": since}),
+        |_| {
+            got += 1;
+            got < n
+        },
+    )
     .await;
     t0.elapsed()
 }
@@ -598,7 +627,11 @@ async fn measure(target: &Target, a: &Args) -> String {
     tally.recording.store(false, Ordering::Relaxed);
     if let Some(replay) = replay {
         let took = replay.await.unwrap();
-        println!("replay of {} logs to one client: {:.0} ms to the last log", a.replay, took.as_secs_f64() * 1e3);
+        println!(
+            "replay of {} logs to one client: {:.0} ms to the last log",
+            a.replay,
+            took.as_secs_f64() * 1e3
+        );
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = cpu_all() - cpu0;

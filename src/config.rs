@@ -88,6 +88,10 @@ pub struct Config {
     pub history_max_bytes: usize,
     /// Oldest log kept in history, in seconds.
     pub history_max_age_s: u64,
+    /// Largest subscription, in bytes of its params and transform chain (its cost).
+    pub max_subscription_bytes: usize,
+    /// Most subscription bytes one user (`sub`) may hold across all its connections.
+    pub max_user_subscription_bytes: usize,
     /// Most logs one replay (`since`, a resumed session) sends; past it `recovered: false`.
     pub replay_max_logs: usize,
     /// Largest `tail` a subscription may ask for.
@@ -170,6 +174,8 @@ impl Default for Config {
             history_max_bytes: 64 << 20,
             history_max_age_s: 3600,
             replay_max_logs: 10_000,
+            max_subscription_bytes: 64 << 10,
+            max_user_subscription_bytes: 256 << 10,
             tail_max: 1000,
             session_ttl_ms: 120_000,
             stats_interval_ms: 5000,
@@ -302,7 +308,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 18] = [
+        let positive: [(&str, u64); 20] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -321,6 +327,11 @@ impl Config {
             ("history_max_bytes", self.history_max_bytes as u64),
             ("history_max_age_s", self.history_max_age_s),
             ("replay_max_logs", self.replay_max_logs as u64),
+            ("max_subscription_bytes", self.max_subscription_bytes as u64),
+            (
+                "max_user_subscription_bytes",
+                self.max_user_subscription_bytes as u64,
+            ),
             ("tail_max", self.tail_max as u64),
             ("session_ttl_ms", self.session_ttl_ms),
             (

@@ -161,22 +161,36 @@ impl LogRecord {
         };
         let id = match obj.remove("id") {
             None | Some(Value::Null) => default_id(),
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_ID_LEN => s,
+            Some(Value::String(s))
+                if !s.is_empty() && s.len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+            {
+                s
+            }
             Some(Value::Number(n)) => n.to_string(),
             Some(_) => {
                 return Err(FieldError::new(
                     "id",
-                    format!("must be a non-empty string of at most {MAX_ID_LEN} bytes or a number"),
+                    format!(
+                        "must be a non-empty string of at most {MAX_ID_LEN} bytes without control characters, or a number"
+                    ),
                 ));
             }
         };
         let device_id = match obj.remove("deviceId") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_DEVICE_ID_LEN => s,
+            Some(Value::String(s))
+                if !s.is_empty()
+                    && s.len() <= MAX_DEVICE_ID_LEN
+                    && !s.chars().any(char::is_control) =>
+            {
+                s
+            }
             None | Some(Value::Null) => return Err(FieldError::new("deviceId", "is required")),
             Some(_) => {
                 return Err(FieldError::new(
                     "deviceId",
-                    format!("must be a non-empty string of at most {MAX_DEVICE_ID_LEN} bytes"),
+                    format!(
+                        "must be a non-empty string of at most {MAX_DEVICE_ID_LEN} bytes without control characters"
+                    ),
                 ));
             }
         };
@@ -355,10 +369,12 @@ pub fn random_id(_: usize) -> String {
 
 /// Validate a device status update (HTTP or bus): device id and status within bounds.
 pub fn device_status(device_id: String, status: Value) -> Result<DeviceStatus, FieldError> {
-    if !(1..=MAX_DEVICE_ID_LEN).contains(&device_id.len()) {
+    if !(1..=MAX_DEVICE_ID_LEN).contains(&device_id.len())
+        || device_id.chars().any(char::is_control)
+    {
         return Err(FieldError::new(
             "deviceId",
-            format!("must be 1 to {MAX_DEVICE_ID_LEN} bytes"),
+            format!("must be 1 to {MAX_DEVICE_ID_LEN} bytes without control characters"),
         ));
     }
     match status {
@@ -483,6 +499,11 @@ mod tests {
                 "tags[1]",
             ),
             (json!({"deviceId": 7, "message": "m"}), "deviceId"),
+            (json!({"deviceId": "a\nb", "message": "m"}), "deviceId"),
+            (
+                json!({"deviceId": "d", "id": "x\u{0}", "message": "m"}),
+                "id",
+            ),
             (json!([1]), "(entry)"),
             (
                 json!({"deviceId": "d", "message": "m", "timestamp": -5}),

@@ -131,6 +131,8 @@ pub async fn start(
             queue: config.ingest_queue,
             history: crate::history::HistoryLimits::from_config(&config),
             replay_max_logs: config.replay_max_logs,
+            max_subscription_bytes: config.max_subscription_bytes,
+            max_user_subscription_bytes: config.max_user_subscription_bytes,
             // With Redis the stream's epoch arrives from the bus once connected.
             epoch: crate::history::new_epoch(),
         },

@@ -315,8 +315,34 @@ async fn a_misbehaving_plugin_is_contained_restarted_then_disabled() {
     assert!(m["restarts"].as_u64().unwrap() >= 3, "{m}");
     assert_eq!(m["subscriptions"], 0);
     assert_eq!(plugin(&p, "default")["status"], "active");
+    // A disabled plugin is a problem the health check reports, until it is enabled again.
     let (_, health) = server.get("/api/ws/health", &[]).await;
-    assert_eq!(health["data"]["healthy"], true);
+    assert_eq!(health["data"]["healthy"], false, "{health}");
+    assert!(
+        health["data"]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("misbehave"),
+        "{health}"
+    );
+    let admin = [("x-api-key", ADMIN_KEY)];
+    let (s, body) = server
+        .post("/api/plugins/misbehave/enable", &admin, "")
+        .await;
+    assert_eq!(
+        (s, body["data"]["wasDisabled"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    assert_eq!(
+        server.post("/api/plugins/nope/enable", &admin, "").await.0,
+        404
+    );
+    let (_, health) = server.get("/api/ws/health", &[]).await;
+    assert_eq!(health["data"]["healthy"], true, "{health}");
+    bad.subscribe(json!({ "filter": "misbehave" })).await;
+    send(&server, "fine", &mut expected_good).await;
+    assert_eq!(bad.logs(2, T).await.len(), 2, "serves again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

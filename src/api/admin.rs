@@ -19,7 +19,7 @@ use crate::app::HttpState;
 use crate::bus::redis::RedisBus;
 use crate::cluster;
 use crate::protocol::{ClusterOp, Code, event};
-use crate::router::{AdminQuery, Control};
+use crate::router::{AdminQuery, Control, PluginCommand};
 
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
@@ -42,12 +42,26 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
             )
         }
     };
+    // A disabled plugin is an operator's problem until it is enabled again or removed.
+    let problems: Vec<String> = app
+        .plugins
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .loaded
+        .iter()
+        .filter_map(|p| {
+            p.disabled()
+                .map(|why| format!("plugin `{}` is disabled: {why}", p.name))
+        })
+        .collect();
     Json(json!({
         "success": true,
         "data": {
             "connections": connections,
             "maxConnections": max,
-            "healthy": app.is_accepting() && bus_ok && (connections as f64) < max as f64 * 0.9,
+            "healthy": app.is_accepting() && bus_ok && problems.is_empty()
+                && (connections as f64) < max as f64 * 0.9,
+            "problems": problems,
             "instance": app.instance,
             "bus": bus,
         }
@@ -211,6 +225,36 @@ pub async fn disconnect(
     Ok(Json(
         json!({ "success": true, "data": { "id": id, "instance": instance } }),
     ))
+}
+
+/// `POST /api/plugins/:name/enable`: a disabled plugin serves again (fresh instance, failure
+/// count from zero).
+pub async fn enable_plugin(
+    admin: Admin,
+    State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let busy = |what: &str| AppError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Busy, what);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.control(Control::Plugin(PluginCommand::Enable {
+        name: name.clone(),
+        reply: tx,
+    }))
+    .map_err(|_| busy("router busy"))?;
+    match rx.await.map_err(|_| busy("router stopped"))? {
+        None => Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            format!("no plugin {name:?}"),
+        )),
+        Some(was_disabled) => {
+            tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_disabled, "plugin enabled");
+            Ok(Json(
+                json!({ "success": true, "data": { "name": name, "wasDisabled": was_disabled } }),
+            ))
+        }
+    }
 }
 
 pub async fn plugins(_: Admin, State(app): State<HttpState>) -> Result<Json<Value>, AppError> {

@@ -39,4 +39,5 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/ws/stats", get(admin::stats))
         .route("/api/ws/broadcast", post(admin::broadcast))
         .route("/api/plugins", get(admin::plugins))
+        .route("/api/plugins/{name}/enable", post(admin::enable_plugin))
 }

@@ -51,7 +51,9 @@ const BRIDGE_CLAIM_MS: u64 = 10_000;
 /// `url` with any password replaced, for messages.
 fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -466,6 +468,9 @@ mod tests {
             super::without_password("redis://:s3cret@host:6379/0"),
             "redis://***@host:6379/0"
         );
-        assert_eq!(super::without_password("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            super::without_password("redis://host:6379"),
+            "redis://host:6379"
+        );
     }
 }

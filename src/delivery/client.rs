@@ -295,7 +295,10 @@ impl Client {
                 }
             } else {
                 match self.offset_of(chunk[0]) {
-                    Some(offset) => self.outlet.send_with_offset(event::NEW, &chunk[0].json, offset),
+                    Some(offset) => {
+                        self.outlet
+                            .send_with_offset(event::NEW, &chunk[0].json, offset)
+                    }
                     None => self.outlet.send(event::NEW, &chunk[0].json),
                 }
             };

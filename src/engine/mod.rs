@@ -69,6 +69,10 @@ pub trait FilterEngine: Send {
     fn disabled(&self) -> Option<&str> {
         None
     }
+    /// Serve again after being disabled; returns whether it was disabled.
+    fn enable(&mut self) -> bool {
+        false
+    }
 }
 
 /// A stateless step applied after filtering, per registration.
@@ -84,6 +88,10 @@ pub trait TransformEngine: Send {
     /// `Some(reason)` once the transform has given up; chains using it must be ended.
     fn disabled(&self) -> Option<&str> {
         None
+    }
+    /// Serve again after being disabled; returns whether it was disabled.
+    fn enable(&mut self) -> bool {
+        false
     }
 }
 

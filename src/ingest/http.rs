@@ -11,7 +11,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use crate::api::auth::Ingester;
@@ -37,7 +37,39 @@ fn outside_scope(who: &Ingester, peer: SocketAddr, field: String, device: &str) 
     }
 }
 
-fn parse_body(app: &HttpState, body: Result<Bytes, BytesRejection>) -> Result<Value, AppError> {
+/// Bodies are JSON, said so: `Content-Type: application/json` (or `…+json`).
+fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::BadBody,
+            format!(
+                "the body must be JSON with Content-Type: application/json (got {content_type:?})"
+            ),
+        ))
+    }
+}
+
+fn parse_body(
+    app: &HttpState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, AppError> {
+    require_json(headers)?;
     let body = body.map_err(|r| AppError::body(r, app.config.max_body_bytes))?;
     serde_json::from_slice(&body).map_err(|e| {
         AppError::new(
@@ -60,9 +92,10 @@ pub async fn post_logs(
     who: Ingester,
     State(app): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let body = parse_body(&app, body)?;
+    let body = parse_body(&app, &headers, body)?;
     let is_array = body.is_array();
     let records = parse_entries(body, random_id).map_err(AppError::bad_field)?;
     if let Some(scope) = &who.scope
@@ -95,6 +128,7 @@ pub async fn post_device_status(
     State(app): State<HttpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(device_id): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     if let Some(scope) = &who.scope
@@ -102,7 +136,7 @@ pub async fn post_device_status(
     {
         return Err(outside_scope(&who, peer, "deviceId".into(), &device_id));
     }
-    let status = parse_body(&app, body)?
+    let status = parse_body(&app, &headers, body)?
         .get_mut("status")
         .map(Value::take)
         .unwrap_or(Value::Null);

@@ -31,6 +31,7 @@ pub struct PluginStats {
     /// `host.log` lines refused by the rate limit (current instance).
     pub log_dropped: AtomicU64,
     disabled: Mutex<Option<String>>,
+    recovers_at: Mutex<Option<std::time::Instant>>,
     kind: Mutex<&'static str>,
 }
 
@@ -49,7 +50,27 @@ impl PluginStats {
         *self.disabled.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
     }
 
+    pub fn set_enabled(&self) {
+        *self.disabled.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.recovers_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The plugin will be restarted on its own at `at`.
+    pub fn set_recovery(&self, at: std::time::Instant) {
+        *self.recovers_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// Why the plugin is disabled, unless its restart is already due (it serves again on its
+    /// next call).
     pub fn disabled(&self) -> Option<String> {
+        let due = self
+            .recovers_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| std::time::Instant::now() >= at);
+        if due {
+            return None;
+        }
         self.disabled
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -154,4 +154,8 @@ impl FilterEngine for WasmFilter {
     fn disabled(&self) -> Option<&str> {
         self.guard.disabled()
     }
+
+    fn enable(&mut self) -> bool {
+        self.guard.enable()
+    }
 }

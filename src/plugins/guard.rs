@@ -52,8 +52,21 @@ pub struct Guarded<P> {
     consecutive_failures: u32,
     max_failures: u32,
     disabled: Option<String>,
+    /// The `default` filter never stays down: once disabled it is restarted after a
+    /// back-off (1 s, doubling to a minute while it keeps failing).
+    recovery: Option<Recovery>,
     pub stats: Arc<PluginStats>,
 }
+
+/// When a disabled plugin is tried again, and the back-off so far.
+#[derive(Debug, Clone, Copy)]
+struct Recovery {
+    backoff: Duration,
+    at: Option<Instant>,
+}
+
+const RECOVERY_MIN: Duration = Duration::from_secs(1);
+const RECOVERY_MAX: Duration = Duration::from_secs(60);
 
 impl<P> Guarded<P> {
     pub fn new(
@@ -70,6 +83,10 @@ impl<P> Guarded<P> {
             consecutive_failures: 0,
             max_failures: max_failures.max(1),
             disabled: None,
+            recovery: (name == crate::subscription::DEFAULT_FILTER).then_some(Recovery {
+                backoff: Duration::ZERO,
+                at: None,
+            }),
             stats,
         }
     }
@@ -78,11 +95,29 @@ impl<P> Guarded<P> {
         self.disabled.as_deref()
     }
 
+    /// Whether this plugin is restarted on its own after being disabled.
+    pub fn recovers(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// Serve again after being disabled (an operator's decision): a fresh instance on the
+    /// next call, the failure count from zero. Returns whether it was disabled.
+    pub fn enable(&mut self) -> bool {
+        let was = self.disabled.take().is_some();
+        self.consecutive_failures = 0;
+        self.live = None;
+        self.stats.set_enabled();
+        was
+    }
+
     pub fn is_live(&self) -> bool {
         self.live.is_some()
     }
 
     fn classify(&self, e: &wasmtime::Error) -> EngineError {
+        if e.is::<super::runtime::OverBudget>() {
+            return EngineError::Timeout(self.runtime.limits.call_timeout.as_millis() as u64);
+        }
         match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => {
                 EngineError::Timeout(self.runtime.limits.call_timeout.as_millis() as u64)
@@ -103,16 +138,28 @@ impl<P> Guarded<P> {
                 "{} consecutive failures, last: {error}",
                 self.consecutive_failures
             );
-            tracing::error!(plugin = %self.name, %reason, "plugin disabled");
             self.stats.set_disabled(&reason);
+            if let Some(recovery) = &mut self.recovery {
+                recovery.backoff = (recovery.backoff * 2).clamp(RECOVERY_MIN, RECOVERY_MAX);
+                let at = Instant::now() + recovery.backoff;
+                recovery.at = Some(at);
+                self.stats.set_recovery(at);
+                tracing::error!(plugin = %self.name, %reason, retry_in_s = recovery.backoff.as_secs(), "plugin disabled; it will be restarted");
+            } else {
+                tracing::error!(plugin = %self.name, %reason, "plugin disabled");
+            }
             self.disabled = Some(reason);
         }
         error
     }
 
-    /// A call went well: the failure streak ends.
+    /// A call went well: the failure streak ends (and the recovery back-off starts over).
     pub fn succeeded(&mut self) {
         self.consecutive_failures = 0;
+        if let Some(recovery) = &mut self.recovery {
+            recovery.backoff = Duration::ZERO;
+            recovery.at = None;
+        }
     }
 
     /// Create the instance if there is none. `Ok(true)` when a new one was made (the caller
@@ -122,7 +169,17 @@ impl<P> Guarded<P> {
         instantiate: impl FnOnce(&mut Store<PluginState>) -> wasmtime::Result<P>,
     ) -> Result<bool, EngineError> {
         if let Some(reason) = &self.disabled {
-            return Err(EngineError::Disabled(reason.clone()));
+            let due = self
+                .recovery
+                .and_then(|r| r.at)
+                .is_some_and(|at| Instant::now() >= at);
+            if !due {
+                return Err(EngineError::Disabled(reason.clone()));
+            }
+            tracing::warn!(plugin = %self.name, "restarting the plugin after its back-off");
+            self.disabled = None;
+            self.consecutive_failures = 0;
+            self.stats.set_enabled();
         }
         if self.live.is_some() {
             return Ok(false);

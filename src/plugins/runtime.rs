@@ -102,7 +102,46 @@ pub struct PluginState {
     log_budget: TokenBucket,
     /// `host.log` lines refused by the rate limit since the instance was created.
     pub log_dropped: u64,
+    /// The call under way: the thread's CPU clock when it began, its CPU budget, and a wall
+    /// clock backstop (a call that is descheduled for long still ends).
+    cpu_started: Duration,
+    cpu_budget: Duration,
+    wall_deadline: Instant,
 }
+
+/// A call used up its CPU budget (the epoch callback's error).
+#[derive(Debug)]
+pub struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the call used up its CPU budget")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// CPU time this thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID is supported on
+    // every Linux this server runs on; on failure `ts` stays zero and budgets fall back to the
+    // wall-clock backstop.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// How much longer than its CPU budget a call may take in wall-clock time (the machine is
+/// busy) before it is stopped anyway.
+const WALL_BACKSTOP: u32 = 10;
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
@@ -284,15 +323,31 @@ impl Runtime {
                 Instant::now(),
             ),
             log_dropped: 0,
+            cpu_started: Duration::ZERO,
+            cpu_budget: Duration::ZERO,
+            wall_deadline: Instant::now(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        // Budgets are CPU time, so a busy machine does not fail a healthy plugin: on each
+        // epoch tick the call's thread CPU time is compared with its budget.
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            let used = thread_cpu_time().saturating_sub(state.cpu_started);
+            if used >= state.cpu_budget || Instant::now() >= state.wall_deadline {
+                return Err(wasmtime::Error::new(OverBudget));
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
         store
     }
 
-    /// Arm the deadline before a call: `budget` from now.
+    /// Arm the budget before a call: `budget` of this thread's CPU time from now.
     pub fn arm(&self, store: &mut Store<PluginState>, budget: Duration) {
+        let state = store.data_mut();
+        state.cpu_started = thread_cpu_time();
+        state.cpu_budget = budget;
+        state.wall_deadline = Instant::now() + budget * WALL_BACKSTOP;
         let ticks = budget.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(ticks);
     }

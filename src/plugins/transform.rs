@@ -78,6 +78,10 @@ impl TransformEngine for WasmTransform {
         self.guard.disabled()
     }
 
+    fn enable(&mut self) -> bool {
+        self.guard.enable()
+    }
+
     /// Check params for one step of a chain.
     fn validate(&mut self, params: &str) -> Result<(), AddError> {
         self.ensure_live()

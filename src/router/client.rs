@@ -11,7 +11,7 @@ use super::{Router, SubscribeError};
 use crate::auth::Scope;
 use crate::delivery::Client;
 use crate::history::ring::Since;
-use crate::protocol::{ClientError, Subscribed, event};
+use crate::protocol::{ClientError, Code, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
 
 pub enum ClientCommand {
@@ -57,6 +57,7 @@ impl Router {
             }
             ClientCommand::Disconnect(sid) => {
                 self.cancel_replay(sid);
+                self.set_cost(sid, "", 0);
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
                 self.outboxes.remove(&sid);
@@ -73,8 +74,18 @@ impl Router {
                     Some(c) => check_scope(&request.filter, &request.params, c.scope()),
                     None => Ok(()),
                 };
-                let result =
-                    in_scope.and_then(|()| self.subscribe(sid, request).map_err(|e| e.to_client()));
+                let result = in_scope
+                    .and_then(|()| self.admit_cost(sid, &request))
+                    .and_then(|cost| {
+                        let user = self
+                            .clients
+                            .get(&sid)
+                            .map(|c| c.info.user_id.clone())
+                            .unwrap_or_default();
+                        let subscribed = self.subscribe(sid, request).map_err(|e| e.to_client())?;
+                        self.set_cost(sid, &user, cost);
+                        Ok(subscribed)
+                    });
                 match result {
                     Err(e) => {
                         let _ = reply.send(Err(e));
@@ -90,6 +101,7 @@ impl Router {
             }
             ClientCommand::Unsubscribe { sid, reply } => {
                 self.cancel_replay(sid);
+                self.set_cost(sid, "", 0);
                 if let Some(client) = self.clients.get_mut(&sid) {
                     client.flush_outbox(Instant::now(), true);
                     client.info.set_subscription(None);
@@ -130,6 +142,43 @@ impl Router {
                 Some(error)
             }
         }
+    }
+
+    /// What `request` costs (bytes of params and chain), if within the caps for one
+    /// subscription and for the client's user (its other subscriptions included).
+    fn admit_cost(&self, sid: Sid, request: &SubscribeRequest) -> Result<usize, ClientError> {
+        let cost = request.params.to_string().len()
+            + request
+                .transform
+                .iter()
+                .map(|t| t.name.len() + t.params.to_string().len())
+                .sum::<usize>();
+        if cost > self.max_subscription_bytes {
+            return Err(ClientError::new(
+                Code::SubscriptionTooCostly,
+                format!(
+                    "this subscription weighs {cost} bytes; max_subscription_bytes is {}",
+                    self.max_subscription_bytes
+                ),
+            ));
+        }
+        let user = self
+            .clients
+            .get(&sid)
+            .map(|c| c.info.user_id.as_str())
+            .unwrap_or_default();
+        let current = self.costs.get(&sid).map_or(0, |(_, c)| *c);
+        let total = self.user_costs.get(user).copied().unwrap_or(0) - current + cost;
+        if total > self.max_user_subscription_bytes {
+            return Err(ClientError::new(
+                Code::SubscriptionTooCostly,
+                format!(
+                    "your subscriptions would weigh {total} bytes together; max_user_subscription_bytes is {}",
+                    self.max_user_subscription_bytes
+                ),
+            ));
+        }
+        Ok(cost)
     }
 
     /// Install the subscription; with `since` or `tail`, also say what to replay first.

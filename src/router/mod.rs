@@ -84,6 +84,9 @@ pub struct RouterSettings {
     pub history: HistoryLimits,
     /// Most logs one replay sends.
     pub replay_max_logs: usize,
+    /// Caps on what subscriptions cost (bytes of params and chain): one, and one user's.
+    pub max_subscription_bytes: usize,
+    pub max_user_subscription_bytes: usize,
     /// The history's epoch; logs that arrive unstamped are numbered in it by the router.
     pub epoch: String,
 }
@@ -118,6 +121,11 @@ pub struct Router {
     /// Replays under way, served a slice at a time.
     replays: VecDeque<replay::Replay>,
     replay_max: usize,
+    /// What each subscribed client's subscription costs, and each user's total.
+    costs: HashMap<Sid, (String, usize)>,
+    user_costs: HashMap<String, usize>,
+    max_subscription_bytes: usize,
+    max_user_subscription_bytes: usize,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
@@ -146,6 +154,10 @@ pub fn spawn(
         next_seq: 0,
         replays: VecDeque::new(),
         replay_max: settings.replay_max_logs,
+        costs: HashMap::new(),
+        user_costs: HashMap::new(),
+        max_subscription_bytes: settings.max_subscription_bytes,
+        max_user_subscription_bytes: settings.max_user_subscription_bytes,
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -408,11 +420,29 @@ impl Router {
         }
     }
 
+    /// Charge `sid` (of `user`) `cost` for its subscription (0 = none), replacing what it was
+    /// charged before.
+    fn set_cost(&mut self, sid: Sid, user: &str, cost: usize) {
+        if let Some((old_user, old)) = self.costs.remove(&sid)
+            && let Some(total) = self.user_costs.get_mut(&old_user)
+        {
+            *total = total.saturating_sub(old);
+            if *total == 0 {
+                self.user_costs.remove(&old_user);
+            }
+        }
+        if cost > 0 {
+            self.costs.insert(sid, (user.to_owned(), cost));
+            *self.user_costs.entry(user.to_owned()).or_default() += cost;
+        }
+    }
+
     /// The subscriptions of `sids` have ended (the registry already forgot them): tell each
     /// client why and clear what the admin API shows.
     fn end_subscriptions(&mut self, sids: &[Sid], error: &ClientError) {
         self.notify(sids, error);
         for sid in sids {
+            self.set_cost(*sid, "", 0);
             if let Some(client) = self.clients.get(sid) {
                 client.info.set_subscription(None);
             }

@@ -30,6 +30,12 @@ pub enum PluginCommand {
         name: String,
         reply: oneshot::Sender<usize>,
     },
+    /// Let a disabled plugin serve again. Answers `None` for an unknown plugin, else whether
+    /// it was disabled.
+    Enable {
+        name: String,
+        reply: oneshot::Sender<Option<bool>>,
+    },
 }
 
 impl Router {
@@ -46,6 +52,9 @@ impl Router {
             } => {
                 let result = self.install(&name, plugin, &registered);
                 let _ = reply.send(result);
+            }
+            PluginCommand::Enable { name, reply } => {
+                let _ = reply.send(self.registry.enable(&name));
             }
             PluginCommand::Remove { name, reply } => {
                 let sids = self.registry.remove_plugin(&name);

@@ -464,6 +464,15 @@ impl Registry {
         Ok(logs)
     }
 
+    /// Re-enable plugin `name`: `None` if there is no such plugin, else whether it was
+    /// disabled.
+    pub fn enable(&mut self, name: &str) -> Option<bool> {
+        if let Some(f) = self.filters.get_mut(name) {
+            return Some(f.enable());
+        }
+        self.transforms.get_mut(name).map(|t| t.enable())
+    }
+
     pub fn filter_disabled(&self, name: &str) -> Option<String> {
         self.filters
             .get(name)

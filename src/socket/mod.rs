@@ -75,6 +75,22 @@ async fn authenticate(
             "Server shutting down".into(),
         ));
     }
+    // Browsers send Origin; when origins are configured, the handshake obeys them like the
+    // REST API does (CORS alone does not cover a WebSocket).
+    if !app.config.cors_origins.is_empty()
+        && let Some(origin) = socket
+            .req_parts()
+            .headers
+            .get(axum::http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        && !app
+            .config
+            .cors_origins
+            .iter()
+            .any(|allowed| allowed == origin)
+    {
+        return Err(refuse(&socket, "origin", "Origin not allowed".into()));
+    }
     let token = auth
         .as_ref()
         .ok()
@@ -265,6 +281,13 @@ fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<Ack
     let session = socket.extensions.get::<Arc<Session>>()?;
     match session.admit_event(Instant::now()) {
         session::EventAdmission::Allowed => Some(ack),
+        session::EventAdmission::Abusive => {
+            tracing::info!(target: "audit", sid = %socket.id, user = %session.user, peer = %peer(socket), "disconnecting a socket that keeps flooding events");
+            let error = ClientError::new(Code::RateLimited, "too many events; disconnecting");
+            let _ = socket.emit(event::ERROR, &error);
+            let _ = socket.clone().disconnect();
+            None
+        }
         session::EventAdmission::Refused { notify } => {
             app.metrics
                 .events_rejected

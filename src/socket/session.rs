@@ -41,7 +41,14 @@ pub struct Session {
 struct EventBudget {
     bucket: TokenBucket,
     last_notice: Option<Instant>,
+    /// Refusals in the current flood window, and when it began.
+    refusals: u32,
+    window_start: Instant,
 }
+
+/// A socket refused this many events within [`FLOOD_WINDOW`] is disconnected.
+pub const FLOOD_REFUSALS: u32 = 200;
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 pub enum EventAdmission {
     Allowed,
@@ -49,6 +56,8 @@ pub enum EventAdmission {
     Refused {
         notify: bool,
     },
+    /// Refused, and the socket keeps flooding: disconnect it.
+    Abusive,
 }
 
 impl Session {
@@ -74,6 +83,8 @@ impl Session {
                     Instant::now(),
                 ),
                 last_notice: None,
+                refusals: 0,
+                window_start: Instant::now(),
             }),
         }
     }
@@ -119,6 +130,14 @@ impl Session {
         let mut budget = self.events.lock().unwrap_or_else(|p| p.into_inner());
         if budget.bucket.try_take(now) {
             return EventAdmission::Allowed;
+        }
+        if now.saturating_duration_since(budget.window_start) > FLOOD_WINDOW {
+            budget.window_start = now;
+            budget.refusals = 0;
+        }
+        budget.refusals += 1;
+        if budget.refusals > FLOOD_REFUSALS {
+            return EventAdmission::Abusive;
         }
         let notify = budget
             .last_notice

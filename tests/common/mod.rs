@@ -135,9 +135,12 @@ impl ServerBuilder {
         });
         let mut lines = Vec::new();
         let url = loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("server did not start within 60 s");
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) else {
+                // Do not leave it running (compiling, say) after the test gives up.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("server did not start within 120 s");
+            };
             if let Some(addr) = line.strip_prefix("logstream listening on ") {
                 break addr.trim().to_owned();
             }

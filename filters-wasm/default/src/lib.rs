@@ -7,9 +7,16 @@
 //!
 //! Subscriptions are indexed by device, so a batch costs (logs × subscriptions of *their*
 //! devices + subscriptions without a device constraint), not logs × all subscriptions.
+//!
+//! Keywords are indexed too: one Aho–Corasick automaton over every subscription's keywords
+//! (rebuilt when they change) finds, in one pass over each message, which keywords it holds.
+//! So a subscription's cost does not grow with its keywords' bytes times the message size,
+//! and a user with many long keywords cannot make the batch slow for everyone.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+
+use aho_corasick::AhoCorasick;
 
 use serde_json::Value;
 
@@ -41,6 +48,8 @@ struct Subscription {
     tags: Vec<String>,
     /// Lower-cased.
     keywords: Vec<String>,
+    /// Indices of `keywords` in the keyword index (set when the index is built).
+    keyword_ids: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -48,6 +57,63 @@ struct State {
     subs: HashMap<u64, Subscription>,
     by_device: HashMap<String, Vec<u64>>,
     any_device: Vec<u64>,
+    keywords: KeywordIndex,
+}
+
+/// Every distinct keyword of every subscription, and one automaton over them all.
+#[derive(Default)]
+struct KeywordIndex {
+    /// Distinct lower-cased keywords; a keyword's id is its index here.
+    patterns: Vec<String>,
+    automaton: Option<AhoCorasick>,
+    /// The keywords changed since the automaton was built.
+    stale: bool,
+    /// Per keyword id: the number of the last message it was found in.
+    seen_in: Vec<u32>,
+    message: u32,
+}
+
+impl KeywordIndex {
+    /// Rebuild after subscriptions changed: distinct keywords, each subscription's ids.
+    fn rebuild(&mut self, subs: &mut HashMap<u64, Subscription>) {
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        self.patterns.clear();
+        for sub in subs.values_mut() {
+            sub.keyword_ids = sub
+                .keywords
+                .iter()
+                .map(|k| {
+                    *ids.entry(k.clone()).or_insert_with(|| {
+                        self.patterns.push(k.clone());
+                        self.patterns.len() - 1
+                    })
+                })
+                .collect();
+        }
+        self.automaton = if self.patterns.is_empty() {
+            None
+        } else {
+            AhoCorasick::new(&self.patterns).ok()
+        };
+        self.seen_in = vec![0; self.patterns.len()];
+        self.message = 0;
+        self.stale = false;
+    }
+
+    /// Mark the keywords `lowered` holds; returns the mark to compare with.
+    fn scan(&mut self, lowered: &str) -> u32 {
+        self.message = self.message.wrapping_add(1);
+        if self.message == 0 {
+            self.seen_in.iter_mut().for_each(|s| *s = 0);
+            self.message = 1;
+        }
+        if let Some(automaton) = &self.automaton {
+            for m in automaton.find_overlapping_iter(lowered) {
+                self.seen_in[m.pattern().as_usize()] = self.message;
+            }
+        }
+        self.message
+    }
 }
 
 thread_local! {
@@ -85,6 +151,7 @@ fn parse(params: &str) -> Result<Subscription, String> {
         level_mask: 0,
         tags: Vec::new(),
         keywords: Vec::new(),
+        keyword_ids: Vec::new(),
     };
     let obj = match &value {
         Value::Null => return Ok(sub),
@@ -126,13 +193,11 @@ fn parse(params: &str) -> Result<Subscription, String> {
 
 impl Subscription {
     /// Everything but the device constraint, which the index has already applied.
-    fn matches_rest(&self, log: &LogEntry, lowered: &mut Option<String>) -> bool {
+    /// `keywords_in` scans the message once (lazily) and says which keyword ids it holds.
+    fn matches_rest(&self, log: &LogEntry, keywords_in: &mut impl FnMut(usize) -> bool) -> bool {
         (self.level_mask == 0 || self.level_mask & level_bit(log.level) != 0)
             && (self.tags.is_empty() || self.tags.iter().any(|t| log.tags.contains(t)))
-            && (self.keywords.is_empty() || {
-                let message = lowered.get_or_insert_with(|| log.message.to_lowercase());
-                self.keywords.iter().any(|k| message.contains(k.as_str()))
-            })
+            && (self.keyword_ids.is_empty() || self.keyword_ids.iter().any(|k| keywords_in(*k)))
     }
 }
 
@@ -141,6 +206,9 @@ impl State {
         let Some(old) = self.subs.remove(&id) else {
             return;
         };
+        if !old.keywords.is_empty() {
+            self.keywords.stale = true;
+        }
         if old.devices.is_empty() {
             self.any_device.retain(|x| *x != id);
         }
@@ -172,6 +240,9 @@ impl Guest for DefaultFilter {
                     }
                 }
             }
+            if !sub.keywords.is_empty() {
+                state.keywords.stale = true;
+            }
             state.subs.insert(id, sub);
         });
         Ok(())
@@ -182,13 +253,27 @@ impl Guest for DefaultFilter {
     }
 
     fn evaluate(batch: Vec<LogEntry>) -> Vec<SubscriptionMatches> {
-        STATE.with_borrow(|state| {
+        STATE.with_borrow_mut(|state| {
+            if state.keywords.stale {
+                let State { subs, keywords, .. } = state;
+                keywords.rebuild(subs);
+            }
+            let State {
+                subs,
+                by_device,
+                any_device,
+                keywords,
+            } = state;
             let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
             for (i, log) in batch.iter().enumerate() {
-                let mut lowered = None;
-                let scoped = state.by_device.get(&log.device_id).map(Vec::as_slice).unwrap_or(&[]);
-                for id in scoped.iter().chain(state.any_device.iter()) {
-                    if state.subs.get(id).is_some_and(|s| s.matches_rest(log, &mut lowered)) {
+                let mut mark = None;
+                let mut keywords_in = |k: usize| {
+                    let m = *mark.get_or_insert_with(|| keywords.scan(&log.message.to_lowercase()));
+                    keywords.seen_in[k] == m
+                };
+                let scoped = by_device.get(&log.device_id).map(Vec::as_slice).unwrap_or(&[]);
+                for id in scoped.iter().chain(any_device.iter()) {
+                    if subs.get(id).is_some_and(|s| s.matches_rest(log, &mut keywords_in)) {
                         found.entry(*id).or_default().push(i as u32);
                     }
                 }
