@@ -211,3 +211,24 @@ test('a replay larger than the socket queue waits for room instead of dropping',
   await sleep(1200);
   assert.deepStrictEqual(dropped, []);
 });
+
+test("an admin's disconnect ends the session: the client cannot resume it", async (t) => {
+  const server = await startServer({ rate_limit: 100000 });
+  t.after(() => server.stop());
+  const socket = await connect(server, { token: token('kicked') });
+  const ack = await socket.emitWithAck('log:subscribe', { deviceIds: ['d'], resume: true });
+  const r = await fetch(`${server.url}/api/ws/connections/${socket.id}`, {
+    method: 'DELETE',
+    headers: { 'x-api-key': require('./harness').ADMIN_KEY },
+  });
+  assert.strictEqual(r.status, 200);
+  socket.close();
+  const again = io(server.url, {
+    auth: { token: token('kicked'), session: ack.session },
+    transports: ['websocket'],
+    reconnection: false,
+  });
+  t.after(() => again.close());
+  const err = await once(again, 'error');
+  assert.strictEqual(err.code, 'session_expired');
+});

@@ -117,3 +117,19 @@ test('an expiring token is warned, then disconnected; a refreshed one stays', as
   await server.ingest([{ deviceId: 'b/1', message: 'x' }, { deviceId: 'a/1', message: 'y' }]);
   assert.deepStrictEqual(await seen, ['a/1']);
 });
+
+test('replays obey the scope too: tail and since never reach outside it', async (t) => {
+  const server = await startServer({ rate_limit: 100000 });
+  t.after(() => server.stop());
+  await server.ingest([
+    { deviceId: 'plant-a/1', message: 'a1' },
+    { deviceId: 'plant-b/1', message: 'b1' },
+    { deviceId: 'plant-a/2', message: 'a2' },
+  ]);
+  const ann = await connect(server, token('ann', { devices: ['plant-a/*'] }));
+  t.after(() => ann.close());
+  const seen = devicesWithin(ann, 800);
+  const ack = await ann.emitWithAck('log:subscribe', { tail: 10 });
+  assert.strictEqual(ack.replayed, 2, JSON.stringify(ack));
+  assert.deepStrictEqual(await seen, ['plant-a/1', 'plant-a/2']);
+});
