@@ -3,6 +3,8 @@
 //! 10000 subscriptions.
 //!
 //! `cargo bench --bench filter_eval`
+//! `cargo bench --bench filter_eval -- --keyword-heavy` (optionally with `OLD_DEFAULT_WASM=`
+//! a build of an earlier `default` filter to compare with)
 //!
 //! Workloads (batches of 50 logs over 100 devices):
 //! - one subscriber per device: subscription i watches device i, so every log meets exactly
@@ -26,6 +28,10 @@ const BATCH: usize = 50;
 const DEVICES: usize = 100;
 
 fn wasm_default() -> WasmFilter {
+    wasm_filter(BUILTIN_DEFAULT)
+}
+
+fn wasm_filter(bytes: &[u8]) -> WasmFilter {
     let runtime = Runtime::new(
         PluginLimits {
             call_timeout: Duration::from_secs(10),
@@ -36,7 +42,7 @@ fn wasm_default() -> WasmFilter {
         None,
     )
     .expect("runtime");
-    let pre = runtime.prepare(BUILTIN_DEFAULT).expect("default loads");
+    let pre = runtime.prepare(bytes).expect("default loads");
     WasmFilter::new("default", runtime, pre, 3, Arc::new(PluginStats::default()))
 }
 
@@ -88,7 +94,60 @@ fn time_evaluate(
     (started.elapsed() / calls as u32, matched / calls)
 }
 
+/// The attack of issue "no client can hurt the others": 8 subscriptions of 100 keywords of
+/// 256 bytes each (none of which occur), batches of 50 logs of 1 KB.
+fn keyword_heavy(min: Duration) {
+    let filler = "the quick brown fox jumps over the lazy dog ".repeat(24);
+    let batches: Vec<Vec<Arc<LogRecord>>> = (0..4)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| {
+                    Arc::new(
+                        LogRecord::from_value(json!({
+                            "deviceId": format!("noise-{}", (b * BATCH + i) % DEVICES),
+                            "message": filler[..1000].to_owned(),
+                        }))
+                        .expect("valid"),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let mut engines: Vec<(String, Box<dyn FilterEngine>)> = vec![
+        ("native reference (substring per keyword)".into(), Box::new(NativeDefault::default())),
+        ("wasm default, keyword index (now)".into(), Box::new(wasm_default())),
+    ];
+    if let Ok(path) = std::env::var("OLD_DEFAULT_WASM") {
+        let bytes = std::fs::read(&path).expect("OLD_DEFAULT_WASM");
+        engines.push((
+            "wasm default, substring per keyword (before)".into(),
+            Box::new(wasm_filter(&bytes)),
+        ));
+    }
+    println!("| engine | per batch of {BATCH} logs of 1 KB, 8 × 100 keywords of 256 bytes |");
+    println!("| --- | ---: |");
+    for (name, mut engine) in engines {
+        for s in 0..8u64 {
+            let keywords: Vec<String> = (0..100)
+                .map(|k| {
+                    let unit = format!("zq{s}x{k}y");
+                    unit.repeat(256 / unit.len() + 1)[..256].to_owned()
+                })
+                .collect();
+            engine
+                .add(s + 1, &json!({ "keywords": keywords }).to_string())
+                .expect("add");
+        }
+        let (per_batch, _) = time_evaluate(engine.as_mut(), &batches, min);
+        println!("| {name} | {:.2} ms |", per_batch.as_secs_f64() * 1e3);
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--keyword-heavy") {
+        keyword_heavy(Duration::from_millis(1500));
+        return;
+    }
     let min = Duration::from_millis(
         std::env::var("BENCH_MS")
             .ok()
