@@ -114,8 +114,14 @@ fn keyword_heavy(min: Duration) {
         })
         .collect();
     let mut engines: Vec<(String, Box<dyn FilterEngine>)> = vec![
-        ("native reference (substring per keyword)".into(), Box::new(NativeDefault::default())),
-        ("wasm default, keyword index (now)".into(), Box::new(wasm_default())),
+        (
+            "native reference (substring per keyword)".into(),
+            Box::new(NativeDefault::default()),
+        ),
+        (
+            "wasm default, keyword index (now)".into(),
+            Box::new(wasm_default()),
+        ),
     ];
     if let Ok(path) = std::env::var("OLD_DEFAULT_WASM") {
         let bytes = std::fs::read(&path).expect("OLD_DEFAULT_WASM");

@@ -137,6 +137,67 @@ impl RedisBus {
         out
     }
 
+    /// Load what the stream holds now into history (oldest first, not delivered); returns
+    /// the last entry id loaded, from which live reading starts.
+    async fn load_history(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        router: &Sender<Inbound>,
+        epoch: &str,
+    ) -> redis::RedisResult<String> {
+        let newest: redis::streams::StreamRangeReply =
+            conn.xrevrange_count(&self.stream, "+", "-", 1).await?;
+        let Some(boundary) = newest.ids.first().map(|e| e.id.clone()) else {
+            return Ok("0-0".to_owned());
+        };
+        let mut from = "-".to_owned();
+        loop {
+            let reply: redis::streams::StreamRangeReply = conn
+                .xrange_count(&self.stream, &from, &boundary, READ_COUNT)
+                .await?;
+            let n = reply.ids.len();
+            if let Some(entry) = reply.ids.last() {
+                from = format!("({}", entry.id);
+            }
+            let records = self.records(epoch, reply.ids);
+            if !records.is_empty() {
+                self.forward_reliably(router, Inbound::Backfill(records))
+                    .await;
+            }
+            if n < READ_COUNT {
+                break;
+            }
+        }
+        if let Some(p) = position(&boundary) {
+            self.read.send_replace(p);
+        }
+        Ok(boundary)
+    }
+
+    /// Hand to the router, waiting as long as it takes: the stream is durable, nothing read
+    /// from it is dropped (the reader stops reading meanwhile: back-pressure).
+    async fn forward_reliably(&self, router: &Sender<Inbound>, msg: Inbound) {
+        let mut msg = match router.try_send(msg) {
+            Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            Err(crossbeam_channel::TrySendError::Full(msg)) => msg,
+        };
+        loop {
+            let tx = router.clone();
+            let sent =
+                tokio::task::spawn_blocking(move || tx.send_timeout(msg, Duration::from_secs(1)))
+                    .await;
+            match sent {
+                Ok(Err(crossbeam_channel::SendTimeoutError::Timeout(back))) => {
+                    tracing::warn!(
+                        "the router queue has been full for 1 s; the stream reader waits"
+                    );
+                    msg = back;
+                }
+                _ => return,
+            }
+        }
+    }
+
     async fn read_once(
         &self,
         router: &Sender<Inbound>,
@@ -152,36 +213,21 @@ impl RedisBus {
             .await?;
         let current = self.epoch(&mut conn).await?;
         if epoch.as_deref() != Some(current.as_str()) {
-            if epoch.is_some() {
+            let first_start = epoch.is_none();
+            if !first_start {
                 tracing::warn!(old = ?epoch, new = %current, "the redis stream has a new epoch (its data was lost?): older offsets cannot be replayed");
             }
             *epoch = Some(current.clone());
-            *last = None;
-            self.forward(router, Inbound::Epoch(current.clone()), 0)
+            self.forward_reliably(router, Inbound::Epoch(current.clone()))
                 .await;
-        }
-        if last.is_none() {
-            // Load what the stream holds into history, oldest first.
-            let mut from = "-".to_owned();
-            let mut newest = "0-0".to_owned();
-            loop {
-                let reply: redis::streams::StreamRangeReply = conn
-                    .xrange_count(&self.stream, &from, "+", READ_COUNT)
-                    .await?;
-                let n = reply.ids.len();
-                if let Some(entry) = reply.ids.last() {
-                    newest = entry.id.clone();
-                    from = format!("({newest}");
-                }
-                let records = self.records(&current, reply.ids);
-                if !records.is_empty() {
-                    self.forward(router, Inbound::Backfill(records), 0).await;
-                }
-                if n < READ_COUNT {
-                    break;
-                }
-            }
-            *last = Some(newest);
+            *last = if first_start {
+                // What the stream held when this instance started is history: loaded, not
+                // delivered. Everything after it is live.
+                Some(self.load_history(&mut conn, router, &current).await?)
+            } else {
+                // A new stream: all of it is new, deliver it.
+                Some("0-0".to_owned())
+            };
         }
         self.status.reading.store(true, Ordering::Relaxed);
         tracing::info!(stream = %self.stream, epoch = %current, "reading the redis stream");
@@ -198,9 +244,8 @@ impl RedisBus {
                 continue;
             };
             let records = self.records(&current, entries);
-            let n = records.len() as u64;
             if !records.is_empty() {
-                self.forward(router, Inbound::Logs(records), n).await;
+                self.forward_reliably(router, Inbound::Logs(records)).await;
             }
             if let Some(p) = position(&newest) {
                 self.read.send_replace(p);

@@ -187,7 +187,11 @@ impl Client {
     /// rate-limited like live ones, then sent (held if the client is paused). A replay can
     /// outrun the socket: what its queue cannot take now is returned, to be sent later with
     /// [`Client::send_replayed`], rather than dropped.
-    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>], now: Instant) -> Vec<Arc<LogRecord>> {
+    pub fn deliver_replay(
+        &mut self,
+        logs: &[Arc<LogRecord>],
+        now: Instant,
+    ) -> (usize, Vec<Arc<LogRecord>>) {
         let mut admitted: Vec<Arc<LogRecord>> = Vec::with_capacity(logs.len());
         let mut limited = 0;
         for log in logs {
@@ -199,11 +203,17 @@ impl Client {
         }
         self.drop_logs(DropReason::RateLimit, limited);
         if self.paused {
+            let n = admitted.len();
             self.hold(admitted.into_iter());
-            return Vec::new();
+            return (n, Vec::new());
         }
         let sent = self.send_replayed(&admitted);
-        admitted.split_off(sent)
+        (sent, admitted.split_off(sent))
+    }
+
+    /// Forget what is held: a new subscription replays history that covers it.
+    pub fn discard_held(&mut self) {
+        self.held.clear();
     }
 
     /// Send already admitted replayed logs until the socket's queue is full; returns how many
@@ -595,7 +605,7 @@ mod tests {
         c.start_replay();
         c.deliver(&all[2..], t0); // live, during the replay
         assert!(rec.events().is_empty());
-        assert!(c.deliver_replay(&all[..2], t0).is_empty());
+        assert!(c.deliver_replay(&all[..2], t0).1.is_empty());
         c.finish_replay();
         let sent = rec.messages(event::NEW);
         let offsets: Vec<String> = sent

@@ -6,7 +6,7 @@ use std::time::Instant;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
-use super::replay::{Plan, Replay};
+use super::replay::{Cancel, Plan, Replay};
 use super::{Router, SubscribeError};
 use crate::auth::Scope;
 use crate::delivery::Client;
@@ -56,7 +56,7 @@ impl Router {
                 self.clients.insert(client.sid, *client);
             }
             ClientCommand::Disconnect(sid) => {
-                self.cancel_replay(sid);
+                self.cancel_replay(sid, Cancel::Superseded { replays: false });
                 self.set_cost(sid, "", 0);
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
@@ -67,7 +67,7 @@ impl Router {
                 request,
                 reply,
             } => {
-                self.cancel_replay(sid);
+                let replays = request.since.is_some() || request.tail.is_some();
                 // The scope is checked here, where the client's current scope lives (a token
                 // refresh may have just changed it).
                 let in_scope = match self.clients.get(&sid) {
@@ -84,6 +84,9 @@ impl Router {
                             .unwrap_or_default();
                         let subscribed = self.subscribe(sid, request).map_err(|e| e.to_client())?;
                         self.set_cost(sid, &user, cost);
+                        // Only now that the new subscription is in force does the old one's
+                        // replay stop.
+                        self.cancel_replay(sid, Cancel::Superseded { replays });
                         Ok(subscribed)
                     });
                 match result {
@@ -100,7 +103,7 @@ impl Router {
                 }
             }
             ClientCommand::Unsubscribe { sid, reply } => {
-                self.cancel_replay(sid);
+                self.cancel_replay(sid, Cancel::Superseded { replays: false });
                 self.set_cost(sid, "", 0);
                 if let Some(client) = self.clients.get_mut(&sid) {
                     client.flush_outbox(Instant::now(), true);
@@ -135,7 +138,10 @@ impl Router {
                 .map_err(|e| e.to_client())
         });
         match kept {
-            Ok(()) => None,
+            Ok(()) => {
+                self.rescope_replay(sid);
+                None
+            }
             Err(error) => {
                 self.registry.unsubscribe(sid);
                 self.end_subscriptions(&[sid], &error);
@@ -268,6 +274,7 @@ impl Router {
             sid,
             registration,
             filter: subscribed.filter.clone(),
+            epoch: self.epoch.clone(),
             plan,
             found: Default::default(),
             back_from: None,

@@ -258,7 +258,11 @@ impl Router {
             Inbound::Backfill(logs) => {
                 self.flush_pending();
                 let now = Instant::now();
-                if let Some(first) = logs.first().and_then(|l| l.stamp.get()) {
+                // Older entries may have been trimmed from the stream: only the first chunk of
+                // a load marks where exact replays begin.
+                if self.history.is_empty()
+                    && let Some(first) = logs.first().and_then(|l| l.stamp.get())
+                {
                     self.history.mark_unknown_before(first.position);
                 }
                 for log in logs {
@@ -442,6 +446,7 @@ impl Router {
     fn end_subscriptions(&mut self, sids: &[Sid], error: &ClientError) {
         self.notify(sids, error);
         for sid in sids {
+            self.cancel_replay(*sid, replay::Cancel::Ended(error.clone()));
             self.set_cost(*sid, "", 0);
             if let Some(client) = self.clients.get(sid) {
                 client.info.set_subscription(None);

@@ -23,6 +23,9 @@ use crate::protocol::{ClientError, Subscribed, event};
 /// History entries evaluated per step.
 pub const SLICE: usize = 256;
 
+/// How often a paused client's replay looks again.
+const PAUSED_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// How long a replay waits when its client's socket queue is full.
 const FULL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -37,6 +40,8 @@ pub struct Replay {
     pub sid: Sid,
     pub registration: RegistrationId,
     pub filter: String,
+    /// The history's epoch when the replay began; a change means it cannot be exact.
+    pub epoch: String,
     pub plan: Plan,
     /// Tail: matches found so far, newest last.
     pub found: VecDeque<Arc<LogRecord>>,
@@ -86,6 +91,12 @@ impl Router {
             return;
         };
         replay.retry_at = None;
+        // A paused client's replay waits: replayed and live logs must not mix in its buffer.
+        if self.clients.get(&replay.sid).is_some_and(|c| c.is_paused()) {
+            replay.retry_at = Some(now + PAUSED_RETRY);
+            self.replays.push_back(replay);
+            return;
+        }
         // What the socket could not take last time goes first.
         if !replay.backlog.is_empty() {
             let sent = match self.clients.get_mut(&replay.sid) {
@@ -139,6 +150,10 @@ impl Router {
         let Plan::Since { after, end } = replay.plan else {
             return Step::Done;
         };
+        if replay.epoch != self.epoch {
+            replay.recovered = false;
+            return Step::Done;
+        }
         let start = match self.history.since(after) {
             Since::From(i) => i,
             // The history dropped what was left to replay.
@@ -214,8 +229,8 @@ impl Router {
             return;
         }
         if let Some(client) = self.clients.get_mut(&replay.sid) {
-            let unsent = client.deliver_replay(logs, Instant::now());
-            replay.sent += logs.len() - unsent.len();
+            let (sent, unsent) = client.deliver_replay(logs, Instant::now());
+            replay.sent += sent;
             replay.backlog.extend(unsent);
         }
     }
@@ -236,14 +251,56 @@ impl Router {
         }
     }
 
-    /// Stop `sid`'s replay (its subscription changed or ended); its held logs are released.
-    pub(super) fn cancel_replay(&mut self, sid: Sid) {
-        if let Some(i) = self.replays.iter().position(|r| r.sid == sid) {
-            let replay = self.replays.remove(i);
-            if let Some(client) = self.clients.get_mut(&sid) {
-                client.finish_replay();
+    /// Stop `sid`'s replay: its subscription changed (`Superseded`: the held live logs go
+    /// out, unless the new subscription replays history itself, which covers them) or ended
+    /// (`Ended`: the pending acknowledgement gets the error).
+    pub(super) fn cancel_replay(&mut self, sid: Sid, why: Cancel) {
+        let Some(i) = self.replays.iter().position(|r| r.sid == sid) else {
+            return;
+        };
+        let Some(mut replay) = self.replays.remove(i) else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(&sid) {
+            match &why {
+                Cancel::Superseded { replays: true } | Cancel::Ended(_) => {
+                    client.discard_held();
+                }
+                Cancel::Superseded { replays: false } => {}
             }
-            drop(replay);
+            client.finish_replay();
+        }
+        if let Some(reply) = replay.reply.take() {
+            let error = match why {
+                Cancel::Ended(e) => e,
+                Cancel::Superseded { .. } => ClientError::new(
+                    crate::protocol::Code::Busy,
+                    "superseded by a newer subscription",
+                ),
+            };
+            let _ = reply.send(Err(error));
         }
     }
+
+    /// A refreshed token changed `sid`'s registration: the replay follows it, and what it
+    /// found but has not sent yet is held to the new scope.
+    pub(super) fn rescope_replay(&mut self, sid: Sid) {
+        let Some(registration) = self.registry.registration_of(sid) else {
+            return;
+        };
+        let Some(scope) = self.clients.get(&sid).map(|c| c.scope().clone()) else {
+            return;
+        };
+        for replay in self.replays.iter_mut().filter(|r| r.sid == sid) {
+            replay.registration = registration;
+            replay.backlog.retain(|l| scope.matches(&l.device_id));
+            replay.found.retain(|l| scope.matches(&l.device_id));
+        }
+    }
+}
+
+/// Why a replay stops early.
+pub enum Cancel {
+    Superseded { replays: bool },
+    Ended(ClientError),
 }

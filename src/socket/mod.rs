@@ -223,10 +223,13 @@ async fn resume_session(
     id: String,
     offset: Option<String>,
 ) {
-    let request = app
-        .sessions
-        .load(&id, &session.user)
-        .await
+    let saved = app.sessions.load(&id, &session.user).await;
+    if let Some(saved) = &saved {
+        // Attached again: it does not expire while this connection lives.
+        let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+        app.sessions.save(&id, saved, ttl).await;
+    }
+    let request = saved
         .and_then(|saved| SubscribeRequest::parse(saved.subscription, app.config.tail_max).ok());
     let Some(mut request) = request else {
         let error = ClientError::new(
@@ -366,25 +369,48 @@ async fn on_subscribe(
         request.session = Some(session.resume_id().unwrap_or_else(crate::sessions::new_id));
     }
     let session_id = request.session.clone();
+    let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+    // The session is saved before the router answers (a replay may take a while, and the
+    // client may reconnect elsewhere as soon as it has `log:subscribed`); a refused
+    // subscription puts back what the session held.
+    let previous = match &session_id {
+        Some(id) => {
+            let before = app.sessions.load(id, &session.user).await;
+            let saved = crate::sessions::Saved {
+                user: session.user.clone(),
+                subscription: kept,
+            };
+            app.sessions.save(id, &saved, ttl).await;
+            before
+        }
+        None => None,
+    };
     let sid = socket.id;
-    match ask_router(&socket, &app, |reply| ClientCommand::Subscribe {
+    let answer = ask_router(&socket, &app, |reply| ClientCommand::Subscribe {
         sid,
         request,
         reply,
     })
-    .await
+    .await;
+    if !matches!(answer, Some(Ok(_)))
+        && let Some(id) = &session_id
     {
+        match previous {
+            Some(saved) => app.sessions.save(id, &saved, ttl).await,
+            None => app.sessions.end(id).await,
+        }
+    }
+    match answer {
         // The router sent `log:subscribed` itself, ahead of any log.
         Some(Ok(subscribed)) => {
-            let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
             match session_id {
                 Some(id) => {
-                    let saved = crate::sessions::Saved {
-                        user: session.user.clone(),
-                        subscription: kept,
-                    };
-                    app.sessions.save(&id, &saved, ttl).await;
-                    session.set_resume_id(Some(id));
+                    session.set_resume_id(Some(id.clone()));
+                    // The connection went while this was under way: the session lives on
+                    // for its ttl, not for ever.
+                    if session.is_closed() {
+                        app.sessions.detach(&id, ttl).await;
+                    }
                 }
                 None => {
                     if let Some(old) = session.set_resume_id(None) {
