@@ -135,6 +135,7 @@ pub async fn start(
             max_user_subscription_bytes: config.max_user_subscription_bytes,
             // With Redis the stream's epoch arrives from the bus once connected.
             epoch: crate::history::new_epoch(),
+            offsets_may_lead: config.redis_url.is_some(),
         },
         metrics.clone(),
         connections.clone(),

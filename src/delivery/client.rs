@@ -56,6 +56,9 @@ pub struct Client {
     with_offsets: bool,
     /// A replay of history is under way: live logs are held until it ends.
     replaying: bool,
+    /// Logs at or before this position are not sent: the client has them already (it
+    /// resumed from an offset this instance had not reached).
+    skip_through: Option<crate::log_entry::Position>,
     limiter: TokenBucket,
     paused: bool,
     /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
@@ -90,6 +93,7 @@ impl Client {
             batch_mode: false,
             with_offsets: false,
             replaying: false,
+            skip_through: None,
             limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
             paused: false,
             held: VecDeque::new(),
@@ -159,10 +163,30 @@ impl Client {
         self.metrics.dropped(reason, count);
     }
 
+    /// Skip logs at or before `position` from now on (they are the client's already).
+    pub fn skip_through(&mut self, position: crate::log_entry::Position) {
+        self.skip_through = Some(position);
+    }
+
     /// Deliver `logs` (this client's matches of one batch), in order.
     pub fn deliver(&mut self, logs: &[Arc<LogRecord>], now: Instant) {
         let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(logs.len());
         let mut limited = 0;
+        let logs = match self.skip_through {
+            Some(through) => {
+                let first_new = logs
+                    .iter()
+                    .position(|l| l.stamp.get().is_some_and(|s| s.position > through));
+                match first_new {
+                    Some(i) => {
+                        self.skip_through = None;
+                        &logs[i..]
+                    }
+                    None => &[],
+                }
+            }
+            None => logs,
+        };
         for log in logs {
             if self.limiter.try_take(now) {
                 admitted.push(log);
@@ -622,6 +646,39 @@ mod tests {
             ["e:1-0", "e:2-0", "e:3-0", "e:4-0"],
             "replay first, then live"
         );
+    }
+
+    #[test]
+    fn a_client_resumed_ahead_of_this_reader_is_not_sent_what_it_has() {
+        use crate::log_entry::{Position, Stamp};
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        let all = logs(4);
+        for (i, l) in all.iter().enumerate() {
+            let _ = l.stamp.set(Stamp::new(
+                "e",
+                Position {
+                    major: i as u64 + 1,
+                    minor: 0,
+                },
+            ));
+        }
+        c.skip_through(Position { major: 2, minor: 0 });
+        c.deliver(&all[..1], t0);
+        c.deliver(&all[1..], t0);
+        c.deliver(&all[..1], t0); // past the seam: no longer filtered
+        let got: Vec<String> = rec
+            .messages(event::NEW)
+            .iter()
+            .map(|j| {
+                serde_json::from_str::<serde_json::Value>(j).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(got, ["2", "3", "0"]);
     }
 
     #[test]

@@ -22,8 +22,11 @@ pub struct Ring {
 pub enum Since {
     /// Entries after the offset are all kept: replay from this index.
     From(usize),
-    /// Entries after the offset were dropped (or it is from the future): not exact.
+    /// Entries after the offset were dropped: not exact.
     Gone,
+    /// The offset is beyond the newest entry kept (this reader is behind the one that
+    /// delivered it, or the offset is made up).
+    Ahead,
 }
 
 /// Bytes a record holds, roughly (its JSON dominates).
@@ -82,8 +85,10 @@ impl Ring {
         if self.floor.is_some_and(|f| position < f) {
             return Since::Gone;
         }
-        if self.newest().is_some_and(|n| position > n) {
-            return Since::Gone;
+        // The last position this history has seen, kept or dropped.
+        let last_seen = self.newest().or(self.floor).unwrap_or_default();
+        if position > last_seen {
+            return Since::Ahead;
         }
         Since::From(self.entries.partition_point(|(p, _, _)| *p <= position))
     }
@@ -181,7 +186,7 @@ mod tests {
         );
         assert_eq!(ring.since(at(6)), Since::From(3));
         assert_eq!(ring.since(at(8)), Since::From(5), "nothing to replay");
-        assert_eq!(ring.since(at(9)), Since::Gone, "from the future");
+        assert_eq!(ring.since(at(9)), Since::Ahead, "from the future");
         let mut fresh = Ring::new(limits);
         assert_eq!(
             fresh.since(at(0)),

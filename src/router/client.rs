@@ -237,6 +237,17 @@ impl Router {
                         subscribed.replayed = Some(0);
                         None
                     }
+                    // Another instance delivered up to there and this one has not read that
+                    // far yet: nothing to replay, and what it reads up to there the client
+                    // already has.
+                    Some((after, Since::Ahead)) if self.offsets_may_lead => {
+                        if let Some(client) = self.clients.get_mut(&sid) {
+                            client.skip_through(after);
+                        }
+                        subscribed.recovered = Some(true);
+                        subscribed.replayed = Some(0);
+                        None
+                    }
                     // Another epoch (a restart), or older than what is kept.
                     _ => {
                         self.metrics.replay_served(false);

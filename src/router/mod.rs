@@ -89,6 +89,9 @@ pub struct RouterSettings {
     pub max_user_subscription_bytes: usize,
     /// The history's epoch; logs that arrive unstamped are numbered in it by the router.
     pub epoch: String,
+    /// Offsets may be ahead of this router's history (several readers of one stream: the
+    /// one that delivered may be ahead of this one).
+    pub offsets_may_lead: bool,
 }
 
 /// The senders into the router thread.
@@ -121,6 +124,7 @@ pub struct Router {
     /// Replays under way, served a slice at a time.
     replays: VecDeque<replay::Replay>,
     replay_max: usize,
+    offsets_may_lead: bool,
     /// What each subscribed client's subscription costs, and each user's total.
     costs: HashMap<Sid, (String, usize)>,
     user_costs: HashMap<String, usize>,
@@ -154,6 +158,7 @@ pub fn spawn(
         next_seq: 0,
         replays: VecDeque::new(),
         replay_max: settings.replay_max_logs,
+        offsets_may_lead: settings.offsets_may_lead,
         costs: HashMap::new(),
         user_costs: HashMap::new(),
         max_subscription_bytes: settings.max_subscription_bytes,

@@ -161,6 +161,8 @@ impl Router {
                 replay.recovered = false;
                 return Step::Done;
             }
+            // Past everything kept: nothing left.
+            Since::Ahead => return Step::Done,
         };
         let slice: Vec<Arc<LogRecord>> = self
             .history
