@@ -31,10 +31,6 @@ use crate::router::{
 };
 use crate::stats::Metrics;
 
-/// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
-/// its transport is closed.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Re-reads the configuration (the file and the layers above it) for SIGHUP.
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
@@ -177,7 +173,7 @@ pub async fn start(
         .max_payload(config.max_message_bytes)
         .ws_max_frame_size(max_message)
         .ws_max_message_size(max_message)
-        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .connect_timeout(crate::socket::HANDSHAKE_TIMEOUT)
         .max_buffer_size(config.socket_queue)
         .with_state(app.clone())
         .build_layer();

@@ -120,7 +120,7 @@ impl SubscribeRequest {
                 };
                 if let Some(extra) = obj.keys().next() {
                     return Err(FieldError::new(
-                        extra.as_str(),
+                        field_name(extra),
                         "unknown field; with `filter`, put filter options inside `params`",
                     ));
                 }
@@ -181,6 +181,15 @@ pub fn check_scope(filter: &str, params: &Value, scope: &Scope) -> Result<(), Cl
         }
     }
     Ok(())
+}
+
+/// How to name a client's field in an error: as given, or `""` for the empty name.
+fn field_name(key: &str) -> String {
+    if key.is_empty() {
+        "\"\"".to_owned()
+    } else {
+        key.to_owned()
+    }
 }
 
 /// A scope for a message: its first few patterns.
@@ -331,6 +340,7 @@ mod tests {
             (json!({"batch": "yes"}), "batch"),
             (json!({"rateLimit": 0}), "rateLimit"),
             (json!([1]), "subscription"),
+            (json!({"filter": "a", "": null}), "\"\""),
             (
                 json!({"transform": [{"name": "redact", "params": {"x": "y".repeat(70_000)}}]}),
                 "transform[0].params",

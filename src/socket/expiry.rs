@@ -21,8 +21,7 @@ fn unix_now() -> u64 {
 /// during the handshake: it waits for the connection first, and gives up on a handshake that
 /// never completes.
 pub async fn watch(socket: SocketRef, session: Arc<Session>, notice: Duration) {
-    let deadline =
-        tokio::time::Instant::now() + crate::server::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + super::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
     while !socket.connected() {
         if session.is_closed() || tokio::time::Instant::now() > deadline {
             return;

@@ -38,6 +38,10 @@ use crate::router::{ClientCommand, Control};
 use crate::subscription::SubscribeRequest;
 pub use session::{Grant, Session};
 
+/// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
+/// its transport is closed.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Install the handlers on the default namespace.
 pub fn register(io: &SocketIo) {
     io.ns("/", on_connect.with(authenticate));
