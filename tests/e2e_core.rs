@@ -716,16 +716,7 @@ async fn graceful_shutdown_delivers_everything_accepted_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_with_no_configuration_and_prints_usable_keys() {
     let server = Server::builder().unconfigured().start();
-    let find = |label: &str| {
-        server
-            .stdout_lines
-            .iter()
-            .find_map(|l| {
-                l.split_once(label)
-                    .map(|(_, v)| v.split_whitespace().next().unwrap().to_owned())
-            })
-            .unwrap_or_else(|| panic!("no {label} in {:?}", server.stdout_lines))
-    };
+    let find = |label: &str| server.printed(label);
     assert!(
         server
             .stdout_lines

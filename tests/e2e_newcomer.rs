@@ -129,16 +129,7 @@ async fn development_keys_survive_a_restart_and_the_token_command_uses_them() {
             .start()
     };
     let mut first = start();
-    let find = |server: &Server, label: &str| {
-        server
-            .stdout_lines
-            .iter()
-            .find_map(|l| {
-                l.split_once(label)
-                    .map(|(_, v)| v.split_whitespace().next().unwrap().to_owned())
-            })
-            .unwrap_or_else(|| panic!("no {label} in {:?}", server.stdout_lines))
-    };
+    let find = |server: &Server, label: &str| server.printed(label);
     let token = find(&first, "client token (sub=dev, 24h): ");
     let secret = find(&first, "export LOGSTREAM_JWT_SECRET=");
     let api_key = find(&first, "export LOGSTREAM_API_KEY=");

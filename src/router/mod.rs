@@ -205,8 +205,9 @@ impl Router {
             if !self.outboxes.is_empty() && Instant::now() >= self.next_outbox_check {
                 self.flush_outboxes(false);
             }
+            // (A replay reads history up to the seam fixed when it began; logs pending here
+            // are after it, so they need not be cut into a batch early.)
             if !self.replays.is_empty() {
-                self.flush_pending();
                 self.replay_step();
             }
         }

@@ -256,6 +256,17 @@ impl Server {
         assert_eq!(status, 202, "ingest refused: {body}");
     }
 
+    /// The first word after `label` in what the server printed before listening.
+    pub fn printed(&self, label: &str) -> String {
+        self.stdout_lines
+            .iter()
+            .find_map(|l| {
+                l.split_once(label)
+                    .map(|(_, v)| v.split_whitespace().next().unwrap_or_default().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no {label} in {:?}", self.stdout_lines))
+    }
+
     /// The log lines captured so far (see [`ServerBuilder::capture_stderr`]).
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
