@@ -224,14 +224,18 @@ pub enum DropReason {
     /// Held for the client (paused, or behind a replay) when a refreshed token narrowed what
     /// it may see: no longer its to receive.
     ScopeChanged,
+    /// The filter's call on the batch failed (and triage could not clear this client's
+    /// subscription): matches unknown, counted as every log of the batch in the client's scope.
+    PluginFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::RateLimit,
         DropReason::PauseOverflow,
         DropReason::SlowConsumer,
         DropReason::ScopeChanged,
+        DropReason::PluginFailed,
     ];
 }
 
@@ -328,6 +332,8 @@ pub struct Drops {
     pub pause_overflow: u64,
     pub slow_consumer: u64,
     pub scope_changed: u64,
+    #[serde(default)]
+    pub plugin_failed: u64,
     /// Ingest refused because the router queue was full (not part of `total`: never matched).
     pub ingest_rejected: u64,
     pub total: u64,
@@ -339,6 +345,7 @@ impl AddAssign for Drops {
         self.pause_overflow += o.pause_overflow;
         self.slow_consumer += o.slow_consumer;
         self.scope_changed += o.scope_changed;
+        self.plugin_failed += o.plugin_failed;
         self.ingest_rejected += o.ingest_rejected;
         self.total += o.total;
     }

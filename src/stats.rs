@@ -18,6 +18,7 @@ pub struct Metrics {
     pub dropped_pause_overflow: AtomicU64,
     pub dropped_slow_consumer: AtomicU64,
     pub dropped_scope_changed: AtomicU64,
+    pub dropped_plugin_failed: AtomicU64,
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,
     /// Client events refused by the per-socket event limit.
@@ -90,6 +91,7 @@ impl Metrics {
             DropReason::PauseOverflow => &self.dropped_pause_overflow,
             DropReason::SlowConsumer => &self.dropped_slow_consumer,
             DropReason::ScopeChanged => &self.dropped_scope_changed,
+            DropReason::PluginFailed => &self.dropped_plugin_failed,
         };
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -99,14 +101,16 @@ impl Metrics {
         let pause_overflow = self.dropped_pause_overflow.load(Ordering::Relaxed);
         let slow_consumer = self.dropped_slow_consumer.load(Ordering::Relaxed);
         let scope_changed = self.dropped_scope_changed.load(Ordering::Relaxed);
+        let plugin_failed = self.dropped_plugin_failed.load(Ordering::Relaxed);
         let ingest_rejected = self.ingest_rejected.load(Ordering::Relaxed);
         Drops {
             rate_limit,
             pause_overflow,
             slow_consumer,
             scope_changed,
+            plugin_failed,
             ingest_rejected,
-            total: rate_limit + pause_overflow + slow_consumer + scope_changed,
+            total: rate_limit + pause_overflow + slow_consumer + scope_changed + plugin_failed,
         }
     }
 

@@ -264,3 +264,97 @@ async fn the_default_filter_never_stays_down() {
     server.ingest(log("d", "INFO", "fine")).await;
     assert_eq!(c.logs(1, T).await[0]["message"], "fine");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_makes_a_filter_fail_is_found_and_ended_alone() {
+    let dir = common::scratch_dir("triage");
+    std::fs::copy(
+        std::path::PathBuf::from(env!("LOGSTREAM_BUILT_PLUGINS")).join("misbehave.wasm"),
+        dir.join("misbehave.wasm"),
+    )
+    .unwrap();
+    let server = Server::builder()
+        .env("LOGSTREAM_PLUGINS_DIR", dir.display())
+        .set("plugin_timeout_ms", 30)
+        .set("plugin_max_failures", 3)
+        .set("rate_limit", 100_000)
+        .start();
+    // Five ordinary subscribers (distinct params, so five registrations) and one whose
+    // params make every evaluation spin.
+    let mut victims = Vec::new();
+    for i in 0..5 {
+        let mut c = server.client(&format!("victim-{i}")).await;
+        c.subscribe(json!({ "filter": "misbehave", "params": { "v": i } }))
+            .await;
+        victims.push(c);
+    }
+    let mut attacker = server.client("mallory").await;
+    attacker
+        .subscribe(json!({ "filter": "misbehave", "params": { "spin": true } }))
+        .await;
+
+    // Several batches, one after the other: each would fail while the spinner is registered.
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        let batch: Vec<Value> = (0..5)
+            .map(|i| {
+                let m = format!("r{round}-{i}");
+                expected.push(m.clone());
+                log("d", "INFO", &m)
+            })
+            .collect();
+        server.ingest(Value::Array(batch)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, v) in victims.iter_mut().enumerate() {
+        let got = v.logs(expected.len(), T).await;
+        let messages: Vec<&str> = got.iter().map(|l| l["message"].as_str().unwrap()).collect();
+        assert_eq!(messages, expected, "victim {i} got every log, in order");
+        let errors = v.drain("error", Duration::from_millis(200)).await;
+        assert!(
+            errors.is_empty(),
+            "victim {i} heard of no failure: {errors:?}"
+        );
+    }
+    println!(
+        "triage: {} victims received {}/{} logs each",
+        victims.len(),
+        expected.len(),
+        expected.len()
+    );
+
+    // The spinner's subscription was ended, with the reason, and what it missed reported.
+    let (name, dropped) = attacker
+        .next_of(&["log:dropped"], Duration::from_secs(10))
+        .await;
+    assert_eq!(name, "log:dropped");
+    assert_eq!(dropped["reason"], "plugin_failed", "{dropped}");
+    assert_eq!(dropped["count"], 5, "{dropped}");
+    let e = attacker.next("error").await;
+    assert_eq!(e["code"], "subscription_too_costly", "{e}");
+    assert_eq!(e["filter"], "misbehave", "{e}");
+    // The same params are refused for a while.
+    attacker
+        .emit(
+            "log:subscribe",
+            json!({ "filter": "misbehave", "params": { "spin": true } }),
+        )
+        .await;
+    let e = attacker.next("error").await;
+    assert_eq!(e["code"], "subscription_too_costly", "{e}");
+
+    // The plugin was not disabled and the server is healthy.
+    let (_, plugins) = server
+        .get("/api/plugins", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    let m = plugins["data"]["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "misbehave")
+        .cloned()
+        .unwrap();
+    assert_eq!(m["status"], "active", "{m}");
+    let (_, health) = server.get("/api/ws/health", &[]).await;
+    assert_eq!(health["data"]["healthy"], true, "{health}");
+}

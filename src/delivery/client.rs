@@ -64,7 +64,7 @@ pub struct Client {
     /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
     held: VecDeque<Arc<LogRecord>>,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
-    pending_drops: [u64; 4],
+    pending_drops: [u64; DropReason::ALL.len()],
     /// When the handshake registered this client (see [`Client::is_stale`]).
     registered_at: Instant,
     /// Batch mode: admitted logs waiting for the next `log:batch`, oldest first.
@@ -97,7 +97,7 @@ impl Client {
             limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
             paused: false,
             held: VecDeque::new(),
-            pending_drops: [0; 4],
+            pending_drops: [0; DropReason::ALL.len()],
             registered_at: now,
             outbox: Vec::new(),
             last_batch_at: None,
@@ -161,6 +161,13 @@ impl Client {
         }
         self.pending_drops[reason as usize] += count;
         self.metrics.dropped(reason, count);
+    }
+
+    /// `count` logs meant for this client were lost before delivery (a failed plugin call):
+    /// counted, and reported at once.
+    pub fn lost(&mut self, reason: DropReason, count: u64) {
+        self.drop_logs(reason, count);
+        self.report_drops(&[reason]);
     }
 
     /// Skip logs at or before `position` from now on (they are the client's already).

@@ -65,6 +65,13 @@ pub trait FilterEngine: Send {
         batch: &[Arc<LogRecord>],
         out: &mut Vec<Matches>,
     ) -> Result<(), EngineError>;
+    /// After [`FilterEngine::evaluate`] failed on `batch`: find the registrations whose
+    /// presence makes it fail, and append the matches of the others to `out`. The default
+    /// cannot tell (every registration stays unresolved).
+    fn triage(&mut self, batch: &[Arc<LogRecord>], out: &mut Vec<Matches>) -> Triage {
+        let _ = (batch, out);
+        Triage::default()
+    }
     /// `Some(reason)` once the engine has given up; its subscriptions must be ended.
     fn disabled(&self) -> Option<&str> {
         None
@@ -72,6 +79,24 @@ pub trait FilterEngine: Send {
     /// Serve again after being disabled; returns whether it was disabled.
     fn enable(&mut self) -> bool {
         false
+    }
+}
+
+/// What [`FilterEngine::triage`] found out about a failed batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Triage {
+    /// The failure follows these registrations: the batch goes through without any one of
+    /// them and fails with it alone. The engine has forgotten them; their subscriptions must
+    /// be ended.
+    pub culprits: Vec<RegistrationId>,
+    /// Evaluated without failing: their matches were appended (nothing of theirs was lost).
+    pub cleared: Vec<RegistrationId>,
+}
+
+impl Triage {
+    /// Whether the failure was put down to subscriptions (not the plugin or the logs).
+    pub fn attributed(&self) -> bool {
+        !self.culprits.is_empty()
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 
 use super::PluginStats;
 use super::guard::{Call, Guarded, truncate};
-use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, to_wit};
-use crate::engine::{AddError, EngineError, FilterEngine, Matches, RegistrationId};
+use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, WitMatches, to_wit};
+use super::triage::Triager;
+use crate::engine::{AddError, EngineError, FilterEngine, Matches, RegistrationId, Triage};
 use crate::log_entry::LogRecord;
 
 pub struct WasmFilter {
@@ -57,6 +58,33 @@ impl WasmFilter {
             }
         }
         Ok(())
+    }
+}
+
+/// Keep the valid part of a plugin's answer. Trust nothing: unknown ids, indices out of
+/// range, disorder and duplicates are dropped and counted.
+fn accept(
+    subs: &BTreeMap<RegistrationId, String>,
+    stats: &PluginStats,
+    batch_len: usize,
+    answer: Vec<WitMatches>,
+    out: &mut Vec<Matches>,
+) {
+    let n = batch_len as u32;
+    for m in answer {
+        let valid = subs.contains_key(&m.id)
+            && m.entries.windows(2).all(|w| w[0] < w[1])
+            && m.entries.last().is_none_or(|last| *last < n);
+        if !valid {
+            stats.bad_output.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if !m.entries.is_empty() {
+            out.push(Matches {
+                registration: m.id,
+                entries: m.entries,
+            });
+        }
     }
 }
 
@@ -130,25 +158,39 @@ impl FilterEngine for WasmFilter {
             return Err(self.guard.failed(error));
         }
         self.guard.succeeded();
-        let n = batch.len() as u32;
-        for m in answer {
-            // Trust nothing: unknown ids, indices out of range, disorder and duplicates
-            // are dropped and counted.
-            let valid = self.subs.contains_key(&m.id)
-                && m.entries.windows(2).all(|w| w[0] < w[1])
-                && m.entries.last().is_none_or(|last| *last < n);
-            if !valid {
-                self.guard.stats.bad_output.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            if !m.entries.is_empty() {
-                out.push(Matches {
-                    registration: m.id,
-                    entries: m.entries,
-                });
-            }
-        }
+        accept(&self.subs, &self.guard.stats, batch.len(), answer, out);
         Ok(())
+    }
+
+    fn triage(&mut self, batch: &[Arc<LogRecord>], out: &mut Vec<Matches>) -> Triage {
+        if self.subs.is_empty() || batch.is_empty() {
+            return Triage::default();
+        }
+        let entries = to_wit(batch);
+        let (subs, stats) = (&self.subs, &self.guard.stats);
+        let keep = |answer: Vec<WitMatches>, out: &mut Vec<Matches>| {
+            accept(subs, stats, batch.len(), answer, out)
+        };
+        let triage = Triager {
+            name: &self.guard.name,
+            runtime: &self.guard.runtime,
+            pre: &self.pre,
+            stats: &self.guard.stats,
+            subs: &self.subs,
+            entries: &entries,
+            accept: &keep,
+        }
+        .run(out);
+        if triage.attributed() {
+            // Not the plugin's fault: its failure streak (and any disabling it caused) ends,
+            // and the culprits are forgotten (the live instance was discarded by the failure
+            // and is re-created without them).
+            for id in &triage.culprits {
+                self.subs.remove(id);
+            }
+            self.guard.forgive();
+        }
+        triage
     }
 
     fn disabled(&self) -> Option<&str> {

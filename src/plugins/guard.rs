@@ -162,6 +162,20 @@ impl<P> Guarded<P> {
         }
     }
 
+    /// A failure turned out to be a subscription's doing (see `triage`): it does not count
+    /// against the plugin, and a plugin it disabled serves again.
+    pub fn forgive(&mut self) {
+        self.consecutive_failures = 0;
+        if self.disabled.take().is_some() {
+            tracing::info!(plugin = %self.name, "the failures were a subscription's doing; the plugin serves again");
+            self.stats.set_enabled();
+        }
+        if let Some(recovery) = &mut self.recovery {
+            recovery.backoff = Duration::ZERO;
+            recovery.at = None;
+        }
+    }
+
     /// Create the instance if there is none. `Ok(true)` when a new one was made (the caller
     /// restores any state it keeps in the plugin).
     pub fn ensure(

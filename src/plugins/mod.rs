@@ -23,6 +23,7 @@ pub mod reload;
 pub mod runtime;
 pub mod scaffold;
 pub mod transform;
+pub mod triage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -52,7 +52,9 @@ pub enum Prepared {
 }
 
 use bindings::logstream::plugin::host::LogLevel;
-pub use bindings::logstream::plugin::types::{Level as WitLevel, LogEntry as WitLogEntry};
+pub use bindings::logstream::plugin::types::{
+    Level as WitLevel, LogEntry as WitLogEntry, SubscriptionMatches as WitMatches,
+};
 
 /// The WIT view of a batch.
 pub fn to_wit(batch: &[std::sync::Arc<crate::log_entry::LogRecord>]) -> Vec<WitLogEntry> {

@@ -7,7 +7,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
 use super::replay::{Cancel, Plan, Replay};
-use super::{Router, SubscribeError};
+use super::{Router, SubscribeError, costly_key};
 use crate::auth::Scope;
 use crate::delivery::Client;
 use crate::history::ring::Since;
@@ -153,6 +153,21 @@ impl Router {
     /// What `request` costs (bytes of params and chain), if within the caps for one
     /// subscription and for the client's user (its other subscriptions included).
     fn admit_cost(&self, sid: Sid, request: &SubscribeRequest) -> Result<usize, ClientError> {
+        if let Some(until) = self
+            .costly
+            .get(&costly_key(&request.filter, &request.params))
+            && Instant::now() < *until
+        {
+            return Err(ClientError::new(
+                Code::SubscriptionTooCostly,
+                format!(
+                    "this subscription made filter `{}` fail recently; try again in {} s, or narrow it",
+                    request.filter,
+                    until.saturating_duration_since(Instant::now()).as_secs().max(1)
+                ),
+            )
+            .for_filter(&request.filter));
+        }
         let cost = request.params.to_string().len()
             + request
                 .transform

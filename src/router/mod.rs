@@ -33,11 +33,11 @@ use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
 use crate::delivery::{Client, to_raw};
-use crate::engine::{EngineError, Matches, RegistrationId};
+use crate::engine::{EngineError, Matches, RegistrationId, Triage};
 use crate::history::HistoryLimits;
 use crate::history::ring::Ring;
 use crate::log_entry::{LogRecord, Position, Stamp};
-use crate::protocol::{ClientError, Code, DeviceStatus, event};
+use crate::protocol::{ClientError, Code, DeviceStatus, DropReason, event};
 use crate::stats::Metrics;
 pub use admin::AdminQuery;
 pub use client::ClientCommand;
@@ -69,6 +69,14 @@ pub enum Control {
 /// How often waiting batch-mode outboxes are checked; bounds how late a `log:batch` can be
 /// past its interval.
 const OUTBOX_TICK: Duration = Duration::from_millis(5);
+
+/// How long params whose subscription made a filter fail are refused.
+const COSTLY_COOL_DOWN: Duration = Duration::from_secs(600);
+
+/// What identifies params refused after a failure: the filter and the params' text.
+fn costly_key(filter: &str, params: &serde_json::Value) -> String {
+    format!("{filter}\u{0}{params}")
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
@@ -130,6 +138,9 @@ pub struct Router {
     user_costs: HashMap<String, usize>,
     max_subscription_bytes: usize,
     max_user_subscription_bytes: usize,
+    /// Params whose subscription made a filter fail, refused until the instant (pruned on
+    /// the tick).
+    costly: HashMap<String, Instant>,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
@@ -163,6 +174,7 @@ pub fn spawn(
         user_costs: HashMap::new(),
         max_subscription_bytes: settings.max_subscription_bytes,
         max_user_subscription_bytes: settings.max_user_subscription_bytes,
+        costly: HashMap::new(),
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -329,13 +341,27 @@ impl Router {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         let failed = self.registry.evaluate(batch, &mut matches);
+        // A failed call: find the subscriptions at fault before anything is delivered, so
+        // that the others get this batch's matches in order.
+        let failed: Vec<(String, EngineError, Triage)> = failed
+            .into_iter()
+            .map(|(filter, error)| {
+                let triage = match error {
+                    EngineError::Trap(_) | EngineError::Timeout(_) => {
+                        self.registry.triage(&filter, batch, &mut matches)
+                    }
+                    _ => Triage::default(),
+                };
+                (filter, error, triage)
+            })
+            .collect();
         let now = Instant::now();
         let mut failed_transforms = Vec::new();
         for m in &matches {
             let logs = match self.registry.deliverable(m, batch) {
                 Ok(logs) => logs,
                 Err((step, error)) => {
-                    failed_transforms.push((m.registration, step, error));
+                    failed_transforms.push((m.registration, step, error, m.entries.len() as u64));
                     continue;
                 }
             };
@@ -353,16 +379,68 @@ impl Router {
             }
         }
         self.matches = matches;
-        for (filter, error) in failed {
-            self.filter_failed(&filter, &error);
+        for (filter, error, triage) in failed {
+            self.filter_failed(&filter, &error, &triage, batch);
         }
-        for (registration, step, error) in failed_transforms {
-            self.transform_failed(registration, &step, &error);
+        for (registration, step, error, lost) in failed_transforms {
+            self.transform_failed(registration, &step, &error, lost);
         }
     }
 
-    /// A filter failed on a batch: tell its subscribers; end them if it is now disabled.
-    fn filter_failed(&mut self, filter: &str, error: &EngineError) {
+    /// A filter failed on a batch. The clients of registrations triage did not clear lost
+    /// this batch's logs (`log:dropped`, `plugin_failed`); culprits found by triage are ended
+    /// with `subscription_too_costly` and their params refused for a while; otherwise every
+    /// subscriber hears of the failure, and all are ended if the plugin is now disabled.
+    fn filter_failed(
+        &mut self,
+        filter: &str,
+        error: &EngineError,
+        triage: &Triage,
+        batch: &[Arc<LogRecord>],
+    ) {
+        for id in self.registry.registrations_of(filter) {
+            if triage.cleared.contains(&id) {
+                continue;
+            }
+            let Some(scope) = self.registry.scope_of(id) else {
+                continue;
+            };
+            let lost = batch.iter().filter(|l| scope.matches(&l.device_id)).count() as u64;
+            for sid in self.registry.clients(id).to_vec() {
+                if let Some(client) = self.clients.get_mut(&sid) {
+                    client.lost(DropReason::PluginFailed, lost);
+                }
+            }
+        }
+        if triage.attributed() {
+            let until = Instant::now() + COSTLY_COOL_DOWN;
+            for id in &triage.culprits {
+                if let Some((name, params, _)) = self
+                    .registry
+                    .clients(*id)
+                    .first()
+                    .and_then(|sid| self.registry.subscription_of(*sid))
+                {
+                    self.costly.insert(costly_key(&name, &params), until);
+                }
+            }
+            let sids = self.registry.end_registrations(&triage.culprits);
+            tracing::warn!(
+                filter,
+                ended = sids.len(),
+                "subscriptions that made a filter fail were ended"
+            );
+            let error = ClientError::new(
+                Code::SubscriptionTooCostly,
+                format!(
+                    "your subscription made filter `{filter}` fail ({error}); it was ended, and the same params are refused for {} s",
+                    COSTLY_COOL_DOWN.as_secs()
+                ),
+            )
+            .for_filter(filter);
+            self.end_subscriptions(&sids, &error);
+            return;
+        }
         match self.registry.filter_disabled(filter) {
             Some(reason) => {
                 let sids = self.registry.end_filter(filter);
@@ -391,7 +469,13 @@ impl Router {
 
     /// A transform failed on one registration's logs: they were not delivered; say so, and
     /// end every chain using it if it is now disabled.
-    fn transform_failed(&mut self, registration: RegistrationId, step: &str, error: &EngineError) {
+    fn transform_failed(
+        &mut self,
+        registration: RegistrationId,
+        step: &str,
+        error: &EngineError,
+        lost: u64,
+    ) {
         match self.registry.transform_disabled(step) {
             Some(reason) => {
                 let sids = self.registry.end_transform_users(step);
@@ -414,6 +498,11 @@ impl Router {
                 )
                 .for_transform(step);
                 self.notify(&sids, &error);
+                for sid in &sids {
+                    if let Some(client) = self.clients.get_mut(sid) {
+                        client.lost(DropReason::PluginFailed, lost);
+                    }
+                }
             }
         }
     }
@@ -476,6 +565,7 @@ impl Router {
     /// handshakes that never completed.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.costly.retain(|_, until| *until > now);
         self.history.expire(now);
         self.metrics.set_history(
             self.history.len(),

@@ -19,12 +19,13 @@ use socketioxide::socket::Sid;
 
 use crate::auth::Scope;
 use crate::engine::{
-    AddError, EngineError, FilterEngine, Matches, Plugin, RegistrationId, TransformEngine,
+    AddError, EngineError, FilterEngine, Matches, Plugin, RegistrationId, TransformEngine, Triage,
 };
 use crate::log_entry::LogRecord;
 use crate::protocol::{ClientError, Code, TransformStep};
 
 struct Registration {
+    id: RegistrationId,
     filter: String,
     /// The params as registered with the filter.
     params: String,
@@ -259,6 +260,7 @@ impl Registry {
         self.registrations.insert(
             id,
             Registration {
+                id,
                 filter: filter.to_owned(),
                 params,
                 request: (params_value.clone(), chain.to_vec()),
@@ -330,6 +332,12 @@ impl Registry {
         clients
     }
 
+    /// End the registrations `ids` (a triage's culprits, already forgotten by their filter);
+    /// returns their clients.
+    pub fn end_registrations(&mut self, ids: &[RegistrationId]) -> Vec<Sid> {
+        self.end_where(|r| ids.contains(&r.id))
+    }
+
     /// End every registration of `filter`; returns the clients that were subscribed.
     pub fn end_filter(&mut self, filter: &str) -> Vec<Sid> {
         self.end_where(|r| r.filter == filter)
@@ -393,6 +401,34 @@ impl Registry {
             }
         }
         failed
+    }
+
+    /// After `filter` failed on `batch`: which registrations caused it (see
+    /// `plugins::triage`); the matches of those cleared are appended to `out`.
+    pub fn triage(
+        &mut self,
+        filter: &str,
+        batch: &[Arc<LogRecord>],
+        out: &mut Vec<Matches>,
+    ) -> Triage {
+        match self.filters.get_mut(filter) {
+            Some(engine) => engine.triage(batch, out),
+            None => Triage::default(),
+        }
+    }
+
+    /// The registrations of `filter`.
+    pub fn registrations_of(&self, filter: &str) -> Vec<RegistrationId> {
+        self.registrations
+            .iter()
+            .filter(|(_, r)| r.filter == filter)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The devices registration `id` may deliver.
+    pub fn scope_of(&self, id: RegistrationId) -> Option<&Arc<Scope>> {
+        self.registrations.get(&id).map(|r| &r.scope)
     }
 
     /// Run one filter over `batch` (a replay's slice), appending to `out`.
