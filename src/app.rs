@@ -42,6 +42,8 @@ pub struct AppInner {
     access: RwLock<Arc<Access>>,
     /// Sessions of resumable subscriptions.
     pub sessions: crate::sessions::Sessions,
+    /// Accepted connections: per-IP counts before authentication, bytes written per socket.
+    pub edge: Arc<crate::edge::Edge>,
 }
 
 #[derive(Clone)]
@@ -71,6 +73,7 @@ pub struct AppParts {
     pub stopping: CancellationToken,
     pub access: Access,
     pub sessions: crate::sessions::Sessions,
+    pub edge: Arc<crate::edge::Edge>,
 }
 
 impl AppState {
@@ -91,6 +94,7 @@ impl AppState {
             ingest_gate: Semaphore::new(INGEST_CONCURRENCY as usize),
             access: RwLock::new(Arc::new(parts.access)),
             sessions: parts.sessions,
+            edge: parts.edge,
         }))
     }
 

@@ -71,8 +71,18 @@ pub struct Config {
     pub events_per_second: u32,
     /// Logs held for a paused client before the overflow is dropped and reported.
     pub pause_buffer: usize,
+    /// Bytes of logs held for a paused client (with `pause_buffer`, whichever is hit first).
+    pub pause_buffer_bytes: usize,
     /// Packets queued for one socket before a slow client's overflow is dropped and reported.
     pub socket_queue: usize,
+    /// Bytes queued for one socket (sent to it, not yet written to the network) before a slow
+    /// client's overflow is dropped and reported (with `socket_queue`, whichever is hit first).
+    pub socket_queue_bytes: usize,
+    /// A client that stays over its socket queue bound this long is disconnected.
+    pub slow_consumer_timeout_ms: u64,
+    /// Connections from one IP address that have not (yet) authenticated; more are closed
+    /// at once.
+    pub max_unauthenticated_per_ip: usize,
 
     /// Most logs in one evaluation batch and in one `log:batch` message.
     pub batch_max_logs: usize,
@@ -166,7 +176,11 @@ impl Default for Config {
             rate_limit: 100,
             events_per_second: 20,
             pause_buffer: 1000,
+            pause_buffer_bytes: 8 << 20,
             socket_queue: 1024,
+            socket_queue_bytes: 4 << 20,
+            slow_consumer_timeout_ms: 10_000,
+            max_unauthenticated_per_ip: 64,
             batch_max_logs: 50,
             batch_max_delay_ms: 100,
             ingest_queue: 1024,
@@ -308,7 +322,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 20] = [
+        let positive: [(&str, u64); 24] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -319,6 +333,13 @@ impl Config {
             ("rate_limit", self.rate_limit as u64),
             ("events_per_second", self.events_per_second as u64),
             ("socket_queue", self.socket_queue as u64),
+            ("socket_queue_bytes", self.socket_queue_bytes as u64),
+            ("pause_buffer_bytes", self.pause_buffer_bytes as u64),
+            ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
+            (
+                "max_unauthenticated_per_ip",
+                self.max_unauthenticated_per_ip as u64,
+            ),
             ("batch_max_logs", self.batch_max_logs as u64),
             ("ingest_queue", self.ingest_queue as u64),
             ("stats_interval_ms", self.stats_interval_ms),

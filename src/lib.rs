@@ -14,6 +14,8 @@
 //! - [`delivery`]: per-client rate limit, pause buffer, batch window, socket queue, drop
 //!   reports.
 //! - [`socket`]: the Socket.IO face: handshake auth and the client events.
+//! - [`edge`]: every TCP connection before HTTP: per-address limits before authentication,
+//!   and the bytes written per socket (what makes socket queues bounded in bytes).
 //!
 //! Beside them: [`plugins`] (the wasmtime host behind the engine traits), [`protocol`] (every
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
@@ -31,6 +33,7 @@ pub mod config;
 pub mod connections;
 pub mod delivery;
 pub mod devmode;
+pub mod edge;
 pub mod engine;
 pub mod history;
 pub mod ingest;

@@ -83,6 +83,7 @@ pub enum Code {
     SessionExpired,
     SubscriptionTooCostly,
     PluginFailed,
+    SlowConsumer,
     FilterDisabled,
     FilterRemoved,
     // REST.
@@ -120,6 +121,7 @@ impl Code {
             Code::SessionExpired => "session_expired",
             Code::SubscriptionTooCostly => "subscription_too_costly",
             Code::PluginFailed => "plugin_failed",
+            Code::SlowConsumer => "slow_consumer",
             Code::FilterDisabled => "filter_disabled",
             Code::FilterRemoved => "filter_removed",
             Code::Unauthorized => "unauthorized",

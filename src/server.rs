@@ -117,6 +117,7 @@ pub async fn start(
     for (name, plugin) in loaded.plugins {
         registry.install(&name, plugin);
     }
+    let edge = crate::edge::Edge::new(config.max_unauthenticated_per_ip);
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
@@ -135,6 +136,7 @@ pub async fn start(
         },
         metrics.clone(),
         connections.clone(),
+        edge.clone(),
     )
     .context("starting the router thread")?;
 
@@ -162,6 +164,7 @@ pub async fn start(
             Bus::Redis(redis) => crate::sessions::Sessions::Redis(redis.clone()),
             Bus::Embedded(_) => crate::sessions::Sessions::memory(),
         },
+        edge: edge.clone(),
     });
 
     // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an
@@ -204,6 +207,10 @@ pub async fn start(
             io: io.clone(),
         })
         .layer(io_layer)
+        .layer(axum::middleware::from_fn_with_state(
+            (edge.clone(), io.clone()),
+            crate::edge::track,
+        ))
         .layer(crate::api::cors(&config));
 
     let tasks = TaskTracker::new();
@@ -211,8 +218,8 @@ pub async fn start(
     let stop = stop_tasks.clone();
     tasks.spawn(async move {
         let served = axum::serve(
-            listener,
-            http.into_make_service_with_connect_info::<SocketAddr>(),
+            crate::edge::EdgeListener::new(listener, edge),
+            http.into_make_service_with_connect_info::<crate::edge::Peer>(),
         )
         .with_graceful_shutdown(stop.cancelled_owned())
         .await;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub dropped_slow_consumer: AtomicU64,
     pub dropped_scope_changed: AtomicU64,
     pub dropped_plugin_failed: AtomicU64,
+    /// Clients cut for staying over their queue bound (`slow_consumer_timeout_ms`).
+    pub slow_disconnects: AtomicU64,
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,
     /// Client events refused by the per-socket event limit.

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use crate::edge::Peer;
+use axum::extract::ConnectInfo;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -33,10 +35,26 @@ fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
     parts.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The connection proved who it is: it no longer counts against its IP's unauthenticated
+/// connections (see `edge`).
+fn mark_authenticated(parts: &Parts) {
+    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<Peer>>() {
+        peer.conn.authenticate();
+    }
+}
+
 impl FromRequestParts<HttpState> for Ingester {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
+        let ingester = Ingester::check(parts, app)?;
+        mark_authenticated(parts);
+        Ok(ingester)
+    }
+}
+
+impl Ingester {
+    fn check(parts: &Parts, app: &HttpState) -> Result<Ingester, AppError> {
         let Some(key) = header(parts, "x-api-key") else {
             return Err(AppError::unauthorized("X-API-Key header required"));
         };
@@ -62,6 +80,14 @@ impl FromRequestParts<HttpState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
+        let admin = Admin::check(parts, app)?;
+        mark_authenticated(parts);
+        Ok(admin)
+    }
+}
+
+impl Admin {
+    fn check(parts: &Parts, app: &HttpState) -> Result<Admin, AppError> {
         if let Some(key) = header(parts, "x-api-key") {
             return if secrets_equal(key, &app.keys.admin_key) {
                 Ok(Admin {

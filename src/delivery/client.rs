@@ -22,6 +22,11 @@ use crate::stats::Metrics;
 pub struct DeliveryLimits {
     pub max_rate: u32,
     pub pause_buffer: usize,
+    pub pause_buffer_bytes: usize,
+    /// Bytes a socket may have queued (handed over, not yet written to the network).
+    pub socket_queue_bytes: usize,
+    /// How long a client may stay over its queue bound before it is cut.
+    pub slow_consumer_timeout: Duration,
     pub batch_max_logs: usize,
     /// A batch-mode client gets at most one `log:batch` per interval (unless
     /// `batch_max_logs` are waiting); the first after a quiet interval goes out at once.
@@ -33,6 +38,9 @@ impl DeliveryLimits {
         DeliveryLimits {
             max_rate: config.rate_limit,
             pause_buffer: config.pause_buffer,
+            pause_buffer_bytes: config.pause_buffer_bytes,
+            socket_queue_bytes: config.socket_queue_bytes,
+            slow_consumer_timeout: Duration::from_millis(config.slow_consumer_timeout_ms),
             batch_max_logs: config.batch_max_logs,
             batch_interval: Duration::from_millis(config.batch_max_delay_ms),
         }
@@ -61,8 +69,15 @@ pub struct Client {
     skip_through: Option<crate::log_entry::Position>,
     limiter: TokenBucket,
     paused: bool,
-    /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer`.
+    /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer` logs and
+    /// `limits.pause_buffer_bytes` bytes.
     held: VecDeque<Arc<LogRecord>>,
+    held_bytes: usize,
+    /// Payload bytes handed to the socket, counted from where the socket's written bytes
+    /// last caught up (so `sent_bytes - written` is what waits in its queue, a lower bound).
+    sent_bytes: u64,
+    /// Since when the client has been over its queue bound (a packet refused for it).
+    over_since: Option<Instant>,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
     pending_drops: [u64; DropReason::ALL.len()],
     /// When the handshake registered this client (see [`Client::is_stale`]).
@@ -97,6 +112,9 @@ impl Client {
             limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
             paused: false,
             held: VecDeque::new(),
+            held_bytes: 0,
+            sent_bytes: 0,
+            over_since: None,
             pending_drops: [0; DropReason::ALL.len()],
             registered_at: now,
             outbox: Vec::new(),
@@ -140,6 +158,7 @@ impl Client {
     pub fn set_scope(&mut self, scope: Arc<Scope>) {
         let before = self.held.len() + self.outbox.len();
         self.held.retain(|l| scope.matches(&l.device_id));
+        self.held_bytes = self.held.iter().map(|l| l.json.get().len()).sum();
         self.outbox.retain(|l| scope.matches(&l.device_id));
         let removed = before - self.held.len() - self.outbox.len();
         self.drop_logs(DropReason::ScopeChanged, removed as u64);
@@ -245,6 +264,7 @@ impl Client {
     /// Forget what is held: a new subscription replays history that covers it.
     pub fn discard_held(&mut self) {
         self.held.clear();
+        self.held_bytes = 0;
     }
 
     /// Send already admitted replayed logs until the socket's queue is full; returns how many
@@ -272,17 +292,85 @@ impl Client {
 
     fn release_held(&mut self) {
         let held: Vec<Arc<LogRecord>> = self.held.drain(..).collect();
+        self.held_bytes = 0;
         let refs: Vec<&Arc<LogRecord>> = held.iter().collect();
         self.emit_logs(&refs);
         self.report_drops(&[DropReason::PauseOverflow]);
     }
 
-    /// Keep logs for a paused client, up to `pause_buffer`; count the overflow.
-    fn hold(&mut self, logs: impl ExactSizeIterator<Item = Arc<LogRecord>>) {
-        let room = self.limits.pause_buffer.saturating_sub(self.held.len());
-        let overflow = logs.len().saturating_sub(room);
-        self.held.extend(logs.take(room));
-        self.drop_logs(DropReason::PauseOverflow, overflow as u64);
+    /// Keep logs for a paused client, up to `pause_buffer` logs and `pause_buffer_bytes`;
+    /// count the overflow (the newest logs are the ones dropped, so what is kept has no gap).
+    fn hold(&mut self, logs: impl Iterator<Item = Arc<LogRecord>>) {
+        let mut overflow = 0u64;
+        for log in logs {
+            let size = log.json.get().len();
+            if overflow == 0
+                && self.held.len() < self.limits.pause_buffer
+                && self.held_bytes + size <= self.limits.pause_buffer_bytes
+            {
+                self.held_bytes += size;
+                self.held.push_back(log);
+            } else {
+                overflow += 1;
+            }
+        }
+        self.drop_logs(DropReason::PauseOverflow, overflow);
+    }
+
+    /// Bytes handed to the socket and not yet written to the network (0 when the transport
+    /// does not say).
+    fn queued_bytes(&mut self) -> u64 {
+        let Some(written) = self.outlet.written() else {
+            return 0;
+        };
+        // The written count includes framing and the transport's own packets; once it
+        // passes what was handed over, the queue is empty: start counting from there.
+        if written >= self.sent_bytes {
+            self.sent_bytes = written;
+        }
+        self.sent_bytes - written
+    }
+
+    /// Whether a packet of `size` bytes fits the socket's byte bound now (one packet always
+    /// fits an empty queue).
+    fn fits(&mut self, size: usize) -> bool {
+        let queued = self.queued_bytes();
+        queued == 0 || queued + size as u64 <= self.limits.socket_queue_bytes as u64
+    }
+
+    /// Whether this client has been refused packets and not caught up since.
+    pub fn is_over(&self) -> bool {
+        self.over_since.is_some()
+    }
+
+    /// For a client that is over its bound: clear it once its queue has drained; past
+    /// `slow_consumer_timeout`, cut its connection (reported, counted). Returns whether the
+    /// client is still over (to be checked again).
+    pub fn check_slow(&mut self, now: Instant) -> bool {
+        let Some(since) = self.over_since else {
+            return false;
+        };
+        if self.queued_bytes() == 0 && self.outlet.written().is_some() {
+            self.over_since = None;
+            return false;
+        }
+        if now.saturating_duration_since(since) < self.limits.slow_consumer_timeout {
+            return true;
+        }
+        tracing::warn!(sid = %self.sid, user = %self.info.user_id, over_s = now.saturating_duration_since(since).as_secs(), "slow consumer disconnected (slow_consumer_timeout_ms)");
+        self.error(&ClientError::new(
+            crate::protocol::Code::SlowConsumer,
+            format!(
+                "your connection stayed over its queue bound for {} ms (slow_consumer_timeout_ms); disconnected",
+                self.limits.slow_consumer_timeout.as_millis()
+            ),
+        ));
+        self.metrics
+            .slow_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+        self.outlet.cut();
+        self.over_since = None;
+        false
     }
 
     /// Emit the batch-mode outbox if it is due (or `force`). Returns whether logs are still
@@ -327,28 +415,47 @@ impl Client {
         };
         let mut delivered = 0usize;
         let mut lost = 0u64;
+        let mut refused = false;
         for chunk in logs.chunks(per_packet) {
-            let sent = if self.batch_mode {
-                let array = json_array(chunk);
-                match chunk.last().and_then(|l| self.offset_of(l)) {
-                    Some(offset) => self.outlet.send_with_offset(event::BATCH, &array, offset),
-                    None => self.outlet.send(event::BATCH, &array),
-                }
+            let (event, array);
+            let data: &RawValue = if self.batch_mode {
+                event = event::BATCH;
+                array = json_array(chunk);
+                &array
             } else {
-                match self.offset_of(chunk[0]) {
-                    Some(offset) => {
-                        self.outlet
-                            .send_with_offset(event::NEW, &chunk[0].json, offset)
-                    }
-                    None => self.outlet.send(event::NEW, &chunk[0].json),
+                event = event::NEW;
+                &chunk[0].json
+            };
+            let offset = chunk.last().and_then(|l| self.offset_of(l));
+            // What the packet carries at least: `42["event",data,offset]`.
+            let size = data.get().len() + event.len() + 6 + offset.map_or(0, |o| o.get().len() + 1);
+            let sent = if !self.fits(size) {
+                Err(Unsent::Full)
+            } else {
+                match offset {
+                    Some(offset) => self.outlet.send_with_offset(event, data, offset),
+                    None => self.outlet.send(event, data),
                 }
             };
             match sent {
-                Ok(()) => delivered += chunk.len(),
+                Ok(()) => {
+                    self.sent_bytes += size as u64;
+                    delivered += chunk.len();
+                }
                 Err(Unsent::Closed) => return logs.len(),
-                Err(Unsent::Full) if stop_when_full => break,
-                Err(Unsent::Full) => lost += chunk.len() as u64,
+                Err(Unsent::Full) => {
+                    refused = true;
+                    if stop_when_full {
+                        break;
+                    }
+                    lost += chunk.len() as u64;
+                }
             }
+        }
+        if refused {
+            self.over_since.get_or_insert_with(Instant::now);
+        } else if delivered > 0 {
+            self.over_since = None;
         }
         self.info
             .message_count
@@ -460,6 +567,9 @@ mod tests {
         sent: Arc<Mutex<Vec<(String, String)>>>,
         room: Arc<Mutex<Option<usize>>>,
         closed: Arc<AtomicBool>,
+        /// Bytes "written to the network", when the test plays a metered transport.
+        written: Arc<Mutex<Option<u64>>>,
+        cut: Arc<AtomicBool>,
     }
 
     impl Outlet for Recorder {
@@ -486,6 +596,12 @@ mod tests {
         fn is_connected(&self) -> bool {
             !self.closed.load(Ordering::Relaxed)
         }
+        fn written(&self) -> Option<u64> {
+            *self.written.lock().unwrap()
+        }
+        fn cut(&self) {
+            self.cut.store(true, Ordering::Relaxed);
+        }
     }
 
     impl Recorder {
@@ -505,6 +621,9 @@ mod tests {
         DeliveryLimits {
             max_rate: rate,
             pause_buffer,
+            pause_buffer_bytes: usize::MAX,
+            socket_queue_bytes: usize::MAX,
+            slow_consumer_timeout: Duration::from_secs(10),
             batch_max_logs: 3,
             batch_interval: Duration::from_millis(100),
         }
@@ -744,6 +863,99 @@ mod tests {
             }]
         );
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn socket_queues_are_bounded_in_bytes_and_a_client_stuck_over_them_is_cut() {
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(0);
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        // Room for about three of these logs (each `{"message":"…"}` plus the event name).
+        let log = Arc::new(
+            LogRecord::from_value(
+                serde_json::json!({"deviceId": "d", "message": "m".repeat(1000)}),
+            )
+            .unwrap(),
+        );
+        let size = log.json.get().len() + event::NEW.len() + 6;
+        l.socket_queue_bytes = 3 * size + size / 2;
+        l.slow_consumer_timeout = Duration::from_secs(2);
+        let mut c = client(&rec, l, t0);
+        let five: Vec<Arc<LogRecord>> = (0..5).map(|_| log.clone()).collect();
+        c.deliver(&five, t0);
+        assert_eq!(rec.messages(event::NEW).len(), 3, "three fit, two dropped");
+        assert!(c.is_over());
+        // The transport writes two of them: room for two more.
+        *rec.written.lock().unwrap() = Some(2 * size as u64);
+        c.deliver(&five[..2], t0);
+        assert_eq!(rec.messages(event::NEW).len(), 5);
+        assert!(!c.is_over(), "caught up");
+        // Stuck again, past the timeout: cut, with the reason.
+        c.deliver(&five, t0);
+        assert!(c.is_over());
+        assert!(c.check_slow(t0 + Duration::from_secs(1)), "not yet");
+        assert!(!rec.cut.load(Ordering::Relaxed));
+        assert!(!c.check_slow(t0 + Duration::from_secs(3)));
+        assert!(rec.cut.load(Ordering::Relaxed), "cut past the timeout");
+        let errors = rec.messages(event::ERROR);
+        assert!(
+            errors.iter().any(|e| e.contains("slow_consumer")),
+            "{errors:?}"
+        );
+        c.report_periodic_drops();
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 7,
+                reason: DropReason::SlowConsumer
+            }]
+        );
+    }
+
+    #[test]
+    fn a_drained_queue_clears_the_slow_mark() {
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(0);
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        l.socket_queue_bytes = 10;
+        let mut c = client(&rec, l, t0);
+        c.deliver(&logs(3), t0);
+        assert!(c.is_over());
+        *rec.written.lock().unwrap() = Some(1 << 20);
+        assert!(
+            !c.check_slow(t0 + Duration::from_secs(60)),
+            "drained: not over"
+        );
+        assert!(!rec.cut.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn pause_buffers_are_bounded_in_bytes() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        let log = Arc::new(
+            LogRecord::from_value(
+                serde_json::json!({"deviceId": "d", "message": "m".repeat(1000)}),
+            )
+            .unwrap(),
+        );
+        l.pause_buffer_bytes = 2 * log.json.get().len() + 10;
+        let mut c = client(&rec, l, t0);
+        c.pause();
+        let four: Vec<Arc<LogRecord>> = (0..4).map(|_| log.clone()).collect();
+        c.deliver(&four, t0);
+        c.resume();
+        assert_eq!(rec.messages(event::NEW).len(), 2);
+        assert_eq!(
+            dropped(&rec),
+            vec![Dropped {
+                count: 2,
+                reason: DropReason::PauseOverflow
+            }]
+        );
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// The admin table, to prune entries of clients that never finished connecting.
     connections: crate::connections::Connections,
+    /// To forget the byte meters of those pruned clients.
+    edge: Arc<crate::edge::Edge>,
     /// Batch-mode clients with logs waiting in their outbox.
     outboxes: HashSet<Sid>,
     next_outbox_check: Instant,
@@ -141,6 +143,8 @@ pub struct Router {
     /// Params whose subscription made a filter fail, refused until the instant (pruned on
     /// the tick).
     costly: HashMap<String, Instant>,
+    /// Clients over their socket queue bound, checked on the tick (cut past the timeout).
+    slow: HashSet<Sid>,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
@@ -150,6 +154,7 @@ pub fn spawn(
     settings: RouterSettings,
     metrics: Arc<Metrics>,
     connections: crate::connections::Connections,
+    edge: Arc<crate::edge::Edge>,
 ) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
     let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(settings.queue);
     let (control_tx, control_rx) = crossbeam_channel::bounded(settings.queue);
@@ -161,6 +166,7 @@ pub fn spawn(
         batch: settings.batch,
         metrics,
         connections,
+        edge,
         outboxes: HashSet::new(),
         next_outbox_check: Instant::now(),
         matches: Vec::new(),
@@ -175,6 +181,7 @@ pub fn spawn(
         max_subscription_bytes: settings.max_subscription_bytes,
         max_user_subscription_bytes: settings.max_user_subscription_bytes,
         costly: HashMap::new(),
+        slow: HashSet::new(),
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -371,6 +378,9 @@ impl Router {
             for sid in self.registry.clients(m.registration) {
                 if let Some(client) = self.clients.get_mut(sid) {
                     client.deliver(&logs, now);
+                    if client.is_over() {
+                        self.slow.insert(*sid);
+                    }
                     if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
                     {
                         self.next_outbox_check = now + OUTBOX_TICK;
@@ -553,10 +563,15 @@ impl Router {
     fn flush_outboxes(&mut self, force: bool) {
         let now = Instant::now();
         let clients = &mut self.clients;
+        let slow = &mut self.slow;
         self.outboxes.retain(|sid| {
-            clients
-                .get_mut(sid)
-                .is_some_and(|c| c.flush_outbox(now, force))
+            clients.get_mut(sid).is_some_and(|c| {
+                let waiting = c.flush_outbox(now, force);
+                if c.is_over() {
+                    slow.insert(*sid);
+                }
+                waiting
+            })
         });
         self.next_outbox_check = now + OUTBOX_TICK;
     }
@@ -566,6 +581,9 @@ impl Router {
     fn tick(&mut self) {
         let now = Instant::now();
         self.costly.retain(|_, until| *until > now);
+        let clients = &mut self.clients;
+        self.slow
+            .retain(|sid| clients.get_mut(sid).is_some_and(|c| c.check_slow(now)));
         self.history.expire(now);
         self.metrics.set_history(
             self.history.len(),
@@ -586,6 +604,7 @@ impl Router {
             self.registry.unsubscribe(sid);
             self.clients.remove(&sid);
             self.connections.remove(&sid.to_string());
+            self.edge.forget(sid);
             tracing::debug!(%sid, "pruned a client whose handshake never completed");
         }
         for client in self.clients.values_mut() {

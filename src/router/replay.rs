@@ -106,6 +106,7 @@ impl Router {
             replay.sent += sent;
             replay.backlog.drain(..sent);
             if !replay.backlog.is_empty() {
+                self.slow.insert(replay.sid);
                 replay.retry_at = Some(now + FULL_BACKOFF);
                 self.replays.push_back(replay);
                 return;
@@ -233,6 +234,9 @@ impl Router {
         if let Some(client) = self.clients.get_mut(&replay.sid) {
             let (sent, unsent) = client.deliver_replay(logs, Instant::now());
             replay.sent += sent;
+            if !unsent.is_empty() {
+                self.slow.insert(replay.sid);
+            }
             replay.backlog.extend(unsent);
         }
     }

@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::extract::ConnectInfo;
+
+use crate::delivery::outlet::SocketOutlet;
+use crate::edge::Peer;
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::SocketIo;
@@ -176,8 +179,21 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         message_count: Default::default(),
         subscription: Default::default(),
     });
+    // The connection that carried the handshake is authenticated now; a WebSocket carries
+    // this socket's bytes from here on (a long-polling one is metered per response, and an
+    // upgrade later, by `edge::track`).
+    let meter = app.edge.meter(socket.id);
+    if let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>() {
+        peer.conn.authenticate();
+        if socket.transport_type() == socketioxide::TransportType::Websocket {
+            peer.conn.carry(meter.clone());
+        }
+    }
     let client = Client::new(
-        Box::new(socket.clone()),
+        Box::new(SocketOutlet {
+            socket: socket.clone(),
+            meter,
+        }),
         socket.id,
         session.grant().scope,
         info.clone(),
@@ -187,6 +203,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     );
     let connect = Control::Client(ClientCommand::Connect(Box::new(client)));
     if app.control(connect).is_err() {
+        app.edge.forget(socket.id);
         return Err(refuse(socket, "router_busy", "Server busy".into()));
     }
     app.connections.insert(info);
@@ -597,6 +614,7 @@ async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
         }
     }
     app.connections.remove(&socket.id.to_string());
+    app.edge.forget(socket.id);
     app.control_reliably(Control::Client(ClientCommand::Disconnect(socket.id)))
         .await;
 }

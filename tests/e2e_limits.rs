@@ -1,0 +1,303 @@
+//! Memory an outsider can make the server hold is bounded: before authentication (frame
+//! size, connections per address) and after (bytes queued for a client that does not read,
+//! bytes held for a paused one). Each test prints the server's memory figures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ADMIN_KEY, Server, eventually, log};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(20);
+const MB: f64 = (1 << 20) as f64;
+
+/// The server's resident and peak resident memory, in bytes.
+fn memory(server: &Server) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or_else(|| panic!("{name} in /proc status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn ws_url(server: &Server) -> String {
+    format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        server.url.replacen("http", "ws", 1)
+    )
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw engine.io WebSocket client, connected to the namespace with `user`'s token.
+async fn raw_client(server: &Server, user: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(server))
+        .await
+        .expect("ws connect");
+    assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
+    let connect = format!("40{}", json!({ "token": Server::token(user) }));
+    ws.send(Message::Text(connect)).await.unwrap();
+    let reply = next_text(&mut ws).await;
+    assert!(reply.starts_with("40"), "namespace connect: {reply}");
+    ws
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t == "2" => {
+                ws.send(Message::Text("3".into())).await.unwrap()
+            }
+            Some(Ok(Message::Text(t))) => return t,
+            Some(Ok(_)) => continue,
+            other => panic!("websocket ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giant_frames_before_authentication_are_refused_without_buffering_them() {
+    let server = Server::builder()
+        .set("max_message_bytes", 1_000_000)
+        .start();
+    // Warm up: one ordinary client, so that the figures below are about the frames.
+    let c = server.client("warm").await;
+    drop(c);
+    let (rss_before, peak_before) = memory(&server);
+    // Five unauthenticated connections at once, each sending a 60 MB CONNECT frame.
+    let huge = format!("40{{\"token\":\"{}\"}}", "x".repeat(60 << 20));
+    let mut sends = Vec::new();
+    for _ in 0..5 {
+        let url = ws_url(&server);
+        let frame = huge.clone();
+        sends.push(tokio::spawn(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let _ = ws.send(Message::Text(frame)).await;
+            // The server closes the connection: the stream ends or errors.
+            let ended = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(_)) => continue,
+                        _ => return true,
+                    }
+                }
+            })
+            .await;
+            ended.unwrap_or(false)
+        }));
+    }
+    for s in sends {
+        assert!(
+            s.await.unwrap(),
+            "the server closed the oversized connection"
+        );
+    }
+    let (rss_after, peak_after) = memory(&server);
+    let growth = peak_after.saturating_sub(peak_before);
+    println!(
+        "5 × 60 MB unauthenticated frames: RSS {:.1} → {:.1} MB, peak {:.1} → {:.1} MB (peak growth {:.1} MB)",
+        rss_before as f64 / MB,
+        rss_after as f64 / MB,
+        peak_before as f64 / MB,
+        peak_after as f64 / MB,
+        growth as f64 / MB
+    );
+    assert!(
+        growth < 32 << 20,
+        "peak memory grew by {:.1} MB",
+        growth as f64 / MB
+    );
+    // Still serving.
+    let mut c = server.client("after").await;
+    c.subscribe(json!({})).await;
+    server.ingest(log("d", "INFO", "still here")).await;
+    assert_eq!(c.logs(1, T).await[0]["message"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_per_address_are_capped() {
+    let server = Server::builder()
+        .set("max_unauthenticated_per_ip", 4)
+        .start();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    // Four silent connections are held open...
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // ... so a fifth from the same address is closed at once, before it says anything.
+    let mut fifth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+        .await
+        .expect("the fifth connection is closed, not left waiting");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "closed without an answer: {read:?}"
+    );
+    // One of the four goes away: there is room again, for a client that authenticates.
+    drop(idle.pop());
+    let mut c = eventually(
+        Duration::from_secs(5),
+        "room for a new connection",
+        || async {
+            match tokio::time::timeout(
+                Duration::from_secs(2),
+                common::TestClient::connect(&server.url, Some(&Server::token("ok"))),
+            )
+            .await
+            {
+                Ok(Ok(c)) => Ok(c),
+                _ => Err("refused".to_owned()),
+            }
+        },
+    )
+    .await;
+    c.subscribe(json!({})).await;
+    // Authenticated connections do not count: with the three idle ones still open, more
+    // authenticated clients connect.
+    let mut others = Vec::new();
+    for i in 0..3 {
+        others.push(server.client(&format!("more-{i}")).await);
+    }
+    server.ingest(log("d", "INFO", "served")).await;
+    assert_eq!(c.logs(1, T).await[0]["message"], "served");
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_bounded_in_bytes_then_disconnected() {
+    let server = Server::builder()
+        .set("rate_limit", 1_000_000)
+        .set("socket_queue_bytes", 4 << 20)
+        .set("slow_consumer_timeout_ms", 2000)
+        // Keep history out of the figures: only the queue's memory is measured.
+        .set("history_max_bytes", 1 << 20)
+        .start();
+    let mut stuck = raw_client(&server, "stuck").await;
+    stuck
+        .send(Message::Text(
+            r#"42["log:subscribe",{"deviceIds":["big"]}]"#.into(),
+        ))
+        .await
+        .unwrap();
+    while !next_text(&mut stuck).await.contains("log:subscribed") {}
+    // From here on the raw client reads nothing.
+    let mut good = server.client("good").await;
+    good.subscribe(json!({ "deviceIds": ["small"] })).await;
+    let (rss_before, peak_before) = memory(&server);
+
+    // 200 logs of 500 KB for the stuck client (100 MB), one small log each for the other.
+    let payload = "x".repeat(500_000);
+    for i in 0..200 {
+        server
+            .ingest(json!([
+                log("big", "INFO", &payload),
+                log("small", "INFO", &i.to_string())
+            ]))
+            .await;
+    }
+    let got = good.logs(200, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), 200, "the reading client got everything");
+    let (rss_after, peak_after) = memory(&server);
+    let growth = peak_after.saturating_sub(peak_before);
+    println!(
+        "one client not reading 200 × 500 KB logs: RSS {:.1} → {:.1} MB, peak growth {:.1} MB (socket_queue_bytes 4 MiB)",
+        rss_before as f64 / MB,
+        rss_after as f64 / MB,
+        growth as f64 / MB
+    );
+    assert!(
+        growth < 48 << 20,
+        "peak memory grew by {:.1} MB for 100 MB sent to a client that does not read",
+        growth as f64 / MB
+    );
+
+    // Over its bound for longer than slow_consumer_timeout_ms: disconnected, counted.
+    eventually(
+        Duration::from_secs(15),
+        "the stuck client is disconnected",
+        || async {
+            let (_, stats) = server
+                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+                .await;
+            let connections = stats["data"]["total"].as_u64();
+            let slow = stats["data"]["drops"]["slowConsumer"].as_u64();
+            if connections == Some(1) && slow > Some(0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "connections {connections:?}, slow_consumer {slow:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    // What the stuck client finally reads ends with the connection closing.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stuck.next().await {
+                Some(Ok(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stuck client's connection was closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_client_is_held_to_pause_buffer_bytes() {
+    let server = Server::builder()
+        .set("rate_limit", 1_000_000)
+        .set("pause_buffer_bytes", 4 << 20)
+        .set("history_max_bytes", 1 << 20)
+        .start();
+    let mut c = server.client("paused").await;
+    c.subscribe(json!({ "deviceIds": ["big"] })).await;
+    assert_eq!(c.emit_ack("log:pause", json!({})).await["paused"], true);
+    let (_, peak_before) = memory(&server);
+    let payload = "y".repeat(500_000);
+    for _ in 0..40 {
+        server.ingest(json!([log("big", "INFO", &payload)])).await;
+    }
+    let (_, peak_after) = memory(&server);
+    c.emit_ack("log:resume", json!({})).await;
+    let (name, dropped) = c.next_of(&["log:dropped"], T).await;
+    assert_eq!(name, "log:dropped");
+    assert_eq!(dropped["reason"], "pause_overflow", "{dropped}");
+    let lost = dropped["count"].as_u64().unwrap() as usize;
+    let kept = c.logs(40 - lost, T).await;
+    let kept_bytes: usize = kept.iter().map(|l| l.to_string().len()).sum();
+    println!(
+        "paused client, 40 × 500 KB: {} held ({:.1} MB), {lost} dropped; peak growth {:.1} MB (pause_buffer_bytes 4 MiB)",
+        kept.len(),
+        kept_bytes as f64 / MB,
+        peak_after.saturating_sub(peak_before) as f64 / MB
+    );
+    assert!(
+        !kept.is_empty() && lost > 0,
+        "kept {}, lost {lost}",
+        kept.len()
+    );
+    assert!(
+        kept_bytes <= 4 << 20,
+        "held {kept_bytes} bytes, over pause_buffer_bytes"
+    );
+    let extra = c.drain("log:new", Duration::from_millis(300)).await;
+    assert!(
+        extra.is_empty(),
+        "nothing beyond what was held: {}",
+        extra.len()
+    );
+}
