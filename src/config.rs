@@ -78,11 +78,16 @@ pub struct Config {
     /// Bytes queued for one socket (sent to it, not yet written to the network) before a slow
     /// client's overflow is dropped and reported (with `socket_queue`, whichever is hit first).
     pub socket_queue_bytes: usize,
+    /// Bytes queued for all clients of this instance together (socket queues and pause
+    /// buffers); past it, logs for any client are dropped as `slow_consumer` / `pause_overflow`.
+    pub max_queued_bytes: usize,
     /// A client that stays over its socket queue bound this long is disconnected.
     pub slow_consumer_timeout_ms: u64,
     /// Connections from one IP address that have not (yet) authenticated; more are closed
     /// at once.
     pub max_unauthenticated_per_ip: usize,
+    /// Bytes a Socket.IO connection may send before it has authenticated; more closes it.
+    pub max_unauthenticated_bytes: usize,
 
     /// Most logs in one evaluation batch and in one `log:batch` message.
     pub batch_max_logs: usize,
@@ -179,8 +184,10 @@ impl Default for Config {
             pause_buffer_bytes: 8 << 20,
             socket_queue: 1024,
             socket_queue_bytes: 4 << 20,
+            max_queued_bytes: 256 << 20,
             slow_consumer_timeout_ms: 10_000,
             max_unauthenticated_per_ip: 64,
+            max_unauthenticated_bytes: 64 << 10,
             batch_max_logs: 50,
             batch_max_delay_ms: 100,
             ingest_queue: 1024,
@@ -322,7 +329,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 24] = [
+        let positive: [(&str, u64); 26] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -334,11 +341,16 @@ impl Config {
             ("events_per_second", self.events_per_second as u64),
             ("socket_queue", self.socket_queue as u64),
             ("socket_queue_bytes", self.socket_queue_bytes as u64),
+            ("max_queued_bytes", self.max_queued_bytes as u64),
             ("pause_buffer_bytes", self.pause_buffer_bytes as u64),
             ("slow_consumer_timeout_ms", self.slow_consumer_timeout_ms),
             (
                 "max_unauthenticated_per_ip",
                 self.max_unauthenticated_per_ip as u64,
+            ),
+            (
+                "max_unauthenticated_bytes",
+                self.max_unauthenticated_bytes as u64,
             ),
             ("batch_max_logs", self.batch_max_logs as u64),
             ("ingest_queue", self.ingest_queue as u64),

@@ -74,6 +74,8 @@ impl Meter {
 pub struct Edge {
     state: Mutex<EdgeState>,
     max_unauthenticated_per_ip: usize,
+    /// What a Socket.IO connection may read before it authenticates.
+    socket_read_budget: u64,
     refused: AtomicU64,
 }
 
@@ -88,6 +90,10 @@ struct EdgeState {
 pub struct Conn {
     ip: IpAddr,
     authenticated: AtomicBool,
+    /// Bytes read while unauthenticated, and how many are allowed (a Socket.IO connection
+    /// needs a few KB to authenticate; HTTP requests are bounded by `max_body_bytes`).
+    read: AtomicU64,
+    read_budget: AtomicU64,
     /// The socket this connection carries once it is a WebSocket.
     meter: OnceLock<Arc<Meter>>,
     edge: Arc<Edge>,
@@ -100,6 +106,20 @@ impl Conn {
         if !self.authenticated.swap(true, Ordering::Relaxed) {
             self.edge.release_unauthenticated(self.ip);
         }
+    }
+
+    /// Until it authenticates, this connection may read `budget` bytes in all.
+    fn limit_unauthenticated_reads(&self, budget: u64) {
+        self.read_budget.fetch_min(budget, Ordering::Relaxed);
+    }
+
+    /// Count `n` bytes read; `false` once an unauthenticated connection is over its budget.
+    fn read_allowed(&self, n: usize) -> bool {
+        if self.authenticated.load(Ordering::Relaxed) {
+            return true;
+        }
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        total <= self.read_budget.load(Ordering::Relaxed)
     }
 
     /// This connection carries `meter`'s socket from now on (a WebSocket).
@@ -123,10 +143,11 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Edge {
-    pub fn new(max_unauthenticated_per_ip: usize) -> Arc<Edge> {
+    pub fn new(max_unauthenticated_per_ip: usize, socket_read_budget: u64) -> Arc<Edge> {
         Arc::new(Edge {
             state: Mutex::default(),
             max_unauthenticated_per_ip,
+            socket_read_budget,
             refused: AtomicU64::new(0),
         })
     }
@@ -218,6 +239,8 @@ impl Listener for EdgeListener {
             let conn = Arc::new(Conn {
                 ip: addr.ip(),
                 authenticated: AtomicBool::new(false),
+                read: AtomicU64::new(0),
+                read_budget: AtomicU64::new(u64::MAX),
                 meter: OnceLock::new(),
                 edge: self.edge.clone(),
             });
@@ -239,6 +262,8 @@ impl Listener for EdgeListener {
                 ip: addr.ip(),
                 // Not counted: nothing to release.
                 authenticated: AtomicBool::new(true),
+                read: AtomicU64::new(0),
+                read_budget: AtomicU64::new(u64::MAX),
                 meter: OnceLock::new(),
                 edge: self.edge.clone(),
             }),
@@ -296,7 +321,16 @@ impl AsyncRead for MeteredStream {
         if self.closed(cx, true) {
             return Poll::Ready(Err(cut()));
         }
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && !this.conn.read_allowed(buf.filled().len() - before)
+        {
+            tracing::info!(ip = %this.conn.ip, "connection closed: it sent more than max_unauthenticated_bytes before authenticating");
+            return Poll::Ready(Err(cut()));
+        }
+        result
     }
 }
 
@@ -357,9 +391,12 @@ pub async fn track(
 ) -> Response {
     req.extensions_mut().insert(ConnectInfo(peer.addr));
     let mut polled = None;
-    if req.uri().path().starts_with("/socket.io")
-        && let Some(query) = req.uri().query()
-    {
+    let socket_io = req.uri().path().starts_with("/socket.io");
+    if socket_io {
+        peer.conn
+            .limit_unauthenticated_reads(edge.socket_read_budget);
+    }
+    if socket_io && let Some(query) = req.uri().query() {
         let param = |name: &str| {
             query.split('&').find_map(|kv| {
                 kv.split_once('=')
@@ -426,7 +463,7 @@ mod tests {
 
     #[test]
     fn unauthenticated_connections_are_counted_per_ip_and_released() {
-        let edge = Edge::new(2);
+        let edge = Edge::new(2, 1 << 16);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(edge.admit(ip));

@@ -117,7 +117,10 @@ pub async fn start(
     for (name, plugin) in loaded.plugins {
         registry.install(&name, plugin);
     }
-    let edge = crate::edge::Edge::new(config.max_unauthenticated_per_ip);
+    let edge = crate::edge::Edge::new(
+        config.max_unauthenticated_per_ip,
+        config.max_unauthenticated_bytes as u64,
+    );
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
@@ -128,6 +131,7 @@ pub async fn start(
             queue: config.ingest_queue,
             history: crate::history::HistoryLimits::from_config(&config),
             replay_max_logs: config.replay_max_logs,
+            max_queued_bytes: config.max_queued_bytes,
             max_subscription_bytes: config.max_subscription_bytes,
             max_user_subscription_bytes: config.max_user_subscription_bytes,
             // With Redis the stream's epoch arrives from the bus once connected.

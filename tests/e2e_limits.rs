@@ -301,3 +301,89 @@ async fn a_paused_client_is_held_to_pause_buffer_bytes() {
         extra.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_all_clients_hold_together_is_bounded_per_instance() {
+    let server = Server::builder()
+        .set("rate_limit", 1_000_000)
+        .set("socket_queue_bytes", 16 << 20)
+        .set("max_queued_bytes", 8 << 20)
+        .set("slow_consumer_timeout_ms", 60_000)
+        .set("history_max_bytes", 1 << 20)
+        .start();
+    // Three clients that never read, each allowed 16 MiB on its own.
+    let mut stuck = Vec::new();
+    for i in 0..3 {
+        let mut ws = raw_client(&server, &format!("stuck-{i}")).await;
+        ws.send(Message::Text(
+            r#"42["log:subscribe",{"deviceIds":["big"]}]"#.into(),
+        ))
+        .await
+        .unwrap();
+        while !next_text(&mut ws).await.contains("log:subscribed") {}
+        stuck.push(ws);
+    }
+    let (rss_before, peak_before) = memory(&server);
+    let payload = "z".repeat(500_000);
+    for _ in 0..100 {
+        server.ingest(json!([log("big", "INFO", &payload)])).await;
+    }
+    // A reading client is still served (its packets are small and the queues drain).
+    let mut good = server.client("good").await;
+    good.subscribe(json!({ "deviceIds": ["small"] })).await;
+    server.ingest(json!([log("small", "INFO", "ok")])).await;
+    let (rss_after, peak_after) = memory(&server);
+    let growth = peak_after.saturating_sub(peak_before);
+    println!(
+        "three clients not reading 100 × 500 KB each (150 MB): RSS {:.1} → {:.1} MB, peak growth {:.1} MB (max_queued_bytes 8 MiB)",
+        rss_before as f64 / MB,
+        rss_after as f64 / MB,
+        growth as f64 / MB
+    );
+    assert!(
+        growth < 48 << 20,
+        "peak memory grew by {:.1} MB",
+        growth as f64 / MB
+    );
+    let (_, stats) = server
+        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    assert!(
+        stats["data"]["drops"]["slowConsumer"].as_u64() > Some(200),
+        "{stats}"
+    );
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_too_much_before_authenticating_is_closed() {
+    let server = Server::builder()
+        .set("max_unauthenticated_bytes", 65536)
+        .start();
+    // 200 KB is under max_message_bytes (1 MB) but far over what a handshake needs.
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&server))
+        .await
+        .unwrap();
+    assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
+    let connect = format!("40{{\"token\":\"{}\"}}", "x".repeat(200_000));
+    let _ = ws.send(Message::Text(connect)).await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t == "2" => continue,
+                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the connection ends");
+    assert_eq!(
+        answer, None,
+        "closed, not answered (a `44` means the oversized CONNECT was read and judged)"
+    );
+    // An ordinary handshake still works.
+    let mut c = server.client("fine").await;
+    c.subscribe(json!({})).await;
+}

@@ -27,6 +27,8 @@ pub struct DeliveryLimits {
     pub socket_queue_bytes: usize,
     /// How long a client may stay over its queue bound before it is cut.
     pub slow_consumer_timeout: Duration,
+    /// Bytes queued for all clients together (see `Metrics::queued_bytes`).
+    pub max_queued_bytes: usize,
     pub batch_max_logs: usize,
     /// A batch-mode client gets at most one `log:batch` per interval (unless
     /// `batch_max_logs` are waiting); the first after a quiet interval goes out at once.
@@ -41,6 +43,7 @@ impl DeliveryLimits {
             pause_buffer_bytes: config.pause_buffer_bytes,
             socket_queue_bytes: config.socket_queue_bytes,
             slow_consumer_timeout: Duration::from_millis(config.slow_consumer_timeout_ms),
+            max_queued_bytes: config.max_queued_bytes,
             batch_max_logs: config.batch_max_logs,
             batch_interval: Duration::from_millis(config.batch_max_delay_ms),
         }
@@ -78,6 +81,8 @@ pub struct Client {
     sent_bytes: u64,
     /// Since when the client has been over its queue bound (a packet refused for it).
     over_since: Option<Instant>,
+    /// What this client adds to `Metrics::queued_bytes`.
+    accounted: u64,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
     pending_drops: [u64; DropReason::ALL.len()],
     /// When the handshake registered this client (see [`Client::is_stale`]).
@@ -115,6 +120,7 @@ impl Client {
             held_bytes: 0,
             sent_bytes: 0,
             over_since: None,
+            accounted: 0,
             pending_drops: [0; DropReason::ALL.len()],
             registered_at: now,
             outbox: Vec::new(),
@@ -163,6 +169,7 @@ impl Client {
         let removed = before - self.held.len() - self.outbox.len();
         self.drop_logs(DropReason::ScopeChanged, removed as u64);
         self.scope = scope;
+        self.account();
         self.report_drops(&[DropReason::ScopeChanged]);
     }
 
@@ -265,6 +272,7 @@ impl Client {
     pub fn discard_held(&mut self) {
         self.held.clear();
         self.held_bytes = 0;
+        self.account();
     }
 
     /// Send already admitted replayed logs until the socket's queue is full; returns how many
@@ -307,6 +315,7 @@ impl Client {
             if overflow == 0
                 && self.held.len() < self.limits.pause_buffer
                 && self.held_bytes + size <= self.limits.pause_buffer_bytes
+                && self.instance_has_room(size)
             {
                 self.held_bytes += size;
                 self.held.push_back(log);
@@ -315,6 +324,7 @@ impl Client {
             }
         }
         self.drop_logs(DropReason::PauseOverflow, overflow);
+        self.account();
     }
 
     /// Bytes handed to the socket and not yet written to the network (0 when the transport
@@ -331,11 +341,35 @@ impl Client {
         self.sent_bytes - written
     }
 
-    /// Whether a packet of `size` bytes fits the socket's byte bound now (one packet always
-    /// fits an empty queue).
+    /// Whether a packet of `size` bytes fits the socket's byte bound and the instance's now
+    /// (one packet always fits an empty queue while the instance has room).
     fn fits(&mut self, size: usize) -> bool {
         let queued = self.queued_bytes();
-        queued == 0 || queued + size as u64 <= self.limits.socket_queue_bytes as u64
+        let own = queued == 0 || queued + size as u64 <= self.limits.socket_queue_bytes as u64;
+        own && self.instance_has_room(size)
+    }
+
+    /// Whether `size` more bytes fit under `max_queued_bytes` (this client's share brought
+    /// up to date first).
+    fn instance_has_room(&mut self, size: usize) -> bool {
+        self.account();
+        self.metrics.queued_bytes.load(Ordering::Relaxed) + size as u64
+            <= self.limits.max_queued_bytes as u64
+    }
+
+    /// Bring this client's share of `Metrics::queued_bytes` up to date.
+    pub fn account(&mut self) {
+        let now = self.queued_bytes() + self.held_bytes as u64;
+        if now >= self.accounted {
+            self.metrics
+                .queued_bytes
+                .fetch_add(now - self.accounted, Ordering::Relaxed);
+        } else {
+            self.metrics
+                .queued_bytes
+                .fetch_sub(self.accounted - now, Ordering::Relaxed);
+        }
+        self.accounted = now;
     }
 
     /// Whether this client has been refused packets and not caught up since.
@@ -457,6 +491,7 @@ impl Client {
         } else if delivered > 0 {
             self.over_since = None;
         }
+        self.account();
         self.info
             .message_count
             .fetch_add(delivered as u64, Ordering::Relaxed);
@@ -530,6 +565,15 @@ impl Client {
     /// Emit `error`.
     pub fn error(&self, error: &ClientError) -> bool {
         self.emit(event::ERROR, error)
+    }
+}
+
+impl Drop for Client {
+    /// A client that goes away takes its share of the instance's queued bytes with it.
+    fn drop(&mut self) {
+        self.metrics
+            .queued_bytes
+            .fetch_sub(self.accounted, Ordering::Relaxed);
     }
 }
 
@@ -624,6 +668,7 @@ mod tests {
             pause_buffer_bytes: usize::MAX,
             socket_queue_bytes: usize::MAX,
             slow_consumer_timeout: Duration::from_secs(10),
+            max_queued_bytes: usize::MAX / 2,
             batch_max_logs: 3,
             batch_interval: Duration::from_millis(100),
         }

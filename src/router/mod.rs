@@ -92,6 +92,8 @@ pub struct RouterSettings {
     pub history: HistoryLimits,
     /// Most logs one replay sends.
     pub replay_max_logs: usize,
+    /// Bytes queued for all clients together (refreshed past half of it).
+    pub max_queued_bytes: usize,
     /// Caps on what subscriptions cost (bytes of params and chain): one, and one user's.
     pub max_subscription_bytes: usize,
     pub max_user_subscription_bytes: usize,
@@ -145,6 +147,7 @@ pub struct Router {
     costly: HashMap<String, Instant>,
     /// Clients over their socket queue bound, checked on the tick (cut past the timeout).
     slow: HashSet<Sid>,
+    max_queued_bytes: usize,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
@@ -182,6 +185,7 @@ pub fn spawn(
         max_user_subscription_bytes: settings.max_user_subscription_bytes,
         costly: HashMap::new(),
         slow: HashSet::new(),
+        max_queued_bytes: settings.max_queued_bytes,
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -584,6 +588,19 @@ impl Router {
         let clients = &mut self.clients;
         self.slow
             .retain(|sid| clients.get_mut(sid).is_some_and(|c| c.check_slow(now)));
+        // Each client's share of the queued bytes is brought up to date when it is sent
+        // something; one that drained since still counts what it had. Only under pressure
+        // are all shares refreshed (the only walk over every client, and only then).
+        if self
+            .metrics
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+            > self.max_queued_bytes / 2
+        {
+            for client in self.clients.values_mut() {
+                client.account();
+            }
+        }
         self.history.expire(now);
         self.metrics.set_history(
             self.history.len(),
