@@ -201,3 +201,53 @@ impl FilterEngine for WasmFilter {
         self.guard.enable()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever a plugin answers, what is kept names known registrations only, with
+        /// strictly ascending indices inside the batch; the rest is counted as bad output.
+        #[test]
+        fn plugin_answers_are_kept_only_when_valid(
+            known in proptest::collection::btree_set(0u64..8, 0..5),
+            answer in proptest::collection::vec(
+                (0u64..10, proptest::collection::vec(0u32..60, 0..8)),
+                0..8,
+            ),
+            batch_len in 0usize..55,
+        ) {
+            let subs: BTreeMap<RegistrationId, String> =
+                known.iter().map(|id| (*id, "{}".to_owned())).collect();
+            let stats = PluginStats::default();
+            let wit: Vec<WitMatches> = answer
+                .iter()
+                .map(|(id, entries)| WitMatches { id: *id, entries: entries.clone() })
+                .collect();
+            let mut out = Vec::new();
+            accept(&subs, &stats, batch_len, wit, &mut out);
+            for m in &out {
+                prop_assert!(subs.contains_key(&m.registration));
+                prop_assert!(!m.entries.is_empty());
+                prop_assert!(m.entries.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(m.entries.iter().all(|i| (*i as usize) < batch_len));
+            }
+            let valid = answer
+                .iter()
+                .filter(|(id, e)| {
+                    subs.contains_key(id)
+                        && e.windows(2).all(|w| w[0] < w[1])
+                        && e.iter().all(|i| (*i as usize) < batch_len)
+                })
+                .count() as u64;
+            prop_assert_eq!(
+                stats.bad_output.load(Ordering::Relaxed),
+                answer.len() as u64 - valid
+            );
+        }
+    }
+}
