@@ -45,6 +45,9 @@ pub struct Config {
     pub api_key: Option<String>,
     /// Key for the admin REST API under `/api/ws` (`X-API-Key`). Generated when unset.
     pub admin_key: Option<String>,
+    /// Key for `GET /metrics` only (`Authorization: Bearer` or `X-API-Key`), for a Prometheus
+    /// scraper that should not hold the admin key. Unset: the admin key or an admin token.
+    pub metrics_key: Option<String>,
     /// Named ingest keys, each limited to the devices its patterns match (stored hashed).
     pub ingest_keys: Vec<IngestKeyConfig>,
     /// Device patterns of a token without a `devices` claim; `[]` = deny by default.
@@ -168,6 +171,7 @@ impl Default for Config {
             jwt_public_key: None,
             api_key: None,
             admin_key: None,
+            metrics_key: None,
             ingest_keys: Vec::new(),
             default_device_scope: vec!["*".into()],
             auth_expiry_notice_ms: 5000,
@@ -318,6 +322,7 @@ impl Config {
             "jwt_public_key",
             "api_key",
             "admin_key",
+            "metrics_key",
             "redis_url",
         ] {
             if !keys.iter().any(|x| x == k) {
@@ -406,7 +411,11 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             bail!("config key `jwt_secret` must be at least 16 bytes long");
         }
-        for (key, value) in [("api_key", &self.api_key), ("admin_key", &self.admin_key)] {
+        for (key, value) in [
+            ("api_key", &self.api_key),
+            ("admin_key", &self.admin_key),
+            ("metrics_key", &self.metrics_key),
+        ] {
             if matches!(value, Some(v) if v.is_empty()) {
                 bail!("config key `{key}` must not be empty");
             }

@@ -21,7 +21,8 @@
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
 //! the one REST error), [`cluster`] (admin across instances over Redis), [`server`] (assembly,
 //! start and shutdown in named steps), and the supporting cast: [`config`], [`auth`],
-//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`rate_limit`], [`subscription`],
+//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`metrics`] (Prometheus),
+//! [`rate_limit`], [`subscription`],
 //! [`shutdown`].
 
 pub mod api;
@@ -38,6 +39,7 @@ pub mod engine;
 pub mod history;
 pub mod ingest;
 pub mod log_entry;
+pub mod metrics;
 pub mod plugins;
 pub mod protocol;
 pub mod rate_limit;

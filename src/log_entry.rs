@@ -114,6 +114,9 @@ pub struct LogRecord {
     /// Where the entry stands in the history: set once, by the router (embedded bus) or the
     /// Redis stream reader, before any client sees it.
     pub stamp: OnceLock<Stamp>,
+    /// When this instance built the record (ingest, or read from the Redis stream): the start
+    /// of the ingest → emit latency in `/metrics`.
+    pub received: std::time::Instant,
 }
 
 /// A position in one history: `(seq, 0)` on the embedded bus, the stream entry id `(ms, n)`
@@ -312,6 +315,7 @@ impl LogRecord {
             extra_json,
             json,
             stamp: OnceLock::new(),
+            received: std::time::Instant::now(),
         }
     }
 }

@@ -232,6 +232,17 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    /// The name on the wire (`log:dropped`'s `reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RateLimit => "rate_limit",
+            DropReason::PauseOverflow => "pause_overflow",
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::ScopeChanged => "scope_changed",
+            DropReason::PluginFailed => "plugin_failed",
+        }
+    }
+
     pub const ALL: [DropReason; 5] = [
         DropReason::RateLimit,
         DropReason::PauseOverflow,

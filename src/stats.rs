@@ -6,11 +6,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 
 use crate::protocol::{DropReason, Drops};
 
-#[derive(Default)]
 pub struct Metrics {
     pub logs_in: AtomicU64,
     pub deliveries: AtomicU64,
@@ -33,8 +33,43 @@ pub struct Metrics {
     pub replays_served: AtomicU64,
     /// Replays that could not be exact (`recovered: false`).
     pub recoveries_failed: AtomicU64,
+    /// Logs accepted by each source (what `logs_in` counts once routed; the Redis seed
+    /// channel's are counted by the bus).
+    pub ingested_http: AtomicU64,
+    pub ingested_otlp: AtomicU64,
+    /// Logs per evaluation batch.
+    pub batch_sizes: Histogram,
+    /// From receipt to being handed to the sockets of `log:new` clients, per log and batch.
+    pub ingest_to_emit: Histogram,
     history: Mutex<HistoryFigures>,
     rates: Mutex<Rates>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            logs_in: AtomicU64::default(),
+            deliveries: AtomicU64::default(),
+            dropped_rate_limit: AtomicU64::default(),
+            dropped_pause_overflow: AtomicU64::default(),
+            dropped_slow_consumer: AtomicU64::default(),
+            dropped_scope_changed: AtomicU64::default(),
+            dropped_plugin_failed: AtomicU64::default(),
+            slow_disconnects: AtomicU64::default(),
+            queued_bytes: AtomicU64::default(),
+            ingest_rejected: AtomicU64::default(),
+            events_rejected: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            replays_served: AtomicU64::default(),
+            recoveries_failed: AtomicU64::default(),
+            ingested_http: AtomicU64::default(),
+            ingested_otlp: AtomicU64::default(),
+            batch_sizes: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+            ingest_to_emit: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            history: Mutex::default(),
+            rates: Mutex::default(),
+        }
+    }
 }
 
 /// The kept history, as of the router's last tick.
@@ -60,8 +95,9 @@ impl Metrics {
         self.logs_in.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn add_batch(&self) {
+    pub fn add_batch(&self, size: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_sizes.observe(size as f64);
     }
 
     pub fn replay_served(&self, recovered: bool) {

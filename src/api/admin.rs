@@ -13,13 +13,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::socket::Sid;
 
-use super::auth::Admin;
+use super::auth::{Admin, MetricsReader};
 use super::error::AppError;
 use crate::app::HttpState;
 use crate::bus::redis::RedisBus;
 use crate::cluster;
 use crate::protocol::{ClusterOp, Code, event};
 use crate::router::{AdminQuery, Control, PluginCommand};
+use axum::response::IntoResponse;
 
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
@@ -267,4 +268,15 @@ pub async fn plugins(_: Admin, State(app): State<HttpState>) -> Result<Json<Valu
     Ok(Json(
         json!({ "success": true, "data": crate::plugins::describe(&catalog, &counts) }),
     ))
+}
+
+/// `GET /metrics`: Prometheus exposition (see `crate::metrics`).
+pub async fn metrics(_: MetricsReader, State(app): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        crate::metrics::render(&app.app),
+    )
 }

@@ -76,6 +76,28 @@ impl Ingester {
     }
 }
 
+/// A reader of `/metrics`: the `metrics_key` (as a bearer token or `X-API-Key`), or anyone
+/// the admin API admits.
+pub struct MetricsReader;
+
+impl FromRequestParts<HttpState> for MetricsReader {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
+        if let Some(key) = &app.config.metrics_key {
+            let presented = header(parts, "authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .or_else(|| header(parts, "x-api-key"));
+            if presented.is_some_and(|p| secrets_equal(p, key)) {
+                mark_authenticated(parts);
+                return Ok(MetricsReader);
+            }
+        }
+        Admin::from_request_parts(parts, app).await?;
+        Ok(MetricsReader)
+    }
+}
+
 impl FromRequestParts<HttpState> for Admin {
     type Rejection = AppError;
 

@@ -33,6 +33,7 @@ pub fn cors(config: &crate::config::Config) -> CorsLayer {
 /// Health, admin and plugin routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()
+        .route("/metrics", get(admin::metrics))
         .route("/api/ws/health", get(admin::health))
         .route("/api/ws/connections", get(admin::connections))
         .route("/api/ws/connections/{id}", delete(admin::disconnect))

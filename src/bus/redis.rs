@@ -88,6 +88,8 @@ pub struct RedisStatus {
     pub reading: AtomicBool,
     pub reconnects: AtomicU64,
     pub malformed: AtomicU64,
+    /// Logs from the seed channel this instance put into the stream.
+    pub bridged: AtomicU64,
     /// Logs read from Redis that the router could not take within a second (counted, dropped).
     pub overflow_dropped: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -410,14 +412,19 @@ impl RedisBus {
             .arg(BRIDGE_CLAIM_MS);
         let set = command.query_async::<Option<String>>(&mut conn);
         match tokio::time::timeout(PUBLISH_TIMEOUT, set).await {
-            Ok(Ok(Some(_))) => {
-                if let Err(e) = self.publish_logs(&records).await {
+            Ok(Ok(Some(_))) => match self.publish_logs(&records).await {
+                Ok(()) => {
+                    self.status
+                        .bridged
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
                     self.status
                         .overflow_dropped
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                     tracing::warn!(error = %e, entries = records.len(), "a log from the seed channel could not be put into the stream");
                 }
-            }
+            },
             Ok(Ok(None)) => {} // another instance took it
             Ok(Err(e)) => tracing::warn!(error = %e, "could not claim a seed-channel message"),
             Err(_) => tracing::warn!("redis did not answer a seed-channel claim in time"),

@@ -117,6 +117,9 @@ pub async fn post_logs(
         .publish_logs(records)
         .await
         .map_err(|e| refused(&app, e, n))?;
+    app.metrics
+        .ingested_http
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "success": true, "accepted": n })),

@@ -30,9 +30,23 @@ pub struct PluginStats {
     pub bad_output: AtomicU64,
     /// `host.log` lines refused by the rate limit (current instance).
     pub log_dropped: AtomicU64,
+    /// How long each batch call (`evaluate`, `apply`) took.
+    pub call_seconds: CallSeconds,
     disabled: Mutex<Option<String>>,
     recovers_at: Mutex<Option<std::time::Instant>>,
     kind: Mutex<&'static str>,
+}
+
+/// The histogram of a plugin's batch-call durations, from 10 µs to ~5 s.
+#[derive(Debug, Clone)]
+pub struct CallSeconds(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for CallSeconds {
+    fn default() -> CallSeconds {
+        CallSeconds(prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(1e-5, 2.0, 20),
+        ))
+    }
 }
 
 impl PluginStats {

@@ -233,9 +233,13 @@ impl<P> Guarded<P> {
         self.runtime.arm(store, budget);
         let started = Instant::now();
         let result = f(store, plugin);
+        let took = started.elapsed();
         self.stats
             .busy_ns
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        if matches!(kind, Call::Evaluate | Call::Apply) {
+            self.stats.call_seconds.0.observe(took.as_secs_f64());
+        }
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         self.stats
             .log_dropped

@@ -347,7 +347,7 @@ impl Router {
 
     /// Evaluate every filter that has registrations once, then deliver per client.
     fn evaluate(&mut self, batch: &[Arc<LogRecord>]) {
-        self.metrics.add_batch();
+        self.metrics.add_batch(batch.len());
         self.record_history(batch);
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
@@ -393,6 +393,12 @@ impl Router {
             }
         }
         self.matches = matches;
+        let handed = Instant::now();
+        for log in batch {
+            self.metrics
+                .ingest_to_emit
+                .observe(handed.saturating_duration_since(log.received).as_secs_f64());
+        }
         for (filter, error, triage) in failed {
             self.filter_failed(&filter, &error, &triage, batch);
         }
