@@ -48,6 +48,11 @@ pub struct Config {
     /// Key for `GET /metrics` only (`Authorization: Bearer` or `X-API-Key`), for a Prometheus
     /// scraper that should not hold the admin key. Unset: the admin key or an admin token.
     pub metrics_key: Option<String>,
+    /// OTLP log ingest (`POST /v1/logs`): the resource attributes that give a record's
+    /// `deviceId`, the first present wins.
+    pub otlp_device_attributes: Vec<String>,
+    /// OTLP log ingest: the log attribute that gives a record's `tags`.
+    pub otlp_tags_attribute: String,
     /// Named ingest keys, each limited to the devices its patterns match (stored hashed).
     pub ingest_keys: Vec<IngestKeyConfig>,
     /// Device patterns of a token without a `devices` claim; `[]` = deny by default.
@@ -172,6 +177,12 @@ impl Default for Config {
             api_key: None,
             admin_key: None,
             metrics_key: None,
+            otlp_device_attributes: vec![
+                "device.id".into(),
+                "host.name".into(),
+                "service.name".into(),
+            ],
+            otlp_tags_attribute: "tags".into(),
             ingest_keys: Vec::new(),
             default_device_scope: vec!["*".into()],
             auth_expiry_notice_ms: 5000,

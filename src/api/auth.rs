@@ -55,8 +55,13 @@ impl FromRequestParts<HttpState> for Ingester {
 
 impl Ingester {
     fn check(parts: &Parts, app: &HttpState) -> Result<Ingester, AppError> {
-        let Some(key) = header(parts, "x-api-key") else {
-            return Err(AppError::unauthorized("X-API-Key header required"));
+        // `X-API-Key`, or the same key as a bearer token (what OTLP exporters send).
+        let key = header(parts, "x-api-key")
+            .or_else(|| header(parts, "authorization").and_then(|v| v.strip_prefix("Bearer ")));
+        let Some(key) = key else {
+            return Err(AppError::unauthorized(
+                "an ingest key is required (X-API-Key, or Authorization: Bearer)",
+            ));
         };
         if secrets_equal(key, &app.keys.api_key) {
             return Ok(Ingester {

@@ -81,7 +81,7 @@ fn parse_body(
 }
 
 /// Count a refused publish and turn it into the response.
-fn refused(app: &HttpState, e: crate::bus::PublishError, entries: usize) -> AppError {
+pub(super) fn refused(app: &HttpState, e: crate::bus::PublishError, entries: usize) -> AppError {
     app.metrics
         .ingest_rejected
         .fetch_add(entries as u64, Ordering::Relaxed);

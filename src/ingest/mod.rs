@@ -3,6 +3,7 @@
 //! whole to the [`crate::bus::Bus`].
 
 pub mod http;
+pub mod otlp;
 
 use axum::Router;
 use axum::routing::post;
@@ -14,4 +15,5 @@ pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/logs", post(http::post_logs))
         .route("/api/devices/{id}/status", post(http::post_device_status))
+        .route("/v1/logs", post(otlp::post_logs))
 }
