@@ -343,10 +343,9 @@ async fn run_client(
         tally.stages.lock().unwrap().insert(sub.clone(), s);
     };
     stage("websocket open");
-    ws.send(Message::Text(format!(
-        "40{}",
-        json!({ "token": token(&sub) })
-    )))
+    ws.send(Message::Text(
+        format!("40{}", json!({ "token": token(&sub) })).into(),
+    ))
     .await
     .unwrap();
     while let Some(msg) = ws.next().await {
@@ -364,7 +363,9 @@ async fn run_client(
             subscribed = true;
             stage("namespace connected");
             let sub = json!(["log:subscribe", { "deviceIds": [device], "batch": batch }]);
-            ws.send(Message::Text(format!("42{sub}"))).await.unwrap();
+            ws.send(Message::Text(format!("42{sub}").into()))
+                .await
+                .unwrap();
         } else if text.starts_with("42[\"log:subscribed\"") {
             stage("subscribed");
             let _ = ready.send(()).await;
@@ -396,10 +397,9 @@ async fn raw_subscribe(url: &str, user: &str, sub: Value, mut on_log: impl FnMut
     let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
         .await
         .expect("ws connect");
-    ws.send(Message::Text(format!(
-        "40{}",
-        json!({ "token": token(user) })
-    )))
+    ws.send(Message::Text(
+        format!("40{}", json!({ "token": token(user) })).into(),
+    ))
     .await
     .unwrap();
     while let Some(Ok(msg)) = ws.next().await {
@@ -408,7 +408,9 @@ async fn raw_subscribe(url: &str, user: &str, sub: Value, mut on_log: impl FnMut
             let _ = ws.send(Message::Text("3".into())).await;
         } else if text.starts_with("40") {
             let frame = json!(["log:subscribe", sub]);
-            ws.send(Message::Text(format!("42{frame}"))).await.unwrap();
+            ws.send(Message::Text(format!("42{frame}").into()))
+                .await
+                .unwrap();
         } else if text.starts_with("42[\"log:new\"") {
             let v: Value = serde_json::from_str(&text[2..]).unwrap_or_default();
             if !on_log(v) {

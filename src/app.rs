@@ -44,6 +44,8 @@ pub struct AppInner {
     pub sessions: crate::sessions::Sessions,
     /// Accepted connections: per-IP counts before authentication, bytes written per socket.
     pub edge: Arc<crate::edge::Edge>,
+    /// `Idempotency-Key`s of ingest requests already published.
+    pub idempotency: crate::bus::idempotency::Claims,
 }
 
 #[derive(Clone)]
@@ -95,6 +97,7 @@ impl AppState {
             access: RwLock::new(Arc::new(parts.access)),
             sessions: parts.sessions,
             edge: parts.edge,
+            idempotency: Default::default(),
         }))
     }
 

@@ -304,7 +304,13 @@ impl Config {
             // Variables of this project's own tools and build, not configuration.
             if matches!(
                 key,
-                "CONFIG" | "BUILT_PLUGINS" | "TEST_PLUGINS_DIR" | "BIN" | "PUBSUB_BIN"
+                "CONFIG"
+                    | "BUILT_PLUGINS"
+                    | "TEST_PLUGINS_DIR"
+                    | "BIN"
+                    | "PUBSUB_BIN"
+                    | "SERVER"
+                    | "TOKEN"
             ) {
                 continue;
             }

@@ -17,6 +17,9 @@
 //! - [`edge`]: every TCP connection before HTTP: per-address limits before authentication,
 //!   and the bytes written per socket (what makes socket queues bounded in bytes).
 //!
+//! For people at a terminal: [`cli`] (`logstream tail`, `logstream ship`: clients of the
+//! protocol, not of the internals).
+//!
 //! Beside them: [`plugins`] (the wasmtime host behind the engine traits), [`protocol`] (every
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
 //! the one REST error), [`cluster`] (admin across instances over Redis), [`server`] (assembly,
@@ -29,6 +32,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connections;

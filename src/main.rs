@@ -74,6 +74,105 @@ enum Command {
     /// Scoped ingest keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Follow logs from a server in the terminal (reconnects and resumes on its own).
+    Tail(TailArgs),
+    /// Send the lines of a file (followed across rotation) or of stdin as one device's logs.
+    Ship(ShipArgs),
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// The server (http://host:port).
+    #[arg(
+        long,
+        env = "LOGSTREAM_SERVER",
+        default_value = "http://localhost:3000"
+    )]
+    server: String,
+    /// A client token (JWT).
+    #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Only this device (repeatable).
+    #[arg(short = 'd', long = "device", value_name = "DEVICE")]
+    devices: Vec<String>,
+    /// Only this level (repeatable): TRACE, DEBUG, INFO, WARN, ERROR, FATAL.
+    #[arg(short = 'l', long = "level", value_name = "LEVEL")]
+    levels: Vec<String>,
+    /// Only logs with this tag (repeatable).
+    #[arg(short = 't', long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only logs whose message contains this (repeatable).
+    #[arg(short = 'k', long = "keyword", value_name = "TEXT")]
+    keywords: Vec<String>,
+    /// A named filter plugin instead of the built-in one.
+    #[arg(long)]
+    filter: Option<String>,
+    /// The named filter's params, a JSON object.
+    #[arg(long, requires = "filter")]
+    params: Option<String>,
+    /// A transform applied to what matched (repeatable, in order).
+    #[arg(long = "transform", value_name = "NAME")]
+    transforms: Vec<String>,
+    /// Start with the last N matching logs.
+    #[arg(
+        short = 'n',
+        long = "lines",
+        value_name = "N",
+        conflicts_with = "since"
+    )]
+    tail: Option<usize>,
+    /// Start after this offset (what a previous run printed with --output json's offsets).
+    #[arg(long, value_name = "OFFSET")]
+    since: Option<String>,
+    /// text, json (one entry per line) or raw (the message only).
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputArg,
+    /// No colours (also when stdout is not a terminal, or NO_COLOR is set).
+    #[arg(long)]
+    no_color: bool,
+    /// Show each log's timestamp.
+    #[arg(long)]
+    timestamps: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputArg {
+    Text,
+    Json,
+    Raw,
+}
+
+#[derive(Args)]
+struct ShipArgs {
+    /// The device these lines come from.
+    #[arg(long)]
+    device: String,
+    /// The server (http://host:port).
+    #[arg(
+        long,
+        env = "LOGSTREAM_SERVER",
+        default_value = "http://localhost:3000"
+    )]
+    server: String,
+    /// An ingest key.
+    #[arg(long, env = "LOGSTREAM_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// A regex whose first group (or whole match) in a line is its level, e.g.
+    /// '\b(DEBUG|INFO|WARN|ERROR)\b'; lines without one are INFO.
+    #[arg(long, value_name = "REGEX")]
+    level_from: Option<String>,
+    /// A tag for every line (repeatable).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Most lines per request.
+    #[arg(long, default_value_t = 500)]
+    batch_lines: usize,
+    /// Longest wait, in ms, for a batch to fill.
+    #[arg(long, default_value_t = 200)]
+    batch_ms: u64,
+    /// The file to follow, or - for stdin (the default).
+    #[arg(default_value = "-")]
+    file: String,
 }
 
 #[derive(Subcommand)]
@@ -171,13 +270,127 @@ fn init_logging(format: &str) {
     }
 }
 
+/// Exit status of a client that was refused its credentials.
+const EXIT_AUTH: u8 = 2;
+
+/// A failure that ends the command with a particular status.
+#[derive(Debug)]
+struct Exit(u8, String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Exit>() {
+                Some(Exit(code, _)) => ExitCode::from(*code),
+                None => ExitCode::FAILURE,
+            }
         }
+    }
+}
+
+/// Resolves on Ctrl-C (or SIGTERM).
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+fn tail(args: TailArgs) -> anyhow::Result<()> {
+    use logstream::cli::tail::{Output, TailError, TailOptions};
+    use std::io::IsTerminal;
+    let token = args.token.context(
+        "a token is needed: --token or LOGSTREAM_TOKEN (in development mode, `logstream token --sub you`)",
+    )?;
+    let params = args
+        .params
+        .map(|p| serde_json::from_str::<serde_json::Value>(&p))
+        .transpose()
+        .context("--params must be a JSON object")?;
+    if params.as_ref().is_some_and(|p| !p.is_object()) {
+        anyhow::bail!("--params must be a JSON object");
+    }
+    let color =
+        !args.no_color && std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal();
+    let opts = TailOptions {
+        server: args.server,
+        token,
+        devices: args.devices,
+        levels: args.levels,
+        tags: args.tags,
+        keywords: args.keywords,
+        filter: args.filter,
+        params,
+        transforms: args.transforms,
+        tail: args.tail,
+        since: args.since,
+        output: match args.output {
+            OutputArg::Text => Output::Text,
+            OutputArg::Json => Output::Json,
+            OutputArg::Raw => Output::Raw,
+        },
+        color,
+        timestamps: args.timestamps,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match runtime.block_on(logstream::cli::tail::run(opts, interrupted())) {
+        Ok(()) => Ok(()),
+        Err(TailError::Auth(why)) => Err(Exit(EXIT_AUTH, why).into()),
+        Err(TailError::Fatal(why)) => Err(anyhow::anyhow!(why)),
+    }
+}
+
+fn ship(args: ShipArgs) -> anyhow::Result<()> {
+    use logstream::cli::ship::{Input, ShipError, ShipOptions};
+    let api_key = args
+        .api_key
+        .context("an ingest key is needed: --api-key or LOGSTREAM_API_KEY")?;
+    let level_from = args
+        .level_from
+        .map(|r| regex::Regex::new(&r))
+        .transpose()
+        .context("--level-from is not a valid regex")?;
+    if args.batch_lines == 0 || args.batch_lines > logstream::log_entry::MAX_ENTRIES_PER_REQUEST {
+        anyhow::bail!(
+            "--batch-lines must be between 1 and {}",
+            logstream::log_entry::MAX_ENTRIES_PER_REQUEST
+        );
+    }
+    let opts = ShipOptions {
+        server: args.server,
+        api_key,
+        device: args.device,
+        level_from,
+        tags: args.tags,
+        input: if args.file == "-" {
+            Input::Stdin
+        } else {
+            Input::File(PathBuf::from(args.file))
+        },
+        batch_lines: args.batch_lines,
+        batch_ms: args.batch_ms,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match runtime.block_on(logstream::cli::ship::run(opts, interrupted())) {
+        Ok(_) => Ok(()),
+        Err(ShipError::Auth(why)) => Err(Exit(EXIT_AUTH, why).into()),
+        Err(ShipError::Fatal(why)) => Err(anyhow::anyhow!(why)),
     }
 }
 
@@ -263,6 +476,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{toml}");
             Ok(())
         }
+        Command::Tail(args) => tail(args),
+        Command::Ship(args) => ship(args),
         Command::Plugin(PluginCommand::New { name, lang, dir }) => {
             let root = logstream::plugins::scaffold::create(&dir, &name, &lang)?;
             let build = match lang.as_str() {

@@ -771,14 +771,14 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
             Some(Ok(Message::Text(t))) if t == "2" => {
                 ws.send(Message::Text("3".into())).await.unwrap()
             }
-            Some(Ok(Message::Text(t))) => return t,
+            Some(Ok(Message::Text(t))) => return t.to_string(),
             Some(Ok(_)) => continue,
             other => panic!("websocket ended: {other:?}"),
         }
     };
     assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
     let connect = format!("40{}", json!({ "token": Server::token("slow") }));
-    ws.send(Message::Text(connect)).await.unwrap();
+    ws.send(Message::Text(connect.into())).await.unwrap();
     let reply = next_text(&mut ws).await;
     assert!(reply.starts_with("40"), "namespace connect: {reply}");
     ws.send(Message::Text(

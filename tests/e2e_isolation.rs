@@ -186,7 +186,9 @@ async fn configured_origins_apply_to_the_socket_io_handshake() {
                 .insert("Origin", origin.parse().unwrap());
             let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
             let auth = json!({ "token": Server::token("o") });
-            ws.send(Message::Text(format!("40{auth}"))).await.unwrap();
+            ws.send(Message::Text(format!("40{auth}").into()))
+                .await
+                .unwrap();
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) if t.starts_with("4") && !t.starts_with("42") => {

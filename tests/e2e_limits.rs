@@ -46,7 +46,7 @@ async fn raw_client(server: &Server, user: &str) -> Ws {
         .expect("ws connect");
     assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
     let connect = format!("40{}", json!({ "token": Server::token(user) }));
-    ws.send(Message::Text(connect)).await.unwrap();
+    ws.send(Message::Text(connect.into())).await.unwrap();
     let reply = next_text(&mut ws).await;
     assert!(reply.starts_with("40"), "namespace connect: {reply}");
     ws
@@ -58,7 +58,7 @@ async fn next_text(ws: &mut Ws) -> String {
             Some(Ok(Message::Text(t))) if t == "2" => {
                 ws.send(Message::Text("3".into())).await.unwrap()
             }
-            Some(Ok(Message::Text(t))) => return t,
+            Some(Ok(Message::Text(t))) => return t.to_string(),
             Some(Ok(_)) => continue,
             other => panic!("websocket ended: {other:?}"),
         }
@@ -82,7 +82,7 @@ async fn giant_frames_before_authentication_are_refused_without_buffering_them()
         let frame = huge.clone();
         sends.push(tokio::spawn(async move {
             let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-            let _ = ws.send(Message::Text(frame)).await;
+            let _ = ws.send(Message::Text(frame.into())).await;
             // The server closes the connection: the stream ends or errors.
             let ended = tokio::time::timeout(Duration::from_secs(20), async {
                 loop {
@@ -366,7 +366,7 @@ async fn a_connection_that_sends_too_much_before_authenticating_is_closed() {
         .unwrap();
     assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
     let connect = format!("40{{\"token\":\"{}\"}}", "x".repeat(200_000));
-    let _ = ws.send(Message::Text(connect)).await;
+    let _ = ws.send(Message::Text(connect.into())).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await {

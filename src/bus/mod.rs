@@ -8,6 +8,7 @@
 //!   the death of the instance that took it. A publish Redis did not confirm answers 503,
 //!   never a silent 202.
 
+pub mod idempotency;
 pub mod redis;
 pub mod stream;
 

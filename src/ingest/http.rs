@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::api::auth::Ingester;
 use crate::api::error::AppError;
 use crate::app::HttpState;
+use crate::bus::idempotency::{Claim, MAX_KEY_LEN};
 use crate::log_entry::{FieldError, device_status, parse_entries, random_id};
 use crate::protocol::Code;
 
@@ -80,6 +81,27 @@ fn parse_body(
     })
 }
 
+/// The request's `Idempotency-Key`, if any: up to 128 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(AppError::new(
+            StatusCode::BAD_REQUEST,
+            Code::InvalidField,
+            format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        )),
+    }
+}
+
 /// Count a refused publish and turn it into the response.
 pub(super) fn refused(app: &HttpState, e: crate::bus::PublishError, entries: usize) -> AppError {
     app.metrics
@@ -95,6 +117,7 @@ pub async fn post_logs(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let body = parse_body(&app, &headers, body)?;
     let is_array = body.is_array();
     let records = parse_entries(body, random_id).map_err(AppError::bad_field)?;
@@ -113,10 +136,25 @@ pub async fn post_logs(
     }
     let n = records.len();
     let _permit = app.ingest_permit().map_err(|e| refused(&app, e, n))?;
-    app.bus
-        .publish_logs(records)
-        .await
-        .map_err(|e| refused(&app, e, n))?;
+    if let Some(key) = &idempotency_key {
+        let claim = app
+            .idempotency
+            .claim(&app.bus, &who.name, key)
+            .await
+            .map_err(|e| refused(&app, crate::bus::PublishError::Unavailable(e), n))?;
+        if claim == Claim::Duplicate {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "success": true, "accepted": n, "duplicate": true })),
+            ));
+        }
+    }
+    if let Err(e) = app.bus.publish_logs(records).await {
+        if let Some(key) = &idempotency_key {
+            app.idempotency.release(&app.bus, &who.name, key).await;
+        }
+        return Err(refused(&app, e, n));
+    }
     app.metrics
         .ingested_http
         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);

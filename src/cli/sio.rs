@@ -1,0 +1,180 @@
+//! A small Socket.IO v4 client over one WebSocket, for the command-line tools.
+//!
+//! Why not a client crate: the tools speak a handful of text packets to our own server
+//! (`40` connect with auth, `42` events, `44` refusal, engine.io ping/pong), and a WebSocket
+//! library we already build (the server's transport uses the same one) does the rest.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Largest message the tools accept from the server.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Why a connection did not come up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server refused the handshake (`connect_error`): retrying will not help.
+    #[error("the server refused the connection: {0}")]
+    Refused(String),
+    /// Network or protocol trouble: worth retrying.
+    #[error("{0}")]
+    Transport(String),
+}
+
+/// What arrived.
+#[derive(Debug)]
+pub enum Incoming {
+    /// An event and its arguments.
+    Event(String, Vec<Value>),
+    /// The server ended the namespace (`disconnect`), or the connection closed.
+    Closed(String),
+}
+
+pub struct SioClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// `http://host:port` (or `ws://`) → the Socket.IO WebSocket endpoint.
+pub fn endpoint(server: &str) -> Result<String, ConnectError> {
+    let base = server.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if base.starts_with("ws://") {
+        base.to_owned()
+    } else if base.starts_with("https://") || base.starts_with("wss://") {
+        return Err(ConnectError::Refused(
+            "TLS (https/wss) is not built into the command-line tools; reach the server over http, e.g. through an SSH tunnel or a local proxy".into(),
+        ));
+    } else {
+        format!("ws://{base}")
+    };
+    Ok(format!("{ws}/socket.io/?EIO=4&transport=websocket"))
+}
+
+impl SioClient {
+    /// Open the WebSocket and join the main namespace with `auth`.
+    pub async fn connect(server: &str, auth: &Value) -> Result<SioClient, ConnectError> {
+        let url = endpoint(server)?;
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| ConnectError::Transport("connecting timed out".into()))?
+            .map_err(|e| ConnectError::Transport(e.to_string()))?;
+        let mut client = SioClient { ws };
+        // engine.io open, then our CONNECT.
+        match client.text().await? {
+            t if t.starts_with('0') => {}
+            other => return Err(ConnectError::Transport(format!("unexpected {other:?}"))),
+        }
+        client
+            .send(format!("40{auth}"))
+            .await
+            .map_err(ConnectError::Transport)?;
+        loop {
+            let t = client.text().await?;
+            if t.starts_with("40") {
+                return Ok(client);
+            }
+            if let Some(rest) = t.strip_prefix("44") {
+                let message = serde_json::from_str::<Value>(rest)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| rest.to_owned());
+                return Err(ConnectError::Refused(message));
+            }
+        }
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), String> {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The next engine.io text packet (`0…` open, `4…` a Socket.IO packet), answering pings.
+    async fn text(&mut self) -> Result<String, ConnectError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if t.as_str() == "2" {
+                        self.send("3".into())
+                            .await
+                            .map_err(ConnectError::Transport)?;
+                        continue;
+                    }
+                    if t.as_str() == "1" {
+                        return Err(ConnectError::Transport("the server closed".into()));
+                    }
+                    return Ok(t.to_string());
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(ConnectError::Transport("the connection closed".into()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ConnectError::Transport(e.to_string())),
+            }
+        }
+    }
+
+    /// Emit `event` with one argument.
+    pub async fn emit(&mut self, event: &str, data: &Value) -> Result<(), String> {
+        let packet = serde_json::to_string(&(event, data)).map_err(|e| e.to_string())?;
+        self.send(format!("42{packet}")).await
+    }
+
+    /// The next event (pings are answered on the way).
+    pub async fn next(&mut self) -> Incoming {
+        loop {
+            let packet = match self.text().await {
+                Ok(p) => p,
+                Err(e) => return Incoming::Closed(e.to_string()),
+            };
+            if packet.starts_with("41") {
+                return Incoming::Closed("the server ended the session".into());
+            }
+            let Some(body) = packet.strip_prefix("42") else {
+                continue;
+            };
+            // An event may carry an ack id before its array: `2<id>[...]`.
+            let body = body.trim_start_matches(|c: char| c.is_ascii_digit());
+            if let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(body)
+                && let Some(Value::String(name)) = items.first().cloned()
+            {
+                items.remove(0);
+                return Incoming::Event(name, items);
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.send("41".into()).await;
+        let _ = self.ws.close(None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint;
+
+    #[test]
+    fn endpoints_are_websocket_urls() {
+        assert_eq!(
+            endpoint("http://localhost:3000/").unwrap(),
+            "ws://localhost:3000/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(
+            endpoint("127.0.0.1:9").unwrap(),
+            "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
+        );
+        assert!(endpoint("https://example.com").is_err());
+    }
+}

@@ -1,0 +1,380 @@
+//! `logstream tail`: follow logs from a terminal, like `kubectl logs -f` or `stern`.
+//!
+//! It subscribes with `resume: true`, so every log comes with its offset; after a lost
+//! connection it reconnects on its own (backing off) and subscribes again with `since` set to
+//! the last offset it printed: nothing is missed and nothing printed twice, as long as the
+//! server's history still holds the gap (if not, it says so). Drops and errors go to stderr,
+//! logs to stdout. An authentication failure ends it with exit code 2; Ctrl-C with 0.
+
+use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::sio::{ConnectError, Incoming, SioClient};
+
+/// How logs are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `[time] device LEVEL message`, coloured on a terminal.
+    Text,
+    /// The entry as one JSON line.
+    Json,
+    /// The message alone.
+    Raw,
+}
+
+pub struct TailOptions {
+    pub server: String,
+    pub token: String,
+    pub devices: Vec<String>,
+    pub levels: Vec<String>,
+    pub tags: Vec<String>,
+    pub keywords: Vec<String>,
+    pub filter: Option<String>,
+    /// The named filter's params (a JSON object).
+    pub params: Option<Value>,
+    pub transforms: Vec<String>,
+    pub tail: Option<usize>,
+    pub since: Option<String>,
+    pub output: Output,
+    pub color: bool,
+    pub timestamps: bool,
+}
+
+/// How `tail` ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("{0}")]
+    Auth(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+impl TailOptions {
+    /// The `log:subscribe` payload (without `since` / `tail`).
+    pub fn subscription(&self) -> Result<Map<String, Value>, TailError> {
+        let mut sub = Map::new();
+        match &self.filter {
+            Some(name) => {
+                if !(self.devices.is_empty()
+                    && self.levels.is_empty()
+                    && self.tags.is_empty()
+                    && self.keywords.is_empty())
+                {
+                    return Err(TailError::Fatal(
+                        "-d/-l/-t/-k select with the built-in filter; with --filter, put the filter's params in --params".into(),
+                    ));
+                }
+                sub.insert("filter".into(), json!(name));
+                sub.insert(
+                    "params".into(),
+                    self.params.clone().unwrap_or_else(|| json!({})),
+                );
+            }
+            None => {
+                if self.params.is_some() {
+                    return Err(TailError::Fatal("--params needs --filter".into()));
+                }
+                for (key, values) in [
+                    ("deviceIds", &self.devices),
+                    ("levels", &self.levels),
+                    ("tags", &self.tags),
+                    ("keywords", &self.keywords),
+                ] {
+                    if !values.is_empty() {
+                        sub.insert(key.into(), json!(values));
+                    }
+                }
+            }
+        }
+        if !self.transforms.is_empty() {
+            let steps: Vec<Value> = self
+                .transforms
+                .iter()
+                .map(|name| json!({ "name": name }))
+                .collect();
+            sub.insert("transform".into(), Value::Array(steps));
+        }
+        sub.insert("resume".into(), json!(true));
+        Ok(sub)
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Follow until `stop` resolves (Ctrl-C), reconnecting as needed.
+pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<(), TailError> {
+    let base = opts.subscription()?;
+    let auth = json!({ "token": opts.token });
+    let mut printer = Printer::new(&opts);
+    let mut last_offset: Option<String> = None;
+    let mut first = true;
+    let mut backoff = BACKOFF_MIN;
+    tokio::pin!(stop);
+    loop {
+        let connected = tokio::select! {
+            () = &mut stop => return Ok(()),
+            c = SioClient::connect(&opts.server, &auth) => c,
+        };
+        let mut client = match connected {
+            Ok(c) => c,
+            Err(ConnectError::Refused(why)) => {
+                return Err(TailError::Auth(format!(
+                    "the server refused the connection: {why}"
+                )));
+            }
+            Err(ConnectError::Transport(why)) => {
+                eprintln!(
+                    "logstream tail: cannot reach {}: {why}; retrying in {:.1} s",
+                    opts.server,
+                    backoff.as_secs_f64()
+                );
+                tokio::select! {
+                    () = &mut stop => return Ok(()),
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let mut sub = base.clone();
+        match (&last_offset, first) {
+            (Some(offset), _) => {
+                sub.insert("since".into(), json!(offset));
+            }
+            (None, true) => {
+                if let Some(n) = opts.tail {
+                    sub.insert("tail".into(), json!(n));
+                }
+                if let Some(offset) = &opts.since {
+                    sub.insert("since".into(), json!(offset));
+                }
+            }
+            (None, false) => {}
+        }
+        let resumed = last_offset.is_some();
+        if let Err(e) = client.emit("log:subscribe", &Value::Object(sub)).await {
+            eprintln!("logstream tail: {e}; reconnecting");
+            continue;
+        }
+        let mut subscribed = false;
+        loop {
+            let event = tokio::select! {
+                () = &mut stop => {
+                    client.close().await;
+                    return Ok(());
+                }
+                e = client.next() => e,
+            };
+            match event {
+                Incoming::Event(name, args) => match name.as_str() {
+                    "log:new" => {
+                        if let Some(entry) = args.first() {
+                            printer.print(entry)?;
+                        }
+                        if let Some(Value::String(o)) = args.get(1) {
+                            last_offset = Some(o.clone());
+                        }
+                    }
+                    "log:batch" => {
+                        if let Some(Value::Array(entries)) = args.first() {
+                            for entry in entries {
+                                printer.print(entry)?;
+                            }
+                        }
+                        if let Some(Value::String(o)) = args.get(1) {
+                            last_offset = Some(o.clone());
+                        }
+                    }
+                    "log:subscribed" => {
+                        subscribed = true;
+                        // From now on a reconnection resumes from the last offset shown
+                        // (until then, it asks for the same start again).
+                        first = false;
+                        backoff = BACKOFF_MIN;
+                        let s = args.first().cloned().unwrap_or_default();
+                        if resumed && s["recovered"] == json!(false) {
+                            eprintln!(
+                                "logstream tail: reconnected, but the server no longer holds every log since the last one shown: some were missed"
+                            );
+                        } else if resumed {
+                            eprintln!("logstream tail: reconnected; nothing missed");
+                        }
+                    }
+                    "log:dropped" => {
+                        let d = args.first().cloned().unwrap_or_default();
+                        eprintln!(
+                            "logstream tail: {} logs dropped: {}",
+                            d["count"],
+                            d["reason"].as_str().unwrap_or("?").replace('_', " ")
+                        );
+                    }
+                    "error" => {
+                        let e = args.first().cloned().unwrap_or_default();
+                        let code = e["code"].as_str().unwrap_or("error");
+                        let message = e["message"].as_str().unwrap_or("");
+                        if !subscribed {
+                            client.close().await;
+                            return Err(TailError::Fatal(format!(
+                                "subscription refused [{code}]: {message}"
+                            )));
+                        }
+                        eprintln!("logstream tail: error [{code}]: {message}");
+                    }
+                    "auth:expired" => {
+                        eprintln!(
+                            "logstream tail: the token expires soon; the server will disconnect at its expiry"
+                        );
+                    }
+                    _ => {}
+                },
+                Incoming::Closed(why) => {
+                    eprintln!("logstream tail: disconnected ({why}); reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut stop => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Writes logs to stdout in the chosen form.
+struct Printer {
+    output: Output,
+    color: bool,
+    timestamps: bool,
+    out: std::io::Stdout,
+}
+
+/// Colours for device names (picked by a hash of the name).
+const DEVICE_COLORS: [&str; 6] = ["36", "35", "34", "32", "33", "96"];
+
+impl Printer {
+    fn new(opts: &TailOptions) -> Printer {
+        Printer {
+            output: opts.output,
+            color: opts.color,
+            timestamps: opts.timestamps,
+            out: std::io::stdout(),
+        }
+    }
+
+    fn print(&mut self, entry: &Value) -> Result<(), TailError> {
+        let line = format_line(entry, self.output, self.color, self.timestamps);
+        let mut out = self.out.lock();
+        match writeln!(out, "{line}").and_then(|()| out.flush()) {
+            Ok(()) => Ok(()),
+            // `| head`: the reader went away; end quietly.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            Err(e) => Err(TailError::Fatal(format!("writing to stdout: {e}"))),
+        }
+    }
+}
+
+/// One log as printed (no trailing newline).
+pub fn format_line(entry: &Value, output: Output, color: bool, timestamps: bool) -> String {
+    let text = |key: &str| entry[key].as_str().unwrap_or("").to_owned();
+    match output {
+        Output::Json => entry.to_string(),
+        Output::Raw => text("message"),
+        Output::Text => {
+            let device = text("deviceId");
+            let level = text("level");
+            let message = text("message");
+            let mut line = String::new();
+            if timestamps {
+                line.push_str(&text("timestamp"));
+                line.push(' ');
+            }
+            if color {
+                let hash = device
+                    .bytes()
+                    .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+                let device_color = DEVICE_COLORS[hash % DEVICE_COLORS.len()];
+                let level_color = match level.as_str() {
+                    "TRACE" => "90",
+                    "DEBUG" => "34",
+                    "INFO" => "32",
+                    "WARN" => "33",
+                    "ERROR" => "31",
+                    "FATAL" => "1;31",
+                    _ => "0",
+                };
+                line.push_str(&format!(
+                    "\x1b[{device_color}m{device}\x1b[0m \x1b[{level_color}m{level:<5}\x1b[0m {message}"
+                ));
+            } else {
+                line.push_str(&format!("{device} {level:<5} {message}"));
+            }
+            line
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> TailOptions {
+        TailOptions {
+            server: "http://localhost:3000".into(),
+            token: "t".into(),
+            devices: vec![],
+            levels: vec![],
+            tags: vec![],
+            keywords: vec![],
+            filter: None,
+            params: None,
+            transforms: vec![],
+            tail: None,
+            since: None,
+            output: Output::Text,
+            color: false,
+            timestamps: false,
+        }
+    }
+
+    #[test]
+    fn subscriptions_follow_the_flags() {
+        let mut o = opts();
+        o.devices = vec!["a".into(), "b".into()];
+        o.levels = vec!["ERROR".into()];
+        o.transforms = vec!["redact".into()];
+        let sub = Value::Object(o.subscription().unwrap());
+        assert_eq!(
+            sub,
+            json!({ "deviceIds": ["a", "b"], "levels": ["ERROR"], "transform": [{ "name": "redact" }], "resume": true })
+        );
+        let mut o = opts();
+        o.filter = Some("regex".into());
+        o.params = Some(json!({ "pattern": "x" }));
+        let sub = Value::Object(o.subscription().unwrap());
+        assert_eq!(
+            sub,
+            json!({ "filter": "regex", "params": { "pattern": "x" }, "resume": true })
+        );
+        o.devices = vec!["a".into()];
+        assert!(o.subscription().is_err(), "-d with --filter is refused");
+    }
+
+    #[test]
+    fn lines_are_formatted_as_asked() {
+        let e = json!({ "deviceId": "d1", "level": "WARN", "message": "hot", "timestamp": "2025-01-01T00:00:00Z" });
+        assert_eq!(format_line(&e, Output::Text, false, false), "d1 WARN  hot");
+        assert_eq!(
+            format_line(&e, Output::Text, false, true),
+            "2025-01-01T00:00:00Z d1 WARN  hot"
+        );
+        assert_eq!(format_line(&e, Output::Raw, false, false), "hot");
+        assert_eq!(format_line(&e, Output::Json, false, false), e.to_string());
+        let colored = format_line(&e, Output::Text, true, false);
+        assert!(colored.contains("\x1b[33mWARN"), "{colored:?}");
+    }
+}
