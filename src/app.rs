@@ -44,6 +44,8 @@ pub struct AppInner {
     pub sessions: crate::sessions::Sessions,
     /// Accepted connections: per-IP counts before authentication, bytes written per socket.
     pub edge: Arc<crate::edge::Edge>,
+    /// Development mode made the JWT secret: the page may get a token on loopback.
+    pub dev_tokens: bool,
     /// `Idempotency-Key`s of ingest requests already published.
     pub idempotency: crate::bus::idempotency::Claims,
 }
@@ -76,6 +78,7 @@ pub struct AppParts {
     pub access: Access,
     pub sessions: crate::sessions::Sessions,
     pub edge: Arc<crate::edge::Edge>,
+    pub dev_tokens: bool,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ impl AppState {
             access: RwLock::new(Arc::new(parts.access)),
             sessions: parts.sessions,
             edge: parts.edge,
+            dev_tokens: parts.dev_tokens,
             idempotency: Default::default(),
         }))
     }

@@ -169,6 +169,7 @@ pub async fn start(
             Bus::Embedded(_) => crate::sessions::Sessions::memory(),
         },
         edge: edge.clone(),
+        dev_tokens: dev.supplied.contains(&"jwt_secret"),
     });
 
     // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod web;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -33,6 +34,11 @@ pub fn cors(config: &crate::config::Config) -> CorsLayer {
 /// Health, admin and plugin routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/style.css", get(web::style))
+        .route("/api/dev/token", get(web::dev_token))
+        .route("/api/filters", get(web::filters))
         .route("/metrics", get(admin::metrics))
         .route("/api/ws/health", get(admin::health))
         .route("/api/ws/connections", get(admin::connections))
