@@ -433,28 +433,40 @@ async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToke
 }
 
 /// `system:stats` to every client each `stats_interval_ms`, until `stop`.
+/// `system:stats` every `stats_interval_ms` to every client, one slice of the clients at a
+/// time (see `socket::stats_room`): a broadcast to all at once made every socket's writer
+/// wake in the same instant, a burst that delayed log delivery for everyone.
 async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(app.config.stats_interval_ms));
+    let slices = crate::socket::STATS_SLICES;
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(app.config.stats_interval_ms) / slices as u32);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut slice = 0usize;
+    let mut payload = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let rates = app.metrics.sample_rates(Instant::now());
-        let payload = SystemStats {
-            connections: app.connections.len(),
-            logs_in_per_sec: rates.logs_in_per_sec,
-            deliveries_per_sec: rates.deliveries_per_sec,
-            drops_per_sec: rates.drops_per_sec,
-            drops: app.metrics.drops(),
-            uptime: app.started.elapsed().as_secs_f64(),
-        };
-        if let Err(e) = io
-            .emit(crate::protocol::event::SYSTEM_STATS, &payload)
-            .await
+        if slice == 0 || payload.is_none() {
+            let rates = app.metrics.sample_rates(Instant::now());
+            payload = Some(SystemStats {
+                connections: app.connections.len(),
+                logs_in_per_sec: rates.logs_in_per_sec,
+                deliveries_per_sec: rates.deliveries_per_sec,
+                drops_per_sec: rates.drops_per_sec,
+                drops: app.metrics.drops(),
+                uptime: app.started.elapsed().as_secs_f64(),
+            });
+        }
+        if let Some(payload) = &payload
+            && let Err(e) = io
+                .to(crate::socket::stats_room(slice))
+                .emit(crate::protocol::event::SYSTEM_STATS, payload)
+                .await
         {
             tracing::debug!(error = %e, "system:stats broadcast failed");
         }
+        slice = (slice + 1) % slices;
     }
 }

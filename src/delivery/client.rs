@@ -51,7 +51,7 @@ impl DeliveryLimits {
 }
 
 /// How long a client registered by a handshake may stay unconnected before it is pruned.
-const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Client {
     pub sid: Sid,
@@ -131,6 +131,7 @@ impl Client {
     /// A client registered during a handshake whose CONNECT never completed (so no
     /// disconnect will ever be reported for it).
     pub fn is_stale(&self, now: Instant) -> bool {
+        // (Checked once per client, HANDSHAKE_GRACE after it registered.)
         !self.outlet.is_connected()
             && now.saturating_duration_since(self.registered_at) > HANDSHAKE_GRACE
     }
@@ -171,6 +172,11 @@ impl Client {
         self.scope = scope;
         self.account();
         self.report_drops(&[DropReason::ScopeChanged]);
+    }
+
+    /// Drops not yet reported (the router's tick reports them).
+    pub fn has_pending_drops(&self) -> bool {
+        self.pending_drops.iter().any(|n| *n > 0)
     }
 
     pub fn has_outbox(&self) -> bool {

@@ -53,6 +53,7 @@ impl Router {
     pub(super) fn apply_client(&mut self, command: ClientCommand) {
         match command {
             ClientCommand::Connect(client) => {
+                self.handshakes.push_back((Instant::now(), client.sid));
                 self.clients.insert(client.sid, *client);
             }
             ClientCommand::Disconnect(sid) => {
@@ -61,6 +62,8 @@ impl Router {
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
                 self.outboxes.remove(&sid);
+                self.reports.remove(&sid);
+                self.slow.remove(&sid);
             }
             ClientCommand::Subscribe {
                 sid,

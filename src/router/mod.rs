@@ -147,6 +147,11 @@ pub struct Router {
     costly: HashMap<String, Instant>,
     /// Clients over their socket queue bound, checked on the tick (cut past the timeout).
     slow: HashSet<Sid>,
+    /// Clients with drops to report on the tick. (The tick walks these, never every client.)
+    reports: HashSet<Sid>,
+    /// Clients registered by a handshake, oldest first: each is checked once, after the
+    /// grace period, for a CONNECT that never completed.
+    handshakes: VecDeque<(Instant, Sid)>,
     max_queued_bytes: usize,
 }
 
@@ -185,6 +190,8 @@ pub fn spawn(
         max_user_subscription_bytes: settings.max_user_subscription_bytes,
         costly: HashMap::new(),
         slow: HashSet::new(),
+        reports: HashSet::new(),
+        handshakes: VecDeque::new(),
         max_queued_bytes: settings.max_queued_bytes,
     };
     let join = std::thread::Builder::new()
@@ -385,6 +392,9 @@ impl Router {
                     if client.is_over() {
                         self.slow.insert(*sid);
                     }
+                    if client.has_pending_drops() {
+                        self.reports.insert(*sid);
+                    }
                     if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
                     {
                         self.next_outbox_check = now + OUTBOX_TICK;
@@ -574,11 +584,15 @@ impl Router {
         let now = Instant::now();
         let clients = &mut self.clients;
         let slow = &mut self.slow;
+        let reports = &mut self.reports;
         self.outboxes.retain(|sid| {
             clients.get_mut(sid).is_some_and(|c| {
                 let waiting = c.flush_outbox(now, force);
                 if c.is_over() {
                     slow.insert(*sid);
+                }
+                if c.has_pending_drops() {
+                    reports.insert(*sid);
                 }
                 waiting
             })
@@ -617,21 +631,25 @@ impl Router {
                     .map(|s| (s.offset.get().trim_matches('"').to_owned(), at))
             }),
         );
-        let stale: Vec<Sid> = self
-            .clients
-            .values()
-            .filter(|c| c.is_stale(now))
-            .map(|c| c.sid)
-            .collect();
-        for sid in stale {
-            self.registry.unsubscribe(sid);
-            self.clients.remove(&sid);
-            self.connections.remove(&sid.to_string());
-            self.edge.forget(sid);
-            tracing::debug!(%sid, "pruned a client whose handshake never completed");
+        while let Some((at, sid)) = self.handshakes.front().copied() {
+            if now.saturating_duration_since(at) <= crate::delivery::client::HANDSHAKE_GRACE {
+                break;
+            }
+            self.handshakes.pop_front();
+            if self.clients.get(&sid).is_some_and(|c| c.is_stale(now)) {
+                self.registry.unsubscribe(sid);
+                self.clients.remove(&sid);
+                self.connections.remove(&sid.to_string());
+                self.edge.forget(sid);
+                tracing::debug!(%sid, "pruned a client whose handshake never completed");
+            }
         }
-        for client in self.clients.values_mut() {
-            client.report_periodic_drops();
-        }
+        let clients = &mut self.clients;
+        self.reports.retain(|sid| {
+            clients.get_mut(sid).is_some_and(|c| {
+                c.report_periodic_drops();
+                c.has_pending_drops()
+            })
+        });
     }
 }

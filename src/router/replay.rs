@@ -237,6 +237,9 @@ impl Router {
             if !unsent.is_empty() {
                 self.slow.insert(replay.sid);
             }
+            if client.has_pending_drops() {
+                self.reports.insert(replay.sid);
+            }
             replay.backlog.extend(unsent);
         }
     }

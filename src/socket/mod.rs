@@ -148,6 +148,14 @@ fn verify(app: &AppState, token: &str) -> Result<(String, Grant), AuthError> {
     ))
 }
 
+/// `system:stats` goes to one of this many slices of the clients at a time.
+pub const STATS_SLICES: usize = 10;
+
+/// The room of stats slice `n`.
+pub fn stats_room(n: usize) -> String {
+    format!("logstream:stats:{n}")
+}
+
 /// The peer's address, as the HTTP server saw it.
 fn peer(socket: &SocketRef) -> String {
     socket
@@ -207,6 +215,14 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         return Err(refuse(socket, "router_busy", "Server busy".into()));
     }
     app.connections.insert(info);
+    // A slice for `system:stats`, by the socket id (random), so slices stay even.
+    let slice = socket
+        .id
+        .as_str()
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % STATS_SLICES;
+    socket.join(stats_room(slice));
     socket.on(event::SUBSCRIBE, on_subscribe);
     socket.on(event::UNSUBSCRIBE, on_unsubscribe);
     socket.on(event::PAUSE, on_pause);
