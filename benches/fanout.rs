@@ -3,7 +3,7 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream,logstream-redis,logstream-redis-pubsub,node | both]
+//! `cargo bench --bench fanout -- [--target logstream,logstream-before,logstream-redis,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
 //!   [--mode batch|new] [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10]
 //!   [--replay N] [--set key=value ...]`
 //! `cargo bench --bench fanout -- --history-memory 100000`
@@ -14,6 +14,12 @@
 //! `--history-memory N`: RSS growth of a server holding N logs in history, per log.
 //! `logstream-redis-pubsub` runs the binary named by `LOGSTREAM_PUBSUB_BIN` (a build of the
 //! previous, pub/sub-only bus) the same way as `logstream-redis`.
+//!
+//! `floor-socketioxide` and `floor-tungstenite` are the transport floors of
+//! `../shared/peers/floor` (built there on first use): the same fan-out and nothing else.
+//! `logstream-before` runs `LOGSTREAM_BEFORE_BIN`, another build, for before/after rows.
+//! With a floor in the run, each row also shows its CPU per delivery as a ratio to the first
+//! floor measured.
 //!
 //! `node` is the seed's design on Node.js + socket.io (`../shared/peers/node-seed`, copied to
 //! a temporary directory and `npm ci`-ed), measured in the same run with the same clients.
@@ -171,6 +177,52 @@ fn start_logstream(sets: &[String]) -> Target {
     }
 }
 
+/// Another build of logstream (`LOGSTREAM_BEFORE_BIN`), for before/after rows in one run.
+fn start_logstream_before(sets: &[String]) -> Target {
+    let bin = std::env::var("LOGSTREAM_BEFORE_BIN")
+        .expect("LOGSTREAM_BEFORE_BIN: a logstream binary of the version to compare with");
+    let bin: &'static str = Box::leak(bin.into_boxed_str());
+    let (child, url) = spawn_bin(bin, sets, &[]);
+    Target {
+        name: "logstream (before)",
+        urls: vec![url],
+        children: vec![child],
+    }
+}
+
+/// A transport floor of `../shared/peers/floor` (built there with `cargo build --release` on
+/// first use): the same fan-out and nothing else.
+fn start_floor(name: &'static str) -> Target {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/floor");
+    let bin = dir.join("target/release").join(name);
+    if !bin.exists() {
+        let ok = Command::new("cargo")
+            .args(["build", "--release"])
+            .current_dir(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "building the floors in {}", dir.display());
+    }
+    let port = free_port();
+    let child = Command::new(&bin)
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let url = format!("http://127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Target {
+        name,
+        urls: vec![url],
+        children: vec![child],
+    }
+}
+
 /// Two logstream instances sharing one redis-server; clients and ingest alternate between
 /// them. CPU and memory include Redis.
 fn start_logstream_redis(sets: &[String]) -> Target {
@@ -237,6 +289,8 @@ fn spawn_bin(bin: &str, sets: &[String], env: &[(&str, &str)]) -> (Child, String
         .env("LOGSTREAM_JWT_SECRET", SECRET)
         .env("LOGSTREAM_API_KEY", API_KEY)
         .env("LOGSTREAM_MAX_CONNECTIONS_PER_USER", "100000")
+        // The load generator is one address opening thousands of connections at once.
+        .env("LOGSTREAM_MAX_UNAUTHENTICATED_PER_IP", "100000")
         .env("RUST_LOG", "warn")
         .env("LOGSTREAM_DATA_DIR", "")
         .stdout(Stdio::piped())
@@ -526,7 +580,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-async fn measure(target: &Target, a: &Args) -> String {
+/// One row of the table (without its last column), and the server CPU per delivered log in µs.
+async fn measure(target: &Target, a: &Args) -> (String, f64) {
     let pids = target.pids();
     let cpu_all = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let rss_all = || pids.iter().map(|p| rss_kb(*p)).sum::<u64>();
@@ -654,18 +709,20 @@ async fn measure(target: &Target, a: &Args) -> String {
     } else {
         "n/a".into()
     };
-    format!(
+    let cpu_us = cpu / delivered.max(1) as f64 * 1e6;
+    let row = format!(
         "| {} | {:.0} | {:.0} | {:.2} µs | {router_part} | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
         target.name,
         offered_n as f64 / elapsed,
         delivered as f64 / elapsed,
-        cpu / delivered.max(1) as f64 * 1e6,
+        cpu_us,
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
         per_client_kb,
         rss_connected as f64 / 1024.0,
         rss_end as f64 / 1024.0,
-    )
+    );
+    (row, cpu_us)
 }
 
 fn main() {
@@ -684,22 +741,31 @@ fn main() {
         a.clients, a.devices, a.rate, a.seconds, a.mode
     );
     println!(
-        "| server | logs in /s | deliveries /s | server CPU per delivered log | of which router thread | p50 / p99 latency | RSS per connection | RSS connected / at end |"
+        "| server | logs in /s | deliveries /s | server CPU per delivered log | of which router thread | p50 / p99 latency | RSS per connection | RSS connected / at end | CPU vs floor |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut floor: Option<f64> = None;
     let targets: Vec<&str> = match a.target.as_str() {
         "both" => vec!["logstream", "node"],
+        "floors" => vec!["floor-tungstenite", "floor-socketioxide", "logstream"],
         t => t.split(',').collect(),
     };
     for t in targets {
         let target = match t {
             "node" => start_node(),
+            "floor-socketioxide" => start_floor("floor-socketioxide"),
+            "floor-tungstenite" => start_floor("floor-tungstenite"),
+            "logstream-before" => start_logstream_before(&a.sets),
             "logstream-redis" => start_logstream_redis(&a.sets),
             "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
             _ => start_logstream(&a.sets),
         };
-        let row = rt.block_on(measure(&target, &a));
-        println!("{row}");
+        let (row, cpu_us) = rt.block_on(measure(&target, &a));
+        if floor.is_none() && t.starts_with("floor") {
+            floor = Some(cpu_us);
+        }
+        let ratio = floor.map_or("n/a".to_owned(), |f| format!("{:.2}×", cpu_us / f));
+        println!("{row} {ratio} |");
         drop(target);
         std::thread::sleep(Duration::from_secs(1));
     }

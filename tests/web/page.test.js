@@ -8,7 +8,7 @@ const assert = require('node:assert');
 const path = require('node:path');
 const fs = require('node:fs');
 const { chromium } = require('playwright-core');
-const { startServer, token } = require('../js/harness');
+const { startServer, token, ADMIN_KEY } = require('../js/harness');
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const SHOTS = process.env.SCREENSHOT_DIR || path.join(__dirname, '..', '..', 'target', 'tmp', 'page-test');
@@ -106,6 +106,19 @@ test('the live-tail page, end to end', async (t) => {
   assert.strictEqual(detail.attempt, 2);
   await page.fill('#v-highlight', 'valve \\d');
   await page.waitForFunction(() => document.querySelector('#rows mark')?.textContent === 'valve 7');
+
+  // The server drops the connection; logs arrive meanwhile; the page reconnects and resumes
+  // from its last offset: they are shown, once.
+  const conns = await (await fetch(`${server.url}/api/ws/connections`, { headers: { 'x-api-key': ADMIN_KEY } })).json();
+  const id = (conns.data.connections || conns.data)[0].id;
+  const del = await fetch(`${server.url}/api/ws/connections/${id}`, { method: 'DELETE', headers: { 'x-api-key': ADMIN_KEY } });
+  assert.strictEqual(del.status, 200);
+  await server.ingest([{ deviceId: 'pump-9', level: 'INFO', message: 'while away 1' }, { deviceId: 'pump-9', level: 'INFO', message: 'while away 2' }]);
+  await page.waitForFunction(() => /reconnected; 2 missed logs replayed/.test(document.querySelector('#notices').textContent), null, { timeout: 15000 });
+  await page.waitForSelector('#status[data-state=live]');
+  const after = await messages(page);
+  assert.deepStrictEqual(after.slice(-2), ['while away 1', 'while away 2']);
+  assert.strictEqual(after.filter((m) => m === 'valve 7 opened').length, 1, 'nothing twice');
 
   fs.mkdirSync(SHOTS, { recursive: true });
   const shot = path.join(SHOTS, 'page.png');
