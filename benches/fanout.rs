@@ -581,7 +581,7 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// One row of the table (without its last column), and the server CPU per delivered log in µs.
-async fn measure(target: &Target, a: &Args) -> (String, f64) {
+async fn measure(target: &Target, a: &Args) -> Result<(String, f64), String> {
     let pids = target.pids();
     let cpu_all = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let rss_all = || pids.iter().map(|p| rss_kb(*p)).sum::<u64>();
@@ -615,10 +615,14 @@ async fn measure(target: &Target, a: &Args) -> (String, f64) {
         {
             let stages = tally.stages.lock().unwrap();
             let stuck: Vec<_> = stages.iter().filter(|(_, s)| **s != "subscribed").collect();
-            panic!(
+            for c in &clients {
+                c.abort();
+            }
+            // One server that cannot take the load does not end the run for the others.
+            return Err(format!(
                 "only {i} of {} clients subscribed within 60 s; stuck: {stuck:?}",
                 a.clients
-            );
+            ));
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -722,7 +726,7 @@ async fn measure(target: &Target, a: &Args) -> (String, f64) {
         rss_connected as f64 / 1024.0,
         rss_end as f64 / 1024.0,
     );
-    (row, cpu_us)
+    Ok((row, cpu_us))
 }
 
 fn main() {
@@ -760,7 +764,15 @@ fn main() {
             "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
             _ => start_logstream(&a.sets),
         };
-        let (row, cpu_us) = rt.block_on(measure(&target, &a));
+        let (row, cpu_us) = match rt.block_on(measure(&target, &a)) {
+            Ok(measured) => measured,
+            Err(why) => {
+                println!("| {} | did not complete: {why} |", target.name);
+                drop(target);
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
         if floor.is_none() && t.starts_with("floor") {
             floor = Some(cpu_us);
         }

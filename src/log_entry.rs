@@ -445,6 +445,26 @@ mod tests {
     }
 
     #[test]
+    fn numbers_read_back_exactly_after_a_trip_through_the_bus() {
+        // Found by the log_entry fuzzer: without serde_json's `float_roundtrip`, reading a
+        // record's own JSON again (what every Redis stream reader does) could move a number by
+        // one unit in its last digit.
+        for text in [
+            r#"{"deviceId":"d","message":"m","x":984888888888888888822}"#,
+            r#"{"deviceId":"d","message":"m","x":9.848888888888889e20}"#,
+            r#"{"deviceId":"d","message":"m","x":0.30000000000000004}"#,
+        ] {
+            let first = LogRecord::from_value(serde_json::from_str(text).unwrap()).unwrap();
+            let again: Value = serde_json::from_str(first.json.get()).unwrap();
+            let second = LogRecord::from_value(again).unwrap();
+            assert_eq!(first.json.get(), second.json.get(), "{text}");
+            let given: Value = serde_json::from_str(text).unwrap();
+            let read: Value = serde_json::from_str(first.json.get()).unwrap();
+            assert_eq!(given["x"], read["x"], "{text}");
+        }
+    }
+
+    #[test]
     fn epoch_millisecond_timestamps_become_rfc3339() {
         let r = LogRecord::from_value(
             json!({"deviceId": "d", "message": "m", "timestamp": 1_735_898_400_123_i64}),

@@ -5,6 +5,7 @@ use logstream::log_entry::{
     Level, LogRecord, MAX_DEVICE_ID_LEN, MAX_ID_LEN, MAX_TAG_LEN, MAX_TAGS,
 };
 use serde_json::{Map, Value};
+use std::sync::OnceLock;
 
 /// The fields `LogRecord::from_value` consumes; everything else passes through.
 pub const KNOWN_FIELDS: [&str; 6] = ["id", "deviceId", "timestamp", "level", "message", "tags"];
@@ -22,6 +23,45 @@ pub fn id_from_message(payload: &[u8], index: usize) -> String {
     uuid::Builder::from_custom_bytes(bytes)
         .into_uuid()
         .to_string()
+}
+
+/// Whether floats must survive a JSON round trip exactly (`LOGSTREAM_FUZZ_STRICT_FLOATS=1`).
+/// Off by default: serde_json without its `float_roundtrip` feature (as logstream builds it)
+/// may parse a float 1 ULP off, so a pass-through float can change on each re-read (finding
+/// log_entry-1 in README.md). Set it to reproduce that finding.
+pub fn strict_floats() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("LOGSTREAM_FUZZ_STRICT_FLOATS").is_some())
+}
+
+/// JSON equality, except that two floats a few ULPs apart count as equal (unless
+/// [`strict_floats`]). Integers, strings, keys and structure must match exactly.
+pub fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() && !strict_floats() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y
+                || (x.is_sign_negative() == y.is_sign_negative()
+                    && x.to_bits().abs_diff(y.to_bits()) <= 4)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// [`same_json`] of two JSON texts.
+pub fn same_json_text(a: &str, b: &str) -> bool {
+    a == b
+        || same_json(
+            &serde_json::from_str(a).expect("JSON text"),
+            &serde_json::from_str(b).expect("JSON text"),
+        )
 }
 
 /// What `log_entry.rs` promises of an accepted record, on its own.
@@ -85,8 +125,18 @@ pub fn check_record(r: &LogRecord) {
     assert_eq!(again.level, r.level);
     assert_eq!(again.message, r.message);
     assert_eq!(again.tags, r.tags);
-    assert_eq!(again.extra_json, r.extra_json, "pass-through fields change on re-read");
-    assert_eq!(again.json.get(), r.json.get(), "record JSON changes on re-read");
+    assert!(
+        same_json_text(&again.extra_json, &r.extra_json),
+        "pass-through fields change on re-read:\n  {}\n  {}",
+        r.extra_json,
+        again.extra_json
+    );
+    assert!(
+        same_json_text(again.json.get(), r.json.get()),
+        "record JSON changes on re-read:\n  {}\n  {}",
+        r.json.get(),
+        again.json.get()
+    );
 }
 
 /// [`check_record`], plus what an accepted record keeps of the object it came from.
@@ -123,5 +173,8 @@ pub fn check_record_against_input(r: &LogRecord, input: &Map<String, Value>, def
         .filter(|(k, _)| !KNOWN_FIELDS.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    assert_eq!(extra, passed, "pass-through fields are not kept as given");
+    assert!(
+        same_json(&Value::Object(extra.clone()), &Value::Object(passed.clone())),
+        "pass-through fields are not kept as given:\n  {passed:?}\n  {extra:?}"
+    );
 }
