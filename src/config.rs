@@ -86,8 +86,8 @@ pub struct Config {
     /// Bytes queued for one socket (sent to it, not yet written to the network) before a slow
     /// client's overflow is dropped and reported (with `socket_queue`, whichever is hit first).
     pub socket_queue_bytes: usize,
-    /// Bytes queued for all clients of this instance together (socket queues and pause
-    /// buffers); past it, logs for any client are dropped as `slow_consumer` / `pause_overflow`.
+    /// Bytes queued in the socket queues of all clients of this instance together; past it,
+    /// logs for any client are dropped as `slow_consumer`.
     pub max_queued_bytes: usize,
     /// A client that stays over its socket queue bound this long is disconnected.
     pub slow_consumer_timeout_ms: u64,
@@ -96,6 +96,8 @@ pub struct Config {
     pub max_unauthenticated_per_ip: usize,
     /// Bytes a Socket.IO connection may send before it has authenticated; more closes it.
     pub max_unauthenticated_bytes: usize,
+    /// A connection that has not authenticated within this time is closed.
+    pub unauthenticated_timeout_ms: u64,
 
     /// Most logs in one evaluation batch and in one `log:batch` message.
     pub batch_max_logs: usize,
@@ -203,6 +205,7 @@ impl Default for Config {
             slow_consumer_timeout_ms: 10_000,
             max_unauthenticated_per_ip: 64,
             max_unauthenticated_bytes: 64 << 10,
+            unauthenticated_timeout_ms: 30_000,
             batch_max_logs: 50,
             batch_max_delay_ms: 100,
             ingest_queue: 1024,
@@ -351,7 +354,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 26] = [
+        let positive: [(&str, u64); 27] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -373,6 +376,10 @@ impl Config {
             (
                 "max_unauthenticated_bytes",
                 self.max_unauthenticated_bytes as u64,
+            ),
+            (
+                "unauthenticated_timeout_ms",
+                self.unauthenticated_timeout_ms,
             ),
             ("batch_max_logs", self.batch_max_logs as u64),
             ("ingest_queue", self.ingest_queue as u64),

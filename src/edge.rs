@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
 use futures_util::task::AtomicWaker;
 use socketioxide::SocketIo;
@@ -76,6 +76,9 @@ pub struct Edge {
     max_unauthenticated_per_ip: usize,
     /// What a Socket.IO connection may read before it authenticates.
     socket_read_budget: u64,
+    /// How long a connection may stay without authenticating (HTTP has no timer of its own
+    /// here: without this, a connection that sends nothing would be kept forever).
+    unauthenticated_timeout: Duration,
     refused: AtomicU64,
 }
 
@@ -143,11 +146,16 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Edge {
-    pub fn new(max_unauthenticated_per_ip: usize, socket_read_budget: u64) -> Arc<Edge> {
+    pub fn new(
+        max_unauthenticated_per_ip: usize,
+        socket_read_budget: u64,
+        unauthenticated_timeout: Duration,
+    ) -> Arc<Edge> {
         Arc::new(Edge {
             state: Mutex::default(),
             max_unauthenticated_per_ip,
             socket_read_budget,
+            unauthenticated_timeout,
             refused: AtomicU64::new(0),
         })
     }
@@ -176,6 +184,7 @@ impl Edge {
 
     /// Count a new connection from `ip`; `false` when it is one too many.
     fn admit(&self, ip: IpAddr) -> bool {
+        let ip = address_block(ip);
         let mut state = self.lock();
         let count = state.unauthenticated.entry(ip).or_default();
         if *count >= self.max_unauthenticated_per_ip {
@@ -195,6 +204,7 @@ impl Edge {
     }
 
     fn release_unauthenticated(&self, ip: IpAddr) {
+        let ip = address_block(ip);
         let mut state = self.lock();
         if let Some(count) = state.unauthenticated.get_mut(&ip) {
             *count -= 1;
@@ -202,6 +212,18 @@ impl Edge {
                 state.unauthenticated.remove(&ip);
             }
         }
+    }
+}
+
+/// What one client is counted as: its IPv4 address, or its IPv6 /64 (one host usually holds a
+/// whole /64); an IPv4-mapped IPv6 address counts as the IPv4 one.
+fn address_block(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -248,6 +270,7 @@ impl Listener for EdgeListener {
                 MeteredStream {
                     inner: stream,
                     conn: conn.clone(),
+                    deadline: Box::pin(tokio::time::sleep(self.edge.unauthenticated_timeout)),
                 },
                 Peer { addr, conn },
             );
@@ -281,12 +304,19 @@ impl Connected<IncomingStream<'_, EdgeListener>> for Peer {
 pub struct MeteredStream {
     inner: TcpStream,
     conn: Arc<Conn>,
+    /// Until it authenticates, the connection is closed at this deadline.
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl MeteredStream {
-    /// Whether the meter of the socket carried was closed; registers the task to be woken
-    /// when it is.
-    fn closed(&self, cx: &Context<'_>, reading: bool) -> bool {
+    /// Whether the meter of the socket carried was closed, or the connection is still
+    /// unauthenticated at its deadline; registers the task to be woken for either.
+    fn closed(&mut self, cx: &mut Context<'_>, reading: bool) -> bool {
+        if !self.conn.authenticated.load(Ordering::Relaxed)
+            && self.deadline.as_mut().poll(cx).is_ready()
+        {
+            return true;
+        }
         let Some(meter) = self.conn.meter.get() else {
             return false;
         };
@@ -318,11 +348,11 @@ impl AsyncRead for MeteredStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.closed(cx, true) {
+        let this = self.get_mut();
+        if this.closed(cx, true) {
             return Poll::Ready(Err(cut()));
         }
         let before = buf.filled().len();
-        let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result
             && !this.conn.read_allowed(buf.filled().len() - before)
@@ -340,10 +370,10 @@ impl AsyncWrite for MeteredStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.closed(cx, false) {
+        let this = self.get_mut();
+        if this.closed(cx, false) {
             return Poll::Ready(Err(cut()));
         }
-        let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let (Poll::Ready(Ok(n)), Some(meter)) = (&result, this.conn.meter.get()) {
             meter.add(*n);
@@ -356,10 +386,10 @@ impl AsyncWrite for MeteredStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.closed(cx, false) {
+        let this = self.get_mut();
+        if this.closed(cx, false) {
             return Poll::Ready(Err(cut()));
         }
-        let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if let (Poll::Ready(Ok(n)), Some(meter)) = (&result, this.conn.meter.get()) {
             meter.add(*n);
@@ -405,10 +435,22 @@ pub async fn track(
             })
         };
         let sid = param("sid").and_then(|s| Sid::from_str(s).ok());
+        // Only the socket's own address may speak for it (a socket id is no credential).
+        let own = |s: &socketioxide::extract::SocketRef| {
+            s.req_parts()
+                .extensions
+                .get::<ConnectInfo<Peer>>()
+                .is_some_and(|ConnectInfo(p)| p.addr.ip() == peer.addr.ip())
+        };
         if let Some(sid) = sid
-            && io.get_socket(sid).is_some()
+            && io.get_socket(sid).is_some_and(|s| own(&s))
             && let Some(meter) = edge.existing_meter(sid)
         {
+            if meter.is_closed() {
+                // Cut for staying over its queue bound: a long-polling client gets no more
+                // polls, and the heartbeat ends the socket.
+                return axum::http::StatusCode::GONE.into_response();
+            }
             peer.conn.authenticate();
             match param("transport") {
                 Some("websocket") => peer.conn.carry(meter),
@@ -463,7 +505,12 @@ mod tests {
 
     #[test]
     fn unauthenticated_connections_are_counted_per_ip_and_released() {
-        let edge = Edge::new(2, 1 << 16);
+        let edge = Edge::new(2, 1 << 16, Duration::from_secs(30));
+        let v6a: IpAddr = "2001:db8::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8::2".parse().unwrap();
+        assert_eq!(address_block(v6a), address_block(v6b), "one /64");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(address_block(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(edge.admit(ip));

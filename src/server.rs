@@ -120,6 +120,7 @@ pub async fn start(
     let edge = crate::edge::Edge::new(
         config.max_unauthenticated_per_ip,
         config.max_unauthenticated_bytes as u64,
+        Duration::from_millis(config.unauthenticated_timeout_ms),
     );
     let (router, router_thread) = router::spawn(
         registry,

@@ -21,8 +21,8 @@ pub struct Metrics {
     pub dropped_plugin_failed: AtomicU64,
     /// Clients cut for staying over their queue bound (`slow_consumer_timeout_ms`).
     pub slow_disconnects: AtomicU64,
-    /// Bytes queued for all clients (socket queues, a lower bound, plus pause buffers), as
-    /// each client last accounted them; held under `max_queued_bytes`.
+    /// Bytes queued in all clients' socket queues (a lower bound), as each client last
+    /// accounted them; held under `max_queued_bytes`.
     pub queued_bytes: AtomicU64,
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,

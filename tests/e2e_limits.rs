@@ -387,3 +387,31 @@ async fn a_connection_that_sends_too_much_before_authenticating_is_closed() {
     let mut c = server.client("fine").await;
     c.subscribe(json!({})).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_authenticates_is_closed_in_time() {
+    let server = Server::builder()
+        .set("unauthenticated_timeout_ms", 500)
+        .set("max_unauthenticated_per_ip", 2)
+        .start();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    // Two connections that say nothing take the address's whole allowance...
+    let mut silent: Vec<tokio::net::TcpStream> = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // ...until the deadline closes them.
+    for s in &mut silent {
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("closed by the deadline, not left open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // Room again; an authenticated client stays past the deadline.
+    let mut c = server.client("patient").await;
+    c.subscribe(json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server.ingest(log("d", "INFO", "still connected")).await;
+    assert_eq!(c.logs(1, T).await[0]["message"], "still connected");
+}

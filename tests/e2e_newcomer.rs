@@ -428,3 +428,29 @@ async fn a_plugin_file_that_changes_kind_leaves_its_old_role() {
         .await;
     assert_eq!(c.logs(1, T).await[0]["message"], "mail me at [email]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_token_is_offered_to_a_loopback_page_only() {
+    let server = Server::builder().unconfigured().start();
+    let (status, body) = server.get("/api/dev/token", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["data"]["token"].as_str().unwrap().to_owned();
+    // It is a working client token.
+    let mut c = common::TestClient::connect(&server.url, Some(&token))
+        .await
+        .expect("the development token connects");
+    c.subscribe(json!({})).await;
+    // Through a proxy (the peer is loopback for every visitor) or for another Host: nothing.
+    for headers in [
+        [("x-forwarded-for", "203.0.113.9")],
+        [("forwarded", "for=203.0.113.9")],
+        [("host", "evil.example:3000")],
+    ] {
+        let (status, _) = server.get("/api/dev/token", &headers).await;
+        assert_eq!(status, 404, "{headers:?}");
+    }
+    // With configured keys there is no development token at all.
+    let configured = Server::start();
+    let (status, _) = configured.get("/api/dev/token", &[]).await;
+    assert_eq!(status, 404);
+}

@@ -20,7 +20,13 @@ class Sio {
       if (t === '2') { ws.send('3'); return; }                          // ping → pong
       if (t[0] === '0') { ws.send('40' + JSON.stringify(this.auth())); return; } // open
       if (t.startsWith('40')) { this.on.connect(); return; }
-      if (t.startsWith('44')) { let msg = t.slice(2); try { msg = JSON.parse(msg).message; } catch (_) {} this.refused = true; this.on.refused(msg); return; }
+      if (t.startsWith('44')) {
+        let msg = t.slice(2); try { msg = JSON.parse(msg).message; } catch (_) {}
+        // Only a refused token ends the session; "busy" or a connection limit is retried.
+        this.refused = /auth|token|expired|signature|malformed/i.test(String(msg));
+        this.on.refused(msg, this.refused);
+        return;
+      }
       if (t.startsWith('41')) { ws.close(); return; }
       if (t.startsWith('42')) {
         let body = t.slice(2).replace(/^\d+/, '');
@@ -60,7 +66,10 @@ function connect() {
   setStatus('connecting');
   const sio = new Sio(() => ({ token: state.token }), {
     connect: () => { state.backoff = 500; setStatus('live', 'connected'); subscribe(true); },
-    refused: (msg) => { signOut(`the server refused the token: ${msg}`); },
+    refused: (msg, final) => {
+      if (final) signOut(`the server refused the token: ${msg}`);
+      else notice(`the server refused the connection: ${msg}; retrying`, true);
+    },
     close: (final) => {
       state.subscribed = false;
       if (final || state.sio !== sio) return;
@@ -136,8 +145,9 @@ function onEvent(name, args) {
     }
     case 'device:status': {
       const s = args[0] || {};
-      state.devices.set(s.deviceId, s.status);
-      renderDevices();
+      // Bounded: a flood of device ids cannot grow the panel without end.
+      if (state.devices.has(s.deviceId) || state.devices.size < 2000) state.devices.set(s.deviceId, s.status);
+      if (!state.devicesFrame) state.devicesFrame = requestAnimationFrame(() => { state.devicesFrame = 0; renderDevices(); });
       break;
     }
     case 'system:stats': {
@@ -155,7 +165,8 @@ function searchText(log) { return `${log.deviceId} ${log.level} ${log.message}`.
 
 function push(entry) {
   state.entries.push(entry);
-  if (state.entries.length > MAX_ENTRIES) {
+  // Trimmed a tenth at a time, so that a full buffer costs O(1) per log on average.
+  if (state.entries.length > MAX_ENTRIES + MAX_ENTRIES / 10) {
     const cut = state.entries.length - MAX_ENTRIES;
     state.entries.splice(0, cut);
     state.dropped += cut;
@@ -248,7 +259,7 @@ function row(i) {
   const entry = state.entries[i];
   const div = document.createElement('div');
   div.className = 'r' + (i === state.selected ? ' sel' : '') + (entry.kind === 'note' ? ' note' : '');
-  div.dataset.index = String(i);
+  div.dataset.index = String(i + state.dropped); // stays right when the buffer is trimmed
   if (entry.kind === 'note') {
     div.append(cell('t', ''), cell('d', ''), cell('l', '—'), cell('m', entry.text));
     return div;
@@ -379,7 +390,7 @@ $('list').addEventListener('scroll', () => {
 });
 $('list').addEventListener('click', (e) => {
   const r = e.target.closest('.r');
-  if (r) select(parseInt(r.dataset.index, 10));
+  if (r) select(parseInt(r.dataset.index, 10) - state.dropped);
 });
 window.addEventListener('resize', schedule);
 

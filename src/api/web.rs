@@ -26,7 +26,7 @@ const SCRIPT: &str = include_str!("../../web/app.js");
 const STYLE: &str = include_str!("../../web/style.css");
 
 /// Only our own scripts and styles, and connections back to this server.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {
     let mut response = body.into_response();
@@ -69,7 +69,7 @@ fn loopback_host(host: &str) -> bool {
     name == "localhost"
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// `GET /api/dev/token`: a development token, for a page on loopback in development mode.
@@ -82,7 +82,12 @@ pub async fn dev_token(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    if !app.dev_tokens || !peer.ip().is_loopback() || !loopback_host(host) {
+    // Through a proxy the peer is loopback for everyone: a forwarded request gets nothing.
+    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    if !app.dev_tokens || proxied || !peer.ip().to_canonical().is_loopback() || !loopback_host(host)
+    {
         return Err(AppError::new(
             StatusCode::NOT_FOUND,
             Code::NotFound,

@@ -152,13 +152,22 @@ async fn follow(
         let mut offset: u64 = 0;
         loop {
             let mut chunk = Vec::new();
-            let n = reader
+            // At most a line's worth per read, so a file without newlines is read in pieces.
+            let n = (&mut reader)
+                .take(MAX_LINE as u64 + 1)
                 .read_until(b'\n', &mut chunk)
                 .await
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
             if n > 0 {
                 offset += n as u64;
-                pending.extend_from_slice(&chunk);
+                // A line longer than MAX_LINE is cut there (the rest up to its newline is
+                // skipped): a file without newlines cannot grow this buffer without bound.
+                let room = (MAX_LINE + 1).saturating_sub(pending.len());
+                let keep = chunk.len().min(room);
+                pending.extend_from_slice(&chunk[..keep]);
+                if keep < chunk.len() && chunk.ends_with(b"\n") {
+                    pending.push(b'\n');
+                }
                 if pending.ends_with(b"\n") {
                     let line = String::from_utf8_lossy(&pending)
                         .trim_end_matches(['\n', '\r'])
@@ -338,7 +347,7 @@ async fn post_until_landed(
                     "the server refused the key: {text}"
                 )));
             }
-            Ok(r) if r.status().as_u16() == 503 || r.status().as_u16() == 429 => {
+            Ok(r) if matches!(r.status().as_u16(), 503 | 429 | 409) => {
                 format!("server busy ({})", r.status())
             }
             Ok(r) => {

@@ -78,19 +78,25 @@ impl SioClient {
             .send(format!("40{auth}"))
             .await
             .map_err(ConnectError::Transport)?;
-        loop {
-            let t = client.text().await?;
-            if t.starts_with("40") {
-                return Ok(client);
+        let answer = async {
+            loop {
+                let t = client.text().await?;
+                if t.starts_with("40") {
+                    return Ok(());
+                }
+                if let Some(rest) = t.strip_prefix("44") {
+                    let message = serde_json::from_str::<Value>(rest)
+                        .ok()
+                        .and_then(|v| v["message"].as_str().map(str::to_owned))
+                        .unwrap_or_else(|| rest.to_owned());
+                    return Err(ConnectError::Refused(message));
+                }
             }
-            if let Some(rest) = t.strip_prefix("44") {
-                let message = serde_json::from_str::<Value>(rest)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| rest.to_owned());
-                return Err(ConnectError::Refused(message));
-            }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .map_err(|_| ConnectError::Transport("no answer to the handshake".into()))??;
+        Ok(client)
     }
 
     async fn send(&mut self, text: String) -> Result<(), String> {

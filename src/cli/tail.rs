@@ -219,10 +219,16 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                         if !subscribed {
                             client.close().await;
                             return Err(TailError::Fatal(format!(
-                                "subscription refused [{code}]: {message}"
+                                "subscription refused [{}]: {}",
+                                printable(code),
+                                printable(message)
                             )));
                         }
-                        eprintln!("logstream tail: error [{code}]: {message}");
+                        eprintln!(
+                            "logstream tail: error [{}]: {}",
+                            printable(code),
+                            printable(message)
+                        );
                     }
                     "auth:expired" => {
                         eprintln!(
@@ -278,9 +284,23 @@ impl Printer {
     }
 }
 
+/// `text` safe for a terminal: control characters (escape sequences, carriage returns, a
+/// newline that would forge another line) are shown as `\u{…}` escapes; tabs stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// One log as printed (no trailing newline).
 pub fn format_line(entry: &Value, output: Output, color: bool, timestamps: bool) -> String {
-    let text = |key: &str| entry[key].as_str().unwrap_or("").to_owned();
+    let text = |key: &str| printable(entry[key].as_str().unwrap_or(""));
     match output {
         Output::Json => entry.to_string(),
         Output::Raw => text("message"),
@@ -362,6 +382,15 @@ mod tests {
         );
         o.devices = vec!["a".into()];
         assert!(o.subscription().is_err(), "-d with --filter is refused");
+    }
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        let e = json!({ "deviceId": "d\u{1b}]52;c;ZXZpbA==\u{7}", "level": "INFO", "message": "ok\nd2 ERROR forged\r" });
+        let line = format_line(&e, Output::Text, false, false);
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(line.contains("\\u{a}"), "{line:?}");
+        assert!(!format_line(&e, Output::Raw, false, false).contains('\n'));
     }
 
     #[test]

@@ -321,7 +321,6 @@ impl Client {
             if overflow == 0
                 && self.held.len() < self.limits.pause_buffer
                 && self.held_bytes + size <= self.limits.pause_buffer_bytes
-                && self.instance_has_room(size)
             {
                 self.held_bytes += size;
                 self.held.push_back(log);
@@ -363,9 +362,12 @@ impl Client {
             <= self.limits.max_queued_bytes as u64
     }
 
-    /// Bring this client's share of `Metrics::queued_bytes` up to date.
+    /// Bring this client's share of `Metrics::queued_bytes` up to date: its socket queue,
+    /// where every packet is this client's own copy. (Held logs are records shared with
+    /// history and every other client: bounded per client by `pause_buffer_bytes`, they
+    /// would overstate memory here, and let paused sockets fill the instance's bound.)
     pub fn account(&mut self) {
-        let now = self.queued_bytes() + self.held_bytes as u64;
+        let now = self.queued_bytes();
         if now >= self.accounted {
             self.metrics
                 .queued_bytes

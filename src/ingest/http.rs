@@ -136,24 +136,38 @@ pub async fn post_logs(
     }
     let n = records.len();
     let _permit = app.ingest_permit().map_err(|e| refused(&app, e, n))?;
+    // Claimed before publishing; released if this request ends any other way than a landed
+    // publish (including the client going away mid-request).
+    let mut pending = None;
     if let Some(key) = &idempotency_key {
-        let claim = app
+        let (claim, guard) = app
             .idempotency
             .claim(&app.bus, &who.name, key)
             .await
             .map_err(|e| refused(&app, crate::bus::PublishError::Unavailable(e), n))?;
-        if claim == Claim::Duplicate {
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "success": true, "accepted": n, "duplicate": true })),
-            ));
+        match claim {
+            Claim::New => pending = guard,
+            Claim::Duplicate => {
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "success": true, "accepted": n, "duplicate": true })),
+                ));
+            }
+            Claim::InFlight => {
+                return Err(AppError::new(
+                    StatusCode::CONFLICT,
+                    Code::Overloaded,
+                    "a request with this Idempotency-Key is being published; retry in a moment",
+                ));
+            }
         }
     }
-    if let Err(e) = app.bus.publish_logs(records).await {
-        if let Some(key) = &idempotency_key {
-            app.idempotency.release(&app.bus, &who.name, key).await;
-        }
-        return Err(refused(&app, e, n));
+    app.bus
+        .publish_logs(records)
+        .await
+        .map_err(|e| refused(&app, e, n))?;
+    if let Some(pending) = pending {
+        pending.commit();
     }
     app.metrics
         .ingested_http

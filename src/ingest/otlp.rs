@@ -86,6 +86,10 @@ pub struct Mapping<'a> {
     pub tags_attribute: &'a str,
 }
 
+/// A resource's attributes are copied into each of its records as `resource`; past this size
+/// they are left out (one request must not multiply into many copies of a large resource).
+const MAX_RESOURCE_JSON: usize = 8 << 10;
+
 /// Names a pass-through attribute may not take as is.
 const CORE_FIELDS: [&str; 6] = ["id", "deviceId", "timestamp", "level", "message", "tags"];
 
@@ -129,7 +133,9 @@ pub async fn post_logs(
         device_attributes: &app.config.otlp_device_attributes,
         tags_attribute: &app.config.otlp_tags_attribute,
     };
-    let (records, rejected, first_error) = map_request(request, &mapping, &who);
+    // What the accepted entries may weigh together, whatever the records share.
+    let budget = app.config.max_body_bytes.saturating_mul(4);
+    let (records, rejected, first_error) = map_request(request, &mapping, &who, budget);
     if rejected > 0 {
         tracing::info!(target: "audit", key = %who.name, %peer, rejected, error = first_error.as_deref().unwrap_or(""), "OTLP records rejected");
     }
@@ -166,8 +172,10 @@ fn map_request(
     request: ExportLogsServiceRequest,
     mapping: &Mapping,
     who: &Ingester,
+    budget: usize,
 ) -> (Vec<Arc<LogRecord>>, usize, Option<String>) {
     let mut records = Vec::new();
+    let mut weight = 0usize;
     let mut rejected = 0usize;
     let mut first_error = None;
     let mut reject = |why: String| {
@@ -187,7 +195,12 @@ fn map_request(
                 _ => None,
             })
         });
-        let resource_json = attributes_json(&resource);
+        let mut resource_json = attributes_json(&resource);
+        if resource_json.to_string().len() > MAX_RESOURCE_JSON {
+            resource_json = Value::String(format!(
+                "(resource attributes over {MAX_RESOURCE_JSON} bytes, left out)"
+            ));
+        }
         for scope_logs in resource_logs.scope_logs {
             for record in scope_logs.log_records {
                 if records.len() >= MAX_ENTRIES_PER_REQUEST {
@@ -212,9 +225,18 @@ fn map_request(
                     ));
                     continue;
                 }
+                if weight > budget {
+                    reject(format!(
+                        "the request's entries weigh more than {budget} bytes (4 × max_body_bytes)"
+                    ));
+                    continue;
+                }
                 let entry = map_record(record, device, &resource_json, mapping);
                 match LogRecord::from_value(entry) {
-                    Ok(r) => records.push(Arc::new(r)),
+                    Ok(r) => {
+                        weight += r.json.get().len() + r.extra_json.len();
+                        records.push(Arc::new(r));
+                    }
                     Err(e) => reject(e.to_string()),
                 }
             }
@@ -279,7 +301,7 @@ fn map_record(record: OtlpRecord, device: &str, resource: &Value, mapping: &Mapp
     if !record.event_name.is_empty() {
         entry.insert("eventName".into(), Value::String(record.event_name));
     }
-    if resource.as_object().is_some_and(|o| !o.is_empty()) {
+    if !resource.as_object().is_some_and(|o| o.is_empty()) {
         entry.insert("resource".into(), resource.clone());
     }
     Value::Object(entry)
@@ -411,7 +433,7 @@ mod tests {
             ],
             vec![record],
         );
-        let (records, rejected, _) = map_request(req, &mapping(&names), &anyone());
+        let (records, rejected, _) = map_request(req, &mapping(&names), &anyone(), usize::MAX);
         assert_eq!(rejected, 0);
         let v: Value = serde_json::from_str(records[0].json.get()).unwrap();
         assert_eq!(v["deviceId"], "host-7", "host.name before service.name");
@@ -422,6 +444,32 @@ mod tests {
         assert_eq!(v["path"], "/var");
         assert_eq!(v["traceId"], "ab".repeat(16));
         assert_eq!(v["resource"]["service.name"], "svc");
+    }
+
+    #[test]
+    fn a_large_resource_shared_by_many_records_does_not_multiply() {
+        let names: Vec<String> = DEFAULTS.iter().map(|s| s.to_string()).collect();
+        let big = "r".repeat(100_000);
+        let records: Vec<OtlpRecord> = (0..1000).map(|_| OtlpRecord::default()).collect();
+        let req = request(
+            vec![
+                kv("device.id", any_value::Value::StringValue("d".into())),
+                kv("blob", any_value::Value::StringValue(big)),
+            ],
+            records,
+        );
+        let budget = 1 << 20;
+        let (records, rejected, _) = map_request(req, &mapping(&names), &anyone(), budget);
+        let weight: usize = records
+            .iter()
+            .map(|r| r.json.get().len() + r.extra_json.len())
+            .sum();
+        assert!(weight <= budget + (64 << 10), "{weight} bytes kept");
+        assert_eq!(records.len() + rejected, 1000);
+        assert!(
+            !records[0].json.get().contains("rrrr"),
+            "the large resource is left out"
+        );
     }
 
     #[test]
@@ -460,7 +508,7 @@ mod tests {
                 crate::auth::Scope::parse(&["plant-a/*".into()]).unwrap(),
             )),
         };
-        let (records, rejected, first) = map_request(req, &mapping(&names), &scoped);
+        let (records, rejected, first) = map_request(req, &mapping(&names), &scoped, usize::MAX);
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].message, "ours");
         assert_eq!(rejected, 2);

@@ -22,7 +22,12 @@ pub struct WasmFilter {
     pre: FilterPluginPre<PluginState>,
     /// Registered params by id, kept to re-register after a restart.
     subs: BTreeMap<RegistrationId, String>,
+    /// When the last triage ran: at most one per `TRIAGE_INTERVAL` (each can cost the router
+    /// thread many call budgets); a failure meanwhile is handled as before triage.
+    last_triage: Option<std::time::Instant>,
 }
+
+const TRIAGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl WasmFilter {
     pub fn new(
@@ -36,6 +41,7 @@ impl WasmFilter {
             guard: Guarded::new(name, runtime, max_failures, stats),
             pre,
             subs: BTreeMap::new(),
+            last_triage: None,
         }
     }
 
@@ -166,6 +172,14 @@ impl FilterEngine for WasmFilter {
         if self.subs.is_empty() || batch.is_empty() {
             return Triage::default();
         }
+        let now = std::time::Instant::now();
+        if self
+            .last_triage
+            .is_some_and(|t| now.duration_since(t) < TRIAGE_INTERVAL)
+        {
+            return Triage::default();
+        }
+        self.last_triage = Some(now);
         let entries = to_wit(batch);
         let (subs, stats) = (&self.subs, &self.guard.stats);
         let keep = |answer: Vec<WitMatches>, out: &mut Vec<Matches>| {

@@ -156,17 +156,23 @@ impl Router {
     /// What `request` costs (bytes of params and chain), if within the caps for one
     /// subscription and for the client's user (its other subscriptions included).
     fn admit_cost(&self, sid: Sid, request: &SubscribeRequest) -> Result<usize, ClientError> {
-        if let Some(until) = self
-            .costly
-            .get(&costly_key(&request.filter, &request.params))
+        let user = self
+            .clients
+            .get(&sid)
+            .map(|c| c.info.user_id.as_str())
+            .unwrap_or_default();
+        if let Some(until) = self.costly.get(&costly_key(user, &request.filter))
             && Instant::now() < *until
         {
             return Err(ClientError::new(
                 Code::SubscriptionTooCostly,
                 format!(
-                    "this subscription made filter `{}` fail recently; try again in {} s, or narrow it",
+                    "a subscription of yours made filter `{}` fail recently; try again in {} s",
                     request.filter,
-                    until.saturating_duration_since(Instant::now()).as_secs().max(1)
+                    until
+                        .saturating_duration_since(Instant::now())
+                        .as_secs()
+                        .max(1)
                 ),
             )
             .for_filter(&request.filter));

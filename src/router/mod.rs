@@ -73,9 +73,10 @@ const OUTBOX_TICK: Duration = Duration::from_millis(5);
 /// How long params whose subscription made a filter fail are refused.
 const COSTLY_COOL_DOWN: Duration = Duration::from_secs(600);
 
-/// What identifies params refused after a failure: the filter and the params' text.
-fn costly_key(filter: &str, params: &serde_json::Value) -> String {
-    format!("{filter}\u{0}{params}")
+/// What is refused after a subscription made a filter fail: that user's subscriptions to
+/// that filter (params varied by a character are not a new chance).
+fn costly_key(user: &str, filter: &str) -> String {
+    format!("{user}\u{0}{filter}")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -445,13 +446,11 @@ impl Router {
         if triage.attributed() {
             let until = Instant::now() + COSTLY_COOL_DOWN;
             for id in &triage.culprits {
-                if let Some((name, params, _)) = self
-                    .registry
-                    .clients(*id)
-                    .first()
-                    .and_then(|sid| self.registry.subscription_of(*sid))
-                {
-                    self.costly.insert(costly_key(&name, &params), until);
+                for sid in self.registry.clients(*id) {
+                    if let Some(client) = self.clients.get(sid) {
+                        self.costly
+                            .insert(costly_key(&client.info.user_id, filter), until);
+                    }
                 }
             }
             let sids = self.registry.end_registrations(&triage.culprits);
@@ -463,7 +462,7 @@ impl Router {
             let error = ClientError::new(
                 Code::SubscriptionTooCostly,
                 format!(
-                    "your subscription made filter `{filter}` fail ({error}); it was ended, and the same params are refused for {} s",
+                    "your subscription made filter `{filter}` fail ({error}); it was ended, and your subscriptions to `{filter}` are refused for {} s",
                     COSTLY_COOL_DOWN.as_secs()
                 ),
             )
