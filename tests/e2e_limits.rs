@@ -52,6 +52,25 @@ async fn raw_client(server: &Server, user: &str) -> Ws {
     ws
 }
 
+/// Wait for `log:subscribed` (a bounded wait: a lost answer fails the test, never hangs it).
+async fn subscribed(ws: &mut Ws) {
+    let mut seen = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let t = next_text(ws).await;
+            if t.contains("log:subscribed") {
+                return;
+            }
+            seen.push(t);
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "no log:subscribed within 20 s; got {seen:?}"
+    );
+}
+
 async fn next_text(ws: &mut Ws) -> String {
     loop {
         match ws.next().await {
@@ -191,7 +210,7 @@ async fn a_client_that_never_reads_is_bounded_in_bytes_then_disconnected() {
         ))
         .await
         .unwrap();
-    while !next_text(&mut stuck).await.contains("log:subscribed") {}
+    subscribed(&mut stuck).await;
     // From here on the raw client reads nothing.
     let mut good = server.client("good").await;
     good.subscribe(json!({ "deviceIds": ["small"] })).await;
@@ -320,7 +339,7 @@ async fn what_all_clients_hold_together_is_bounded_per_instance() {
         ))
         .await
         .unwrap();
-        while !next_text(&mut ws).await.contains("log:subscribed") {}
+        subscribed(&mut ws).await;
         stuck.push(ws);
     }
     let (rss_before, peak_before) = memory(&server);
