@@ -70,6 +70,7 @@ impl Router {
                 request,
                 reply,
             } => {
+                tracing::debug!(%sid, "subscribe reached the router");
                 let replays = request.since.is_some() || request.tail.is_some();
                 // The scope is checked here, where the client's current scope lives (a token
                 // refresh may have just changed it).

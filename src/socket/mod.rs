@@ -343,6 +343,19 @@ fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<Ack
     }
 }
 
+/// Wait (briefly) until socketioxide marks the socket connected. It sends CONNECT first and
+/// sets the flag just after: an event the client sends as soon as it reads CONNECT can be
+/// handled in between, and everything emitted to the socket then is refused as "closed" —
+/// a `log:subscribed` (and the logs after it) silently lost.
+async fn settled(socket: &SocketRef) {
+    for _ in 0..1000 {
+        if socket.connected() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 async fn ask_router<T>(
     socket: &SocketRef,
     app: &AppState,
@@ -369,6 +382,8 @@ async fn on_subscribe(
     ack: AckSender,
     State(app): State<AppState>,
 ) {
+    tracing::debug!(sid = %socket.id, "log:subscribe received");
+    settled(&socket).await;
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
@@ -493,6 +508,7 @@ async fn simple_event(
 }
 
 async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+    settled(&socket).await;
     // An explicit unsubscribe ends the session: nothing to resume.
     end_session(&socket, &app).await;
     let payload = Done {
@@ -504,6 +520,7 @@ async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<App
 }
 
 async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+    settled(&socket).await;
     let payload = Done {
         success: true,
         paused: Some(true),
@@ -513,6 +530,7 @@ async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>
 }
 
 async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+    settled(&socket).await;
     let payload = Done {
         success: true,
         paused: Some(false),
@@ -529,6 +547,7 @@ async fn on_refresh(
     ack: AckSender,
     State(app): State<AppState>,
 ) {
+    settled(&socket).await;
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
@@ -606,6 +625,7 @@ async fn on_unknown(
     ack: AckSender,
     State(app): State<AppState>,
 ) {
+    settled(&socket).await;
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
     };
