@@ -40,16 +40,7 @@ fn outside_scope(who: &Ingester, peer: SocketAddr, field: String, device: &str) 
 
 /// Bodies are JSON, said so: `Content-Type: application/json` (or `…+json`).
 fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
-    let content_type = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let (content_type, essence) = super::media_type(headers);
     if essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
     {

@@ -17,3 +17,19 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/devices/{id}/status", post(http::post_device_status))
         .route("/v1/logs", post(otlp::post_logs))
 }
+
+/// A request's `Content-Type` as given, and its media type alone, lower-cased
+/// (`application/json; charset=utf-8` → `application/json`).
+pub(crate) fn media_type(headers: &axum::http::HeaderMap) -> (&str, String) {
+    let given = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let essence = given
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    (given, essence)
+}

@@ -49,16 +49,7 @@ enum Encoding {
 
 impl Encoding {
     fn of(headers: &HeaderMap) -> Result<Encoding, AppError> {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let (content_type, essence) = super::media_type(headers);
         match essence.as_str() {
             "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
             "application/json" => Ok(Encoding::Json),
