@@ -5,8 +5,12 @@
 //!
 //! `cargo bench --bench fanout -- [--target logstream,logstream-before,logstream-redis,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
 //!   [--mode batch|new] [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10]
-//!   [--replay N] [--set key=value ...]`
+//!   [--replay N] [--set key=value ...] [--headroom]`
 //! `cargo bench --bench fanout -- --history-memory 100000`
+//!
+//! `--headroom`: instead of one rate, climb through rates (2 500 … 120 000 logs/s) and report
+//! each target's highest rate held: ≥ 97% of the offered rate accepted, p99 ≤ 100 ms, and
+//! every accepted log delivered to every client of its device, none reported dropped.
 //!
 //! `--replay N`: before the window, N logs of a device nobody watches are ingested; in the
 //! middle of the window one more client subscribes with `since` an offset just before them,
@@ -16,7 +20,7 @@
 //! previous, pub/sub-only bus) the same way as `logstream-redis`.
 //!
 //! `floor-socketioxide` and `floor-tungstenite` are the transport floors of
-//! `../shared/peers/floor` (built there on first use): the same fan-out and nothing else.
+//! `../shared/peers/floor` (built into `target/floors` on first use): the same fan-out and nothing else.
 //! `logstream-before` runs `LOGSTREAM_BEFORE_BIN`, another build, for before/after rows.
 //! With a floor in the run, each row also shows its CPU per delivery as a ratio to the first
 //! floor measured.
@@ -53,6 +57,8 @@ struct Args {
     replay: usize,
     /// Measure the memory of a history of this many logs instead (0 = no).
     history_memory: usize,
+    /// Find each target's highest sustained ingest rate instead (see [`headroom`]).
+    headroom: bool,
 }
 
 fn parse_args() -> Args {
@@ -66,6 +72,7 @@ fn parse_args() -> Args {
         sets: Vec::new(),
         replay: 0,
         history_memory: 0,
+        headroom: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -81,6 +88,11 @@ fn parse_args() -> Args {
             "--set" => a.sets.push(v),
             "--replay" => a.replay = v.parse().expect("--replay N"),
             "--history-memory" => a.history_memory = v.parse().expect("--history-memory N"),
+            "--headroom" => {
+                a.headroom = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -190,14 +202,17 @@ fn start_logstream_before(sets: &[String]) -> Target {
     }
 }
 
-/// A transport floor of `../shared/peers/floor` (built there with `cargo build --release` on
-/// first use): the same fan-out and nothing else.
+/// A transport floor of `../shared/peers/floor` (built with `cargo build --release` into
+/// `target/floors` on first use): the same fan-out and nothing else.
 fn start_floor(name: &'static str) -> Target {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/floor");
-    let bin = dir.join("target/release").join(name);
+    // Built into this project's target directory: the peers' directory may be read-only.
+    let target_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/floors");
+    let bin = target_dir.join("release").join(name);
     if !bin.exists() {
         let ok = Command::new("cargo")
-            .args(["build", "--release"])
+            .args(["build", "--release", "--locked", "--target-dir"])
+            .arg(&target_dir)
             .current_dir(&dir)
             .status()
             .map(|s| s.success())
@@ -363,6 +378,10 @@ struct Tally {
     /// Handshake progress per client, for diagnosing a client that never gets ready.
     stages: std::sync::Mutex<std::collections::HashMap<String, &'static str>>,
     delivered: AtomicU64,
+    /// Logs received over the whole run (not only the window), and what the server said it
+    /// dropped (`log:dropped` counts): for "nothing lost" in `--headroom`.
+    received_all: AtomicU64,
+    dropped: AtomicU64,
     recording: AtomicBool,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
@@ -425,6 +444,9 @@ async fn run_client(
             let _ = ready.send(()).await;
         } else if text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"") {
             let now = now_us();
+            tally
+                .received_all
+                .fetch_add(sent_stamps(&text).count() as u64, Ordering::Relaxed);
             if tally.recording.load(Ordering::Relaxed) {
                 let mut lat = tally.latencies_us.lock().unwrap();
                 let before = lat.len();
@@ -433,6 +455,12 @@ async fn run_client(
                     .delivered
                     .fetch_add((lat.len() - before) as u64, Ordering::Relaxed);
             }
+        } else if let Some(rest) = text.strip_prefix("42[\"log:dropped\",") {
+            let count = serde_json::from_str::<Value>(rest.trim_end_matches(']'))
+                .ok()
+                .and_then(|d| d["count"].as_u64())
+                .unwrap_or(1);
+            tally.dropped.fetch_add(count, Ordering::Relaxed);
         } else if text.starts_with("42[\"error\"") {
             eprintln!("client {sub}: {text}");
         } else if text.starts_with("44") {
@@ -581,7 +609,22 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 /// One row of the table (without its last column), and the server CPU per delivered log in µs.
-async fn measure(target: &Target, a: &Args) -> Result<(String, f64), String> {
+/// One target's figures under one load.
+struct Measured {
+    /// The table row (without the ratio to the floor).
+    row: String,
+    cpu_us: f64,
+    p99_ms: f64,
+    /// Logs per second the server accepted over the window.
+    accepted_per_s: f64,
+    /// Deliveries expected over the whole run (accepted logs × clients per device) that never
+    /// arrived, after a 2 s grace at the end.
+    missing: u64,
+    /// What the server reported dropped (`log:dropped`).
+    dropped: u64,
+}
+
+async fn measure(target: &Target, a: &Args) -> Result<Measured, String> {
     let pids = target.pids();
     let cpu_all = || pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let rss_all = || pids.iter().map(|p| rss_kb(*p)).sum::<u64>();
@@ -701,6 +744,11 @@ async fn measure(target: &Target, a: &Args) -> Result<(String, f64), String> {
     let rss_end = rss_all();
     stop.store(true, Ordering::Relaxed);
     let _ = poster.await;
+    // Let what is in flight arrive before counting what never did.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let expected = offered.load(Ordering::Relaxed) * (a.clients / a.devices.max(1)) as u64;
+    let missing = expected.saturating_sub(tally.received_all.load(Ordering::Relaxed));
+    let dropped = tally.dropped.load(Ordering::Relaxed);
     let delivered = tally.delivered.load(Ordering::Relaxed);
     for c in &clients {
         c.abort();
@@ -726,7 +774,106 @@ async fn measure(target: &Target, a: &Args) -> Result<(String, f64), String> {
         rss_connected as f64 / 1024.0,
         rss_end as f64 / 1024.0,
     );
-    Ok((row, cpu_us))
+    Ok(Measured {
+        row,
+        cpu_us,
+        p99_ms: percentile(&lat, 0.99),
+        accepted_per_s: offered_n as f64 / elapsed,
+        missing,
+        dropped,
+    })
+}
+
+fn targets(a: &Args) -> Vec<&str> {
+    match a.target.as_str() {
+        "both" => vec!["logstream", "node"],
+        "floors" => vec!["floor-tungstenite", "floor-socketioxide", "logstream"],
+        t => t.split(',').collect(),
+    }
+}
+
+fn start_target(name: &str, a: &Args) -> Target {
+    match name {
+        "node" => start_node(),
+        "floor-socketioxide" => start_floor("floor-socketioxide"),
+        "floor-tungstenite" => start_floor("floor-tungstenite"),
+        "logstream-before" => start_logstream_before(&a.sets),
+        "logstream-redis" => start_logstream_redis(&a.sets),
+        "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
+        _ => start_logstream(&a.sets),
+    }
+}
+
+/// Rates tried by `--headroom`, in logs per second.
+const HEADROOM_RATES: [usize; 10] = [
+    2_500, 5_000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000, 120_000,
+];
+
+/// `--headroom`: for each target, the highest of [`HEADROOM_RATES`] it holds for the window
+/// (each rate on a freshly started server with freshly connected clients): the server
+/// accepts at least 97% of the offered rate, p99 stays ≤ 100 ms, and every accepted log
+/// reaches every client subscribed to its device (nothing missing, nothing reported
+/// dropped). The first rate that fails ends the target's climb.
+fn headroom(rt: &tokio::runtime::Runtime, a: &Args) {
+    println!(
+        "headroom: clients {}, devices {}, mode {}, {} s per rate",
+        a.clients, a.devices, a.mode, a.seconds
+    );
+    println!(
+        "| server | highest rate held (logs/s) | there: deliveries/s, CPU per delivery, p99 | next rate: why it failed |"
+    );
+    println!("| --- | ---: | --- | --- |");
+    for t in targets(a) {
+        let mut held: Option<(usize, String)> = None;
+        let mut failed = "none of the rates tried failed".to_owned();
+        for rate in HEADROOM_RATES {
+            let step = Args {
+                target: t.to_owned(),
+                mode: a.mode.clone(),
+                sets: a.sets.clone(),
+                rate,
+                ..*a
+            };
+            let target = start_target(t, &step);
+            let outcome = rt.block_on(measure(&target, &step));
+            drop(target);
+            std::thread::sleep(Duration::from_secs(1));
+            let m = match outcome {
+                Ok(m) => m,
+                Err(why) => {
+                    failed = format!("{rate}: {why}");
+                    break;
+                }
+            };
+            eprintln!("{t} at {rate} logs/s: {}", m.row);
+            let mut why = Vec::new();
+            if m.accepted_per_s < rate as f64 * 0.97 {
+                why.push(format!("accepted {:.0} logs/s", m.accepted_per_s));
+            }
+            if m.p99_ms > 100.0 {
+                why.push(format!("p99 {:.1} ms", m.p99_ms));
+            }
+            if m.missing > 0 || m.dropped > 0 {
+                why.push(format!(
+                    "{} deliveries missing, {} reported dropped",
+                    m.missing, m.dropped
+                ));
+            }
+            if !why.is_empty() {
+                failed = format!("{rate}: {}", why.join(", "));
+                break;
+            }
+            let deliveries = m.row.split('|').nth(3).unwrap_or("").trim().to_owned();
+            held = Some((
+                rate,
+                format!("{deliveries}, {:.2} µs, {:.1} ms", m.cpu_us, m.p99_ms),
+            ));
+        }
+        let (rate, there) = held.map_or(("below 2500".to_owned(), String::new()), |(r, d)| {
+            (r.to_string(), d)
+        });
+        println!("| {t} | {rate} | {there} | {failed} |");
+    }
 }
 
 fn main() {
@@ -740,6 +887,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if a.headroom {
+        headroom(&rt, &a);
+        return;
+    }
     println!(
         "clients {}, devices {}, offered {} logs/s, window {} s, mode {}",
         a.clients, a.devices, a.rate, a.seconds, a.mode
@@ -749,22 +900,9 @@ fn main() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut floor: Option<f64> = None;
-    let targets: Vec<&str> = match a.target.as_str() {
-        "both" => vec!["logstream", "node"],
-        "floors" => vec!["floor-tungstenite", "floor-socketioxide", "logstream"],
-        t => t.split(',').collect(),
-    };
-    for t in targets {
-        let target = match t {
-            "node" => start_node(),
-            "floor-socketioxide" => start_floor("floor-socketioxide"),
-            "floor-tungstenite" => start_floor("floor-tungstenite"),
-            "logstream-before" => start_logstream_before(&a.sets),
-            "logstream-redis" => start_logstream_redis(&a.sets),
-            "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
-            _ => start_logstream(&a.sets),
-        };
-        let (row, cpu_us) = match rt.block_on(measure(&target, &a)) {
+    for t in targets(&a) {
+        let target = start_target(t, &a);
+        let Measured { row, cpu_us, .. } = match rt.block_on(measure(&target, &a)) {
             Ok(measured) => measured,
             Err(why) => {
                 println!("| {} | did not complete: {why} |", target.name);

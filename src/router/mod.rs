@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod outboxes;
 pub mod plugin;
 pub mod registry;
 pub mod replay;
@@ -41,6 +42,7 @@ use crate::protocol::{ClientError, Code, DeviceStatus, DropReason, event};
 use crate::stats::Metrics;
 pub use admin::AdminQuery;
 pub use client::ClientCommand;
+use outboxes::Outboxes;
 pub use plugin::PluginCommand;
 pub use registry::{Registry, SubscribeError};
 
@@ -65,10 +67,6 @@ pub enum Control {
     /// Deliver what is pending and end the thread.
     Stop,
 }
-
-/// How often waiting batch-mode outboxes are checked; bounds how late a `log:batch` can be
-/// past its interval.
-const OUTBOX_TICK: Duration = Duration::from_millis(5);
 
 /// How long params whose subscription made a filter fail are refused.
 const COSTLY_COOL_DOWN: Duration = Duration::from_secs(600);
@@ -123,9 +121,8 @@ pub struct Router {
     connections: crate::connections::Connections,
     /// To forget the byte meters of those pruned clients.
     edge: Arc<crate::edge::Edge>,
-    /// Batch-mode clients with logs waiting in their outbox.
-    outboxes: HashSet<Sid>,
-    next_outbox_check: Instant,
+    /// Batch-mode clients with logs waiting in their outbox, with when each is due.
+    outboxes: Outboxes,
     /// Reused across batches.
     matches: Vec<Matches>,
     /// Recent logs, for replays.
@@ -176,8 +173,7 @@ pub fn spawn(
         metrics,
         connections,
         edge,
-        outboxes: HashSet::new(),
-        next_outbox_check: Instant::now(),
+        outboxes: Outboxes::default(),
         matches: Vec::new(),
         history: Ring::new(settings.history),
         epoch: settings.epoch,
@@ -215,8 +211,8 @@ impl Router {
             // still come first).
             let now = Instant::now();
             let mut wait = Duration::from_secs(3600);
-            if !self.outboxes.is_empty() {
-                wait = wait.min(self.next_outbox_check.saturating_duration_since(now));
+            if let Some(at) = self.outboxes.next_due() {
+                wait = wait.min(at.saturating_duration_since(now));
             }
             if let Some(at) = self.next_replay_at() {
                 wait = wait.min(at.saturating_duration_since(now));
@@ -233,9 +229,7 @@ impl Router {
                 recv(ticker) -> _ => self.tick(),
                 default(wait) => {}
             }
-            if !self.outboxes.is_empty() && Instant::now() >= self.next_outbox_check {
-                self.flush_outboxes(false);
-            }
+            self.flush_due_outboxes();
             // (A replay reads history up to the seam fixed when it began; logs pending here
             // are after it, so they need not be cut into a batch early.)
             if !self.replays.is_empty() {
@@ -243,7 +237,7 @@ impl Router {
             }
         }
         self.flush_pending();
-        self.flush_outboxes(true);
+        self.flush_outboxes();
         tracing::debug!("router stopped");
     }
 
@@ -319,7 +313,7 @@ impl Router {
             }
             Inbound::Drain(reply) => {
                 self.flush_pending();
-                self.flush_outboxes(true);
+                self.flush_outboxes();
                 let _ = reply.send(());
             }
         }
@@ -396,9 +390,8 @@ impl Router {
                     if client.has_pending_drops() {
                         self.reports.insert(*sid);
                     }
-                    if client.has_outbox() && self.outboxes.insert(*sid) && self.outboxes.len() == 1
-                    {
-                        self.next_outbox_check = now + OUTBOX_TICK;
+                    if let Some(due) = client.outbox_due() {
+                        self.outboxes.schedule(*sid, due);
                     }
                 }
             }
@@ -578,25 +571,36 @@ impl Router {
         }
     }
 
-    /// Send the outboxes that are due (all of them with `force`).
-    fn flush_outboxes(&mut self, force: bool) {
+    /// Send every waiting outbox now (before a stop or a drain).
+    fn flush_outboxes(&mut self) {
         let now = Instant::now();
-        let clients = &mut self.clients;
-        let slow = &mut self.slow;
-        let reports = &mut self.reports;
-        self.outboxes.retain(|sid| {
-            clients.get_mut(sid).is_some_and(|c| {
-                let waiting = c.flush_outbox(now, force);
-                if c.is_over() {
-                    slow.insert(*sid);
-                }
-                if c.has_pending_drops() {
-                    reports.insert(*sid);
-                }
-                waiting
-            })
-        });
-        self.next_outbox_check = now + OUTBOX_TICK;
+        for sid in self.outboxes.take_all() {
+            self.flush_outbox_of(sid, now, true);
+        }
+    }
+
+    /// Send the outboxes whose time has come: only those, however many clients wait.
+    fn flush_due_outboxes(&mut self) {
+        let now = Instant::now();
+        while let Some(sid) = self.outboxes.pop_due(now) {
+            self.flush_outbox_of(sid, now, false);
+        }
+    }
+
+    fn flush_outbox_of(&mut self, sid: Sid, now: Instant, force: bool) {
+        let Some(client) = self.clients.get_mut(&sid) else {
+            return;
+        };
+        client.flush_outbox(now, force);
+        if let Some(due) = client.outbox_due() {
+            self.outboxes.schedule(sid, due);
+        }
+        if client.is_over() {
+            self.slow.insert(sid);
+        }
+        if client.has_pending_drops() {
+            self.reports.insert(sid);
+        }
     }
 
     /// Once a second: drop reports, history expiry and its figures, and pruning of
