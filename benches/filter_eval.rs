@@ -5,6 +5,9 @@
 //! `cargo bench --bench filter_eval`
 //! `cargo bench --bench filter_eval -- --keyword-heavy` (optionally with `OLD_DEFAULT_WASM=`
 //! a build of an earlier `default` filter to compare with)
+//! `cargo bench --bench filter_eval -- --boundary` (optionally with `OLD_DEFAULT_WASM=` and
+//! `OLD_REGEX_WASM=`, builds for interface 0.1.0): the fixed cost of handing a batch to a
+//! plugin, with one subscription that matches nothing.
 //!
 //! Workloads (batches of 50 logs over 100 devices):
 //! - one subscriber per device: subscription i watches device i, so every log meets exactly
@@ -149,7 +152,61 @@ fn keyword_heavy(min: Duration) {
     }
 }
 
+/// `--boundary`: one subscription that matches nothing, so a call costs the crossing (the
+/// host's conversion, the canonical ABI's lowering into the guest, the guest's reading of
+/// the batch) and hardly any filtering.
+fn boundary(min: Duration) {
+    let batches = batches(20);
+    let mut engines: Vec<(String, String, WasmFilter)> = vec![(
+        "default (built-in, now)".into(),
+        json!({ "deviceIds": ["nobody"] }).to_string(),
+        wasm_default(),
+    )];
+    let regex =
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/regex.wasm"))
+            .expect("plugins/regex.wasm (built by `cargo build`)");
+    engines.push((
+        "regex (Rust SDK, now)".into(),
+        json!({ "pattern": "^nothing like this$" }).to_string(),
+        wasm_filter(&regex),
+    ));
+    for (var, name, params) in [
+        (
+            "OLD_DEFAULT_WASM",
+            "default (before)",
+            json!({ "deviceIds": ["nobody"] }),
+        ),
+        (
+            "OLD_REGEX_WASM",
+            "regex (Rust SDK, before)",
+            json!({ "pattern": "^nothing like this$" }),
+        ),
+    ] {
+        if let Ok(path) = std::env::var(var) {
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{var}: {e}"));
+            engines.push((name.into(), params.to_string(), wasm_filter(&bytes)));
+        }
+    }
+    println!("| plugin | interface | per batch of {BATCH} logs | per log |");
+    println!("| --- | --- | ---: | ---: |");
+    for (name, params, mut engine) in engines {
+        engine.add(1, &params).expect("add");
+        let interface = engine.interface();
+        let (per_batch, matched) = time_evaluate(&mut engine, &batches, min);
+        assert_eq!(matched, 0, "{name} matched something");
+        println!(
+            "| {name} | {interface} | {:.1} µs | {:.0} ns |",
+            per_batch.as_nanos() as f64 / 1e3,
+            per_batch.as_nanos() as f64 / BATCH as f64
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--boundary") {
+        boundary(Duration::from_millis(1500));
+        return;
+    }
     if std::env::args().any(|a| a == "--keyword-heavy") {
         keyword_heavy(Duration::from_millis(1500));
         return;

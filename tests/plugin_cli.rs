@@ -48,7 +48,7 @@ fn check_reports_validity_params_and_matches() {
     ]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("a filter plugin (world filter-plugin of logstream:plugin@0.1.0)"),
+        out.contains("a filter plugin (world filter-plugin of logstream:plugin@0.2.0)"),
         "{out}"
     );
     assert!(

@@ -35,6 +35,8 @@ pub struct PluginStats {
     disabled: Mutex<Option<String>>,
     recovers_at: Mutex<Option<std::time::Instant>>,
     kind: Mutex<&'static str>,
+    /// The WIT package version the plugin was built for (empty until known).
+    interface: Mutex<&'static str>,
 }
 
 /// The histogram of a plugin's batch-call durations, from 10 µs to ~5 s.
@@ -58,6 +60,16 @@ impl PluginStats {
 
     pub fn set_kind(&self, kind: &'static str) {
         *self.kind.lock().unwrap_or_else(|p| p.into_inner()) = kind;
+    }
+
+    /// `logstream:plugin@0.2.0` or `@0.1.0` (the default).
+    pub fn interface(&self) -> &'static str {
+        let i = *self.interface.lock().unwrap_or_else(|p| p.into_inner());
+        if i.is_empty() { INTERFACE } else { i }
+    }
+
+    pub fn set_interface(&self, interface: &'static str) {
+        *self.interface.lock().unwrap_or_else(|p| p.into_inner()) = interface;
     }
 
     pub fn set_disabled(&self, reason: &str) {
@@ -180,7 +192,7 @@ pub fn describe(catalog: &Catalog, counts: &HashMap<String, usize>) -> serde_jso
             serde_json::json!({
                 "name": s.name,
                 "source": s.source,
-                "interface": INTERFACE,
+                "interface": s.interface(),
                 "kind": s.kind(),
                 "world": format!("{}-plugin", s.kind()),
                 "sizeBytes": s.size_bytes,

@@ -122,13 +122,13 @@ pub fn run(
             bail!("not a usable plugin");
         }
     };
-    let kind = match prepared {
-        Prepared::Filter(_) => "filter",
-        Prepared::Transform(_) => "transform",
+    let (kind, interface) = match &prepared {
+        Prepared::Filter(pre) => ("filter", pre.interface()),
+        Prepared::Transform(_) => ("transform", INTERFACE),
     };
     writeln!(
         out,
-        "✓ {}: a {kind} plugin (world {kind}-plugin of {INTERFACE}), {:.1} MB, compiled in {:.2} s",
+        "✓ {}: a {kind} plugin (world {kind}-plugin of {interface}), {:.1} MB, compiled in {:.2} s",
         file.display(),
         bytes.len() as f64 / 1e6,
         started.elapsed().as_secs_f64()

@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::PluginStats;
+use super::filter_abi::{FilterInstance, FilterPre, WitBatch};
 use super::guard::{Call, Guarded, truncate};
-use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, WitMatches, to_wit};
+use super::runtime::{Runtime, WitMatches};
 use super::triage::Triager;
 use crate::engine::{AddError, EngineError, FilterEngine, Matches, RegistrationId, Triage};
 use crate::log_entry::LogRecord;
 
 pub struct WasmFilter {
-    guard: Guarded<FilterPlugin>,
-    pre: FilterPluginPre<PluginState>,
+    guard: Guarded<FilterInstance>,
+    pre: FilterPre,
     /// Registered params by id, kept to re-register after a restart.
     subs: BTreeMap<RegistrationId, String>,
     /// When the last triage ran: at most one per `TRIAGE_INTERVAL` (each can cost the router
@@ -33,7 +34,7 @@ impl WasmFilter {
     pub fn new(
         name: &str,
         runtime: Arc<Runtime>,
-        pre: FilterPluginPre<PluginState>,
+        pre: FilterPre,
         max_failures: u32,
         stats: Arc<PluginStats>,
     ) -> WasmFilter {
@@ -43,6 +44,11 @@ impl WasmFilter {
             subs: BTreeMap::new(),
             last_triage: None,
         }
+    }
+
+    /// The WIT package version the plugin was built for.
+    pub fn interface(&self) -> &'static str {
+        self.pre.interface()
     }
 
     /// Create the instance if there is none, and re-register every subscription in it.
@@ -55,8 +61,7 @@ impl WasmFilter {
             self.subs.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (id, params) in subs {
             let answer = self.guard.call(Call::AddSubscription, |s, p| {
-                p.logstream_plugin_filter()
-                    .call_add_subscription(s, id, &params)
+                p.add_subscription(s, id, &params)
             })?;
             if let Err(reason) = answer {
                 tracing::warn!(plugin = %self.guard.name, id, %reason, "plugin refused a subscription it accepted before; dropping it");
@@ -101,8 +106,7 @@ impl FilterEngine for WasmFilter {
         let answer = self
             .guard
             .call(Call::AddSubscription, |s, p| {
-                p.logstream_plugin_filter()
-                    .call_add_subscription(s, id, params)
+                p.add_subscription(s, id, params)
             })
             .map_err(|e| AddError::Unavailable(e.to_string()))?;
         self.guard.succeeded();
@@ -120,7 +124,7 @@ impl FilterEngine for WasmFilter {
             return;
         }
         let _ = self.guard.call(Call::RemoveSubscription, |s, p| {
-            p.logstream_plugin_filter().call_remove_subscription(s, id)
+            p.remove_subscription(s, id)
         });
     }
 
@@ -133,10 +137,8 @@ impl FilterEngine for WasmFilter {
             return Ok(());
         }
         self.ensure_live()?;
-        let entries = to_wit(batch);
-        let answer = self.guard.call(Call::Evaluate, |s, p| {
-            p.logstream_plugin_filter().call_evaluate(s, &entries)
-        });
+        let wit = WitBatch::new(batch);
+        let answer = self.guard.call(Call::Evaluate, |s, p| p.evaluate(s, &wit));
         let answer = match answer {
             Ok(a) => a,
             Err(e) => {
@@ -180,7 +182,7 @@ impl FilterEngine for WasmFilter {
             return Triage::default();
         }
         self.last_triage = Some(now);
-        let entries = to_wit(batch);
+        let wit = WitBatch::new(batch);
         let (subs, stats) = (&self.subs, &self.guard.stats);
         let keep = |answer: Vec<WitMatches>, out: &mut Vec<Matches>| {
             accept(subs, stats, batch.len(), answer, out)
@@ -191,7 +193,7 @@ impl FilterEngine for WasmFilter {
             pre: &self.pre,
             stats: &self.guard.stats,
             subs: &self.subs,
-            entries: &entries,
+            batch: &wit,
             accept: &keep,
         }
         .run(out);

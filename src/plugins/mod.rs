@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod check;
 pub mod filter;
+pub mod filter_abi;
 pub mod guard;
 pub mod reload;
 pub mod runtime;
@@ -66,13 +67,16 @@ pub fn build(
     stats: &Arc<PluginStats>,
 ) -> anyhow::Result<Plugin> {
     Ok(match runtime.prepare_any(bytes)? {
-        runtime::Prepared::Filter(pre) => Plugin::Filter(Box::new(filter::WasmFilter::new(
-            name,
-            runtime.clone(),
-            pre,
-            max_failures,
-            stats.clone(),
-        ))),
+        runtime::Prepared::Filter(pre) => {
+            stats.set_interface(pre.interface());
+            Plugin::Filter(Box::new(filter::WasmFilter::new(
+                name,
+                runtime.clone(),
+                pre,
+                max_failures,
+                stats.clone(),
+            )))
+        }
         runtime::Prepared::Transform(pre) => {
             stats.set_kind("transform");
             Plugin::Transform(Box::new(transform::WasmTransform::new(

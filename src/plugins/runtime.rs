@@ -14,9 +14,11 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::filter_abi::{FILTER_INTERFACES, FilterPre};
 use crate::rate_limit::TokenBucket;
 
-/// The WIT package version this host implements.
+/// The WIT package version of the `transform-plugin` world this host implements, and the
+/// oldest of the `filter-plugin` worlds (see [`super::filter_abi`] for both of those).
 pub const INTERFACE: &str = "logstream:plugin@0.1.0";
 
 /// One epoch tick; CPU deadlines are counted in these (a deadline is rounded up to whole
@@ -47,7 +49,7 @@ pub use transform_bindings::{TransformPlugin, TransformPluginPre};
 
 /// A compiled, linked plugin of either kind.
 pub enum Prepared {
-    Filter(FilterPluginPre<PluginState>),
+    Filter(FilterPre),
     Transform(TransformPluginPre<PluginState>),
 }
 
@@ -215,6 +217,8 @@ impl Runtime {
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
         FilterPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking the host interface: {e}"))?;
+        super::filter_abi::add_to_linker(&mut linker)
+            .map_err(|e| anyhow!("linking the host interface (0.2.0): {e}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("logstream-epoch".into())
@@ -244,21 +248,25 @@ impl Runtime {
     pub fn prepare_any(&self, bytes: &[u8]) -> anyhow::Result<Prepared> {
         let component = self.compile(bytes)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!("cannot link: {e} (a plugin may import only WASI 0.2 and {INTERFACE}/host)")
+            anyhow!(
+                "cannot link: {e} (a plugin may import only WASI 0.2 and the `host` interface of {})",
+                FILTER_INTERFACES.join(" or ")
+            )
         })?;
-        match FilterPluginPre::new(pre.clone()) {
+        match FilterPre::new(pre.clone()) {
             Ok(filter) => Ok(Prepared::Filter(filter)),
             Err(not_filter) => match TransformPluginPre::new(pre) {
                 Ok(transform) => Ok(Prepared::Transform(transform)),
                 Err(_) => Err(anyhow!(
-                    "does not implement world `filter-plugin` (nor `transform-plugin`) of {INTERFACE}: {not_filter}"
+                    "does not implement world `filter-plugin` of {} (nor `transform-plugin` of {INTERFACE}): {not_filter}",
+                    FILTER_INTERFACES.join(" or ")
                 )),
             },
         }
     }
 
     /// [`Runtime::prepare_any`], for a filter only.
-    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPluginPre<PluginState>> {
+    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPre> {
         match self.prepare_any(bytes)? {
             Prepared::Filter(filter) => Ok(filter),
             Prepared::Transform(_) => Err(anyhow!("is a transform plugin, not a filter")),

@@ -25,7 +25,8 @@ use std::time::Instant;
 use wasmtime::Store;
 
 use super::PluginStats;
-use super::runtime::{FilterPlugin, FilterPluginPre, PluginState, Runtime, WitLogEntry};
+use super::filter_abi::{FilterInstance, FilterPre, WitBatch};
+use super::runtime::{PluginState, Runtime};
 use crate::engine::{Matches, RegistrationId, Triage};
 
 /// Most evaluations one triage makes (the control included). With `k` culprits among `n`
@@ -35,17 +36,17 @@ pub const MAX_PROBES: usize = 32;
 /// A spare instance and the registrations currently added to it.
 struct Spare {
     store: Store<PluginState>,
-    plugin: FilterPlugin,
+    plugin: FilterInstance,
 }
 
 /// Triage of one failed batch.
 pub struct Triager<'a> {
     pub name: &'a Arc<str>,
     pub runtime: &'a Runtime,
-    pub pre: &'a FilterPluginPre<PluginState>,
+    pub pre: &'a FilterPre,
     pub stats: &'a PluginStats,
     pub subs: &'a BTreeMap<RegistrationId, String>,
-    pub entries: &'a [WitLogEntry],
+    pub batch: &'a WitBatch<'a>,
     /// Keeps a valid answer's matches (unknown ids, bad indices dropped); shared with the
     /// live path.
     pub accept: &'a dyn Fn(Vec<super::runtime::WitMatches>, &mut Vec<Matches>),
@@ -112,8 +113,7 @@ impl Triager<'_> {
             .arm(&mut spare.store, self.runtime.warmup_budget());
         spare
             .plugin
-            .logstream_plugin_filter()
-            .call_evaluate(&mut spare.store, &[])
+            .evaluate(&mut spare.store, &WitBatch::new(&[]))
             .ok()?;
         Some(spare)
     }
@@ -122,11 +122,7 @@ impl Triager<'_> {
     fn evaluate(&self, spare: &mut Spare) -> Option<Vec<super::runtime::WitMatches>> {
         self.runtime
             .arm(&mut spare.store, self.runtime.limits.call_timeout);
-        spare
-            .plugin
-            .logstream_plugin_filter()
-            .call_evaluate(&mut spare.store, self.entries)
-            .ok()
+        spare.plugin.evaluate(&mut spare.store, self.batch).ok()
     }
 
     /// Evaluate the batch with only `set` registered. `None` when any call failed (the spare
@@ -157,18 +153,14 @@ impl Triager<'_> {
             let params = self.subs.get(id)?;
             self.runtime.arm(&mut s.store, budget);
             s.plugin
-                .logstream_plugin_filter()
-                .call_add_subscription(&mut s.store, *id, params)
+                .add_subscription(&mut s.store, *id, params)
                 .ok()?
                 .ok()?;
         }
         let answer = self.evaluate(s)?;
         for id in set {
             self.runtime.arm(&mut s.store, budget);
-            s.plugin
-                .logstream_plugin_filter()
-                .call_remove_subscription(&mut s.store, *id)
-                .ok()?;
+            s.plugin.remove_subscription(&mut s.store, *id).ok()?;
         }
         Some(answer)
     }

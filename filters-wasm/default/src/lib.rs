@@ -12,6 +12,10 @@
 //! (rebuilt when they change) finds, in one pass over each message, which keywords it holds.
 //! So a subscription's cost does not grow with its keywords' bytes times the message size,
 //! and a user with many long keywords cannot make the batch slow for everyone.
+//!
+//! Built for `logstream:plugin@0.2.0`: the batch arrives as one text plus spans, and every
+//! field is read in place (no allocation per log unless a keyword subscription needs the
+//! message lower-cased).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -21,12 +25,40 @@ use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/0.2",
     world: "filter-plugin",
 });
 
 use exports::logstream::plugin::filter::Guest;
-use logstream::plugin::types::{Level, LogEntry, SubscriptionMatches};
+use logstream::plugin::types::{Level, LogBatch, Span, SubscriptionMatches};
+
+/// The text of `span` in `batch` ("" for a span out of bounds; the host sends none).
+fn text(batch: &LogBatch, span: Span) -> &str {
+    let start = span.start as usize;
+    batch
+        .text
+        .get(start..start.saturating_add(span.len as usize))
+        .unwrap_or("")
+}
+
+/// One entry's fields that subscriptions look at beyond its device.
+struct Fields<'a> {
+    level: Level,
+    batch: &'a LogBatch,
+    tags: Span,
+}
+
+impl Fields<'_> {
+    fn has_tag(&self, tag: &str) -> bool {
+        let start = self.tags.start as usize;
+        self.batch
+            .tag_spans
+            .get(start..start.saturating_add(self.tags.len as usize))
+            .unwrap_or(&[])
+            .iter()
+            .any(|s| text(self.batch, *s) == tag)
+    }
+}
 
 const MAX_DEVICE_IDS: usize = 1000;
 const MAX_TAGS: usize = 100;
@@ -194,9 +226,9 @@ fn parse(params: &str) -> Result<Subscription, String> {
 impl Subscription {
     /// Everything but the device constraint, which the index has already applied.
     /// `keywords_in` scans the message once (lazily) and says which keyword ids it holds.
-    fn matches_rest(&self, log: &LogEntry, keywords_in: &mut impl FnMut(usize) -> bool) -> bool {
+    fn matches_rest(&self, log: &Fields<'_>, keywords_in: &mut impl FnMut(usize) -> bool) -> bool {
         (self.level_mask == 0 || self.level_mask & level_bit(log.level) != 0)
-            && (self.tags.is_empty() || self.tags.iter().any(|t| log.tags.contains(t)))
+            && (self.tags.is_empty() || self.tags.iter().any(|t| log.has_tag(t)))
             && (self.keyword_ids.is_empty() || self.keyword_ids.iter().any(|k| keywords_in(*k)))
     }
 }
@@ -252,7 +284,7 @@ impl Guest for DefaultFilter {
         STATE.with_borrow_mut(|state| state.remove(id));
     }
 
-    fn evaluate(batch: Vec<LogEntry>) -> Vec<SubscriptionMatches> {
+    fn evaluate(batch: LogBatch) -> Vec<SubscriptionMatches> {
         STATE.with_borrow_mut(|state| {
             if state.keywords.stale {
                 let State { subs, keywords, .. } = state;
@@ -265,15 +297,23 @@ impl Guest for DefaultFilter {
                 keywords,
             } = state;
             let mut found: HashMap<u64, Vec<u32>> = HashMap::new();
-            for (i, log) in batch.iter().enumerate() {
+            for (i, entry) in batch.entries.iter().enumerate() {
+                let message = text(&batch, entry.message);
+                let fields = Fields { level: entry.level, batch: &batch, tags: entry.tags };
                 let mut mark = None;
                 let mut keywords_in = |k: usize| {
-                    let m = *mark.get_or_insert_with(|| keywords.scan(&log.message.to_lowercase()));
+                    let m = *mark.get_or_insert_with(|| keywords.scan(&message.to_lowercase()));
                     keywords.seen_in[k] == m
                 };
-                let scoped = by_device.get(&log.device_id).map(Vec::as_slice).unwrap_or(&[]);
+                let scoped = by_device
+                    .get(text(&batch, entry.device_id))
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                if scoped.is_empty() && any_device.is_empty() {
+                    continue;
+                }
                 for id in scoped.iter().chain(any_device.iter()) {
-                    if subs.get(id).is_some_and(|s| s.matches_rest(log, &mut keywords_in)) {
+                    if subs.get(id).is_some_and(|s| s.matches_rest(&fields, &mut keywords_in)) {
                         found.entry(*id).or_default().push(i as u32);
                     }
                 }
