@@ -425,6 +425,7 @@ pub async fn track(
     if socket_io {
         peer.conn
             .limit_unauthenticated_reads(edge.socket_read_budget);
+        own_head(&mut req);
     }
     if socket_io && let Some(query) = req.uri().query() {
         let param = |name: &str| {
@@ -466,6 +467,29 @@ pub async fn track(
     }
 }
 
+/// Give the request its own copies of its target and header values.
+///
+/// Why: hyper parses a request head into its 8–16 KB connection read buffer and hands out the
+/// target and header values as slices of it. engineioxide keeps the handshake request's parts
+/// for the socket's whole life, and with them that buffer: 16 KB per connection, the largest
+/// item of a connection's memory (a heap profile with heaptrack, BENCHMARKS.md §8). Copies of
+/// a few hundred bytes let the buffer go once the connection is upgraded.
+fn own_head(req: &mut Request) {
+    let target = bytes::Bytes::copy_from_slice(req.uri().to_string().as_bytes());
+    if let Ok(uri) = axum::http::Uri::from_maybe_shared(target) {
+        *req.uri_mut() = uri;
+    }
+    let shared = std::mem::take(req.headers_mut());
+    let mut owned = axum::http::HeaderMap::with_capacity(shared.len());
+    for (name, value) in &shared {
+        let mut copy =
+            axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name.clone(), copy);
+    }
+    *req.headers_mut() = owned;
+}
+
 /// A long-polling response body whose bytes are counted as written for its socket.
 struct CountedBody {
     body: axum::body::Body,
@@ -502,6 +526,45 @@ impl http_body::Body for CountedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_io_request_keeps_nothing_of_the_buffer_its_head_was_parsed_from() {
+        // Like hyper: the target and header values are slices of one read buffer.
+        let buffer = bytes::Bytes::from(
+            "/socket.io/?EIO=4&transport=websocket\0websocket\0dGhlIHNhbXBsZSBub25jZQ==\0x"
+                .repeat(4),
+        );
+        let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+        let mut req = Request::new(axum::body::Body::empty());
+        *req.uri_mut() = axum::http::Uri::from_maybe_shared(buffer.slice(0..37)).unwrap();
+        let value = |r: std::ops::Range<usize>| {
+            axum::http::HeaderValue::from_maybe_shared(buffer.slice(r)).unwrap()
+        };
+        let headers = req.headers_mut();
+        headers.insert("upgrade", value(38..47));
+        headers.insert("sec-websocket-key", value(48..72));
+        headers.append("x-many", value(73..74));
+        headers.append("x-many", value(38..47));
+        assert!(range.contains(&(req.uri().path().as_ptr() as usize)));
+
+        own_head(&mut req);
+        assert_eq!(
+            req.uri().to_string(),
+            "/socket.io/?EIO=4&transport=websocket"
+        );
+        assert!(!range.contains(&(req.uri().path().as_ptr() as usize)));
+        assert!(!range.contains(&(req.uri().query().unwrap().as_ptr() as usize)));
+        assert_eq!(req.headers().len(), 4);
+        assert_eq!(
+            req.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        let many: Vec<_> = req.headers().get_all("x-many").iter().collect();
+        assert_eq!(many, ["x", "websocket"]);
+        for value in req.headers().values() {
+            assert!(!range.contains(&(value.as_bytes().as_ptr() as usize)));
+        }
+    }
 
     #[test]
     fn unauthenticated_connections_are_counted_per_ip_and_released() {

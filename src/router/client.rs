@@ -245,7 +245,7 @@ impl Router {
         };
         client
             .info
-            .set_subscription(serde_json::to_value(&subscribed).ok());
+            .set_subscription(crate::delivery::to_raw(&subscribed));
         // Everything the router has processed is in history; what comes next is live.
         let end = self.history.newest().unwrap_or_default();
         let plan = match (&request.since, request.tail) {
