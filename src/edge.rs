@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
@@ -467,7 +467,23 @@ pub async fn track(
     }
 }
 
-/// Give the request its own copies of its target and header values.
+/// The headers a Socket.IO request keeps: what engineioxide reads (the WebSocket upgrade,
+/// a polling body's framing) and what the handshake checks (`Origin`).
+const KEPT_HEADERS: [&str; 11] = [
+    "host",
+    "origin",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+];
+
+/// Give the request its own copies of its target and of the header values it needs.
 ///
 /// Why: hyper parses a request head into its 8–16 KB connection read buffer and hands out the
 /// target and header values as slices of it. engineioxide keeps the handshake request's parts
@@ -477,11 +493,20 @@ pub async fn track(
 fn own_head(req: &mut Request) {
     let target = bytes::Bytes::copy_from_slice(req.uri().to_string().as_bytes());
     if let Ok(uri) = axum::http::Uri::from_maybe_shared(target) {
+        // axum keeps the target once more, as it came, for `OriginalUri`.
+        if req.extensions().get::<OriginalUri>().is_some() {
+            req.extensions_mut().insert(OriginalUri(uri.clone()));
+        }
         *req.uri_mut() = uri;
     }
     let shared = std::mem::take(req.headers_mut());
-    let mut owned = axum::http::HeaderMap::with_capacity(shared.len());
+    let mut owned = axum::http::HeaderMap::with_capacity(KEPT_HEADERS.len());
     for (name, value) in &shared {
+        // What the transport and the handshake read; the rest (cookies, user agents,
+        // `Accept-*`) would be kept for the socket's whole life for nobody.
+        if !KEPT_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
         let mut copy =
             axum::http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
@@ -537,14 +562,17 @@ mod tests {
         let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
         let mut req = Request::new(axum::body::Body::empty());
         *req.uri_mut() = axum::http::Uri::from_maybe_shared(buffer.slice(0..37)).unwrap();
+        let original = OriginalUri(req.uri().clone());
+        req.extensions_mut().insert(original);
         let value = |r: std::ops::Range<usize>| {
             axum::http::HeaderValue::from_maybe_shared(buffer.slice(r)).unwrap()
         };
         let headers = req.headers_mut();
         headers.insert("upgrade", value(38..47));
         headers.insert("sec-websocket-key", value(48..72));
-        headers.append("x-many", value(73..74));
-        headers.append("x-many", value(38..47));
+        headers.append("origin", value(73..74));
+        headers.append("origin", value(38..47));
+        headers.insert("cookie", value(38..47));
         assert!(range.contains(&(req.uri().path().as_ptr() as usize)));
 
         own_head(&mut req);
@@ -554,12 +582,14 @@ mod tests {
         );
         assert!(!range.contains(&(req.uri().path().as_ptr() as usize)));
         assert!(!range.contains(&(req.uri().query().unwrap().as_ptr() as usize)));
-        assert_eq!(req.headers().len(), 4);
+        let OriginalUri(original) = req.extensions().get::<OriginalUri>().unwrap();
+        assert!(!range.contains(&(original.path().as_ptr() as usize)));
+        assert_eq!(req.headers().len(), 4, "all but the cookie");
         assert_eq!(
             req.headers()["sec-websocket-key"],
             "dGhlIHNhbXBsZSBub25jZQ=="
         );
-        let many: Vec<_> = req.headers().get_all("x-many").iter().collect();
+        let many: Vec<_> = req.headers().get_all("origin").iter().collect();
         assert_eq!(many, ["x", "websocket"]);
         for value in req.headers().values() {
             assert!(!range.contains(&(value.as_bytes().as_ptr() as usize)));
