@@ -382,6 +382,8 @@ struct Tally {
     /// dropped (`log:dropped` counts): for "nothing lost" in `--headroom`.
     received_all: AtomicU64,
     dropped: AtomicU64,
+    /// Subscribes sent again because the first went unanswered for 5 s.
+    resubscribed: AtomicU64,
     recording: AtomicBool,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
@@ -412,6 +414,8 @@ async fn run_client(
         .await
         .expect("ws connect");
     let mut subscribed = false;
+    let mut acked = false;
+    let mut subscribe_msg = String::new();
     let stage = |s: &'static str| {
         tally.stages.lock().unwrap().insert(sub.clone(), s);
     };
@@ -421,7 +425,24 @@ async fn run_client(
     ))
     .await
     .unwrap();
-    while let Some(msg) = ws.next().await {
+    loop {
+        // A subscribe left unanswered for 5 s is sent again (and counted): socketioxide can
+        // refuse an emit made between its CONNECT and marking the socket connected, which
+        // loses the answer to a subscribe sent right after CONNECT (logstream waits for the
+        // mark; the floor built on socketioxide does not).
+        let next = if subscribed && !acked {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tally.resubscribed.fetch_add(1, Ordering::Relaxed);
+                    let _ = ws.send(Message::Text(subscribe_msg.clone().into())).await;
+                    continue;
+                }
+            }
+        } else {
+            ws.next().await
+        };
+        let Some(msg) = next else { break };
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
@@ -436,10 +457,12 @@ async fn run_client(
             subscribed = true;
             stage("namespace connected");
             let sub = json!(["log:subscribe", { "deviceIds": [device], "batch": batch }]);
-            ws.send(Message::Text(format!("42{sub}").into()))
+            subscribe_msg = format!("42{sub}");
+            ws.send(Message::Text(subscribe_msg.clone().into()))
                 .await
                 .unwrap();
-        } else if text.starts_with("42[\"log:subscribed\"") {
+        } else if text.starts_with("42[\"log:subscribed\"") && !acked {
+            acked = true;
             stage("subscribed");
             let _ = ready.send(()).await;
         } else if text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"") {
@@ -670,6 +693,13 @@ async fn measure(target: &Target, a: &Args) -> Result<Measured, String> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_all();
+    let resubscribed = tally.resubscribed.load(Ordering::Relaxed);
+    if resubscribed > 0 {
+        println!(
+            "({}: {resubscribed} subscribe(s) went unanswered for 5 s and were sent again)",
+            target.name
+        );
+    }
     let replay_from = if a.replay > 0 {
         Some(prepare_replay(&target.urls[0], a.replay).await)
     } else {

@@ -310,13 +310,21 @@ pub struct MeteredStream {
 
 impl MeteredStream {
     /// Whether the meter of the socket carried was closed, or the connection is still
-    /// unauthenticated at its deadline; registers the task to be woken for either.
-    fn closed(&mut self, cx: &mut Context<'_>, reading: bool) -> bool {
+    /// unauthenticated at its deadline (registering the task to be woken by the deadline).
+    fn closed(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.conn.authenticated.load(Ordering::Relaxed)
             && self.deadline.as_mut().poll(cx).is_ready()
         {
             return true;
         }
+        self.conn.meter.get().is_some_and(|m| m.is_closed())
+    }
+
+    /// The stream is not ready: have a close of the meter wake this task, and say whether
+    /// one happened meanwhile. Only a task that waits needs waking, so a task whose reads
+    /// and writes go through pays nothing here (registering on every write showed in
+    /// profiles of fan-out).
+    fn wait_for_close(&self, cx: &mut Context<'_>, reading: bool) -> bool {
         let Some(meter) = self.conn.meter.get() else {
             return false;
         };
@@ -349,11 +357,14 @@ impl AsyncRead for MeteredStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closed(cx, true) {
+        if this.closed(cx) {
             return Poll::Ready(Err(cut()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if result.is_pending() && this.wait_for_close(cx, true) {
+            return Poll::Ready(Err(cut()));
+        }
         if let Poll::Ready(Ok(())) = result
             && !this.conn.read_allowed(buf.filled().len() - before)
         {
@@ -371,10 +382,13 @@ impl AsyncWrite for MeteredStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.closed(cx, false) {
+        if this.closed(cx) {
             return Poll::Ready(Err(cut()));
         }
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if result.is_pending() && this.wait_for_close(cx, false) {
+            return Poll::Ready(Err(cut()));
+        }
         if let (Poll::Ready(Ok(n)), Some(meter)) = (&result, this.conn.meter.get()) {
             meter.add(*n);
         }
@@ -387,10 +401,13 @@ impl AsyncWrite for MeteredStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.closed(cx, false) {
+        if this.closed(cx) {
             return Poll::Ready(Err(cut()));
         }
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if result.is_pending() && this.wait_for_close(cx, false) {
+            return Poll::Ready(Err(cut()));
+        }
         if let (Poll::Ready(Ok(n)), Some(meter)) = (&result, this.conn.meter.get()) {
             meter.add(*n);
         }

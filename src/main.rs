@@ -248,12 +248,17 @@ fn init_logging(format: &str) {
     use tracing_subscriber::{EnvFilter, Layer, filter};
     let env = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,socketioxide=warn,engineioxide=warn".into());
-    let no_payloads = filter::filter_fn(|meta| {
-        let transport = TRANSPORT_TARGETS
-            .iter()
-            .any(|t| meta.target() == *t || meta.target().starts_with(&format!("{t}::")));
-        !transport || *meta.level() <= tracing::Level::INFO
-    });
+    // A static filter: decided once per call site, so the transport's many per-packet
+    // debug and trace events cost nothing at run time (a closure here was called for every
+    // one of them and showed up in profiles of fan-out).
+    // Its default is the most `RUST_LOG` asks for, so that the combined level hint (which
+    // also caps `log` records, e.g. tungstenite's per-frame ones) is no higher than needed.
+    let most = env.max_level_hint().unwrap_or(filter::LevelFilter::TRACE);
+    let no_payloads = TRANSPORT_TARGETS
+        .iter()
+        .fold(filter::Targets::new().with_default(most), |targets, t| {
+            targets.with_target(*t, tracing::Level::INFO)
+        });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if format == "json" {
         fmt.json().with_filter(env).boxed()
