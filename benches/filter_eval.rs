@@ -45,7 +45,7 @@ fn wasm_filter(bytes: &[u8]) -> WasmFilter {
         None,
     )
     .expect("runtime");
-    let pre = runtime.prepare(bytes).expect("default loads");
+    let pre = logstream::plugins::component::prepare(&runtime, bytes).expect("default loads");
     WasmFilter::new("default", runtime, pre, 3, Arc::new(PluginStats::default()))
 }
 

@@ -44,7 +44,7 @@ fn batch() -> Vec<Arc<LogRecord>> {
 }
 
 fn engine(runtime: &Arc<Runtime>, bytes: &[u8], name: &str) -> WasmFilter {
-    let pre = runtime.prepare(bytes).expect("loads");
+    let pre = logstream::plugins::component::prepare(runtime, bytes).expect("loads");
     WasmFilter::new(
         name,
         runtime.clone(),
@@ -107,13 +107,13 @@ fn main() {
     for (label, name, bytes) in &plugins {
         let uncached = Runtime::new(limits(), None).unwrap();
         let t = Instant::now();
-        uncached.prepare(bytes).unwrap();
+        logstream::plugins::component::prepare(&uncached, bytes).unwrap();
         let compile = t.elapsed();
         let cached = Runtime::new(limits(), Some(cache.clone())).unwrap();
-        cached.prepare(bytes).unwrap(); // fills the cache
+        logstream::plugins::component::prepare(&cached, bytes).unwrap(); // fills the cache
         let fresh = Runtime::new(limits(), Some(cache.clone())).unwrap();
         let t = Instant::now();
-        fresh.prepare(bytes).unwrap();
+        logstream::plugins::component::prepare(&fresh, bytes).unwrap();
         let from_cache = t.elapsed();
         // What hot reload does before the switch: load, instantiate, register subscriptions.
         let params = params_for(name);

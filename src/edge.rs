@@ -517,11 +517,12 @@ fn own_head(req: &mut Request) {
         *req.uri_mut() = uri;
     }
     let shared = std::mem::take(req.headers_mut());
-    let mut owned = axum::http::HeaderMap::with_capacity(KEPT_HEADERS.len());
+    let kept = |name: &axum::http::HeaderName| KEPT_HEADERS.contains(&name.as_str());
+    let mut owned = axum::http::HeaderMap::with_capacity(shared.keys().filter(|n| kept(n)).count());
     for (name, value) in &shared {
         // What the transport and the handshake read; the rest (cookies, user agents,
         // `Accept-*`) would be kept for the socket's whole life for nobody.
-        if !KEPT_HEADERS.contains(&name.as_str()) {
+        if !kept(name) {
             continue;
         }
         let mut copy =

@@ -24,8 +24,7 @@ fn wasm_default() -> WasmFilter {
         None,
     )
     .expect("runtime");
-    let pre = runtime
-        .prepare(BUILTIN_DEFAULT)
+    let pre = logstream::plugins::component::prepare(&runtime, BUILTIN_DEFAULT)
         .expect("built-in default loads");
     WasmFilter::new("default", runtime, pre, 3, Arc::new(PluginStats::default()))
 }

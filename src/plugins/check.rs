@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 
+use super::component::{Prepared, prepare_any};
 use super::filter::WasmFilter;
-use super::runtime::Prepared;
 use super::transform::WasmTransform;
 use super::{INTERFACE, PluginStats};
 use crate::config::Config;
@@ -115,7 +115,7 @@ pub fn run(
     // The server's compile cache: checking the same file again skips compilation.
     let runtime = super::runtime(config)?;
     let started = Instant::now();
-    let prepared = match runtime.prepare_any(&bytes) {
+    let prepared = match prepare_any(&runtime, &bytes) {
         Ok(p) => p,
         Err(e) => {
             writeln!(out, "✗ {}: {e:#}", file.display())?;

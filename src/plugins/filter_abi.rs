@@ -13,23 +13,12 @@ use std::cell::OnceCell;
 use std::sync::Arc;
 
 use wasmtime::Store;
-use wasmtime::component::HasSelf;
 
-use super::runtime::{PluginState, WitLevel, WitLogEntry, WitMatches, to_wit};
+use super::runtime::v2::logstream::plugin::types::{Entry, Level as V2Level, LogBatch, Span};
+use super::runtime::{
+    FILTER_INTERFACES, PluginState, WitLevel, WitLogEntry, WitMatches, to_wit, v2,
+};
 use crate::log_entry::{Level, LogRecord};
-
-/// The filter world of 0.2.0.
-pub mod v2 {
-    wasmtime::component::bindgen!({
-        path: "wit/0.2",
-        world: "filter-plugin",
-    });
-}
-
-use v2::logstream::plugin::types::{Entry, Level as V2Level, LogBatch, Span};
-
-/// The interface versions a filter may implement, newest first.
-pub const FILTER_INTERFACES: [&str; 2] = ["logstream:plugin@0.2.0", "logstream:plugin@0.1.0"];
 
 /// A compiled, linked filter of either version.
 #[derive(Clone)]
@@ -234,29 +223,6 @@ pub fn v1_level(level: V2Level) -> WitLevel {
         V2Level::Warn => WitLevel::Warn,
         V2Level::Error => WitLevel::Error,
         V2Level::Fatal => WitLevel::Fatal,
-    }
-}
-
-/// Link what 0.2.0 filters import (the same `host` as 0.1.0, under its new version).
-pub fn add_to_linker(
-    linker: &mut wasmtime::component::Linker<PluginState>,
-) -> wasmtime::Result<()> {
-    v2::FilterPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(linker, |s| s)
-}
-
-impl v2::logstream::plugin::types::Host for PluginState {}
-
-impl v2::logstream::plugin::host::Host for PluginState {
-    fn log(&mut self, level: v2::logstream::plugin::host::LogLevel, message: String) {
-        use super::runtime::bindings::logstream::plugin::host::{Host, LogLevel};
-        use v2::logstream::plugin::host::LogLevel as V2;
-        let level = match level {
-            V2::Debug => LogLevel::Debug,
-            V2::Info => LogLevel::Info,
-            V2::Warn => LogLevel::Warn,
-            V2::Error => LogLevel::Error,
-        };
-        Host::log(self, level, message);
     }
 }
 

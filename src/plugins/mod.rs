@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod check;
+pub mod component;
 pub mod filter;
 pub mod filter_abi;
 pub mod guard;
@@ -66,8 +67,8 @@ pub fn build(
     max_failures: u32,
     stats: &Arc<PluginStats>,
 ) -> anyhow::Result<Plugin> {
-    Ok(match runtime.prepare_any(bytes)? {
-        runtime::Prepared::Filter(pre) => {
+    Ok(match component::prepare_any(runtime, bytes)? {
+        component::Prepared::Filter(pre) => {
             stats.set_interface(pre.interface());
             Plugin::Filter(Box::new(filter::WasmFilter::new(
                 name,
@@ -77,7 +78,7 @@ pub fn build(
                 stats.clone(),
             )))
         }
-        runtime::Prepared::Transform(pre) => {
+        component::Prepared::Transform(pre) => {
             stats.set_kind("transform");
             Plugin::Transform(Box::new(transform::WasmTransform::new(
                 name,

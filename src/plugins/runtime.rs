@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::filter_abi::{FILTER_INTERFACES, FilterPre};
 use crate::rate_limit::TokenBucket;
 
 /// The WIT package version of the `transform-plugin` world this host implements, and the
@@ -47,11 +46,16 @@ pub mod transform_bindings {
 
 pub use transform_bindings::{TransformPlugin, TransformPluginPre};
 
-/// A compiled, linked plugin of either kind.
-pub enum Prepared {
-    Filter(FilterPre),
-    Transform(TransformPluginPre<PluginState>),
+/// The filter world of 0.2.0 (`wit/0.2/plugin.wit`; see [`super::filter_abi`]).
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "wit/0.2",
+        world: "filter-plugin",
+    });
 }
+
+/// The interface versions a filter may implement, newest first.
+pub const FILTER_INTERFACES: [&str; 2] = ["logstream:plugin@0.2.0", "logstream:plugin@0.1.0"];
 
 use bindings::logstream::plugin::host::LogLevel;
 pub use bindings::logstream::plugin::types::{
@@ -175,6 +179,22 @@ impl bindings::logstream::plugin::host::Host for PluginState {
     }
 }
 
+impl v2::logstream::plugin::types::Host for PluginState {}
+
+/// 0.2.0's `host` is 0.1.0's under a new version.
+impl v2::logstream::plugin::host::Host for PluginState {
+    fn log(&mut self, level: v2::logstream::plugin::host::LogLevel, message: String) {
+        use v2::logstream::plugin::host::LogLevel as V2;
+        let level = match level {
+            V2::Debug => LogLevel::Debug,
+            V2::Info => LogLevel::Info,
+            V2::Warn => LogLevel::Warn,
+            V2::Error => LogLevel::Error,
+        };
+        bindings::logstream::plugin::host::Host::log(self, level, message);
+    }
+}
+
 /// A clock that always reads zero: plugins get no time source the WIT does not ask for.
 struct FrozenClock;
 
@@ -217,7 +237,7 @@ impl Runtime {
             .map_err(|e| anyhow!("linking WASI: {e}"))?;
         FilterPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking the host interface: {e}"))?;
-        super::filter_abi::add_to_linker(&mut linker)
+        v2::FilterPlugin::add_to_linker::<PluginState, HasSelf<PluginState>>(&mut linker, |s| s)
             .map_err(|e| anyhow!("linking the host interface (0.2.0): {e}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -243,34 +263,17 @@ impl Runtime {
         }))
     }
 
-    /// Compile (or load from the cache) and link a component of either world; fails with a
-    /// readable reason when the bytes are not a component or implement neither world.
-    pub fn prepare_any(&self, bytes: &[u8]) -> anyhow::Result<Prepared> {
+    /// Compile (or load from the cache) and link a component; fails with a readable reason
+    /// when the bytes are not a component or import what the host does not offer. Which
+    /// world it implements is [`super::component`]'s question.
+    pub fn link(&self, bytes: &[u8]) -> anyhow::Result<InstancePre<PluginState>> {
         let component = self.compile(bytes)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow!(
                 "cannot link: {e} (a plugin may import only WASI 0.2 and the `host` interface of {})",
                 FILTER_INTERFACES.join(" or ")
             )
-        })?;
-        match FilterPre::new(pre.clone()) {
-            Ok(filter) => Ok(Prepared::Filter(filter)),
-            Err(not_filter) => match TransformPluginPre::new(pre) {
-                Ok(transform) => Ok(Prepared::Transform(transform)),
-                Err(_) => Err(anyhow!(
-                    "does not implement world `filter-plugin` of {} (nor `transform-plugin` of {INTERFACE}): {not_filter}",
-                    FILTER_INTERFACES.join(" or ")
-                )),
-            },
-        }
-    }
-
-    /// [`Runtime::prepare_any`], for a filter only.
-    pub fn prepare(&self, bytes: &[u8]) -> anyhow::Result<FilterPre> {
-        match self.prepare_any(bytes)? {
-            Prepared::Filter(filter) => Ok(filter),
-            Prepared::Transform(_) => Err(anyhow!("is a transform plugin, not a filter")),
-        }
+        })
     }
 
     fn compile(&self, bytes: &[u8]) -> anyhow::Result<Component> {
