@@ -99,8 +99,11 @@ pub struct Config {
     /// A connection that has not authenticated within this time is closed.
     pub unauthenticated_timeout_ms: u64,
 
-    /// Most logs in one evaluation batch and in one `log:batch` message.
+    /// Most logs in one `log:batch` message.
     pub batch_max_logs: usize,
+    /// Most logs the router evaluates (and hands to clients) at once when ingest is backed
+    /// up; an idle router evaluates whatever has arrived.
+    pub evaluation_batch_max_logs: usize,
     /// A `batch: true` client gets at most one `log:batch` per this window (unless
     /// `batch_max_logs` are waiting); the first after a quiet window goes out at once.
     pub batch_max_delay_ms: u64,
@@ -207,6 +210,7 @@ impl Default for Config {
             max_unauthenticated_bytes: 64 << 10,
             unauthenticated_timeout_ms: 30_000,
             batch_max_logs: 50,
+            evaluation_batch_max_logs: 256,
             batch_max_delay_ms: 100,
             ingest_queue: 1024,
             history_max_logs: 100_000,
@@ -354,7 +358,7 @@ impl Config {
 
     /// Reject values that cannot work, naming the key.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let positive: [(&str, u64); 27] = [
+        let positive: [(&str, u64); 28] = [
             ("max_connections", self.max_connections as u64),
             (
                 "max_connections_per_user",
@@ -382,6 +386,10 @@ impl Config {
                 self.unauthenticated_timeout_ms,
             ),
             ("batch_max_logs", self.batch_max_logs as u64),
+            (
+                "evaluation_batch_max_logs",
+                self.evaluation_batch_max_logs as u64,
+            ),
             ("ingest_queue", self.ingest_queue as u64),
             ("stats_interval_ms", self.stats_interval_ms),
             ("plugin_timeout_ms", self.plugin_timeout_ms),
@@ -431,6 +439,9 @@ impl Config {
         }
         if self.plugin_memory_mb == 0 || self.plugin_memory_mb > 4096 {
             bail!("config key `plugin_memory_mb` must be between 1 and 4096");
+        }
+        if self.evaluation_batch_max_logs > 65_536 {
+            bail!("config key `evaluation_batch_max_logs` must be between 1 and 65536");
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             bail!("config key `jwt_secret` must be at least 16 bytes long");
@@ -595,6 +606,7 @@ mod tests {
             (3000, 10_000, 100)
         );
         assert_eq!((c.batch_max_logs, c.batch_max_delay_ms), (50, 100));
+        assert_eq!(c.evaluation_batch_max_logs, 256);
         assert_eq!((c.ping_interval_ms, c.ping_timeout_ms), (25_000, 60_000));
         c.validate().unwrap();
     }

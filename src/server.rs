@@ -126,7 +126,7 @@ pub async fn start(
         registry,
         RouterSettings {
             batch: BatchLimits {
-                max_logs: config.batch_max_logs,
+                max_logs: config.evaluation_batch_max_logs,
                 max_delay: Duration::from_millis(config.batch_max_delay_ms),
             },
             queue: config.ingest_queue,

@@ -629,9 +629,10 @@ async fn transforms_apply_per_subscription_after_filtering() {
 async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
     let dir = plugins_dir(&["misbehave"], &[]);
     // misbehave answers every index for every subscription: a batch of 50 logs (the 100 are
-    // evaluated as two batches of `batch_max_logs`) = 212 bytes.
+    // evaluated as two batches of `evaluation_batch_max_logs`) = 212 bytes.
     let server = server_with(&dir)
         .set("plugin_max_output_bytes", 200)
+        .set("evaluation_batch_max_logs", 50)
         .set("rate_limit", 100_000)
         .start();
     let mut c = server.client("u").await;

@@ -7,8 +7,12 @@
 //! never sees a gap or a duplicate. And because it is a plain OS thread, plugin code never
 //! runs on the async runtime's workers.
 //!
-//! Batching costs no latency when idle. Evaluation batches are cut at `batch_max_logs` or
-//! as soon as the inbound queue is empty. For `batch: true` clients, `log:batch` messages
+//! Batching costs no latency when idle. Evaluation batches are cut at
+//! `evaluation_batch_max_logs` or as soon as the inbound queue is empty. Under load, large
+//! batches matter twice: a plugin call's fixed cost is shared by more logs, and each client
+//! gets its share of a batch back to back, so its socket's writer finds several frames to
+//! send at once instead of waking for each (one `sendto` per frame was most of the cost at
+//! high rates: BENCHMARKS.md §8). For `batch: true` clients, `log:batch` messages
 //! follow the seed's "50 logs or 100 ms" per client as a leading-edge throttle: the first
 //! logs after a quiet `batch_max_delay_ms` go out at once, later ones wait for the window
 //! (or for `batch_max_logs` to pile up). That cuts messages, the dominant cost of fan-out,
