@@ -440,6 +440,9 @@ impl Config {
         if self.plugin_memory_mb == 0 || self.plugin_memory_mb > 4096 {
             bail!("config key `plugin_memory_mb` must be between 1 and 4096");
         }
+        if self.batch_max_delay_ms > 60_000 {
+            bail!("config key `batch_max_delay_ms` must be at most 60000");
+        }
         if self.evaluation_batch_max_logs > 65_536 {
             bail!("config key `evaluation_batch_max_logs` must be between 1 and 65536");
         }

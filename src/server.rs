@@ -127,6 +127,7 @@ pub async fn start(
         RouterSettings {
             batch: BatchLimits {
                 max_logs: config.evaluation_batch_max_logs,
+                plugin_max_logs: config.batch_max_logs,
                 max_delay: Duration::from_millis(config.batch_max_delay_ms),
             },
             queue: config.ingest_queue,

@@ -628,11 +628,11 @@ async fn transforms_apply_per_subscription_after_filtering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
     let dir = plugins_dir(&["misbehave"], &[]);
-    // misbehave answers every index for every subscription: a batch of 50 logs (the 100 are
-    // evaluated as two batches of `evaluation_batch_max_logs`) = 212 bytes.
+    // misbehave answers every index for every subscription: a call on 50 logs = 212 bytes.
+    // The 100 logs are one evaluation batch (`evaluation_batch_max_logs` is 256), but a
+    // plugin is called on at most `batch_max_logs` (50) at a time: two calls, both over.
     let server = server_with(&dir)
         .set("plugin_max_output_bytes", 200)
-        .set("evaluation_batch_max_logs", 50)
         .set("rate_limit", 100_000)
         .start();
     let mut c = server.client("u").await;
@@ -659,7 +659,7 @@ async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
     assert_eq!(
         plugin(&p, "misbehave")["badOutput"],
         2,
-        "both batches of 50 were over"
+        "both calls of 50 were over"
     );
     assert_eq!(
         plugin(&p, "misbehave")["status"],

@@ -424,16 +424,18 @@ impl Client {
     }
 
     /// When the batch-mode outbox is due, if it holds anything: a window after the last
-    /// `log:batch` (at most one per window under load), and in any case by the time its
-    /// oldest log has spent [`OUTBOX_HOLD_SHARE`] of the window in this instance since it was
-    /// received, so the whole path from ingest to the client stays within the window.
+    /// `log:batch`, or earlier, by the time its oldest log has spent [`OUTBOX_HOLD_SHARE`]
+    /// of the window in this instance since it was received (so the whole path from ingest
+    /// to the client stays within the window), but never sooner than half a window after the
+    /// last `log:batch`: a backlog of old logs does not turn into a message per evaluation.
     pub fn outbox_due(&self) -> Option<Instant> {
         let oldest = self.outbox.first()?;
         let window = self.limits.batch_interval;
-        let by_age = oldest.received + window.mul_f64(OUTBOX_HOLD_SHARE);
+        let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t);
+        let by_age = after(oldest.received, window.mul_f64(OUTBOX_HOLD_SHARE));
         Some(match self.last_batch_at {
             None => oldest.received,
-            Some(last) => (last + window).min(by_age),
+            Some(last) => after(last, window).min(by_age).max(after(last, window / 2)),
         })
     }
 
@@ -837,6 +839,10 @@ mod tests {
         assert!(!c.flush_outbox(t0 + ms(150), false));
         assert_eq!(rec.messages(event::BATCH).len(), 3);
         assert_eq!(c.outbox_due(), None);
+        // A log that was already old when it arrived (a backlog) is not sent sooner than
+        // half a window after the last batch.
+        c.deliver(&received_at(t0 - ms(500)), t0 + ms(160));
+        assert_eq!(c.outbox_due(), Some(t0 + ms(200)));
     }
 
     #[test]

@@ -40,7 +40,14 @@ impl FilterPre {
     ) -> Result<FilterPre, wasmtime::Error> {
         match v2::FilterPluginPre::new(pre.clone()) {
             Ok(v2) => Ok(FilterPre::V2(v2)),
-            Err(_) => super::runtime::FilterPluginPre::new(pre).map(FilterPre::V1),
+            Err(not_v2) => super::runtime::FilterPluginPre::new(pre)
+                .map(FilterPre::V1)
+                .map_err(|not_v1| {
+                    wasmtime::Error::msg(format!(
+                        "as {}: {not_v2}; as {}: {not_v1}",
+                        FILTER_INTERFACES[0], FILTER_INTERFACES[1]
+                    ))
+                }),
         }
     }
 

@@ -8,11 +8,11 @@
 //! runs on the async runtime's workers.
 //!
 //! Batching costs no latency when idle. Evaluation batches are cut at
-//! `evaluation_batch_max_logs` or as soon as the inbound queue is empty. Under load, large
-//! batches matter twice: a plugin call's fixed cost is shared by more logs, and each client
-//! gets its share of a batch back to back, so its socket's writer finds several frames to
-//! send at once instead of waking for each (one `sendto` per frame was most of the cost at
-//! high rates: BENCHMARKS.md §8). For `batch: true` clients, `log:batch` messages
+//! `evaluation_batch_max_logs` or as soon as the inbound queue is empty. Under load, a large
+//! batch lets each client get its share back to back, so its socket's writer finds several
+//! frames to send at once instead of waking for each (one `sendto` per frame was most of the
+//! cost at high rates: BENCHMARKS.md §8). Plugins still see at most `batch_max_logs` logs per
+//! call, so a call's CPU budget, memory and answer limits keep their meaning. For `batch: true` clients, `log:batch` messages
 //! follow the seed's "50 logs or 100 ms" per client as a leading-edge throttle: the first
 //! logs after a quiet `batch_max_delay_ms` go out at once, later ones wait for the window
 //! (or for `batch_max_logs` to pile up). That cuts messages, the dominant cost of fan-out,
@@ -83,7 +83,11 @@ fn costly_key(user: &str, filter: &str) -> String {
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
+    /// Most logs evaluated and handed to clients at once (`evaluation_batch_max_logs`).
     pub max_logs: usize,
+    /// Most logs in one plugin call (`batch_max_logs`): the limits of a call (CPU budget,
+    /// memory, answer size) are sized for this many, whatever the evaluation batch.
+    pub plugin_max_logs: usize,
     pub max_delay: Duration,
 }
 
@@ -356,38 +360,51 @@ impl Router {
         self.metrics.add_batch(batch.len());
         self.record_history(batch);
         let mut matches = std::mem::take(&mut self.matches);
-        matches.clear();
-        let failed = self.registry.evaluate(batch, &mut matches);
-        // A failed call: find the subscriptions at fault before anything is delivered, so
-        // that the others get this batch's matches in order.
-        let failed: Vec<(String, EngineError, Triage)> = failed
-            .into_iter()
-            .map(|(filter, error)| {
+        // Plugins see the batch in slices of `plugin_max_logs` (their limits are per call);
+        // what each registration delivers is gathered over the slices, in order, and handed
+        // to its clients at once.
+        let mut deliveries: Vec<(RegistrationId, Vec<Arc<LogRecord>>)> = Vec::new();
+        let mut slot: HashMap<RegistrationId, usize> = HashMap::new();
+        let mut failed_filters = Vec::new();
+        let mut failed_transforms = Vec::new();
+        for slice in batch.chunks(self.batch.plugin_max_logs.max(1)) {
+            matches.clear();
+            let failed = self.registry.evaluate(slice, &mut matches);
+            // A failed call: find the subscriptions at fault before anything is delivered,
+            // so that the others get this batch's matches in order.
+            for (filter, error) in failed {
                 let triage = match error {
                     EngineError::Trap(_) | EngineError::Timeout(_) => {
-                        self.registry.triage(&filter, batch, &mut matches)
+                        self.registry.triage(&filter, slice, &mut matches)
                     }
                     _ => Triage::default(),
                 };
-                (filter, error, triage)
-            })
-            .collect();
-        let now = Instant::now();
-        let mut failed_transforms = Vec::new();
-        for m in &matches {
-            let logs = match self.registry.deliverable(m, batch) {
-                Ok(logs) => logs,
-                Err((step, error)) => {
-                    failed_transforms.push((m.registration, step, error, m.entries.len() as u64));
-                    continue;
-                }
-            };
-            if logs.is_empty() {
-                continue;
+                failed_filters.push((filter, error, triage, slice));
             }
-            for sid in self.registry.clients(m.registration) {
+            for m in &matches {
+                match self.registry.deliverable(m, slice) {
+                    Ok(logs) if logs.is_empty() => {}
+                    Ok(logs) => {
+                        let i = *slot.entry(m.registration).or_insert_with(|| {
+                            deliveries.push((m.registration, Vec::new()));
+                            deliveries.len() - 1
+                        });
+                        deliveries[i].1.extend(logs);
+                    }
+                    Err((step, error)) => failed_transforms.push((
+                        m.registration,
+                        step,
+                        error,
+                        m.entries.len() as u64,
+                    )),
+                }
+            }
+        }
+        let now = Instant::now();
+        for (registration, logs) in &deliveries {
+            for sid in self.registry.clients(*registration) {
                 if let Some(client) = self.clients.get_mut(sid) {
-                    client.deliver(&logs, now);
+                    client.deliver(logs, now);
                     if client.is_over() {
                         self.slow.insert(*sid);
                     }
@@ -407,8 +424,8 @@ impl Router {
                 .ingest_to_emit
                 .observe(handed.saturating_duration_since(log.received).as_secs_f64());
         }
-        for (filter, error, triage) in failed {
-            self.filter_failed(&filter, &error, &triage, batch);
+        for (filter, error, triage, slice) in failed_filters {
+            self.filter_failed(&filter, &error, &triage, slice);
         }
         for (registration, step, error, lost) in failed_transforms {
             self.transform_failed(registration, &step, &error, lost);

@@ -121,6 +121,11 @@ impl TestClient {
         self.client.emit(event, data).await.expect("emit");
     }
 
+    /// Emit; false once the connection is gone (e.g. the server dropped this client).
+    pub async fn try_emit(&self, event: &str, data: Value) -> bool {
+        self.client.emit(event, data).await.is_ok()
+    }
+
     /// Emit with an acknowledgement callback and return the acknowledgement.
     pub async fn emit_ack(&self, event: &str, data: Value) -> Value {
         let (tx, mut rx) = mpsc::unbounded_channel();
