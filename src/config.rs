@@ -99,13 +99,15 @@ pub struct Config {
     /// A connection that has not authenticated within this time is closed.
     pub unauthenticated_timeout_ms: u64,
 
-    /// Most logs in one `log:batch` message.
+    /// Most logs in one `log:batch` message, and in one plugin call.
     pub batch_max_logs: usize,
     /// Most logs the router evaluates (and hands to clients) at once when ingest is backed
     /// up; an idle router evaluates whatever has arrived.
     pub evaluation_batch_max_logs: usize,
-    /// A `batch: true` client gets at most one `log:batch` per this window (unless
-    /// `batch_max_logs` are waiting); the first after a quiet window goes out at once.
+    /// A `batch: true` client gets a `log:batch` at most once per this window (unless
+    /// `batch_max_logs` are waiting, or a log has waited 4/5 of it since it was received,
+    /// and then not within half a window of the last); the first after a quiet window goes
+    /// out at once.
     pub batch_max_delay_ms: u64,
     /// Ingest requests queued ahead of the router; past it ingest answers 503.
     pub ingest_queue: usize,

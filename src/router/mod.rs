@@ -12,11 +12,14 @@
 //! batch lets each client get its share back to back, so its socket's writer finds several
 //! frames to send at once instead of waking for each (one `sendto` per frame was most of the
 //! cost at high rates: BENCHMARKS.md §8). Plugins still see at most `batch_max_logs` logs per
-//! call, so a call's CPU budget, memory and answer limits keep their meaning. For `batch: true` clients, `log:batch` messages
-//! follow the seed's "50 logs or 100 ms" per client as a leading-edge throttle: the first
-//! logs after a quiet `batch_max_delay_ms` go out at once, later ones wait for the window
-//! (or for `batch_max_logs` to pile up). That cuts messages, the dominant cost of fan-out,
-//! without delaying a lone log.
+//! call, so a call's CPU budget, memory and answer limits keep their meaning.
+//!
+//! For `batch: true` clients, `log:batch` messages follow the seed's "50 logs or 100 ms"
+//! per client as a leading-edge throttle: the first logs after a quiet `batch_max_delay_ms`
+//! go out at once, later ones wait for the window (or for `batch_max_logs` to pile up, or
+//! for the oldest to have waited 4/5 of the window since it was received: see
+//! [`Client::outbox_due`]). That cuts messages, the dominant cost of fan-out, without
+//! delaying a lone log.
 //!
 //! Control messages come in three kinds, one file each: [`client`] (connect, subscribe,
 //! pause, ...), [`admin`] (queries for the REST API) and [`plugin`] (hot swap of plugins).
