@@ -58,6 +58,13 @@ impl DeliveryLimits {
 /// (BENCHMARKS.md §8).
 pub const OUTBOX_HOLD_SHARE: f64 = 0.8;
 
+/// How far the estimate of a socket's queue may run ahead of the transport's count before
+/// the count is read again (see [`Client::queued_estimate`]). Each client's share of
+/// `max_queued_bytes` may be overstated by this much until then; with 10 000 clients that is
+/// at most 40 MB of a 256 MiB bound, and the router refreshes every share exactly once the
+/// total passes half the bound.
+pub const RECHECK_BYTES: u64 = 4096;
+
 /// How long a client registered by a handshake may stay unconnected before it is pruned.
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
 
@@ -91,6 +98,9 @@ pub struct Client {
     over_since: Option<Instant>,
     /// What this client adds to `Metrics::queued_bytes`.
     accounted: u64,
+    /// The transport's written-bytes count when it was last read: `sent_bytes -
+    /// written_seen` bounds the queue from above without reading it again.
+    written_seen: u64,
     /// Not yet reported drops, indexed like [`DropReason::ALL`].
     pending_drops: [u64; DropReason::ALL.len()],
     /// When the handshake registered this client (see [`Client::is_stale`]).
@@ -129,6 +139,7 @@ impl Client {
             sent_bytes: 0,
             over_since: None,
             accounted: 0,
+            written_seen: 0,
             pending_drops: [0; DropReason::ALL.len()],
             registered_at: now,
             outbox: Vec::new(),
@@ -344,8 +355,10 @@ impl Client {
     /// does not say).
     fn queued_bytes(&mut self) -> u64 {
         let Some(written) = self.outlet.written() else {
+            self.written_seen = self.sent_bytes;
             return 0;
         };
+        self.written_seen = written;
         // The written count includes framing and the transport's own packets; once it
         // passes what was handed over, the queue is empty: start counting from there.
         if written >= self.sent_bytes {
@@ -354,20 +367,43 @@ impl Client {
         self.sent_bytes - written
     }
 
+    /// At least what waits in the socket's queue, and at most [`RECHECK_BYTES`] more: the
+    /// transport's count (a counter the connection's worker thread writes, so reading it is
+    /// a cache miss for this thread) is read again only once what was handed over since the
+    /// last reading passes that.
+    fn queued_estimate(&mut self) -> u64 {
+        let estimate = self.sent_bytes.saturating_sub(self.written_seen);
+        if estimate <= RECHECK_BYTES {
+            estimate
+        } else {
+            self.queued_bytes()
+        }
+    }
+
     /// Whether a packet of `size` bytes fits the socket's byte bound and the instance's now
-    /// (one packet always fits an empty queue while the instance has room).
+    /// (one packet always fits an empty queue while the instance has room). An estimate
+    /// that says no is checked against the transport's count before the packet is refused.
     fn fits(&mut self, size: usize) -> bool {
-        let queued = self.queued_bytes();
-        let own = queued == 0 || queued + size as u64 <= self.limits.socket_queue_bytes as u64;
-        own && self.instance_has_room(size)
+        let bound = self.limits.socket_queue_bytes as u64;
+        let own = |queued: u64| queued == 0 || queued + size as u64 <= bound;
+        let queued = self.queued_estimate();
+        let own_ok = own(queued) || own(self.queued_bytes());
+        own_ok && self.instance_has_room(size)
     }
 
     /// Whether `size` more bytes fit under `max_queued_bytes` (this client's share brought
-    /// up to date first).
+    /// up to date first, exactly if the estimate says no).
     fn instance_has_room(&mut self, size: usize) -> bool {
+        let room = |c: &Self| {
+            c.metrics.queued_bytes.load(Ordering::Relaxed) + size as u64
+                <= c.limits.max_queued_bytes as u64
+        };
         self.account();
-        self.metrics.queued_bytes.load(Ordering::Relaxed) + size as u64
-            <= self.limits.max_queued_bytes as u64
+        if room(self) {
+            return true;
+        }
+        self.account_exactly();
+        room(self)
     }
 
     /// Bring this client's share of `Metrics::queued_bytes` up to date: its socket queue,
@@ -375,7 +411,17 @@ impl Client {
     /// history and every other client: bounded per client by `pause_buffer_bytes`, they
     /// would overstate memory here, and let paused sockets fill the instance's bound.)
     pub fn account(&mut self) {
+        let now = self.queued_estimate();
+        self.set_accounted(now);
+    }
+
+    /// [`Client::account`] from the transport's count, not an estimate.
+    pub fn account_exactly(&mut self) {
         let now = self.queued_bytes();
+        self.set_accounted(now);
+    }
+
+    fn set_accounted(&mut self, now: u64) {
         if now >= self.accounted {
             self.metrics
                 .queued_bytes
@@ -644,6 +690,8 @@ mod tests {
         closed: Arc<AtomicBool>,
         /// Bytes "written to the network", when the test plays a metered transport.
         written: Arc<Mutex<Option<u64>>>,
+        /// How often `written` was read.
+        written_reads: Arc<std::sync::atomic::AtomicUsize>,
         cut: Arc<AtomicBool>,
     }
 
@@ -672,6 +720,7 @@ mod tests {
             !self.closed.load(Ordering::Relaxed)
         }
         fn written(&self) -> Option<u64> {
+            self.written_reads.fetch_add(1, Ordering::Relaxed);
             *self.written.lock().unwrap()
         }
         fn cut(&self) {
@@ -973,6 +1022,39 @@ mod tests {
             }]
         );
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_transport_count_is_read_only_when_the_estimate_could_matter() {
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(0);
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100_000, 100), t0);
+        let log = logs(1).pop().unwrap();
+        let size = (log.json.get().len() + event::NEW.len() + 6) as u64;
+        let per_read = (RECHECK_BYTES / size) as usize;
+        // The transport keeps up: each packet is written as soon as it is handed over.
+        for i in 1..=10 * per_read {
+            c.deliver(std::slice::from_ref(&log), t0);
+            *rec.written.lock().unwrap() = Some(i as u64 * size);
+        }
+        assert_eq!(rec.messages(event::NEW).len(), 10 * per_read, "all sent");
+        let reads = rec.written_reads.load(Ordering::Relaxed);
+        assert!(
+            reads <= 2 * 10 + 2,
+            "{reads} reads for {} packets of {size} bytes",
+            10 * per_read
+        );
+        // A socket that stops writing is still bounded exactly.
+        let mut tight = limits(100_000, 100);
+        tight.socket_queue_bytes = 3 * size as usize;
+        let stuck = Recorder::default();
+        *stuck.written.lock().unwrap() = Some(0);
+        let mut c = client(&stuck, tight, t0);
+        let many: Vec<_> = (0..10).map(|_| log.clone()).collect();
+        c.deliver(&many, t0);
+        assert_eq!(stuck.messages(event::NEW).len(), 3);
+        assert!(c.is_over());
     }
 
     #[test]

@@ -645,7 +645,7 @@ impl Router {
             > self.max_queued_bytes / 2
         {
             for client in self.clients.values_mut() {
-                client.account();
+                client.account_exactly();
             }
         }
         self.history.expire(now);
