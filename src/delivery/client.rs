@@ -198,10 +198,6 @@ impl Client {
         self.pending_drops.iter().any(|n| *n > 0)
     }
 
-    pub fn has_outbox(&self) -> bool {
-        !self.outbox.is_empty()
-    }
-
     pub fn is_paused(&self) -> bool {
         self.paused
     }
@@ -848,7 +844,7 @@ mod tests {
         c.deliver(&logs(1), t0);
         assert_eq!(rec.messages(event::BATCH).len(), 1, "leading edge");
         c.deliver(&logs(2), t0 + Duration::from_millis(10));
-        assert!(c.has_outbox());
+        assert!(c.outbox_due().is_some());
         assert!(
             c.flush_outbox(t0 + Duration::from_millis(50), false),
             "not due"

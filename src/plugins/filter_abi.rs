@@ -15,9 +15,7 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use super::runtime::v2::logstream::plugin::types::{Entry, Level as V2Level, LogBatch, Span};
-use super::runtime::{
-    FILTER_INTERFACES, PluginState, WitLevel, WitLogEntry, WitMatches, to_wit, v2,
-};
+use super::runtime::{FILTER_INTERFACES, PluginState, WitLogEntry, WitMatches, to_wit, v2};
 use crate::log_entry::{Level, LogRecord};
 
 /// A compiled, linked filter of either version.
@@ -109,7 +107,7 @@ impl FilterInstance {
             FilterInstance::V1(p) => p.logstream_plugin_filter().call_evaluate(store, batch.v1()),
             FilterInstance::V2(p) => Ok(p
                 .logstream_plugin_filter()
-                .call_evaluate(store, batch.v2())?
+                .call_evaluate(store, batch.v2()?)?
                 .into_iter()
                 .map(|m| WitMatches {
                     id: m.id,
@@ -124,7 +122,7 @@ impl FilterInstance {
 pub struct WitBatch<'a> {
     logs: &'a [Arc<LogRecord>],
     v1: OnceCell<Vec<WitLogEntry>>,
-    v2: OnceCell<LogBatch>,
+    v2: OnceCell<Option<LogBatch>>,
 }
 
 impl<'a> WitBatch<'a> {
@@ -136,25 +134,29 @@ impl<'a> WitBatch<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.logs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.logs.is_empty()
-    }
-
     fn v1(&self) -> &[WitLogEntry] {
         self.v1.get_or_init(|| to_wit(self.logs))
     }
 
-    fn v2(&self) -> &LogBatch {
-        self.v2.get_or_init(|| to_log_batch(self.logs))
+    /// The 0.2.0 form, or an error for a batch too large for its 32-bit spans (the call
+    /// fails like any other, so its logs are reported to clients as `plugin_failed`).
+    fn v2(&self) -> wasmtime::Result<&LogBatch> {
+        self.v2
+            .get_or_init(|| to_log_batch(self.logs))
+            .as_ref()
+            .ok_or_else(|| {
+                wasmtime::Error::msg(format!(
+                    "a batch of {} logs holds over 4 GiB of text, more than interface {} can pass",
+                    self.logs.len(),
+                    FILTER_INTERFACES[0]
+                ))
+            })
     }
 }
 
-/// The 0.2.0 form: every string in one text, fields as spans of it.
-pub fn to_log_batch(logs: &[Arc<LogRecord>]) -> LogBatch {
+/// The 0.2.0 form: every string in one text, fields as spans of it; `None` when the text
+/// would pass 4 GiB (only a batch of very many very large logs can).
+pub fn to_log_batch(logs: &[Arc<LogRecord>]) -> Option<LogBatch> {
     let bytes: usize = logs
         .iter()
         .map(|l| {
@@ -166,15 +168,15 @@ pub fn to_log_batch(logs: &[Arc<LogRecord>]) -> LogBatch {
                 + l.tags.iter().map(String::len).sum::<usize>()
         })
         .sum();
+    let tags: usize = logs.iter().map(|l| l.tags.len()).sum();
+    if bytes > u32::MAX as usize || tags > u32::MAX as usize {
+        return None;
+    }
     let mut text = String::with_capacity(bytes);
-    let mut tag_spans = Vec::with_capacity(logs.iter().map(|l| l.tags.len()).sum());
-    // Field sizes are bounded far below 4 GiB by the ingest limits; a batch that is not
-    // (it cannot be built from accepted logs) is cut off rather than wrapped around.
+    let mut tag_spans = Vec::with_capacity(tags);
+    // Every offset fits in u32: the whole text does.
     let put = |text: &mut String, s: &str| -> Span {
         let start = text.len();
-        if start + s.len() > u32::MAX as usize {
-            return Span { start: 0, len: 0 };
-        }
         text.push_str(s);
         Span {
             start: start as u32,
@@ -203,11 +205,11 @@ pub fn to_log_batch(logs: &[Arc<LogRecord>]) -> LogBatch {
             }
         })
         .collect();
-    LogBatch {
+    Some(LogBatch {
         text,
         entries,
         tag_spans,
-    }
+    })
 }
 
 fn v2_level(level: Level) -> V2Level {
@@ -218,18 +220,6 @@ fn v2_level(level: Level) -> V2Level {
         Level::Warn => V2Level::Warn,
         Level::Error => V2Level::Error,
         Level::Fatal => V2Level::Fatal,
-    }
-}
-
-/// The v1 level of a v2 level (the same enum, generated twice).
-pub fn v1_level(level: V2Level) -> WitLevel {
-    match level {
-        V2Level::Trace => WitLevel::Trace,
-        V2Level::Debug => WitLevel::Debug,
-        V2Level::Info => WitLevel::Info,
-        V2Level::Warn => WitLevel::Warn,
-        V2Level::Error => WitLevel::Error,
-        V2Level::Fatal => WitLevel::Fatal,
     }
 }
 
@@ -247,7 +237,7 @@ mod tests {
         .into_iter()
         .map(|v| Arc::new(LogRecord::from_value(v).unwrap()))
         .collect();
-        let batch = to_log_batch(&logs);
+        let batch = to_log_batch(&logs).unwrap();
         let read = |s: &Span| &batch.text[s.start as usize..(s.start + s.len) as usize];
         assert_eq!(batch.entries.len(), 2);
         for (log, e) in logs.iter().zip(&batch.entries) {
@@ -263,6 +253,6 @@ mod tests {
                 .collect();
             assert_eq!(tags, log.tags);
         }
-        assert_eq!(v1_level(batch.entries[0].level), WitLevel::Error);
+        assert_eq!(batch.entries[0].level, V2Level::Error);
     }
 }

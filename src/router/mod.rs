@@ -387,13 +387,16 @@ impl Router {
             for m in &matches {
                 match self.registry.deliverable(m, slice) {
                     Ok(logs) if logs.is_empty() => {}
-                    Ok(logs) => {
-                        let i = *slot.entry(m.registration).or_insert_with(|| {
-                            deliveries.push((m.registration, Vec::new()));
-                            deliveries.len() - 1
-                        });
-                        deliveries[i].1.extend(logs);
-                    }
+                    // The first slice's logs are kept as they are (usually the only slice).
+                    Ok(logs) => match slot.entry(m.registration) {
+                        std::collections::hash_map::Entry::Occupied(i) => {
+                            deliveries[*i.get()].1.extend(logs)
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(deliveries.len());
+                            deliveries.push((m.registration, logs));
+                        }
+                    },
                     Err((step, error)) => failed_transforms.push((
                         m.registration,
                         step,

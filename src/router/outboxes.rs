@@ -62,14 +62,6 @@ impl Outboxes {
         self.due.drain().map(|(sid, _)| sid).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.due.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.due.is_empty()
-    }
-
     fn skip_stale(&mut self) {
         while let Some(Reverse((at, sid))) = self.heap.peek() {
             if self.due.get(sid) == Some(at) {
@@ -98,7 +90,6 @@ mod tests {
         o.schedule(a, t0 + ms(5));
         o.schedule(b, t0 + ms(50));
         o.remove(&c);
-        assert_eq!(o.len(), 2);
         assert_eq!(o.next_due(), Some(t0 + ms(5)));
         assert_eq!(o.pop_due(t0), None, "nothing is due yet");
         assert_eq!(o.pop_due(t0 + ms(40)), Some(a));
@@ -108,8 +99,7 @@ mod tests {
             None,
             "c left, a's old entry is stale"
         );
-        assert!(o.is_empty());
-        assert_eq!(o.next_due(), None);
+        assert_eq!(o.next_due(), None, "nothing left");
     }
 
     #[test]
@@ -119,7 +109,7 @@ mod tests {
         let a = Sid::new();
         o.schedule(a, t0);
         assert_eq!(o.take_all(), vec![a]);
-        assert!(o.is_empty());
+        assert_eq!(o.next_due(), None);
         assert_eq!(o.pop_due(t0 + Duration::from_secs(1)), None);
     }
 }
