@@ -3,14 +3,18 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream,logstream-before,logstream-redis,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
+//! `cargo bench --bench fanout -- [--target logstream,logstream-no-stats,logstream-before,logstream-redis,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
 //!   [--mode batch|new] [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10]
-//!   [--replay N] [--set key=value ...] [--headroom]`
+//!   [--replay N] [--set key=value ...] [--headroom] [--repeat N]`
 //! `cargo bench --bench fanout -- --history-memory 100000`
 //!
 //! `--headroom`: instead of one rate, climb through rates (2 500 … 120 000 logs/s) and report
 //! each target's highest rate held: ≥ 97% of the offered rate accepted, p99 ≤ 100 ms, and
 //! every accepted log delivered to every client of its device, none reported dropped.
+//!
+//! `--repeat N`: measure the targets N times in alternation and end with each target's
+//! medians (ratios taken against the floor of the same round): one run moves by up to 20%
+//! on a shared machine.
 //!
 //! `--replay N`: before the window, N logs of a device nobody watches are ingested; in the
 //! middle of the window one more client subscribes with `since` an offset just before them,
@@ -22,6 +26,9 @@
 //! `floor-socketioxide` and `floor-tungstenite` are the transport floors of
 //! `../shared/peers/floor` (built into `target/floors` on first use): the same fan-out and nothing else.
 //! `logstream-before` runs `LOGSTREAM_BEFORE_BIN`, another build, for before/after rows.
+//! `logstream-no-stats` is logstream with `system:stats` (every 5 s to every client) out of the
+//! way: the floors' work and nothing more. "other frames /s" counts what clients received
+//! besides logs (pings, `system:stats`, device status).
 //! With a floor in the run, each row also shows its CPU per delivery as a ratio to the first
 //! floor measured.
 //!
@@ -59,6 +66,8 @@ struct Args {
     history_memory: usize,
     /// Find each target's highest sustained ingest rate instead (see [`headroom`]).
     headroom: bool,
+    /// Measure every target this many times, in alternation, and end with the medians.
+    repeat: usize,
 }
 
 fn parse_args() -> Args {
@@ -73,6 +82,7 @@ fn parse_args() -> Args {
         replay: 0,
         history_memory: 0,
         headroom: false,
+        repeat: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -88,6 +98,7 @@ fn parse_args() -> Args {
             "--set" => a.sets.push(v),
             "--replay" => a.replay = v.parse().expect("--replay N"),
             "--history-memory" => a.history_memory = v.parse().expect("--history-memory N"),
+            "--repeat" => a.repeat = v.parse::<usize>().expect("--repeat N").max(1),
             "--headroom" => {
                 a.headroom = true;
                 i += 1;
@@ -184,6 +195,20 @@ fn start_logstream(sets: &[String]) -> Target {
     let (child, url) = spawn_logstream(sets, &[]);
     Target {
         name: "logstream",
+        urls: vec![url],
+        children: vec![child],
+    }
+}
+
+/// logstream with `system:stats` out of the way (once an hour instead of every 5 s to every
+/// client): the same work as the floors, which send nothing but the logs. At 10 000 clients
+/// the stats are 2 000 frames a second, a fifth of the frames of the 1000 logs/s load.
+fn start_logstream_no_stats(sets: &[String]) -> Target {
+    let mut sets = sets.to_vec();
+    sets.push("stats_interval_ms=3600000".into());
+    let (child, url) = spawn_logstream(&sets, &[]);
+    Target {
+        name: "logstream, no system:stats",
         urls: vec![url],
         children: vec![child],
     }
@@ -384,6 +409,9 @@ struct Tally {
     dropped: AtomicU64,
     /// Subscribes sent again because the first went unanswered for 5 s.
     resubscribed: AtomicU64,
+    /// Frames other than logs received in the window: `system:stats`, pings, device status.
+    /// The floors send only pings; this makes what else a server sends visible.
+    other_frames: AtomicU64,
     recording: AtomicBool,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
@@ -451,6 +479,10 @@ async fn run_client(
             }
         };
         let Message::Text(text) = msg else { continue };
+        let is_log = text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"");
+        if !is_log && tally.recording.load(Ordering::Relaxed) {
+            tally.other_frames.fetch_add(1, Ordering::Relaxed);
+        }
         if text == "2" {
             let _ = ws.send(Message::Text("3".into())).await;
         } else if text.starts_with("40") && !subscribed {
@@ -465,7 +497,7 @@ async fn run_client(
             acked = true;
             stage("subscribed");
             let _ = ready.send(()).await;
-        } else if text.starts_with("42[\"log:batch\"") || text.starts_with("42[\"log:new\"") {
+        } else if is_log {
             let now = now_us();
             tally
                 .received_all
@@ -792,11 +824,13 @@ async fn measure(target: &Target, a: &Args) -> Result<Measured, String> {
         "n/a".into()
     };
     let cpu_us = cpu / delivered.max(1) as f64 * 1e6;
+    let other = tally.other_frames.load(Ordering::Relaxed);
     let row = format!(
-        "| {} | {:.0} | {:.0} | {:.2} µs | {router_part} | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
+        "| {} | {:.0} | {:.0} | {:.0} | {:.2} µs | {router_part} | {:.1} / {:.1} ms | {:.1} KB | {:.0} MB / {:.0} MB |",
         target.name,
         offered_n as f64 / elapsed,
         delivered as f64 / elapsed,
+        other as f64 / elapsed,
         cpu_us,
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
@@ -828,6 +862,7 @@ fn start_target(name: &str, a: &Args) -> Target {
         "floor-socketioxide" => start_floor("floor-socketioxide"),
         "floor-tungstenite" => start_floor("floor-tungstenite"),
         "logstream-before" => start_logstream_before(&a.sets),
+        "logstream-no-stats" => start_logstream_no_stats(&a.sets),
         "logstream-redis" => start_logstream_redis(&a.sets),
         "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
         _ => start_logstream(&a.sets),
@@ -926,27 +961,87 @@ fn main() {
         a.clients, a.devices, a.rate, a.seconds, a.mode
     );
     println!(
-        "| server | logs in /s | deliveries /s | server CPU per delivered log | of which router thread | p50 / p99 latency | RSS per connection | RSS connected / at end | CPU vs floor |"
+        "| server | logs in /s | deliveries /s | other frames /s | server CPU per delivered log | of which router thread | p50 / p99 latency | RSS per connection | RSS connected / at end | CPU vs floor |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut floor: Option<f64> = None;
-    for t in targets(&a) {
-        let target = start_target(t, &a);
-        let Measured { row, cpu_us, .. } = match rt.block_on(measure(&target, &a)) {
-            Ok(measured) => measured,
-            Err(why) => {
-                println!("| {} | did not complete: {why} |", target.name);
-                drop(target);
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    // Per target: (CPU per delivery, ratio to the run's floor, p99) of each round.
+    let mut rounds: Vec<(String, Vec<Round>)> = Vec::new();
+    for _ in 0..a.repeat {
+        let mut floor: Option<f64> = None;
+        for (i, t) in targets(&a).into_iter().enumerate() {
+            let target = start_target(t, &a);
+            if rounds.len() <= i {
+                rounds.push((target.name.to_owned(), Vec::new()));
             }
-        };
-        if floor.is_none() && t.starts_with("floor") {
-            floor = Some(cpu_us);
+            let Measured {
+                row,
+                cpu_us,
+                p99_ms,
+                ..
+            } = match rt.block_on(measure(&target, &a)) {
+                Ok(measured) => measured,
+                Err(why) => {
+                    println!("| {} | did not complete: {why} |", target.name);
+                    drop(target);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if floor.is_none() && t.starts_with("floor") {
+                floor = Some(cpu_us);
+            }
+            let ratio = floor.map(|f| cpu_us / f);
+            println!(
+                "{row} {} |",
+                ratio.map_or("n/a".to_owned(), |r| format!("{r:.2}×"))
+            );
+            rounds[i].1.push((cpu_us, ratio, p99_ms));
+            drop(target);
+            std::thread::sleep(Duration::from_secs(1));
         }
-        let ratio = floor.map_or("n/a".to_owned(), |f| format!("{:.2}×", cpu_us / f));
-        println!("{row} {ratio} |");
-        drop(target);
-        std::thread::sleep(Duration::from_secs(1));
+    }
+    if a.repeat > 1 {
+        print_medians(&rounds);
+    }
+}
+
+/// One round's figures of one target: CPU per delivery (µs), its ratio to the round's floor,
+/// p99 (ms).
+type Round = (f64, Option<f64>, f64);
+
+/// `--repeat`: the median of each figure over the rounds. On a shared 2-core machine one
+/// run's CPU per delivery moves by up to 20%; each ratio is taken against the floor of the
+/// same round before the median, so a slow round moves both sides.
+fn print_medians(rounds: &[(String, Vec<Round>)]) {
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        v.retain(|x| x.is_finite());
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    }
+    fn spread(v: &[f64]) -> String {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{lo:.2}–{hi:.2}")
+    }
+    println!();
+    println!("medians over the rounds (range in brackets):");
+    println!("| server | rounds | CPU per delivered log | CPU vs floor | p99 latency |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, runs) in rounds {
+        let cpu: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let ratios: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
+        let p99: Vec<f64> = runs.iter().map(|r| r.2).collect();
+        let ratio = match median(ratios.clone()) {
+            Some(m) => format!("{m:.2}× ({}×)", spread(&ratios)),
+            None => "n/a".into(),
+        };
+        println!(
+            "| {name} | {} | {:.2} µs ({} µs) | {ratio} | {:.1} ms ({} ms) |",
+            runs.len(),
+            median(cpu.clone()).unwrap_or(f64::NAN),
+            spread(&cpu),
+            median(p99.clone()).unwrap_or(f64::NAN),
+            spread(&p99),
+        );
     }
 }
