@@ -122,6 +122,7 @@ pub async fn start(
         config.max_unauthenticated_bytes as u64,
         Duration::from_millis(config.unauthenticated_timeout_ms),
     );
+    let (emitter, emitter_task) = crate::delivery::Emitter::new();
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
@@ -143,8 +144,22 @@ pub async fn start(
         metrics.clone(),
         connections.clone(),
         edge.clone(),
+        emitter.clone(),
     )
     .context("starting the router thread")?;
+    // The emitter's task, for the runtime's life (the router hands it its last packets while
+    // the server stops, before the runtime ends). Refusals go back to the router like any control message; one that
+    // finds the queue full waits for room on a blocking thread rather than being lost.
+    tokio::spawn({
+        let control = router.control.clone();
+        emitter_task.run(metrics.clone(), move |refused| {
+            let msg = router::Control::Client(router::ClientCommand::Refused(refused));
+            if let Err(crossbeam_channel::TrySendError::Full(msg)) = control.try_send(msg) {
+                let control = control.clone();
+                tokio::task::spawn_blocking(move || control.send(msg).is_ok());
+            }
+        })
+    });
 
     let instance = if config.instance_id.is_empty() {
         uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -156,6 +171,7 @@ pub async fn start(
         Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
     };
     let app = AppState::new(AppParts {
+        emitter,
         config: config.clone(),
         keys,
         metrics,
@@ -319,7 +335,17 @@ impl Running {
         // 3. Everything accepted is ahead of the drain marker: once answered, it is queued
         //    on the sockets.
         let (drained_tx, drained_rx) = oneshot::channel();
-        if self.router.inbound.send(Inbound::Drain(drained_tx)).is_ok()
+        // Queued from a blocking thread: the inbound queue may be full, and the router may be
+        // waiting for the emitter's task on this runtime (a worker blocked here could be the
+        // one it needs).
+        let inbound = self.router.inbound.clone();
+        let room_for = deadline.saturating_duration_since(std::time::Instant::now());
+        let queued = tokio::task::spawn_blocking(move || {
+            inbound
+                .send_timeout(Inbound::Drain(drained_tx), room_for)
+                .is_ok()
+        });
+        if matches!(queued.await, Ok(true))
             && tokio::time::timeout_at(deadline.into(), drained_rx)
                 .await
                 .is_err()

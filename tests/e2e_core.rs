@@ -819,6 +819,27 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
         },
     )
     .await;
+    // Every matched log is either delivered or counted as dropped, exactly once: the socket
+    // refuses packets after the router handed them on (its queue of 8 packets is full, far
+    // below the byte bound), and those refusals come back to be counted.
+    eventually(
+        Duration::from_secs(5),
+        "deliveries + slow_consumer drops = the 40 × 200 + 40 logs matched",
+        || async {
+            let (_, stats) = server
+                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+                .await;
+            let data = &stats["data"];
+            let delivered = data["deliveries"].as_u64().unwrap_or(0);
+            let slow = data["drops"]["slowConsumer"].as_u64().unwrap_or(0);
+            if delivered + slow == 40 * 200 + 40 {
+                Ok(())
+            } else {
+                Err(format!("{delivered} delivered + {slow} dropped"))
+            }
+        },
+    )
+    .await;
     let (_, health) = server.get("/api/ws/health", &[]).await;
     assert_eq!(health["data"]["healthy"], true);
     drop(ws);

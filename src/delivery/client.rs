@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 
-use super::outlet::{Outlet, Unsent};
+use super::emitter::Refused;
+use super::outlet::{Data, Outlet, Packet, Unsent};
 use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;
@@ -521,28 +522,44 @@ impl Client {
             1
         };
         let mut delivered = 0usize;
+        // Sent with `send_now`, so counted here (the emitter counts what it emits).
+        let mut sent_now = 0u64;
         let mut lost = 0u64;
         let mut refused = false;
         for chunk in logs.chunks(per_packet) {
-            let (event, array);
-            let data: &RawValue = if self.batch_mode {
-                event = event::BATCH;
-                array = json_array(chunk);
-                &array
+            let (event, data) = if self.batch_mode {
+                (event::BATCH, Data::Owned(json_array(chunk)))
             } else {
-                event = event::NEW;
-                &chunk[0].json
+                (event::NEW, Data::Log(Arc::clone(chunk[0])))
             };
-            let offset = chunk.last().and_then(|l| self.offset_of(l));
+            let offset_of = match chunk.last() {
+                Some(last) if self.with_offsets => Some(Arc::clone(last)),
+                _ => None,
+            };
+            let mut packet = Packet {
+                event,
+                data,
+                offset_of,
+                logs: chunk.len() as u32,
+                bytes: 0,
+                report: None,
+            };
             // What the packet carries at least: `42["event",data,offset]`.
-            let size = data.get().len() + event.len() + 6 + offset.map_or(0, |o| o.get().len() + 1);
+            let size = packet.data().get().len()
+                + event.len()
+                + 6
+                + packet.offset().map_or(0, |o| o.get().len() + 1);
+            packet.bytes = size as u64;
             let sent = if !self.fits(size) {
                 Err(Unsent::Full)
-            } else {
-                match offset {
-                    Some(offset) => self.outlet.send_with_offset(event, data, offset),
-                    None => self.outlet.send(event, data),
+            } else if stop_when_full {
+                let sent = self.outlet.send_now(packet);
+                if sent.is_ok() {
+                    sent_now += chunk.len() as u64;
                 }
+                sent
+            } else {
+                self.outlet.send(packet)
             };
             match sent {
                 Ok(()) => {
@@ -568,17 +585,9 @@ impl Client {
         self.info
             .message_count
             .fetch_add(delivered as u64, Ordering::Relaxed);
-        self.metrics.delivered(delivered as u64);
+        self.metrics.delivered(sent_now);
         self.drop_logs(DropReason::SlowConsumer, lost);
         delivered + lost as usize
-    }
-
-    /// The offset to send with `log`, for a resumable subscription.
-    fn offset_of<'a>(&self, log: &'a LogRecord) -> Option<&'a RawValue> {
-        if !self.with_offsets {
-            return None;
-        }
-        log.stamp.get().map(|s| &*s.offset)
     }
 
     pub fn pause(&mut self) {
@@ -609,7 +618,13 @@ impl Client {
             if count == 0 {
                 continue;
             }
-            if self.emit(event::DROPPED, &Dropped { count, reason }) {
+            let Some(raw) = to_raw(&Dropped { count, reason }) else {
+                continue;
+            };
+            let mut packet = Packet::event(event::DROPPED, raw);
+            // Reported again if the socket refuses it.
+            packet.report = Some((reason, count));
+            if self.outlet.send(packet).is_ok() {
                 self.pending_drops[reason as usize] = 0;
             }
         }
@@ -626,13 +641,32 @@ impl Client {
     }
 
     /// Emit an already serialized event (device status, errors shared by many clients).
-    pub fn send_raw(&self, event: &str, data: &RawValue) -> bool {
-        self.outlet.send(event, data).is_ok()
+    pub fn send_raw(&self, event: &'static str, data: &RawValue) -> bool {
+        self.outlet
+            .send(Packet::event(event, data.to_owned()))
+            .is_ok()
     }
 
     /// Emit any event to this client; best effort.
-    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> bool {
-        to_raw(data).is_some_and(|raw| self.send_raw(event, &raw))
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &'static str, data: &T) -> bool {
+        to_raw(data).is_some_and(|raw| self.outlet.send(Packet::event(event, raw)).is_ok())
+    }
+
+    /// The socket refused a packet handed to it earlier (see `emitter`): count it as if it
+    /// had been refused at once. Its logs are `slow_consumer` drops, its bytes leave the
+    /// queue estimate, and a refused drop report is kept to be reported again.
+    pub fn refused(&mut self, refused: &Refused) {
+        self.sent_bytes = self.sent_bytes.saturating_sub(refused.bytes);
+        if refused.logs > 0 {
+            let logs = u64::from(refused.logs);
+            self.info.message_count.fetch_sub(logs, Ordering::Relaxed);
+            self.drop_logs(DropReason::SlowConsumer, logs);
+            self.over_since.get_or_insert_with(Instant::now);
+        }
+        if let Some((reason, count)) = refused.report {
+            self.pending_drops[reason as usize] += count;
+        }
+        self.account();
     }
 
     /// Emit `error`.
@@ -692,7 +726,7 @@ mod tests {
     }
 
     impl Outlet for Recorder {
-        fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent> {
+        fn send(&self, packet: Packet) -> Result<(), Unsent> {
             if self.closed.load(Ordering::Relaxed) {
                 return Err(Unsent::Closed);
             }
@@ -700,17 +734,15 @@ mod tests {
             if self.room.lock().unwrap().is_some_and(|r| sent.len() >= r) {
                 return Err(Unsent::Full);
             }
-            sent.push((event.to_owned(), data.get().to_owned()));
+            let data = match packet.offset() {
+                Some(offset) => format!("[{},{}]", packet.data().get(), offset.get()),
+                None => packet.data().get().to_owned(),
+            };
+            sent.push((packet.event.to_owned(), data));
             Ok(())
         }
-        fn send_with_offset(
-            &self,
-            event: &str,
-            data: &RawValue,
-            offset: &RawValue,
-        ) -> Result<(), Unsent> {
-            let pair = format!("[{},{}]", data.get(), offset.get());
-            self.send(event, &RawValue::from_string(pair).unwrap())
+        fn send_now(&self, packet: Packet) -> Result<(), Unsent> {
+            self.send(packet)
         }
         fn is_connected(&self) -> bool {
             !self.closed.load(Ordering::Relaxed)
@@ -1018,6 +1050,51 @@ mod tests {
             }]
         );
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_refusal_reported_later_is_counted_like_one_seen_at_once() {
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(0);
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(100, 100), t0);
+        c.deliver(&logs(3), t0);
+        assert_eq!(c.info.message_count.load(Ordering::Relaxed), 3);
+        let queued = c.queued_bytes();
+        // The socket refused the second packet after the router had handed it on.
+        let size = queued / 3;
+        c.refused(&Refused {
+            sid: c.sid,
+            logs: 1,
+            bytes: size,
+            report: None,
+        });
+        assert!(c.is_over(), "a refusal marks the client as over its bound");
+        assert_eq!(c.queued_bytes(), queued - size, "its bytes left the queue");
+        assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
+        // A drop report the socket refused is reported again, with what came since.
+        c.refused(&Refused {
+            sid: c.sid,
+            logs: 0,
+            bytes: 0,
+            report: Some((DropReason::RateLimit, 4)),
+        });
+        c.report_periodic_drops();
+        let mut reports = dropped(&rec);
+        reports.sort_by_key(|d| d.reason as usize);
+        assert_eq!(
+            reports,
+            vec![
+                Dropped {
+                    count: 4,
+                    reason: DropReason::RateLimit
+                },
+                Dropped {
+                    count: 1,
+                    reason: DropReason::SlowConsumer
+                },
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,12 @@
 //! ([`super::Client`]) can be tested without one.
 //!
 //! Payloads arrive already serialized ([`RawValue`]): a log's JSON is built once at ingest and
-//! shared by every client; a batch's array is built once per `log:batch`.
+//! shared by every client (a [`Packet`] holds the record, not a copy); a batch's array is
+//! built once per `log:batch`.
+//!
+//! A socket's packets are handed to the [`Emitter`], which puts them in the sockets' queues
+//! from a task on the async runtime (see `emitter` for why); only replays, which must stop
+//! at a full socket, put theirs in the queue at once ([`Outlet::send_now`]).
 
 use std::sync::Arc;
 
@@ -10,7 +15,10 @@ use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 
+use super::emitter::Emitter;
 use crate::edge::Meter;
+use crate::log_entry::LogRecord;
+use crate::protocol::DropReason;
 
 /// Why an event was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +29,65 @@ pub enum Unsent {
     Full,
 }
 
+/// What a packet carries as its first argument.
+pub enum Data {
+    /// One log (`log:new`): its JSON, shared with every other client.
+    Log(Arc<LogRecord>),
+    /// Anything else, serialized for this packet.
+    Owned(Box<RawValue>),
+}
+
+/// One event for one client, with what its delivery means for the client's accounting.
+pub struct Packet {
+    pub event: &'static str,
+    pub data: Data,
+    /// For a resumable subscription: the log whose offset goes last (Socket.IO's recovery
+    /// convention).
+    pub offset_of: Option<Arc<LogRecord>>,
+    /// Logs it carries: counted as delivered once the socket takes it, as `slow_consumer`
+    /// drops if it refuses it.
+    pub logs: u32,
+    /// Bytes counted against the client's queue for it.
+    pub bytes: u64,
+    /// A `log:dropped` report: its count is reported again if the socket refuses it.
+    pub report: Option<(DropReason, u64)>,
+}
+
+impl Packet {
+    /// An event that carries no logs.
+    pub fn event(event: &'static str, data: Box<RawValue>) -> Packet {
+        Packet {
+            event,
+            data: Data::Owned(data),
+            offset_of: None,
+            logs: 0,
+            bytes: 0,
+            report: None,
+        }
+    }
+
+    pub fn data(&self) -> &RawValue {
+        match &self.data {
+            Data::Log(log) => &log.json,
+            Data::Owned(raw) => raw,
+        }
+    }
+
+    pub fn offset(&self) -> Option<&RawValue> {
+        let log = self.offset_of.as_ref()?;
+        log.stamp.get().map(|s| &*s.offset)
+    }
+}
+
 /// The emitting side of one client.
 pub trait Outlet: Send + Sync {
-    /// Queue `event` with one argument, `data`.
-    fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent>;
-    /// Queue `event` with two arguments: `data` and `offset` (Socket.IO's recovery
-    /// convention puts the offset last).
-    fn send_with_offset(
-        &self,
-        event: &str,
-        data: &RawValue,
-        offset: &RawValue,
-    ) -> Result<(), Unsent>;
+    /// Hand `packet` on, after everything handed before. The delivery stage puts it in the
+    /// socket's queue soon after, counts it as delivered, and reports a refusal back to the
+    /// router (see `emitter`); an error here means it was not taken at all.
+    fn send(&self, packet: Packet) -> Result<(), Unsent>;
+    /// Put `packet` in the socket's queue now, after everything handed before, and say
+    /// whether it fit (replays stop at a full socket). The caller counts it as delivered.
+    fn send_now(&self, packet: Packet) -> Result<(), Unsent>;
     /// Whether the transport is still connected.
     fn is_connected(&self) -> bool;
     /// Bytes written to the network for this client so far, when the transport says.
@@ -50,25 +105,35 @@ fn unsent(e: SendError) -> Unsent {
     }
 }
 
-/// A socket and the meter of bytes its connection has written (see `edge`).
+/// Put `packet` in `socket`'s queue.
+pub fn emit(socket: &SocketRef, packet: &Packet) -> Result<(), Unsent> {
+    let data = packet.data();
+    let sent = match packet.offset() {
+        // A tuple is sent as that many arguments.
+        Some(offset) => socket.emit(packet.event, &(data, offset)),
+        None => socket.emit(packet.event, data),
+    };
+    sent.map_err(unsent)
+}
+
+/// A socket, the meter of bytes its connection has written (see `edge`), and the emitter
+/// its packets go through.
 pub struct SocketOutlet {
     pub socket: SocketRef,
     pub meter: Arc<Meter>,
+    pub emitter: Arc<Emitter>,
 }
 
 impl Outlet for SocketOutlet {
-    fn send(&self, event: &str, data: &RawValue) -> Result<(), Unsent> {
-        self.socket.emit(event, data).map_err(unsent)
+    fn send(&self, packet: Packet) -> Result<(), Unsent> {
+        self.emitter.push(self.socket.clone(), packet);
+        Ok(())
     }
 
-    fn send_with_offset(
-        &self,
-        event: &str,
-        data: &RawValue,
-        offset: &RawValue,
-    ) -> Result<(), Unsent> {
-        // A tuple is sent as that many arguments.
-        self.socket.emit(event, &(data, offset)).map_err(unsent)
+    fn send_now(&self, packet: Packet) -> Result<(), Unsent> {
+        // What was handed before goes first.
+        self.emitter.settle();
+        emit(&self.socket, &packet)
     }
 
     fn is_connected(&self) -> bool {

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::replay::{Cancel, Plan, Replay};
 use super::{Router, SubscribeError, costly_key};
 use crate::auth::Scope;
-use crate::delivery::Client;
+use crate::delivery::{Client, Refused};
 use crate::history::ring::Since;
 use crate::protocol::{ClientError, Code, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
@@ -47,11 +47,27 @@ pub enum ClientCommand {
         scope: Arc<Scope>,
         reply: oneshot::Sender<Option<ClientError>>,
     },
+    /// Packets the sockets refused after the router handed them on (see
+    /// `delivery::emitter`).
+    Refused(Vec<Refused>),
 }
 
 impl Router {
     pub(super) fn apply_client(&mut self, command: ClientCommand) {
         match command {
+            ClientCommand::Refused(refused) => {
+                for r in &refused {
+                    if let Some(client) = self.clients.get_mut(&r.sid) {
+                        client.refused(r);
+                        if client.is_over() {
+                            self.slow.insert(r.sid);
+                        }
+                        if client.has_pending_drops() {
+                            self.reports.insert(r.sid);
+                        }
+                    }
+                }
+            }
             ClientCommand::Connect(client) => {
                 self.handshakes.push_back((Instant::now(), client.sid));
                 self.clients.insert(client.sid, *client);
@@ -95,13 +111,13 @@ impl Router {
                     });
                 match result {
                     Err(e) => {
-                        let _ = reply.send(Err(e));
+                        self.answer(reply, Err(e));
                     }
                     Ok((subscribed, None)) => {
                         if let Some(client) = self.clients.get(&sid) {
                             client.emit(event::SUBSCRIBED, &subscribed);
                         }
-                        let _ = reply.send(Ok(subscribed));
+                        self.answer(reply, Ok(subscribed));
                     }
                     Ok((subscribed, Some(plan))) => self.start_replay(sid, plan, subscribed, reply),
                 }
@@ -113,18 +129,20 @@ impl Router {
                     client.flush_outbox(Instant::now(), true);
                     client.info.set_subscription(None);
                 }
-                let _ = reply.send(self.registry.unsubscribe(sid));
+                let had = self.registry.unsubscribe(sid);
+                self.answer(reply, had);
             }
             ClientCommand::Pause { sid, reply } => {
                 let found = self.clients.get_mut(&sid).map(Client::pause).is_some();
-                let _ = reply.send(found);
+                self.answer(reply, found);
             }
             ClientCommand::Resume { sid, reply } => {
                 let found = self.clients.get_mut(&sid).map(Client::resume).is_some();
-                let _ = reply.send(found);
+                self.answer(reply, found);
             }
             ClientCommand::Rescope { sid, scope, reply } => {
-                let _ = reply.send(self.rescope(sid, scope));
+                let error = self.rescope(sid, scope);
+                self.answer(reply, error);
             }
         }
     }

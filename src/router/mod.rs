@@ -7,6 +7,13 @@
 //! never sees a gap or a duplicate. And because it is a plain OS thread, plugin code never
 //! runs on the async runtime's workers.
 //!
+//! The router decides what each client gets, in order, and accounts for it; it does not put
+//! packets in the sockets' queues itself. Each turn of its loop hands what it sent to the
+//! emitter's task on the async runtime (`delivery::emitter`): writing every socket's queue
+//! from this thread cost a cross-core hand-off per packet. Refusals come back as
+//! [`ClientCommand::Refused`]; an answer to a socket handler waits until what was sent
+//! before it is out ([`Router::answer`]).
+//!
 //! Batching costs no latency when idle. Evaluation batches are cut at
 //! `evaluation_batch_max_logs` or as soon as the inbound queue is empty. Under load, a large
 //! batch lets each client get its share back to back, so its socket's writer finds several
@@ -40,7 +47,7 @@ use crossbeam_channel::{Receiver, Sender, select_biased};
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
-use crate::delivery::{Client, to_raw};
+use crate::delivery::{Client, Emitter, to_raw};
 use crate::engine::{EngineError, Matches, RegistrationId, Triage};
 use crate::history::HistoryLimits;
 use crate::history::ring::Ring;
@@ -162,6 +169,8 @@ pub struct Router {
     /// grace period, for a CONNECT that never completed.
     handshakes: VecDeque<(Instant, Sid)>,
     max_queued_bytes: usize,
+    /// Packets for sockets are handed over here at the end of each turn of the loop.
+    emitter: Arc<Emitter>,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
@@ -172,6 +181,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     connections: crate::connections::Connections,
     edge: Arc<crate::edge::Edge>,
+    emitter: Arc<Emitter>,
 ) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
     let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(settings.queue);
     let (control_tx, control_rx) = crossbeam_channel::bounded(settings.queue);
@@ -201,6 +211,7 @@ pub fn spawn(
         reports: HashSet::new(),
         handshakes: VecDeque::new(),
         max_queued_bytes: settings.max_queued_bytes,
+        emitter,
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -246,10 +257,20 @@ impl Router {
             if !self.replays.is_empty() {
                 self.replay_step();
             }
+            // Everything this turn sent, to the sockets in one job.
+            self.emitter.flush();
         }
         self.flush_pending();
         self.flush_outboxes();
+        self.emitter.settle();
         tracing::debug!("router stopped");
+    }
+
+    /// Answer a socket handler once what was sent before is in the sockets' queues: the
+    /// handler may emit after the answer, and must not overtake it.
+    fn answer<T>(&self, reply: oneshot::Sender<T>, value: T) {
+        self.emitter.settle();
+        let _ = reply.send(value);
     }
 
     fn apply(&mut self, control: Control) {
@@ -325,7 +346,7 @@ impl Router {
             Inbound::Drain(reply) => {
                 self.flush_pending();
                 self.flush_outboxes();
-                let _ = reply.send(());
+                self.answer(reply, ());
             }
         }
     }

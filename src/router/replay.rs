@@ -256,7 +256,7 @@ impl Router {
             client.finish_replay();
         }
         if let Some(reply) = replay.reply.take() {
-            let _ = reply.send(Ok(replay.subscribed));
+            self.answer(reply, Ok(replay.subscribed));
         }
     }
 
@@ -287,7 +287,7 @@ impl Router {
                     "superseded by a newer subscription",
                 ),
             };
-            let _ = reply.send(Err(error));
+            self.answer(reply, Err(error));
         }
     }
 

@@ -201,6 +201,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         Box::new(SocketOutlet {
             socket: socket.clone(),
             meter,
+            emitter: app.emitter.clone(),
         }),
         socket.id,
         session.grant().scope,
