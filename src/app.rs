@@ -29,6 +29,8 @@ pub struct AppInner {
     pub router: RouterHandle,
     /// Where the router's packets for sockets go (see `delivery::emitter`).
     pub emitter: Arc<crate::delivery::Emitter>,
+    /// `system:stats`: the latest figures and the rounds' clock.
+    pub stats_feed: Arc<crate::delivery::StatsFeed>,
     pub bus: Bus,
     pub limits: DeliveryLimits,
     pub started: Instant,
@@ -87,6 +89,9 @@ pub struct AppParts {
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
         let limits = DeliveryLimits::from_config(&parts.config);
+        let stats_feed = Arc::new(crate::delivery::StatsFeed::new(
+            std::time::Duration::from_millis(parts.config.stats_interval_ms),
+        ));
         AppState(Arc::new(AppInner {
             config: parts.config,
             keys: parts.keys,
@@ -94,6 +99,7 @@ impl AppState {
             connections: parts.connections,
             router: parts.router,
             emitter: parts.emitter,
+            stats_feed,
             bus: parts.bus,
             limits,
             started: Instant::now(),

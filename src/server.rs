@@ -464,41 +464,50 @@ async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToke
     }
 }
 
-/// `system:stats` to every client each `stats_interval_ms`, until `stop`.
-/// `system:stats` every `stats_interval_ms` to every client, one slice of the clients at a
-/// time (see `socket::stats_room`): a broadcast to all at once made every socket's writer
-/// wake in the same instant, a burst that delayed log delivery for everyone.
+/// `system:stats` every `stats_interval_ms` to every client, until `stop`: one slice of the
+/// clients at a time (a broadcast to all at once made every socket's writer wake in the same
+/// instant, a burst that delayed log delivery for everyone), and only to the clients whose
+/// round did not already ride along with their logs (`delivery::stats_feed`).
 async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
-    let slices = crate::socket::STATS_SLICES;
-    let mut tick =
-        tokio::time::interval(Duration::from_millis(app.config.stats_interval_ms) / slices as u32);
+    use crate::connections::ConnectionInfo;
+    use crate::delivery::stats_feed::{STATS_SLICES, stats_room};
+
+    let feed = app.stats_feed.clone();
+    // Never early: a slice's visit comes at or after its round is due.
+    let mut tick = tokio::time::interval_at(feed.start().into(), feed.slice_period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut slice = 0usize;
-    let mut payload = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if slice == 0 || payload.is_none() {
+        if slice == 0 || feed.current().is_none() {
             let rates = app.metrics.sample_rates(Instant::now());
-            payload = Some(SystemStats {
+            let stats = SystemStats {
                 connections: app.connections.len(),
                 logs_in_per_sec: rates.logs_in_per_sec,
                 deliveries_per_sec: rates.deliveries_per_sec,
                 drops_per_sec: rates.drops_per_sec,
                 drops: app.metrics.drops(),
                 uptime: app.started.elapsed().as_secs_f64(),
-            });
+            };
+            if let Some(raw) = crate::delivery::to_raw(&stats) {
+                feed.publish(raw);
+            }
         }
-        if let Some(payload) = &payload
-            && let Err(e) = io
-                .to(crate::socket::stats_room(slice))
-                .emit(crate::protocol::event::SYSTEM_STATS, payload)
-                .await
+        if let (Some(payload), Some(round)) =
+            (feed.current(), feed.round_due(slice, Instant::now()))
         {
-            tracing::debug!(error = %e, "system:stats broadcast failed");
+            for socket in io.to(stats_room(slice)).sockets() {
+                let Some(info) = socket.extensions.get::<Arc<ConnectionInfo>>() else {
+                    continue;
+                };
+                if info.stats.claim(round) {
+                    let _ = socket.emit(crate::protocol::event::SYSTEM_STATS, &*payload);
+                }
+            }
         }
-        slice = (slice + 1) % slices;
+        slice = (slice + 1) % STATS_SLICES;
     }
 }

@@ -564,6 +564,110 @@ async fn system_stats_are_broadcast_periodically() {
     }
 }
 
+/// A client being sent logs gets its `system:stats` in the same write as one of them (one
+/// wake-up of its socket's writer instead of two), still once per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_stats_ride_along_with_logs() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Instant;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = Server::builder()
+        .set("stats_interval_ms", 600)
+        .set("rate_limit", 1000)
+        .start();
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        server.url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let connect = format!("40{}", json!({ "token": Server::token("rider") }));
+    ws.send(Message::Text(connect.into())).await.unwrap();
+    let until_frame = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, what: &str| loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with(what) || t.contains(what) => return,
+            Some(Ok(_)) => continue,
+            other => panic!("websocket ended: {other:?}"),
+        }
+    };
+    until_frame(&mut ws, "40").await;
+    ws.send(Message::Text(
+        r#"42["log:subscribe",{"deviceIds":["d"]}]"#.into(),
+    ))
+    .await
+    .unwrap();
+    until_frame(&mut ws, "log:subscribed").await;
+    // Frames with when they arrived, read while logs come every 50 ms for 3 s.
+    let frames = tokio::spawn(async move {
+        let mut frames: Vec<(Instant, String)> = Vec::new();
+        let until = Instant::now() + Duration::from_millis(3600);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until.into(), ws.next()).await {
+            if let Message::Text(t) = msg {
+                if t == "2" {
+                    let _ = ws.send(Message::Text("3".into())).await;
+                }
+                frames.push((Instant::now(), t.to_string()));
+            }
+        }
+        frames
+    });
+    for i in 0..60 {
+        server.ingest(log("d", "INFO", &i.to_string())).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frames = frames.await.unwrap();
+    let logs = frames
+        .iter()
+        .filter(|(_, t)| t.contains("\"log:new\""))
+        .count();
+    assert!(
+        logs >= 55,
+        "{logs} logs arrived: {:?}",
+        &frames[..frames.len().min(5)]
+    );
+    let stats: Vec<usize> = (0..frames.len())
+        .filter(|&i| frames[i].1.contains("\"system:stats\""))
+        .collect();
+    // Once the logs flow (after the first second), every round rides along: right behind a
+    // log, in the same write. (Sent on their own, stats would arrive at any point between
+    // two logs 50 ms apart.)
+    let flowing = frames[0].0 + Duration::from_millis(1000);
+    let last_log = frames
+        .iter()
+        .rev()
+        .find(|(_, t)| t.contains("\"log:new\""))
+        .map(|(at, _)| *at)
+        .unwrap();
+    let riding: Vec<&usize> = stats
+        .iter()
+        .filter(|&&i| frames[i].0 > flowing && frames[i].0 < last_log)
+        .collect();
+    assert!(
+        riding.len() >= 2,
+        "{} stats while logs flowed",
+        riding.len()
+    );
+    for &&i in &riding {
+        let (at, before) = (&frames[i].0, &frames[i - 1]);
+        assert!(
+            before.1.contains("\"log:new\"")
+                && at.duration_since(before.0) < Duration::from_millis(10),
+            "system:stats at {:?} did not come with a log (previous frame {:?} earlier: {})",
+            at.duration_since(frames[0].0),
+            at.duration_since(before.0),
+            before.1
+        );
+    }
+    // Still one per round: never two within 3/4 of the interval (less a little jitter).
+    for pair in stats.windows(2) {
+        let gap = frames[pair[1]].0.duration_since(frames[pair[0]].0);
+        assert!(
+            gap >= Duration::from_millis(400),
+            "two system:stats {gap:?} apart"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api() {
     let server = Server::start();

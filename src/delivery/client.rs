@@ -11,6 +11,7 @@ use socketioxide::socket::Sid;
 
 use super::emitter::Refused;
 use super::outlet::{Data, Outlet, Packet, Unsent};
+use super::stats_feed::StatsFeed;
 use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;
@@ -76,6 +77,8 @@ pub struct Client {
     scope: Arc<Scope>,
     pub info: Arc<ConnectionInfo>,
     metrics: Arc<Metrics>,
+    /// `system:stats`, sent with this client's logs when its round is near.
+    stats: Option<Arc<StatsFeed>>,
     limits: DeliveryLimits,
     /// `log:batch` arrays instead of one `log:new` per log.
     batch_mode: bool,
@@ -128,6 +131,7 @@ impl Client {
             scope,
             info,
             metrics,
+            stats: None,
             limits,
             batch_mode: false,
             with_offsets: false,
@@ -146,6 +150,13 @@ impl Client {
             outbox: Vec::new(),
             last_batch_at: None,
         }
+    }
+
+    /// Send this client's `system:stats` with its logs when its round is near (see
+    /// `stats_feed`).
+    pub fn with_stats(mut self, feed: Arc<StatsFeed>) -> Client {
+        self.stats = Some(feed);
+        self
     }
 
     /// A client registered during a handshake whose CONNECT never completed (so no
@@ -587,6 +598,9 @@ impl Client {
             .fetch_add(delivered as u64, Ordering::Relaxed);
         self.metrics.delivered(sent_now);
         self.drop_logs(DropReason::SlowConsumer, lost);
+        if delivered > 0 {
+            self.stats_ride_along();
+        }
         delivered + lost as usize
     }
 
@@ -650,6 +664,25 @@ impl Client {
     /// Emit any event to this client; best effort.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &'static str, data: &T) -> bool {
         to_raw(data).is_some_and(|raw| self.outlet.send(Packet::event(event, raw)).is_ok())
+    }
+
+    /// This client's `system:stats`, right after logs it is being sent, when its next round
+    /// is near: the same write carries both.
+    fn stats_ride_along(&self) {
+        let Some(feed) = &self.stats else {
+            return;
+        };
+        if let Some(payload) = feed.ride_along(&self.info.stats, Instant::now()) {
+            let packet = Packet {
+                event: event::SYSTEM_STATS,
+                data: Data::Shared(payload),
+                offset_of: None,
+                logs: 0,
+                bytes: 0,
+                report: None,
+            };
+            let _ = self.outlet.send(packet);
+        }
     }
 
     /// The socket refused a packet handed to it earlier (see `emitter`): count it as if it
@@ -789,6 +822,7 @@ mod tests {
             ip: "127.0.0.1".into(),
             connected_at: std::time::SystemTime::now(),
             message_count: Default::default(),
+            stats: Default::default(),
             subscription: Default::default(),
         });
         Client::new(

@@ -35,6 +35,8 @@ pub enum Data {
     Log(Arc<LogRecord>),
     /// Anything else, serialized for this packet.
     Owned(Box<RawValue>),
+    /// Serialized once for many clients (`system:stats`).
+    Shared(Arc<RawValue>),
 }
 
 /// One event for one client, with what its delivery means for the client's accounting.
@@ -70,6 +72,7 @@ impl Packet {
         match &self.data {
             Data::Log(log) => &log.json,
             Data::Owned(raw) => raw,
+            Data::Shared(raw) => raw,
         }
     }
 

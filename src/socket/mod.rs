@@ -22,6 +22,7 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ConnectInfo;
 
 use crate::delivery::outlet::SocketOutlet;
+use crate::delivery::stats_feed::{StatsTicket, stats_room, stats_slice};
 use crate::edge::Peer;
 use serde::Serialize;
 use serde_json::Value;
@@ -148,14 +149,6 @@ fn verify(app: &AppState, token: &str) -> Result<(String, Grant), AuthError> {
     ))
 }
 
-/// `system:stats` goes to one of this many slices of the clients at a time.
-pub const STATS_SLICES: usize = 10;
-
-/// The room of stats slice `n`.
-pub fn stats_room(n: usize) -> String {
-    format!("logstream:stats:{n}")
-}
-
 /// The peer's address, as the HTTP server saw it.
 fn peer(socket: &SocketRef) -> String {
     socket
@@ -185,6 +178,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         ip,
         connected_at: SystemTime::now(),
         message_count: Default::default(),
+        stats: StatsTicket::new(stats_slice(socket.id.as_str())),
         subscription: Default::default(),
     });
     // The connection that carried the handshake is authenticated now; a WebSocket carries
@@ -209,21 +203,17 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         app.metrics.clone(),
         app.limits,
         Instant::now(),
-    );
+    )
+    .with_stats(app.stats_feed.clone());
     let connect = Control::Client(ClientCommand::Connect(Box::new(client)));
     if app.control(connect).is_err() {
         app.edge.forget(socket.id);
         return Err(refuse(socket, "router_busy", "Server busy".into()));
     }
+    socket.join(stats_room(info.stats.slice()));
+    // For the stats loop's visits (see `delivery::stats_feed`).
+    socket.extensions.insert(info.clone());
     app.connections.insert(info);
-    // A slice for `system:stats`, by the socket id (random), so slices stay even.
-    let slice = socket
-        .id
-        .as_str()
-        .bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-        % STATS_SLICES;
-    socket.join(stats_room(slice));
     socket.on(event::SUBSCRIBE, on_subscribe);
     socket.on(event::UNSUBSCRIBE, on_unsubscribe);
     socket.on(event::PAUSE, on_pause);
