@@ -122,7 +122,7 @@ pub async fn start(
         config.max_unauthenticated_bytes as u64,
         Duration::from_millis(config.unauthenticated_timeout_ms),
     );
-    let (emitter, emitter_task) = crate::delivery::Emitter::new();
+    let (emitter, emitter_task) = crate::delivery::Emitter::new(metrics.clone());
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
@@ -148,18 +148,8 @@ pub async fn start(
     )
     .context("starting the router thread")?;
     // The emitter's task, for the runtime's life (the router hands it its last packets while
-    // the server stops, before the runtime ends). Refusals go back to the router like any control message; one that
-    // finds the queue full waits for room on a blocking thread rather than being lost.
-    tokio::spawn({
-        let control = router.control.clone();
-        emitter_task.run(metrics.clone(), move |refused| {
-            let msg = router::Control::Client(router::ClientCommand::Refused(refused));
-            if let Err(crossbeam_channel::TrySendError::Full(msg)) = control.try_send(msg) {
-                let control = control.clone();
-                tokio::task::spawn_blocking(move || control.send(msg).is_ok());
-            }
-        })
-    });
+    // the server stops, before the runtime ends).
+    tokio::spawn(emitter_task.run());
 
     let instance = if config.instance_id.is_empty() {
         uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
@@ -473,9 +463,11 @@ async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
     use crate::delivery::stats_feed::{STATS_SLICES, stats_room};
 
     let feed = app.stats_feed.clone();
-    // Never early: a slice's visit comes at or after its round is due.
+    // Never early: a slice's visit comes at or after its round is due. A late visit is made
+    // up at once and the schedule stays on the feed's clock (drifting later, it could send a
+    // round just before the next one rode along).
     let mut tick = tokio::time::interval_at(feed.start().into(), feed.slice_period());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut slice = 0usize;
     loop {
         tokio::select! {

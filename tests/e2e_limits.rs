@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{ADMIN_KEY, Server, eventually, log};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -275,6 +275,49 @@ async fn a_client_that_never_reads_is_bounded_in_bytes_then_disconnected() {
     })
     .await;
     assert!(ended.is_ok(), "the stuck client's connection was closed");
+}
+
+/// The other bound: many small packets fill the socket's queue of packets (`socket_queue`)
+/// long before its bytes do. The socket refuses them after the router has handed them on;
+/// a client that never reads must still be cut while logs keep coming for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_small_logs_is_disconnected_while_they_keep_coming() {
+    let server = Server::builder()
+        .set("rate_limit", 1_000_000)
+        .set("socket_queue", 8)
+        .set("slow_consumer_timeout_ms", 1000)
+        .set("history_max_bytes", 1 << 20)
+        .start();
+    let mut stuck = raw_client(&server, "stuck").await;
+    subscribe_raw(&mut stuck, "d").await;
+    // From here on the raw client reads nothing. 4 KB logs fill the kernel's buffers (a
+    // few MB), then the socket's 8 packets, far below its 4 MiB byte bound.
+    let payload = "x".repeat(4000);
+    let started = std::time::Instant::now();
+    let mut disconnected = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        let logs: Vec<Value> = (0..100).map(|_| log("d", "INFO", &payload)).collect();
+        server.ingest(Value::Array(logs)).await;
+        let (_, stats) = server
+            .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+            .await;
+        if stats["data"]["total"].as_u64() == Some(0) {
+            disconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        disconnected,
+        "a client that never reads was still connected after 20 s of logs"
+    );
+    let (_, stats) = server
+        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    assert!(
+        stats["data"]["drops"]["slowConsumer"].as_u64() > Some(0),
+        "{stats}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

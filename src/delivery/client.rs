@@ -100,6 +100,11 @@ pub struct Client {
     sent_bytes: u64,
     /// Since when the client has been over its queue bound (a packet refused for it).
     over_since: Option<Instant>,
+    /// A packet was refused since the last [`Client::check_slow`].
+    refused_lately: bool,
+    /// The transport's written-bytes count at the last [`Client::check_slow`] (or when the
+    /// client went over): whether it reads at all.
+    written_at_check: u64,
     /// What this client adds to `Metrics::queued_bytes`.
     accounted: u64,
     /// The transport's written-bytes count when it was last read: `sent_bytes -
@@ -143,6 +148,8 @@ impl Client {
             held_bytes: 0,
             sent_bytes: 0,
             over_since: None,
+            refused_lately: false,
+            written_at_check: 0,
             accounted: 0,
             written_seen: 0,
             pending_drops: [0; DropReason::ALL.len()],
@@ -442,6 +449,15 @@ impl Client {
         self.accounted = now;
     }
 
+    /// A packet was refused: the client is over its bound from now (if it was not already).
+    fn went_over(&mut self) {
+        self.refused_lately = true;
+        if self.over_since.is_none() {
+            self.over_since = Some(Instant::now());
+            self.written_at_check = self.outlet.written().unwrap_or(0);
+        }
+    }
+
     /// Whether this client has been refused packets and not caught up since.
     pub fn is_over(&self) -> bool {
         self.over_since.is_some()
@@ -454,7 +470,13 @@ impl Client {
         let Some(since) = self.over_since else {
             return false;
         };
-        if self.queued_bytes() == 0 && self.outlet.written().is_some() {
+        // Caught up: its queue drained, or it reads and nothing was refused for a while. (A
+        // packet handed to the emitter says nothing: the socket may refuse it later.)
+        let refused_lately = std::mem::take(&mut self.refused_lately);
+        let written = self.outlet.written();
+        let reads = written.is_some_and(|w| w > self.written_at_check);
+        self.written_at_check = written.unwrap_or(0);
+        if (self.queued_bytes() == 0 && written.is_some()) || (reads && !refused_lately) {
             self.over_since = None;
             return false;
         }
@@ -462,13 +484,17 @@ impl Client {
             return true;
         }
         tracing::warn!(sid = %self.sid, user = %self.info.user_id, over_s = now.saturating_duration_since(since).as_secs(), "slow consumer disconnected (slow_consumer_timeout_ms)");
-        self.error(&ClientError::new(
+        let error = ClientError::new(
             crate::protocol::Code::SlowConsumer,
             format!(
                 "your connection stayed over its queue bound for {} ms (slow_consumer_timeout_ms); disconnected",
                 self.limits.slow_consumer_timeout.as_millis()
             ),
-        ));
+        );
+        // Into the socket's queue now (when it has room), ahead of the cut.
+        if let Some(raw) = to_raw(&error) {
+            let _ = self.outlet.send_now(Packet::event(event::ERROR, raw));
+        }
         self.metrics
             .slow_disconnects
             .fetch_add(1, Ordering::Relaxed);
@@ -588,8 +614,9 @@ impl Client {
             }
         }
         if refused {
-            self.over_since.get_or_insert_with(Instant::now);
-        } else if delivered > 0 {
+            self.went_over();
+        } else if sent_now > 0 {
+            // The socket took it (a packet only handed on may still be refused).
             self.over_since = None;
         }
         self.account();
@@ -694,8 +721,8 @@ impl Client {
             let logs = u64::from(refused.logs);
             self.info.message_count.fetch_sub(logs, Ordering::Relaxed);
             self.drop_logs(DropReason::SlowConsumer, logs);
-            self.over_since.get_or_insert_with(Instant::now);
         }
+        self.went_over();
         if let Some((reason, count)) = refused.report {
             self.pending_drops[reason as usize] += count;
         }
@@ -1189,6 +1216,14 @@ mod tests {
         *rec.written.lock().unwrap() = Some(2 * size as u64);
         c.deliver(&five[..2], t0);
         assert_eq!(rec.messages(event::NEW).len(), 5);
+        // Handed on is not taken: caught up once it reads and nothing was refused since the
+        // last check.
+        assert!(
+            c.check_slow(t0),
+            "a packet was refused since the last check"
+        );
+        *rec.written.lock().unwrap() = Some(4 * size as u64);
+        assert!(!c.check_slow(t0));
         assert!(!c.is_over(), "caught up");
         // Stuck again, past the timeout: cut, with the reason.
         c.deliver(&five, t0);
@@ -1203,13 +1238,40 @@ mod tests {
             "{errors:?}"
         );
         c.report_periodic_drops();
+        // Two at first; then, with one packet still queued, two more fit and three not.
         assert_eq!(
             dropped(&rec),
             vec![Dropped {
-                count: 7,
+                count: 5,
                 reason: DropReason::SlowConsumer
             }]
         );
+    }
+
+    #[test]
+    fn a_client_that_never_reads_stays_over_while_its_packets_are_handed_on() {
+        // Small logs: the socket's packet bound refuses them after the router handed them
+        // on; later hand-offs must not clear the mark, or it is never cut.
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(1000);
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        l.slow_consumer_timeout = Duration::from_secs(2);
+        let mut c = client(&rec, l, t0);
+        for round in 0..3u64 {
+            c.deliver(&logs(2), t0);
+            c.refused(&Refused {
+                sid: c.sid,
+                logs: 1,
+                bytes: 10,
+                report: None,
+            });
+            c.deliver(&logs(2), t0);
+            assert!(c.is_over(), "handed on is not taken (round {round})");
+            c.check_slow(t0 + Duration::from_millis(500 * round));
+        }
+        assert!(!c.check_slow(t0 + Duration::from_secs(3)), "cut");
+        assert!(rec.cut.load(Ordering::Relaxed));
     }
 
     #[test]

@@ -10,18 +10,20 @@
 //!
 //! What that changes, and how the accounting stays exact:
 //! - A socket that refuses a packet (its queue of packets, `socket_queue`, is full) is known
-//!   only when the task emits it. The task reports each refusal back ([`Refused`]), and the
-//!   router counts it as it did when it saw it at once: the logs as `slow_consumer` drops,
-//!   the bytes off the client's queue estimate, a refused `log:dropped` reported again.
-//! - Deliveries are counted by the task, when a socket takes them.
-//! - Order per socket is kept: one task runs the jobs in order. Before the router sends
-//!   anything directly (replays, which must stop at a full socket) or answers a socket
-//!   handler (which may emit after the answer), it waits for what it handed before to be
-//!   out ([`Emitter::settle`]).
+//!   only when the task emits it. The task keeps each refusal ([`Refused`]) for the router,
+//!   which takes them at the start of its next turn ([`Emitter::take_refused`]) and counts
+//!   them as it did when it saw them at once: the logs as `slow_consumer` drops, the bytes
+//!   off the client's queue estimate, a refused `log:dropped` reported again.
+//! - Deliveries are counted where a socket takes them: by the task, or by the router for
+//!   what it sends directly.
+//! - Order per socket is kept: one task runs the jobs in order. An answer to a socket handler
+//!   (which may emit after it) is itself a job ([`Emitter::then`]), so it goes after what
+//!   was handed before without the router waiting. Replays, which must stop at a full
+//!   socket, send directly, after waiting for what was handed before ([`Emitter::settle`]).
 //! - The job queue is bounded: a router that outruns the task waits for it. What the jobs
 //!   hold counts against the clients' queue bounds (`socket_queue_bytes`,
 //!   `max_queued_bytes`) from the moment the router hands it on, as it did in the sockets'
-//!   queues. A large job yields to the worker's other tasks every [`YIELD_EVERY`] packets.
+//!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_BYTES`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,8 +39,8 @@ use crate::stats::Metrics;
 /// Jobs (turns of the router's loop) that may wait for the task.
 const JOBS: usize = 256;
 
-/// Packets emitted between two yields to the runtime's other tasks.
-const YIELD_EVERY: usize = 512;
+/// Bytes of packets emitted between two yields to the runtime's other tasks.
+const YIELD_EVERY_BYTES: usize = 256 << 10;
 
 /// A packet a socket refused, for the router's accounting.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,17 +61,54 @@ struct Queued {
 
 enum Job {
     Emit(Vec<Queued>),
-    /// Answered once every job before it is done.
-    Mark(oneshot::Sender<()>),
+    /// Run once every job before it is done.
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+/// What the router and the task share.
+struct Shared {
+    metrics: Arc<Metrics>,
+    /// Refusals not yet taken by the router.
+    refused: Mutex<Vec<Refused>>,
+}
+
+impl Shared {
+    /// Emit packets in order: count the logs the sockets took, keep what they refused.
+    fn emit_all(&self, batch: &[Queued]) {
+        let mut delivered = 0u64;
+        let mut lost = Vec::new();
+        for q in batch {
+            match emit(&q.socket, &q.packet) {
+                Ok(()) => delivered += u64::from(q.packet.logs),
+                Err(Unsent::Full) => lost.push(Refused {
+                    sid: q.socket.id,
+                    logs: q.packet.logs,
+                    bytes: q.packet.bytes,
+                    report: q.packet.report,
+                }),
+                // A closed socket's client is being removed; nothing of it is counted.
+                Err(Unsent::Closed) => {}
+            }
+        }
+        self.metrics.delivered(delivered);
+        if !lost.is_empty() {
+            lock(&self.refused).extend(lost);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The router's side: packets pushed during a turn, handed over at its end.
 ///
-/// `flush` and `settle` block, and are called from the router's thread only (never from a
-/// task on the runtime).
+/// `flush`, `then` and `settle` block, and are called from the router's thread only (never
+/// from a task on the runtime, where blocking would panic).
 pub struct Emitter {
     pending: Mutex<Vec<Queued>>,
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
     /// Something was handed to the task since the last [`Emitter::settle`].
     unsettled: AtomicBool,
 }
@@ -77,40 +116,43 @@ pub struct Emitter {
 /// The runtime's side: run it with [`EmitterTask::run`].
 pub struct EmitterTask {
     jobs: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
 }
 
 impl Emitter {
-    pub fn new() -> (Arc<Emitter>, EmitterTask) {
+    pub fn new(metrics: Arc<Metrics>) -> (Arc<Emitter>, EmitterTask) {
         let (jobs, rx) = mpsc::channel(JOBS);
+        let shared = Arc::new(Shared {
+            metrics,
+            refused: Mutex::new(Vec::new()),
+        });
         let emitter = Emitter {
             pending: Mutex::new(Vec::new()),
             jobs,
+            shared: shared.clone(),
             unsettled: AtomicBool::new(false),
         };
-        (Arc::new(emitter), EmitterTask { jobs: rx })
+        (Arc::new(emitter), EmitterTask { jobs: rx, shared })
     }
 
     /// Queue `packet` for `socket`, after everything queued before.
     pub fn push(&self, socket: SocketRef, packet: Packet) {
-        self.lock().push(Queued { socket, packet });
+        lock(&self.pending).push(Queued { socket, packet });
     }
 
-    /// Hand what was queued to the task. Once the task is gone (the runtime is shutting
-    /// down), emit it here instead.
+    /// Hand what was queued to the task.
     pub fn flush(&self) {
-        let batch = std::mem::take(&mut *self.lock());
-        if batch.is_empty() {
-            return;
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        if !batch.is_empty() {
+            self.hand(Job::Emit(batch));
         }
-        match self.jobs.blocking_send(Job::Emit(batch)) {
-            Ok(()) => self.unsettled.store(true, Ordering::Relaxed),
-            Err(mpsc::error::SendError(Job::Emit(batch))) => {
-                for q in batch {
-                    let _ = emit(&q.socket, &q.packet);
-                }
-            }
-            Err(_) => {}
-        }
+    }
+
+    /// Run `f` once everything queued so far is in the sockets' queues (answers to socket
+    /// handlers), without waiting for it here.
+    pub fn then(&self, f: impl FnOnce() + Send + 'static) {
+        self.flush();
+        self.hand(Job::Then(Box::new(f)));
     }
 
     /// Hand what was queued to the task and wait until everything handed so far is in the
@@ -121,60 +163,57 @@ impl Emitter {
             return;
         }
         let (done, wait) = oneshot::channel();
-        if self.jobs.blocking_send(Job::Mark(done)).is_ok() {
-            // An error means the task is gone, and with it everything it held.
-            let _ = wait.blocking_recv();
-        }
+        self.hand(Job::Then(Box::new(move || {
+            let _ = done.send(());
+        })));
+        // An error means the task is gone, and with it everything it held.
+        let _ = wait.blocking_recv();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    /// Refusals the task met since the last call.
+    pub fn take_refused(&self) -> Vec<Refused> {
+        std::mem::take(&mut *lock(&self.shared.refused))
+    }
+
+    /// Give `job` to the task; once the task is gone (the runtime is shutting down), do it
+    /// here instead.
+    fn hand(&self, job: Job) {
+        debug_assert!(
+            tokio::runtime::Handle::try_current().is_err(),
+            "the emitter blocks: router thread only"
+        );
+        match self.jobs.blocking_send(job) {
+            Ok(()) => self.unsettled.store(true, Ordering::Relaxed),
+            Err(mpsc::error::SendError(Job::Emit(batch))) => self.shared.emit_all(&batch),
+            Err(mpsc::error::SendError(Job::Then(f))) => f(),
+        }
     }
 }
 
 impl EmitterTask {
-    /// Emit every job's packets in order; count what the sockets took, and give what they
-    /// refused to `refused` (once per job that had refusals). Ends when the [`Emitter`] is
-    /// dropped.
-    pub async fn run(mut self, metrics: Arc<Metrics>, refused: impl Fn(Vec<Refused>)) {
+    /// Run the jobs in order until the [`Emitter`] is dropped.
+    pub async fn run(mut self) {
         while let Some(job) = self.jobs.recv().await {
             match job {
-                Job::Mark(done) => {
-                    let _ = done.send(());
-                }
+                Job::Then(f) => f(),
                 Job::Emit(batch) => {
-                    let mut lost = Vec::new();
-                    for (i, chunk) in batch.chunks(YIELD_EVERY).enumerate() {
-                        if i > 0 {
+                    let mut from = 0;
+                    while from < batch.len() {
+                        if from > 0 {
                             // A large job must not hold this worker from its other tasks.
                             tokio::task::yield_now().await;
                         }
-                        metrics.delivered(emit_all(chunk, &mut lost));
-                    }
-                    if !lost.is_empty() {
-                        refused(lost);
+                        let mut bytes = 0;
+                        let mut to = from;
+                        while to < batch.len() && bytes < YIELD_EVERY_BYTES {
+                            bytes += batch[to].packet.data().get().len();
+                            to += 1;
+                        }
+                        self.shared.emit_all(&batch[from..to]);
+                        from = to;
                     }
                 }
             }
         }
     }
-}
-
-/// Emit packets; the logs the sockets took (what they refused is added to `lost`).
-fn emit_all(batch: &[Queued], lost: &mut Vec<Refused>) -> u64 {
-    let mut delivered = 0u64;
-    for q in batch {
-        match emit(&q.socket, &q.packet) {
-            Ok(()) => delivered += u64::from(q.packet.logs),
-            Err(Unsent::Full) => lost.push(Refused {
-                sid: q.socket.id,
-                logs: q.packet.logs,
-                bytes: q.packet.bytes,
-                report: q.packet.report,
-            }),
-            // A closed socket's client is being removed; nothing of it is counted.
-            Err(Unsent::Closed) => {}
-        }
-    }
-    delivered
 }

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::replay::{Cancel, Plan, Replay};
 use super::{Router, SubscribeError, costly_key};
 use crate::auth::Scope;
-use crate::delivery::{Client, Refused};
+use crate::delivery::Client;
 use crate::history::ring::Since;
 use crate::protocol::{ClientError, Code, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
@@ -47,27 +47,11 @@ pub enum ClientCommand {
         scope: Arc<Scope>,
         reply: oneshot::Sender<Option<ClientError>>,
     },
-    /// Packets the sockets refused after the router handed them on (see
-    /// `delivery::emitter`).
-    Refused(Vec<Refused>),
 }
 
 impl Router {
     pub(super) fn apply_client(&mut self, command: ClientCommand) {
         match command {
-            ClientCommand::Refused(refused) => {
-                for r in &refused {
-                    if let Some(client) = self.clients.get_mut(&r.sid) {
-                        client.refused(r);
-                        if client.is_over() {
-                            self.slow.insert(r.sid);
-                        }
-                        if client.has_pending_drops() {
-                            self.reports.insert(r.sid);
-                        }
-                    }
-                }
-            }
             ClientCommand::Connect(client) => {
                 self.handshakes.push_back((Instant::now(), client.sid));
                 self.clients.insert(client.sid, *client);

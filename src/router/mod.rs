@@ -10,9 +10,9 @@
 //! The router decides what each client gets, in order, and accounts for it; it does not put
 //! packets in the sockets' queues itself. Each turn of its loop hands what it sent to the
 //! emitter's task on the async runtime (`delivery::emitter`): writing every socket's queue
-//! from this thread cost a cross-core hand-off per packet. Refusals come back as
-//! [`ClientCommand::Refused`]; an answer to a socket handler waits until what was sent
-//! before it is out ([`Router::answer`]).
+//! from this thread cost a cross-core hand-off per packet. Refusals come back through the
+//! emitter and are counted at the start of the next turn; an answer to a socket handler goes
+//! out after what was sent before it ([`Router::answer`]).
 //!
 //! Batching costs no latency when idle. Evaluation batches are cut at
 //! `evaluation_batch_max_logs` or as soon as the inbound queue is empty. Under load, a large
@@ -173,8 +173,9 @@ pub struct Router {
     emitter: Arc<Emitter>,
 }
 
-/// Start the router thread. It ends on [`Control::Stop`] or when every [`RouterHandle`] is
-/// dropped.
+/// Start the router thread. It ends on [`Control::Stop`] (or when every [`RouterHandle`] is
+/// dropped, which the running server never does: the emitter's task holds none, but the
+/// app state does for the server's whole life).
 pub fn spawn(
     registry: Registry,
     settings: RouterSettings,
@@ -239,6 +240,7 @@ impl Router {
             if let Some(at) = self.next_replay_at() {
                 wait = wait.min(at.saturating_duration_since(now));
             }
+            self.take_refused();
             select_biased! {
                 recv(control) -> msg => match msg {
                     Ok(Control::Stop) | Err(_) => break,
@@ -268,9 +270,31 @@ impl Router {
 
     /// Answer a socket handler once what was sent before is in the sockets' queues: the
     /// handler may emit after the answer, and must not overtake it.
-    fn answer<T>(&self, reply: oneshot::Sender<T>, value: T) {
-        self.emitter.settle();
-        let _ = reply.send(value);
+    fn answer<T: Send + 'static>(&self, reply: oneshot::Sender<T>, value: T) {
+        self.emitter.then(move || {
+            let _ = reply.send(value);
+        });
+    }
+
+    /// Count what sockets refused after the router handed it on (see `delivery::emitter`).
+    fn take_refused(&mut self) {
+        for r in self.emitter.take_refused() {
+            match self.clients.get_mut(&r.sid) {
+                Some(client) => {
+                    client.refused(&r);
+                    if client.is_over() {
+                        self.slow.insert(r.sid);
+                    }
+                    if client.has_pending_drops() {
+                        self.reports.insert(r.sid);
+                    }
+                }
+                // Gone meanwhile: its logs still count as dropped.
+                None => self
+                    .metrics
+                    .dropped(DropReason::SlowConsumer, u64::from(r.logs)),
+            }
+        }
     }
 
     fn apply(&mut self, control: Control) {
