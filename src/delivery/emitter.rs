@@ -65,11 +65,20 @@ enum Job {
     Then(Box<dyn FnOnce() + Send>),
 }
 
+/// Emptied job buffers kept for reuse: without them every turn allocated one on the router's
+/// thread and freed it on a worker's, churning the allocator (a profile showed heap growth
+/// and page clearing from it).
+const SPARE_BUFFERS: usize = 8;
+/// Largest buffer kept (in packets).
+const SPARE_MAX_PACKETS: usize = 16 * 1024;
+
 /// What the router and the task share.
 struct Shared {
     metrics: Arc<Metrics>,
     /// Refusals not yet taken by the router.
     refused: Mutex<Vec<Refused>>,
+    /// Emptied job buffers, back from the task.
+    spare: Mutex<Vec<Vec<Queued>>>,
 }
 
 impl Shared {
@@ -125,6 +134,7 @@ impl Emitter {
         let shared = Arc::new(Shared {
             metrics,
             refused: Mutex::new(Vec::new()),
+            spare: Mutex::new(Vec::new()),
         });
         let emitter = Emitter {
             pending: Mutex::new(Vec::new()),
@@ -142,10 +152,15 @@ impl Emitter {
 
     /// Hand what was queued to the task.
     pub fn flush(&self) {
-        let batch = std::mem::take(&mut *lock(&self.pending));
-        if !batch.is_empty() {
-            self.hand(Job::Emit(batch));
-        }
+        let batch = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return;
+            }
+            let spare = lock(&self.shared.spare).pop().unwrap_or_default();
+            std::mem::replace(&mut *pending, spare)
+        };
+        self.hand(Job::Emit(batch));
     }
 
     /// Run `f` once everything queued so far is in the sockets' queues (answers to socket
@@ -196,7 +211,7 @@ impl EmitterTask {
         while let Some(job) = self.jobs.recv().await {
             match job {
                 Job::Then(f) => f(),
-                Job::Emit(batch) => {
+                Job::Emit(mut batch) => {
                     let mut from = 0;
                     while from < batch.len() {
                         if from > 0 {
@@ -211,6 +226,12 @@ impl EmitterTask {
                         }
                         self.shared.emit_all(&batch[from..to]);
                         from = to;
+                    }
+                    batch.clear();
+                    let mut spare = lock(&self.shared.spare);
+                    // A buffer a burst made large is let go.
+                    if spare.len() < SPARE_BUFFERS && batch.capacity() <= SPARE_MAX_PACKETS {
+                        spare.push(batch);
                     }
                 }
             }
