@@ -1016,7 +1016,9 @@ fn print_medians(rounds: &[(String, Vec<Round>)]) {
     fn median(mut v: Vec<f64>) -> Option<f64> {
         v.retain(|x| x.is_finite());
         v.sort_by(f64::total_cmp);
-        (!v.is_empty()).then(|| v[v.len() / 2])
+        let n = v.len();
+        // Of an even count, the mean of the middle two.
+        (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
     }
     fn spread(v: &[f64]) -> String {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);

@@ -30,7 +30,7 @@ pub struct AppInner {
     /// Where the router's packets for sockets go (see `delivery::emitter`).
     pub emitter: Arc<crate::delivery::Emitter>,
     /// `system:stats`: the latest figures and the rounds' clock.
-    pub stats_feed: Arc<crate::delivery::StatsFeed>,
+    pub stats_feed: Arc<crate::stats_feed::StatsFeed>,
     pub bus: Bus,
     pub limits: DeliveryLimits,
     pub started: Instant,
@@ -89,7 +89,7 @@ pub struct AppParts {
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
         let limits = DeliveryLimits::from_config(&parts.config);
-        let stats_feed = Arc::new(crate::delivery::StatsFeed::new(
+        let stats_feed = Arc::new(crate::stats_feed::StatsFeed::new(
             std::time::Duration::from_millis(parts.config.stats_interval_ms),
         ));
         AppState(Arc::new(AppInner {

@@ -24,7 +24,8 @@
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
 //! the one REST error), [`cluster`] (admin across instances over Redis), [`server`] (assembly,
 //! start and shutdown in named steps), and the supporting cast: [`config`], [`auth`],
-//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`metrics`] (Prometheus),
+//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`stats_feed`]
+//! (`system:stats` rounds), [`metrics`] (Prometheus),
 //! [`rate_limit`], [`subscription`],
 //! [`shutdown`].
 
@@ -53,6 +54,7 @@ pub mod sessions;
 pub mod shutdown;
 pub mod socket;
 pub mod stats;
+pub mod stats_feed;
 pub mod subscription;
 
 pub use server::serve;

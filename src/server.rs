@@ -457,10 +457,10 @@ async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToke
 /// `system:stats` every `stats_interval_ms` to every client, until `stop`: one slice of the
 /// clients at a time (a broadcast to all at once made every socket's writer wake in the same
 /// instant, a burst that delayed log delivery for everyone), and only to the clients whose
-/// round did not already ride along with their logs (`delivery::stats_feed`).
+/// round did not already ride along with their logs (`stats_feed`).
 async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
     use crate::connections::ConnectionInfo;
-    use crate::delivery::stats_feed::{STATS_SLICES, stats_room};
+    use crate::stats_feed::{STATS_SLICES, stats_room};
 
     let feed = app.stats_feed.clone();
     // Never early: a slice's visit comes at or after its round is due. A late visit is made

@@ -11,7 +11,7 @@ use socketioxide::socket::Sid;
 
 use super::emitter::Refused;
 use super::outlet::{Data, Outlet, Packet, Unsent};
-use super::stats_feed::StatsFeed;
+use crate::stats_feed::StatsFeed;
 use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;

@@ -16,9 +16,7 @@
 pub mod client;
 pub mod emitter;
 pub mod outlet;
-pub mod stats_feed;
 
 pub use client::{Client, DeliveryLimits, to_raw};
 pub use emitter::{Emitter, EmitterTask, Refused};
 pub use outlet::{Outlet, Unsent};
-pub use stats_feed::{StatsFeed, StatsTicket};

@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ConnectInfo;
 
 use crate::delivery::outlet::SocketOutlet;
-use crate::delivery::stats_feed::{StatsTicket, stats_room, stats_slice};
+use crate::stats_feed::{StatsTicket, stats_room, stats_slice};
 use crate::edge::Peer;
 use serde::Serialize;
 use serde_json::Value;
@@ -211,7 +211,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         return Err(refuse(socket, "router_busy", "Server busy".into()));
     }
     socket.join(stats_room(info.stats.slice()));
-    // For the stats loop's visits (see `delivery::stats_feed`).
+    // For the stats loop's visits (see `stats_feed`).
     socket.extensions.insert(info.clone());
     app.connections.insert(info);
     socket.on(event::SUBSCRIBE, on_subscribe);
