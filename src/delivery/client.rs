@@ -11,13 +11,13 @@ use socketioxide::socket::Sid;
 
 use super::emitter::Refused;
 use super::outlet::{Data, Outlet, Packet, Unsent};
-use crate::stats_feed::StatsFeed;
 use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::LogRecord;
 use crate::protocol::{ClientError, DropReason, Dropped, event};
 use crate::rate_limit::TokenBucket;
 use crate::stats::Metrics;
+use crate::stats_feed::StatsFeed;
 
 /// Delivery limits shared by all clients.
 #[derive(Debug, Clone, Copy)]

@@ -22,8 +22,8 @@ use std::time::{Instant, SystemTime};
 use axum::extract::ConnectInfo;
 
 use crate::delivery::outlet::SocketOutlet;
-use crate::stats_feed::{StatsTicket, stats_room, stats_slice};
 use crate::edge::Peer;
+use crate::stats_feed::{StatsTicket, stats_room, stats_slice};
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::SocketIo;
