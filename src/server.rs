@@ -469,12 +469,18 @@ async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(feed.start().into(), feed.slice_period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut slice = 0usize;
+    // Rates are sampled once per interval; visits made up in a burst after a stall do not
+    // sample again (a window of milliseconds would make the rates noise).
+    let half_interval = feed.slice_period() * (STATS_SLICES as u32) / 2;
+    let mut sampled: Option<Instant> = None;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if slice == 0 || feed.current().is_none() {
+        let due = sampled.is_none_or(|at| at.elapsed() >= half_interval);
+        if (slice == 0 && due) || feed.current().is_none() {
+            sampled = Some(Instant::now());
             let rates = app.metrics.sample_rates(Instant::now());
             let stats = SystemStats {
                 connections: app.connections.len(),

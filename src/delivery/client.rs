@@ -102,6 +102,9 @@ pub struct Client {
     over_since: Option<Instant>,
     /// A packet was refused since the last [`Client::check_slow`].
     refused_lately: bool,
+    /// The connection was cut as a slow consumer (a long-polling client stays registered
+    /// until its heartbeat ends it): not marked or cut again.
+    cut: bool,
     /// The transport's written-bytes count at the last [`Client::check_slow`] (or when the
     /// client went over): whether it reads at all.
     written_at_check: u64,
@@ -149,6 +152,7 @@ impl Client {
             sent_bytes: 0,
             over_since: None,
             refused_lately: false,
+            cut: false,
             written_at_check: 0,
             accounted: 0,
             written_seen: 0,
@@ -451,6 +455,9 @@ impl Client {
 
     /// A packet was refused: the client is over its bound from now (if it was not already).
     fn went_over(&mut self) {
+        if self.cut {
+            return;
+        }
         self.refused_lately = true;
         if self.over_since.is_none() {
             self.over_since = Some(Instant::now());
@@ -476,7 +483,10 @@ impl Client {
         let written = self.outlet.written();
         let reads = written.is_some_and(|w| w > self.written_at_check);
         self.written_at_check = written.unwrap_or(0);
-        if (self.queued_bytes() == 0 && written.is_some()) || (reads && !refused_lately) {
+        // (The written count includes framing, pings and events sent outside the estimate,
+        // so with tiny logs an estimate of 0 alone does not prove a drained queue.)
+        let drained = self.queued_bytes() == 0 && written.is_some();
+        if !refused_lately && (drained || reads) {
             self.over_since = None;
             return false;
         }
@@ -499,6 +509,7 @@ impl Client {
             .slow_disconnects
             .fetch_add(1, Ordering::Relaxed);
         self.outlet.cut();
+        self.cut = true;
         self.over_since = None;
         false
     }
@@ -1285,11 +1296,47 @@ mod tests {
         c.deliver(&logs(3), t0);
         assert!(c.is_over());
         *rec.written.lock().unwrap() = Some(1 << 20);
+        // The first check still saw a refusal since the one before; the next finds it drained.
+        assert!(c.check_slow(t0 + Duration::from_secs(1)));
         assert!(
-            !c.check_slow(t0 + Duration::from_secs(60)),
+            !c.check_slow(t0 + Duration::from_secs(2)),
             "drained: not over"
         );
+        assert!(!c.is_over());
         assert!(!rec.cut.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn tiny_logs_do_not_hide_a_stuck_queue_behind_framing_bytes() {
+        // The written count runs ahead of the estimate (framing, pings, events sent outside
+        // it), so the estimate reads 0 while packets are still being refused.
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(1 << 20);
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        l.slow_consumer_timeout = Duration::from_secs(2);
+        let mut c = client(&rec, l, t0);
+        for second in 0..4u64 {
+            c.deliver(&logs(1), t0);
+            c.refused(&Refused {
+                sid: c.sid,
+                logs: 1,
+                bytes: 10,
+                report: None,
+            });
+            if !c.check_slow(t0 + Duration::from_secs(second)) {
+                break;
+            }
+        }
+        assert!(rec.cut.load(Ordering::Relaxed), "refused every second: cut");
+        // Refusals that come back after the cut do not mark it again.
+        c.refused(&Refused {
+            sid: c.sid,
+            logs: 1,
+            bytes: 10,
+            report: None,
+        });
+        assert!(!c.is_over());
     }
 
     #[test]

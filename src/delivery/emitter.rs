@@ -23,7 +23,8 @@
 //! - The job queue is bounded: a router that outruns the task waits for it. What the jobs
 //!   hold counts against the clients' queue bounds (`socket_queue_bytes`,
 //!   `max_queued_bytes`) from the moment the router hands it on, as it did in the sockets'
-//!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_BYTES`].
+//!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_PACKETS`]
+//!   packets or [`YIELD_EVERY_BYTES`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,8 @@ use crate::stats::Metrics;
 /// Jobs (turns of the router's loop) that may wait for the task.
 const JOBS: usize = 256;
 
-/// Bytes of packets emitted between two yields to the runtime's other tasks.
+/// Packets and bytes of packets emitted between two yields to the runtime's other tasks.
+const YIELD_EVERY_PACKETS: usize = 512;
 const YIELD_EVERY_BYTES: usize = 256 << 10;
 
 /// A packet a socket refused, for the router's accounting.
@@ -220,7 +222,10 @@ impl EmitterTask {
                         }
                         let mut bytes = 0;
                         let mut to = from;
-                        while to < batch.len() && bytes < YIELD_EVERY_BYTES {
+                        while to < batch.len()
+                            && bytes < YIELD_EVERY_BYTES
+                            && to - from < YIELD_EVERY_PACKETS
+                        {
                             bytes += batch[to].packet.data().get().len();
                             to += 1;
                         }

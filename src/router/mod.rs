@@ -265,6 +265,8 @@ impl Router {
         self.flush_pending();
         self.flush_outboxes();
         self.emitter.settle();
+        // What the last jobs had refused is counted too.
+        self.take_refused();
         tracing::debug!("router stopped");
     }
 
@@ -678,6 +680,8 @@ impl Router {
     /// Once a second: drop reports, history expiry and its figures, and pruning of
     /// handshakes that never completed.
     fn tick(&mut self) {
+        // Refusals of the last turns first: whether a client caught up depends on them.
+        self.take_refused();
         let now = Instant::now();
         self.costly.retain(|_, until| *until > now);
         let clients = &mut self.clients;
