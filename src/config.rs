@@ -445,8 +445,10 @@ impl Config {
         if self.batch_max_delay_ms > 60_000 {
             bail!("config key `batch_max_delay_ms` must be at most 60000");
         }
-        if self.stats_interval_ms > 86_400_000 {
-            bail!("config key `stats_interval_ms` must be at most 86400000 (a day)");
+        if !(100..=86_400_000).contains(&self.stats_interval_ms) {
+            bail!(
+                "config key `stats_interval_ms` must be between 100 and 86400000 (a day): every client gets a message each interval"
+            );
         }
         if self.evaluation_batch_max_logs > 65_536 {
             bail!("config key `evaluation_batch_max_logs` must be between 1 and 65536");
@@ -639,10 +641,12 @@ mod tests {
         assert!(format!("{err:#}").contains("colour"), "{err:#}");
         let err = Config::load(None, &[("rate_limit".into(), "0".into())]).unwrap_err();
         assert!(format!("{err:#}").contains("rate_limit"), "{err:#}");
-        // The stats rounds' clock adds intervals to instants: a day at most.
-        let huge = u64::MAX.to_string();
-        let err = Config::load(None, &[("stats_interval_ms".into(), huge)]).unwrap_err();
-        assert!(format!("{err:#}").contains("stats_interval_ms"), "{err:#}");
+        // The stats rounds' clock adds intervals to instants (a day at most), and every
+        // client gets a message each interval (a tenth of a second at least).
+        for bad in [u64::MAX.to_string(), "99".into()] {
+            let err = Config::load(None, &[("stats_interval_ms".into(), bad)]).unwrap_err();
+            assert!(format!("{err:#}").contains("stats_interval_ms"), "{err:#}");
+        }
         let err = Config::load(None, &[("rate_limit".into(), "-1".into())]).unwrap_err();
         let text = format!("{err:#}");
         assert!(

@@ -503,7 +503,9 @@ impl Client {
         );
         // Into the socket's queue now (when it has room), ahead of the cut.
         if let Some(raw) = to_raw(&error) {
-            let _ = self.outlet.send_now(Packet::event(event::ERROR, raw));
+            let _ = self
+                .outlet
+                .send_now(Packet::event(event::ERROR, Data::Owned(raw)));
         }
         self.metrics
             .slow_disconnects
@@ -673,7 +675,7 @@ impl Client {
             let Some(raw) = to_raw(&Dropped { count, reason }) else {
                 continue;
             };
-            let mut packet = Packet::event(event::DROPPED, raw);
+            let mut packet = Packet::event(event::DROPPED, Data::Owned(raw));
             // Reported again if the socket refuses it.
             packet.report = Some((reason, count));
             if self.outlet.send(packet).is_ok() {
@@ -692,16 +694,18 @@ impl Client {
         }
     }
 
-    /// Emit an already serialized event (device status, errors shared by many clients).
-    pub fn send_raw(&self, event: &'static str, data: &RawValue) -> bool {
-        self.outlet
-            .send(Packet::event(event, data.to_owned()))
-            .is_ok()
+    /// Emit an event serialized once for many clients (device status, shared errors).
+    pub fn send_raw(&self, event: &'static str, data: &Arc<RawValue>) -> bool {
+        let data = Data::Shared(Arc::clone(data));
+        self.outlet.send(Packet::event(event, data)).is_ok()
     }
 
     /// Emit any event to this client; best effort.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &'static str, data: &T) -> bool {
-        to_raw(data).is_some_and(|raw| self.outlet.send(Packet::event(event, raw)).is_ok())
+        to_raw(data).is_some_and(|raw| {
+            let packet = Packet::event(event, Data::Owned(raw));
+            self.outlet.send(packet).is_ok()
+        })
     }
 
     /// This client's `system:stats`, right after logs it is being sent, when its next round
@@ -711,14 +715,7 @@ impl Client {
             return;
         };
         if let Some(payload) = feed.ride_along(&self.info.stats, Instant::now()) {
-            let packet = Packet {
-                event: event::SYSTEM_STATS,
-                data: Data::Shared(payload),
-                offset_of: None,
-                logs: 0,
-                bytes: 0,
-                report: None,
-            };
+            let packet = Packet::event(event::SYSTEM_STATS, Data::Shared(payload));
             let _ = self.outlet.send(packet);
         }
     }

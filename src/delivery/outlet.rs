@@ -35,7 +35,7 @@ pub enum Data {
     Log(Arc<LogRecord>),
     /// Anything else, serialized for this packet.
     Owned(Box<RawValue>),
-    /// Serialized once for many clients (`system:stats`).
+    /// Serialized once for many clients (`system:stats`, device status, shared errors).
     Shared(Arc<RawValue>),
 }
 
@@ -57,10 +57,10 @@ pub struct Packet {
 
 impl Packet {
     /// An event that carries no logs.
-    pub fn event(event: &'static str, data: Box<RawValue>) -> Packet {
+    pub fn event(event: &'static str, data: Data) -> Packet {
         Packet {
             event,
-            data: Data::Owned(data),
+            data,
             offset_of: None,
             logs: 0,
             bytes: 0,

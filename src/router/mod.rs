@@ -44,6 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select_biased};
+use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
@@ -329,7 +330,7 @@ impl Router {
             }
             Inbound::DeviceStatus(status) => {
                 self.flush_pending();
-                let Some(payload) = to_raw(&status) else {
+                let Some(payload) = to_raw(&status).map(Arc::<RawValue>::from) else {
                     return;
                 };
                 let extra = status.extra_event();
@@ -605,7 +606,7 @@ impl Router {
 
     /// Send `error` to each of `sids` (serialized once).
     fn notify(&self, sids: &[Sid], error: &ClientError) {
-        let Some(payload) = to_raw(error) else {
+        let Some(payload) = to_raw(error).map(Arc::<RawValue>::from) else {
             return;
         };
         for sid in sids {
