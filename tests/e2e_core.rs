@@ -389,10 +389,8 @@ async fn rate_limit_drops_are_reported_and_add_up() {
         );
         assert!(client.drain("log:new", QUIET).await.is_empty());
     }
-    let (_, stats) = server
-        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-        .await;
-    assert_eq!(stats["data"]["drops"]["rateLimit"], 20 + 26);
+    let stats = server.admin_stats().await;
+    assert_eq!(stats["drops"]["rateLimit"], 20 + 26);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,10 +414,8 @@ async fn event_flood_is_refused_without_hurting_the_server() {
     server.ingest(log("d", "INFO", "still here")).await;
     assert_eq!(messages(&c.logs(1, T).await), ["still here"]);
     assert_eq!(messages(&other.logs(1, T).await), ["still here"]);
-    let (_, stats) = server
-        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-        .await;
-    assert_eq!(stats["data"]["total"], 2);
+    let stats = server.admin_stats().await;
+    assert_eq!(stats["total"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,6 +564,7 @@ async fn system_stats_are_broadcast_periodically() {
 /// wake-up of its socket's writer instead of two), still once per interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_stats_ride_along_with_logs() {
+    use common::raw::{raw_client, subscribe_raw};
     use futures_util::{SinkExt, StreamExt};
     use std::time::Instant;
     use tokio_tungstenite::tungstenite::Message;
@@ -576,27 +573,8 @@ async fn system_stats_ride_along_with_logs() {
         .set("stats_interval_ms", 600)
         .set("rate_limit", 1000)
         .start();
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        server.url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    let connect = format!("40{}", json!({ "token": Server::token("rider") }));
-    ws.send(Message::Text(connect.into())).await.unwrap();
-    let until_frame = async |ws: &mut tokio_tungstenite::WebSocketStream<_>, what: &str| loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.starts_with(what) || t.contains(what) => return,
-            Some(Ok(_)) => continue,
-            other => panic!("websocket ended: {other:?}"),
-        }
-    };
-    until_frame(&mut ws, "40").await;
-    ws.send(Message::Text(
-        r#"42["log:subscribe",{"deviceIds":["d"]}]"#.into(),
-    ))
-    .await
-    .unwrap();
-    until_frame(&mut ws, "log:subscribed").await;
+    let mut ws = raw_client(&server, "rider").await;
+    subscribe_raw(&mut ws, "d").await;
     // Frames with when they arrived, read while logs come every 50 ms for 3 s.
     let frames = tokio::spawn(async move {
         let mut frames: Vec<(Instant, String)> = Vec::new();
@@ -857,41 +835,14 @@ async fn runs_with_no_configuration_and_prints_usable_keys() {
 /// counted as `slow_consumer`, and other clients are served in full meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_overflow_is_counted_and_isolated() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
+    use common::raw::{raw_client, subscribe_raw};
 
     let server = Server::builder()
         .set("socket_queue", 8)
         .set("rate_limit", 1_000_000)
         .start();
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        server.url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("ws connect");
-    let next_text = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t == "2" => {
-                ws.send(Message::Text("3".into())).await.unwrap()
-            }
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("websocket ended: {other:?}"),
-        }
-    };
-    assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
-    let connect = format!("40{}", json!({ "token": Server::token("slow") }));
-    ws.send(Message::Text(connect.into())).await.unwrap();
-    let reply = next_text(&mut ws).await;
-    assert!(reply.starts_with("40"), "namespace connect: {reply}");
-    ws.send(Message::Text(
-        r#"42["log:subscribe",{"deviceIds":["d"]}]"#.into(),
-    ))
-    .await
-    .unwrap();
-    while !next_text(&mut ws).await.contains("log:subscribed") {}
+    let mut ws = raw_client(&server, "slow").await;
+    subscribe_raw(&mut ws, "d").await;
     // From here on the raw client reads nothing.
 
     let mut good = server.client("good").await;
@@ -911,10 +862,8 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
         Duration::from_secs(5),
         "a client that never reads must overflow its bounded queue",
         || async {
-            let (_, stats) = server
-                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-                .await;
-            let slow = &stats["data"]["drops"]["slowConsumer"];
+            let stats = server.admin_stats().await;
+            let slow = &stats["drops"]["slowConsumer"];
             if slow.as_u64() > Some(0) {
                 Ok(())
             } else {
@@ -930,10 +879,8 @@ async fn slow_consumer_overflow_is_counted_and_isolated() {
         Duration::from_secs(5),
         "deliveries + slow_consumer drops = the 40 × 200 + 40 logs matched",
         || async {
-            let (_, stats) = server
-                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-                .await;
-            let data = &stats["data"];
+            let stats = server.admin_stats().await;
+            let data = &stats;
             let delivered = data["deliveries"].as_u64().unwrap_or(0);
             let slow = data["drops"]["slowConsumer"].as_u64().unwrap_or(0);
             if delivered + slow == 40 * 200 + 40 {

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ADMIN_KEY, Server, eventually, log};
+use common::raw::{next_text, raw_client, subscribe_raw, ws_url};
+use common::{Server, eventually, log};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -27,69 +28,6 @@ fn memory(server: &Server) -> (u64, u64) {
             .unwrap_or_else(|| panic!("{name} in /proc status"))
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-fn ws_url(server: &Server) -> String {
-    format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        server.url.replacen("http", "ws", 1)
-    )
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A raw engine.io WebSocket client, connected to the namespace with `user`'s token.
-async fn raw_client(server: &Server, user: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(server))
-        .await
-        .expect("ws connect");
-    assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
-    let connect = format!("40{}", json!({ "token": Server::token(user) }));
-    ws.send(Message::Text(connect.into())).await.unwrap();
-    let reply = next_text(&mut ws).await;
-    assert!(reply.starts_with("40"), "namespace connect: {reply}");
-    ws
-}
-
-/// Subscribe `ws` to `device` and wait for `log:subscribed` (bounded: a lost answer fails the
-/// test, never hangs it). Under a heavily loaded parallel run one subscribe in a few runs has
-/// gone unanswered (cause not found yet, see the session notes): it is sent once more after
-/// 5 s, and that is printed.
-async fn subscribe_raw(ws: &mut Ws, device: &str) {
-    let frame = format!(r#"42["log:subscribe",{{"deviceIds":["{device}"]}}]"#);
-    let mut seen = Vec::new();
-    for (attempt, wait) in [(1, 5), (2, 15)] {
-        ws.send(Message::Text(frame.clone().into())).await.unwrap();
-        let waited = tokio::time::timeout(Duration::from_secs(wait), async {
-            loop {
-                let t = next_text(ws).await;
-                if t.contains("log:subscribed") {
-                    return;
-                }
-                seen.push(t);
-            }
-        })
-        .await;
-        if waited.is_ok() {
-            return;
-        }
-        println!("subscribe attempt {attempt} unanswered within {wait} s; seen {seen:?}");
-    }
-    panic!("no log:subscribed after two attempts; got {seen:?}");
-}
-
-async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t == "2" => {
-                ws.send(Message::Text("3".into())).await.unwrap()
-            }
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(_)) => continue,
-            other => panic!("websocket ended: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,11 +187,9 @@ async fn a_client_that_never_reads_is_bounded_in_bytes_then_disconnected() {
         Duration::from_secs(15),
         "the stuck client is disconnected",
         || async {
-            let (_, stats) = server
-                .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-                .await;
-            let connections = stats["data"]["total"].as_u64();
-            let slow = stats["data"]["drops"]["slowConsumer"].as_u64();
+            let stats = server.admin_stats().await;
+            let connections = stats["total"].as_u64();
+            let slow = stats["drops"]["slowConsumer"].as_u64();
             if connections == Some(1) && slow > Some(0) {
                 Ok(())
             } else {
@@ -298,10 +234,8 @@ async fn a_client_that_never_reads_small_logs_is_disconnected_while_they_keep_co
     while started.elapsed() < Duration::from_secs(20) {
         let logs: Vec<Value> = (0..100).map(|_| log("d", "INFO", &payload)).collect();
         server.ingest(Value::Array(logs)).await;
-        let (_, stats) = server
-            .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-            .await;
-        if stats["data"]["total"].as_u64() == Some(0) {
+        let stats = server.admin_stats().await;
+        if stats["total"].as_u64() == Some(0) {
             disconnected = true;
             break;
         }
@@ -311,13 +245,8 @@ async fn a_client_that_never_reads_small_logs_is_disconnected_while_they_keep_co
         disconnected,
         "a client that never reads was still connected after 20 s of logs"
     );
-    let (_, stats) = server
-        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-        .await;
-    assert!(
-        stats["data"]["drops"]["slowConsumer"].as_u64() > Some(0),
-        "{stats}"
-    );
+    let stats = server.admin_stats().await;
+    assert!(stats["drops"]["slowConsumer"].as_u64() > Some(0), "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,11 +333,9 @@ async fn what_all_clients_hold_together_is_bounded_per_instance() {
         "peak memory grew by {:.1} MB",
         growth as f64 / MB
     );
-    let (_, stats) = server
-        .get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)])
-        .await;
+    let stats = server.admin_stats().await;
     assert!(
-        stats["data"]["drops"]["slowConsumer"].as_u64() > Some(200),
+        stats["drops"]["slowConsumer"].as_u64() > Some(200),
         "{stats}"
     );
     drop(stuck);

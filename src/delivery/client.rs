@@ -880,6 +880,16 @@ mod tests {
             .collect()
     }
 
+    /// The socket refused a packet of `logs` logs and `bytes` bytes after the hand-off.
+    fn refusal(c: &Client, logs: u32, bytes: u64) -> Refused {
+        Refused {
+            sid: c.sid,
+            logs,
+            bytes,
+            report: None,
+        }
+    }
+
     fn dropped(rec: &Recorder) -> Vec<Dropped> {
         rec.messages(event::DROPPED)
             .iter()
@@ -1132,12 +1142,7 @@ mod tests {
         let queued = c.queued_bytes();
         // The socket refused the second packet after the router had handed it on.
         let size = queued / 3;
-        c.refused(&Refused {
-            sid: c.sid,
-            logs: 1,
-            bytes: size,
-            report: None,
-        });
+        c.refused(&refusal(&c, 1, size));
         assert!(c.is_over(), "a refusal marks the client as over its bound");
         assert_eq!(c.queued_bytes(), queued - size, "its bytes left the queue");
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
@@ -1268,12 +1273,7 @@ mod tests {
         let mut c = client(&rec, l, t0);
         for round in 0..3u64 {
             c.deliver(&logs(2), t0);
-            c.refused(&Refused {
-                sid: c.sid,
-                logs: 1,
-                bytes: 10,
-                report: None,
-            });
+            c.refused(&refusal(&c, 1, 10));
             c.deliver(&logs(2), t0);
             assert!(c.is_over(), "handed on is not taken (round {round})");
             c.check_slow(t0 + Duration::from_millis(500 * round));
@@ -1315,24 +1315,14 @@ mod tests {
         let mut c = client(&rec, l, t0);
         for second in 0..4u64 {
             c.deliver(&logs(1), t0);
-            c.refused(&Refused {
-                sid: c.sid,
-                logs: 1,
-                bytes: 10,
-                report: None,
-            });
+            c.refused(&refusal(&c, 1, 10));
             if !c.check_slow(t0 + Duration::from_secs(second)) {
                 break;
             }
         }
         assert!(rec.cut.load(Ordering::Relaxed), "refused every second: cut");
         // Refusals that come back after the cut do not mark it again.
-        c.refused(&Refused {
-            sid: c.sid,
-            logs: 1,
-            bytes: 10,
-            report: None,
-        });
+        c.refused(&refusal(&c, 1, 10));
         assert!(!c.is_over());
     }
 

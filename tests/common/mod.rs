@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod raw;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -242,6 +243,13 @@ impl Server {
 
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         self.send(reqwest::Method::GET, path, headers).await
+    }
+
+    /// `GET /api/ws/stats` as the admin: its `data`.
+    pub async fn admin_stats(&self) -> Value {
+        let (status, body) = self.get("/api/ws/stats", &[("x-api-key", ADMIN_KEY)]).await;
+        assert_eq!(status, 200, "stats: {body}");
+        body["data"].clone()
     }
 
     pub async fn delete(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
