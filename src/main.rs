@@ -11,6 +11,17 @@ use clap::{Args, Parser, Subcommand};
 use logstream::auth::{Keys, parse_claim, parse_ttl};
 use logstream::config::Config;
 
+/// jemalloc instead of the system allocator (feature `jemalloc`, on by default). The router
+/// thread allocates much of what the runtime's workers free (packets, their buffers, the
+/// socket handles they carry). With glibc's malloc, chunk coalescing (`unlink_chunk`,
+/// `malloc_consolidate`) was 6% of the server's CPU at 10 000 clients and allocator work
+/// about 11%. With jemalloc, CPU per delivery went from 1.30x to 1.13x floor-socketioxide's
+/// in the same run, at about 1.3 KB more resident memory per connection (BENCHMARKS.md §8,
+/// fifth part).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "logstream",
