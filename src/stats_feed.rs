@@ -56,6 +56,11 @@ impl StatsTicket {
         self.slice
     }
 
+    /// Whether `round` (or a later one) was sent.
+    fn has(&self, round: u64) -> bool {
+        self.sent.load(Ordering::Relaxed) > round
+    }
+
     /// Mark `round` as sent; false if it (or a later one) was already.
     pub fn claim(&self, round: u64) -> bool {
         let mut current = self.sent.load(Ordering::Relaxed);
@@ -148,7 +153,8 @@ impl StatsFeed {
                 (n as u64 + 1, due_in)
             }
         };
-        if due_in > self.window() {
+        // Called for every client sent logs: the lock is taken once per client and round.
+        if due_in > self.window() || ticket.has(next) {
             return None;
         }
         let payload = self.current()?;

@@ -880,6 +880,18 @@ mod tests {
             .collect()
     }
 
+    /// A client on a metered transport that has written `written` bytes, cut after 2 s over
+    /// its bound.
+    fn metered_client(written: u64) -> (Recorder, Instant, Client) {
+        let rec = Recorder::default();
+        *rec.written.lock().unwrap() = Some(written);
+        let t0 = Instant::now();
+        let mut l = limits(1000, 100);
+        l.slow_consumer_timeout = Duration::from_secs(2);
+        let c = client(&rec, l, t0);
+        (rec, t0, c)
+    }
+
     /// The socket refused a packet of `logs` logs and `bytes` bytes after the hand-off.
     fn refusal(c: &Client, logs: u32, bytes: u64) -> Refused {
         Refused {
@@ -1265,12 +1277,7 @@ mod tests {
     fn a_client_that_never_reads_stays_over_while_its_packets_are_handed_on() {
         // Small logs: the socket's packet bound refuses them after the router handed them
         // on; later hand-offs must not clear the mark, or it is never cut.
-        let rec = Recorder::default();
-        *rec.written.lock().unwrap() = Some(1000);
-        let t0 = Instant::now();
-        let mut l = limits(1000, 100);
-        l.slow_consumer_timeout = Duration::from_secs(2);
-        let mut c = client(&rec, l, t0);
+        let (rec, t0, mut c) = metered_client(1000);
         for round in 0..3u64 {
             c.deliver(&logs(2), t0);
             c.refused(&refusal(&c, 1, 10));
@@ -1307,12 +1314,7 @@ mod tests {
     fn tiny_logs_do_not_hide_a_stuck_queue_behind_framing_bytes() {
         // The written count runs ahead of the estimate (framing, pings, events sent outside
         // it), so the estimate reads 0 while packets are still being refused.
-        let rec = Recorder::default();
-        *rec.written.lock().unwrap() = Some(1 << 20);
-        let t0 = Instant::now();
-        let mut l = limits(1000, 100);
-        l.slow_consumer_timeout = Duration::from_secs(2);
-        let mut c = client(&rec, l, t0);
+        let (rec, t0, mut c) = metered_client(1 << 20);
         for second in 0..4u64 {
             c.deliver(&logs(1), t0);
             c.refused(&refusal(&c, 1, 10));
