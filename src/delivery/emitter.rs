@@ -25,14 +25,19 @@
 //!   `max_queued_bytes`) from the moment the router hands it on, as it did in the sockets'
 //!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_PACKETS`]
 //!   packets or [`YIELD_EVERY_BYTES`].
+//! - A socket not marked connected yet (its handshake is still finishing) refuses packets as
+//!   if it were closed; the task holds them, and every later one for that socket, until it
+//!   is connected (`connecting`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
+use super::connecting::{Connecting, RECHECK_EVERY};
 use super::outlet::{Packet, Unsent, emit};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
@@ -84,11 +89,20 @@ struct Shared {
 }
 
 impl Shared {
-    /// Emit packets in order: count the logs the sockets took, keep what they refused.
-    fn emit_all(&self, batch: &[Queued]) {
+    /// Emit packets in order: count the logs the sockets took, keep what they refused, hold
+    /// what sockets not connected yet refused (and what follows for them).
+    fn emit_all(
+        &self,
+        batch: impl Iterator<Item = Queued>,
+        connecting: &mut Connecting<SocketRef>,
+    ) {
         let mut delivered = 0u64;
         let mut lost = Vec::new();
         for q in batch {
+            if connecting.holds(q.socket.id) {
+                connecting.hold(q.socket, q.packet, Instant::now());
+                continue;
+            }
             match emit(&q.socket, &q.packet) {
                 Ok(()) => delivered += u64::from(q.packet.logs),
                 Err(Unsent::Full) => lost.push(Refused {
@@ -97,13 +111,35 @@ impl Shared {
                     bytes: q.packet.bytes,
                     report: q.packet.report,
                 }),
-                // A closed socket's client is being removed; nothing of it is counted.
-                Err(Unsent::Closed) => {}
+                // Not connected yet, or closed: held until it is connected or given up on
+                // (a closed socket's client is being removed; nothing of it is counted).
+                Err(Unsent::Closed) => connecting.hold(q.socket, q.packet, Instant::now()),
             }
         }
         self.metrics.delivered(delivered);
         if !lost.is_empty() {
             lock(&self.refused).extend(lost);
+        }
+    }
+
+    /// Emit what sockets that are connected now were holding.
+    fn release(&self, connecting: &mut Connecting<SocketRef>) {
+        if connecting.is_empty() {
+            return;
+        }
+        let released = connecting.release(Instant::now());
+        if released.given_up > 0 {
+            tracing::debug!(
+                packets = released.given_up,
+                "let go of packets for sockets that were not connected within a second"
+            );
+        }
+        for (socket, packets) in released.ready {
+            let queued = packets.into_iter().map(|packet| Queued {
+                socket: socket.clone(),
+                packet,
+            });
+            self.emit_all(queued, connecting);
         }
     }
 }
@@ -173,7 +209,7 @@ impl Emitter {
     }
 
     /// Hand what was queued to the task and wait until everything handed so far is in the
-    /// sockets' queues.
+    /// sockets' queues (or held for a socket not connected yet, see `connecting`).
     pub fn settle(&self) {
         self.flush();
         if !self.unsettled.swap(false, Ordering::Relaxed) {
@@ -201,7 +237,11 @@ impl Emitter {
         );
         match self.jobs.blocking_send(job) {
             Ok(()) => self.unsettled.store(true, Ordering::Relaxed),
-            Err(mpsc::error::SendError(Job::Emit(batch))) => self.shared.emit_all(&batch),
+            Err(mpsc::error::SendError(Job::Emit(batch))) => {
+                // The runtime is ending: a socket not connected by now never will be.
+                self.shared
+                    .emit_all(batch.into_iter(), &mut Connecting::new());
+            }
             Err(mpsc::error::SendError(Job::Then(f))) => f(),
         }
     }
@@ -210,29 +250,46 @@ impl Emitter {
 impl EmitterTask {
     /// Run the jobs in order until the [`Emitter`] is dropped.
     pub async fn run(mut self) {
-        while let Some(job) = self.jobs.recv().await {
+        let mut connecting = Connecting::new();
+        loop {
+            let job = if connecting.is_empty() {
+                self.jobs.recv().await
+            } else {
+                tokio::select! {
+                    job = self.jobs.recv() => job,
+                    () = tokio::time::sleep(RECHECK_EVERY) => {
+                        self.shared.release(&mut connecting);
+                        continue;
+                    }
+                }
+            };
+            let Some(job) = job else {
+                break;
+            };
+            self.shared.release(&mut connecting);
             match job {
                 Job::Then(f) => f(),
                 Job::Emit(mut batch) => {
-                    let mut from = 0;
-                    while from < batch.len() {
-                        if from > 0 {
-                            // A large job must not hold this worker from its other tasks.
-                            tokio::task::yield_now().await;
+                    let mut items = batch.drain(..);
+                    loop {
+                        let (mut packets, mut bytes) = (0, 0);
+                        let chunk = std::iter::from_fn(|| {
+                            if packets >= YIELD_EVERY_PACKETS || bytes >= YIELD_EVERY_BYTES {
+                                return None;
+                            }
+                            let q = items.next()?;
+                            packets += 1;
+                            bytes += q.packet.data().get().len();
+                            Some(q)
+                        });
+                        self.shared.emit_all(chunk, &mut connecting);
+                        if items.len() == 0 {
+                            break;
                         }
-                        let mut bytes = 0;
-                        let mut to = from;
-                        while to < batch.len()
-                            && bytes < YIELD_EVERY_BYTES
-                            && to - from < YIELD_EVERY_PACKETS
-                        {
-                            bytes += batch[to].packet.data().get().len();
-                            to += 1;
-                        }
-                        self.shared.emit_all(&batch[from..to]);
-                        from = to;
+                        // A large job must not hold this worker from its other tasks.
+                        tokio::task::yield_now().await;
                     }
-                    batch.clear();
+                    drop(items);
                     let mut spare = lock(&self.shared.spare);
                     // A buffer a burst made large is let go.
                     if spare.len() < SPARE_BUFFERS && batch.capacity() <= SPARE_MAX_PACKETS {

@@ -14,6 +14,7 @@
 //! changes).
 
 pub mod client;
+pub mod connecting;
 pub mod emitter;
 pub mod outlet;
 
