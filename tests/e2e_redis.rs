@@ -126,6 +126,40 @@ async fn each_log_reaches_each_matching_client_once_wherever_it_came_in() {
     assert_eq!(a1.logs(1, T).await[0]["id"], "fixed-id");
 }
 
+/// Several instances bridge the seed channel, each message put into the stream by the first
+/// to claim it. Messages published one after another must reach clients in that order
+/// whichever instance claimed each (a claim and its append were once two steps, and the
+/// instance that claimed a message could append it after another instance had claimed and
+/// appended the next one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_channel_messages_keep_their_order_across_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    let c = instance(&redis.url(), "c");
+    ready(&a).await;
+    ready(&b).await;
+    ready(&c).await;
+    let mut ca = a.client("u1").await;
+    ca.subscribe(json!({})).await;
+    let mut cb = b.client("u2").await;
+    cb.subscribe(json!({})).await;
+    const N: usize = 300;
+    let payloads: Vec<String> = (0..N)
+        .map(|i| log(&format!("d{}", i % 7), "INFO", &i.to_string()).to_string())
+        .collect();
+    redis.publish_in_order("log:new", &payloads).await;
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(messages(&ca.logs(N, T).await), expected, "instance a");
+    assert_eq!(messages(&cb.logs(N, T).await), expected, "instance b");
+    for client in [&mut ca, &mut cb] {
+        assert!(
+            client.drain("log:new", QUIET).await.is_empty(),
+            "each message put into the stream once"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_status_crosses_instances() {
     let redis = RedisServer::start();

@@ -4,7 +4,8 @@
 //!   taken them, every instance reads the stream and delivers to its own clients, and the
 //!   stream is the history any instance replays from.
 //! - The seed's pub/sub channels keep working: a log published on `log:new` is put into the
-//!   stream once (the first instance to claim it does), `device:status` is delivered as it
+//!   stream once and in the order published (the first instance to claim it does, claim and
+//!   append in one script), `device:status` is delivered as it
 //!   comes, and an admin channel carries cluster-wide operations.
 //!
 //! Publishing goes through one multiplexed connection (`ConnectionManager`, created lazily,
@@ -402,32 +403,19 @@ impl RedisBus {
                 .take(16)
                 .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
         );
-        let mut conn = self.publisher.clone();
-        let mut command = redis::cmd("SET");
-        command
-            .arg(&claim)
-            .arg(&self.instance)
-            .arg("NX")
-            .arg("PX")
-            .arg(BRIDGE_CLAIM_MS);
-        let set = command.query_async::<Option<String>>(&mut conn);
-        match tokio::time::timeout(PUBLISH_TIMEOUT, set).await {
-            Ok(Ok(Some(_))) => match self.publish_logs(&records).await {
-                Ok(()) => {
-                    self.status
-                        .bridged
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.status
-                        .overflow_dropped
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(error = %e, entries = records.len(), "a log from the seed channel could not be put into the stream");
-                }
-            },
-            Ok(Ok(None)) => {} // another instance took it
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not claim a seed-channel message"),
-            Err(_) => tracing::warn!("redis did not answer a seed-channel claim in time"),
+        match self.bridge_logs(&claim, BRIDGE_CLAIM_MS, &records).await {
+            Ok(true) => {
+                self.status
+                    .bridged
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+            }
+            Ok(false) => {} // another instance took it
+            Err(e) => {
+                self.status
+                    .overflow_dropped
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::warn!(error = %e, entries = records.len(), "a log from the seed channel could not be put into the stream by this instance");
+            }
         }
     }
 

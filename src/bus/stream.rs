@@ -35,6 +35,27 @@ fn position(id: &str) -> Option<Position> {
     })
 }
 
+/// Claim a seed-channel message and append its logs in one step (`EVAL`: atomic in Redis).
+/// `KEYS`: the claim, the stream; `ARGV`: this instance, the claim's lifetime in ms, the
+/// stream's `MAXLEN`, then one log entry per argument. Nil if another instance holds the
+/// claim, else the new entries' ids.
+///
+/// One step, because the order of the stream is the order clients see: each instance reads
+/// the channel in order and waits for each message's script before the next, so when any
+/// instance runs the script for a message, the one before it is already in the stream.
+/// With the claim and the append as two commands, an instance could claim a message, and
+/// another append the next one before the first was appended.
+const CLAIM_AND_APPEND: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return false
+end
+local ids = {}
+for i = 4, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i])
+end
+return ids
+";
+
 impl RedisBus {
     /// Append `logs` to the stream, all or none; returns once Redis has them.
     pub async fn publish_logs(&self, logs: &[Arc<LogRecord>]) -> Result<(), PublishError> {
@@ -50,25 +71,64 @@ impl RedisBus {
                 .arg("e")
                 .arg(log.json.get());
         }
-        let mut conn = self.connection();
-        let added = pipe.query_async::<Vec<String>>(&mut conn);
-        let ids = match tokio::time::timeout(PUBLISH_TIMEOUT, added).await {
-            Ok(Ok(ids)) => ids,
+        let ids = self
+            .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
+            .await?;
+        self.note_published(&ids);
+        Ok(())
+    }
+
+    /// Append `logs` (one seed-channel message) unless another instance has claimed it
+    /// under `claim` within `claim_ms`; `true` if this instance appended them.
+    pub(super) async fn bridge_logs(
+        &self,
+        claim: &str,
+        claim_ms: u64,
+        logs: &[Arc<LogRecord>],
+    ) -> Result<bool, PublishError> {
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(CLAIM_AND_APPEND)
+            .arg(2)
+            .arg(claim)
+            .arg(&self.stream)
+            .arg(&self.instance)
+            .arg(claim_ms)
+            .arg(self.max_len);
+        for log in logs {
+            eval.arg(log.json.get());
+        }
+        let ids = self
+            .appended(eval.query_async::<Option<Vec<String>>>(&mut self.connection()))
+            .await?;
+        Ok(ids.is_some_and(|ids| {
+            self.note_published(&ids);
+            true
+        }))
+    }
+
+    /// The answer to an append, within [`PUBLISH_TIMEOUT`].
+    async fn appended<T>(
+        &self,
+        reply: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, PublishError> {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, reply).await {
+            Ok(Ok(ids)) => Ok(ids),
             Ok(Err(e)) => {
                 self.status.set_error(&e);
-                return Err(PublishError::Unavailable(format!("redis: {e}")));
+                Err(PublishError::Unavailable(format!("redis: {e}")))
             }
-            Err(_) => {
-                return Err(PublishError::Unavailable(
-                    "redis did not answer in time".into(),
-                ));
-            }
-        };
+            Err(_) => Err(PublishError::Unavailable(
+                "redis did not answer in time".into(),
+            )),
+        }
+    }
+
+    /// Remember the newest entry this instance appended, for [`Self::drain`].
+    fn note_published(&self, ids: &[String]) {
         if let Some(last) = ids.last().and_then(|id| position(id)) {
             let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
             *published = (*published).max(last);
         }
-        Ok(())
     }
 
     /// Wait until this instance has read back everything it appended (shutdown: so the

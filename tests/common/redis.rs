@@ -93,17 +93,25 @@ impl RedisServer {
 
     /// `PUBLISH channel payload`, as `redis-cli` would.
     pub async fn publish(&self, channel: &str, payload: &str) {
+        self.publish_in_order(channel, &[payload.to_owned()]).await;
+    }
+
+    /// `PUBLISH channel p` for each payload, one after another on one connection, as a
+    /// publisher that sends a burst would.
+    pub async fn publish_in_order(&self, channel: &str, payloads: &[String]) {
         let client = redis::Client::open(self.url()).expect("client");
         let mut conn = client
             .get_multiplexed_async_connection()
             .await
             .expect("connect to redis");
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async(&mut conn)
-            .await
-            .expect("publish");
+        for payload in payloads {
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .expect("publish");
+        }
     }
 }
 
