@@ -122,7 +122,10 @@ pub async fn start(
         config.max_unauthenticated_bytes as u64,
         Duration::from_millis(config.unauthenticated_timeout_ms),
     );
-    let (emitter, emitter_task) = crate::delivery::Emitter::new(metrics.clone());
+    let (emitter, emitter_task) = crate::delivery::Emitter::new(
+        metrics.clone(),
+        Duration::from_millis(config.slow_consumer_timeout_ms),
+    );
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {

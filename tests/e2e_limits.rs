@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::raw::{next_text, raw_client, subscribe_raw, ws_url};
+use common::raw::{Polling, next_text, raw_client, subscribe_raw, ws_url};
 use common::{Server, eventually, log};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -247,6 +247,71 @@ async fn a_client_that_never_reads_small_logs_is_disconnected_while_they_keep_co
     );
     let stats = server.admin_stats().await;
     assert!(stats["drops"]["slowConsumer"].as_u64() > Some(0), "{stats}");
+}
+
+/// The answers to a client's own requests go out even when its queue of packets is full.
+/// They were dropped with the logs the full queue refused: a `log:subscribed` and the
+/// acknowledgement sent as a replay ended with the queue full never came, and the official
+/// JS client's `emitWithAck` waited for ever (a test run hung on it). Logs may be dropped and
+/// reported when a client reads too slowly; the answer to its request waits for room.
+///
+/// A long-polling client holds its queue full for as long as it does not poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_wait_for_room_in_a_full_queue_where_logs_are_dropped() {
+    let server = Server::builder()
+        .set("rate_limit", 1_000_000)
+        .set("socket_queue", 4)
+        .start();
+    let client = Polling::connect(&server, "poller").await;
+    client
+        .post(r#"420["log:subscribe",{"deviceIds":["d"]}]"#)
+        .await;
+    let mut seen = Vec::new();
+    while !seen.iter().any(|p: &String| p.starts_with("430[")) {
+        let got = client.poll(T).await;
+        assert!(!got.is_empty(), "subscribed: {seen:?}");
+        seen.extend(got);
+    }
+    // It does not poll now: 10 logs for 4 places; 6 are refused.
+    let logs: Vec<Value> = (0..10).map(|i| log("d", "INFO", &i.to_string())).collect();
+    server.ingest(Value::Array(logs)).await;
+    eventually(T, "logs refused by the full queue", || async {
+        let stats = server.admin_stats().await;
+        match stats["drops"]["slowConsumer"].as_u64() {
+            Some(6) => Ok(()),
+            _ => Err(stats.to_string()),
+        }
+    })
+    .await;
+    // Two requests while it is full: a pause, and a new subscription.
+    client.post(r#"421["log:pause"]"#).await;
+    client
+        .post(r#"422["log:subscribe",{"deviceIds":["d","e"]}]"#)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let answered = |got: &[String]| {
+        ["431[", "432[", r#"42["log:subscribed""#]
+            .iter()
+            .all(|a| got.iter().any(|p| p.starts_with(a)))
+    };
+    for _ in 0..10 {
+        got.extend(client.poll(Duration::from_secs(2)).await);
+        if answered(&got) {
+            break;
+        }
+    }
+    assert!(answered(&got), "answers while the queue was full: {got:?}");
+    let logs = got.iter().filter(|p| p.starts_with(r#"42["log:new""#));
+    assert_eq!(logs.count(), 4, "the 4 logs the queue held: {got:?}");
+    let answer = |prefix: &str| got.iter().find(|p| p.starts_with(prefix)).unwrap();
+    assert!(answer("431[").contains(r#""paused":true"#));
+    for prefix in ["432[", r#"42["log:subscribed""#] {
+        assert!(
+            answer(prefix).contains(r#""deviceIds":["d","e"]"#),
+            "{got:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,16 @@ fn official_socket_io_client_suite() {
             .expect("npm is needed for the JS-client tests (Node.js 20)");
         assert!(status.success(), "npm ci failed in tests/js");
     }
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
+    // Bounded (coreutils `timeout`): a test that waits for ever (an answer that never
+    // comes) fails the run instead of hanging it.
+    let output = Command::new("timeout")
+        .args([
+            "--kill-after=10",
+            "300",
+            "node",
+            "--test",
+            "--test-reporter=spec",
+        ])
         .current_dir(&dir)
         .env("LOGSTREAM_BIN", env!("CARGO_BIN_EXE_logstream"))
         .output()
@@ -24,6 +32,11 @@ fn official_socket_io_client_suite() {
     let report = String::from_utf8_lossy(&output.stdout);
     println!("{report}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "JS-client suite did not finish within 300 s:\n{report}"
+    );
     assert!(output.status.success(), "JS-client suite failed:\n{report}");
     assert!(report.contains("pass"), "JS-client suite ran no test");
 }

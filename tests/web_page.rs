@@ -21,8 +21,16 @@ fn live_tail_page_in_headless_chromium() {
             .expect("npm is needed for the page tests (Node.js 20)");
         assert!(status.success(), "npm ci failed in tests/web");
     }
-    let output = Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
+    // Bounded (coreutils `timeout`): a test that waits for ever (an answer that never
+    // comes) fails the run instead of hanging it.
+    let output = Command::new("timeout")
+        .args([
+            "--kill-after=10",
+            "300",
+            "node",
+            "--test",
+            "--test-reporter=spec",
+        ])
         .current_dir(&dir)
         .env("LOGSTREAM_BIN", env!("CARGO_BIN_EXE_logstream"))
         .env("CHROMIUM", &chromium)
@@ -35,6 +43,11 @@ fn live_tail_page_in_headless_chromium() {
     let report = String::from_utf8_lossy(&output.stdout);
     println!("{report}");
     eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    assert_ne!(
+        output.status.code(),
+        Some(124),
+        "page suite did not finish within 300 s:\n{report}"
+    );
     assert!(output.status.success(), "page suite failed:\n{report}");
     assert!(
         report.contains("✔ the live-tail page"),

@@ -26,19 +26,20 @@
 //!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_PACKETS`]
 //!   packets or [`YIELD_EVERY_BYTES`].
 //! - A socket not marked connected yet (its handshake is still finishing) refuses packets as
-//!   if it were closed; the task holds them, and every later one for that socket, until it
-//!   is connected (`connecting`).
+//!   if it were closed; a full socket refuses answers (`log:subscribed`, …) that must not be
+//!   lost. The task holds those, and every later packet for that socket, until it can take
+//!   them (`waiting`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connecting::{Connecting, RECHECK_EVERY};
 use super::outlet::{Packet, Unsent, emit};
+use super::waiting::{RECHECK_EVERY, Waiting};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
 
@@ -82,6 +83,8 @@ const SPARE_MAX_PACKETS: usize = 16 * 1024;
 /// What the router and the task share.
 struct Shared {
     metrics: Arc<Metrics>,
+    /// How long an answer waits for room in a full socket (`slow_consumer_timeout_ms`).
+    answers_wait: Duration,
     /// Refusals not yet taken by the router.
     refused: Mutex<Vec<Refused>>,
     /// Emptied job buffers, back from the task.
@@ -90,30 +93,55 @@ struct Shared {
 
 impl Shared {
     /// Emit packets in order: count the logs the sockets took, keep what they refused, hold
-    /// what sockets not connected yet refused (and what follows for them).
+    /// what must wait (and what follows it for the same socket). `since`: when the packets
+    /// were first handed on.
     fn emit_all(
         &self,
         batch: impl Iterator<Item = Queued>,
-        connecting: &mut Connecting<SocketRef>,
+        waiting: &mut Waiting<SocketRef>,
+        since: Instant,
     ) {
         let mut delivered = 0u64;
         let mut lost = Vec::new();
+        let refuse = |lost: &mut Vec<Refused>, sid, packet: &Packet| {
+            lost.push(Refused {
+                sid,
+                logs: packet.logs,
+                bytes: packet.bytes,
+                report: packet.report,
+            });
+        };
         for q in batch {
-            if connecting.holds(q.socket.id) {
-                connecting.hold(q.socket, q.packet, Instant::now());
-                continue;
-            }
-            match emit(&q.socket, &q.packet) {
+            let sid = q.socket.id;
+            let outcome = if waiting.holds(sid) {
+                Err(Unsent::Closed)
+            } else {
+                emit(&q.socket, &q.packet)
+            };
+            match outcome {
                 Ok(()) => delivered += u64::from(q.packet.logs),
-                Err(Unsent::Full) => lost.push(Refused {
-                    sid: q.socket.id,
-                    logs: q.packet.logs,
-                    bytes: q.packet.bytes,
-                    report: q.packet.report,
-                }),
-                // Not connected yet, or closed: held until it is connected or given up on
-                // (a closed socket's client is being removed; nothing of it is counted).
-                Err(Unsent::Closed) => connecting.hold(q.socket, q.packet, Instant::now()),
+                // Full: an answer waits for room, for a while; logs are refused.
+                Err(Unsent::Full)
+                    if q.packet.waits_for_room() && since.elapsed() < self.answers_wait =>
+                {
+                    if let Err(packet) = waiting.hold(q.socket, q.packet, since) {
+                        refuse(&mut lost, sid, &packet);
+                    }
+                }
+                Err(Unsent::Full) => {
+                    if q.packet.waits_for_room() {
+                        tracing::debug!(%sid, event = q.packet.event, "gave up an event: the client's queue stayed full");
+                    }
+                    refuse(&mut lost, sid, &q.packet);
+                }
+                // Behind held packets; or not connected yet, or closed: held until it is
+                // connected or given up on (a closed socket's client is being removed;
+                // nothing of it is counted).
+                Err(Unsent::Closed) => {
+                    if let Err(packet) = waiting.hold(q.socket, q.packet, since) {
+                        refuse(&mut lost, sid, &packet);
+                    }
+                }
             }
         }
         self.metrics.delivered(delivered);
@@ -123,23 +151,23 @@ impl Shared {
     }
 
     /// Emit what sockets that are connected now were holding.
-    fn release(&self, connecting: &mut Connecting<SocketRef>) {
-        if connecting.is_empty() {
+    fn release(&self, waiting: &mut Waiting<SocketRef>) {
+        if waiting.is_empty() {
             return;
         }
-        let released = connecting.release(Instant::now());
+        let released = waiting.release(Instant::now());
         if released.given_up > 0 {
             tracing::debug!(
                 packets = released.given_up,
                 "let go of packets for sockets that were not connected within a second"
             );
         }
-        for (socket, packets) in released.ready {
+        for (socket, packets, since) in released.ready {
             let queued = packets.into_iter().map(|packet| Queued {
                 socket: socket.clone(),
                 packet,
             });
-            self.emit_all(queued, connecting);
+            self.emit_all(queued, waiting, since);
         }
     }
 }
@@ -167,10 +195,12 @@ pub struct EmitterTask {
 }
 
 impl Emitter {
-    pub fn new(metrics: Arc<Metrics>) -> (Arc<Emitter>, EmitterTask) {
+    /// `answers_wait`: how long an answer waits for room in a full socket.
+    pub fn new(metrics: Arc<Metrics>, answers_wait: Duration) -> (Arc<Emitter>, EmitterTask) {
         let (jobs, rx) = mpsc::channel(JOBS);
         let shared = Arc::new(Shared {
             metrics,
+            answers_wait,
             refused: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
         });
@@ -209,7 +239,7 @@ impl Emitter {
     }
 
     /// Hand what was queued to the task and wait until everything handed so far is in the
-    /// sockets' queues (or held for a socket not connected yet, see `connecting`).
+    /// sockets' queues (or held for a socket that cannot take it yet, see `waiting`).
     pub fn settle(&self) {
         self.flush();
         if !self.unsettled.swap(false, Ordering::Relaxed) {
@@ -240,7 +270,7 @@ impl Emitter {
             Err(mpsc::error::SendError(Job::Emit(batch))) => {
                 // The runtime is ending: a socket not connected by now never will be.
                 self.shared
-                    .emit_all(batch.into_iter(), &mut Connecting::new());
+                    .emit_all(batch.into_iter(), &mut Waiting::new(), Instant::now());
             }
             Err(mpsc::error::SendError(Job::Then(f))) => f(),
         }
@@ -250,15 +280,15 @@ impl Emitter {
 impl EmitterTask {
     /// Run the jobs in order until the [`Emitter`] is dropped.
     pub async fn run(mut self) {
-        let mut connecting = Connecting::new();
+        let mut waiting = Waiting::new();
         loop {
-            let job = if connecting.is_empty() {
+            let job = if waiting.is_empty() {
                 self.jobs.recv().await
             } else {
                 tokio::select! {
                     job = self.jobs.recv() => job,
                     () = tokio::time::sleep(RECHECK_EVERY) => {
-                        self.shared.release(&mut connecting);
+                        self.shared.release(&mut waiting);
                         continue;
                     }
                 }
@@ -266,7 +296,7 @@ impl EmitterTask {
             let Some(job) = job else {
                 break;
             };
-            self.shared.release(&mut connecting);
+            self.shared.release(&mut waiting);
             match job {
                 Job::Then(f) => f(),
                 Job::Emit(mut batch) => {
@@ -282,7 +312,7 @@ impl EmitterTask {
                             bytes += q.packet.data().get().len();
                             Some(q)
                         });
-                        self.shared.emit_all(chunk, &mut connecting);
+                        self.shared.emit_all(chunk, &mut waiting, Instant::now());
                         if items.len() == 0 {
                             break;
                         }

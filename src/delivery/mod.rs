@@ -14,9 +14,9 @@
 //! changes).
 
 pub mod client;
-pub mod connecting;
 pub mod emitter;
 pub mod outlet;
+pub mod waiting;
 
 pub use client::{Client, DeliveryLimits, to_raw};
 pub use emitter::{Emitter, EmitterTask, Refused};

@@ -68,6 +68,13 @@ impl Packet {
         }
     }
 
+    /// An answer or notice rather than logs: when the socket's queue is full it waits for
+    /// room (see `waiting`) instead of being refused. (Logs are refused, dropped and
+    /// reported; a refused `log:dropped` report is reported again.)
+    pub fn waits_for_room(&self) -> bool {
+        self.logs == 0 && self.report.is_none()
+    }
+
     pub fn data(&self) -> &RawValue {
         match &self.data {
             Data::Log(log) => &log.json,

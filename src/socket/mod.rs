@@ -12,6 +12,7 @@
 //! acknowledgement. A payload that cannot be decoded is refused (`invalid_payload`), never
 //! read as "no filter"; an unknown event is answered with `unknown_event`.
 
+mod answer;
 mod expiry;
 mod session;
 
@@ -27,7 +28,7 @@ use crate::stats_feed::{StatsTicket, stats_room, stats_slice};
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::extract::{Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
@@ -40,6 +41,7 @@ use crate::log_entry::FieldError;
 use crate::protocol::{ClientError, Code, Done, Failure, Refreshed, event};
 use crate::router::{ClientCommand, Control};
 use crate::subscription::SubscribeRequest;
+use answer::Ack;
 pub use session::{Grant, Session};
 
 /// How long a connection may take to complete its Socket.IO CONNECT (authenticated) before
@@ -292,23 +294,37 @@ pub async fn end_session(socket: &SocketRef, app: &AppState) {
     }
 }
 
+/// How long an answer may wait for room in the client's queue (see [`answer`]).
+fn patience(app: &AppState) -> std::time::Duration {
+    std::time::Duration::from_millis(app.config.slow_consumer_timeout_ms)
+}
+
 /// Send `error` and a failed acknowledgement.
-fn reply_error(socket: &SocketRef, ack: AckSender, error: &ClientError) {
-    let _ = socket.emit(event::ERROR, error);
-    let _ = ack.send(&Failure::of(error));
+async fn reply_error(socket: &SocketRef, app: &AppState, ack: Ack, error: &ClientError) {
+    let within = patience(app);
+    answer::emit(socket, event::ERROR, error, within).await;
+    ack.send(&Failure::of(error), within).await;
 }
 
 /// Send the success event (if any) and the same payload as acknowledgement.
-fn reply_ok<T: Serialize>(socket: &SocketRef, ack: AckSender, event: Option<&str>, payload: &T) {
+async fn reply_ok<T: Serialize>(
+    socket: &SocketRef,
+    app: &AppState,
+    ack: Ack,
+    event: Option<&str>,
+    payload: &T,
+) {
+    let within = patience(app);
     if let Some(event) = event {
-        let _ = socket.emit(event, payload);
+        answer::emit(socket, event, payload, within).await;
     }
-    let _ = ack.send(payload);
+    ack.send(payload, within).await;
 }
 
 /// Spend one unit of the socket's event budget; on refusal tell the client (the `error`
-/// event at most once a second, so a flood is not answered by a flood) and return `None`.
-fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<AckSender> {
+/// event at most once a second, so a flood is not answered by a flood; neither waits for
+/// room in a full queue) and return `None`.
+fn admit_event(socket: &SocketRef, app: &AppState, ack: Ack) -> Option<Ack> {
     let session = socket.extensions.get::<Arc<Session>>()?;
     match session.admit_event(Instant::now()) {
         session::EventAdmission::Allowed => Some(ack),
@@ -325,10 +341,9 @@ fn admit_event(socket: &SocketRef, app: &AppState, ack: AckSender) -> Option<Ack
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let error = ClientError::new(Code::RateLimited, "too many events; slow down");
             if notify {
-                reply_error(socket, ack, &error);
-            } else {
-                let _ = ack.send(&Failure::of(&error));
+                let _ = socket.emit(event::ERROR, &error);
             }
+            ack.try_send(&Failure::of(&error));
             None
         }
     }
@@ -370,7 +385,7 @@ fn busy() -> ClientError {
 async fn on_subscribe(
     socket: SocketRef,
     TryData(data): TryData<Value>,
-    ack: AckSender,
+    ack: Ack,
     State(app): State<AppState>,
 ) {
     tracing::debug!(sid = %socket.id, "log:subscribe received");
@@ -387,7 +402,7 @@ async fn on_subscribe(
                 Code::InvalidPayload,
                 format!("the subscription could not be decoded: {e}"),
             );
-            return reply_error(&socket, ack, &error);
+            return reply_error(&socket, &app, ack, &error).await;
         }
     };
     // What a session keeps: the subscription without its one-off replay request.
@@ -401,7 +416,7 @@ async fn on_subscribe(
         Err(FieldError { field, message }) => {
             let error = ClientError::new(Code::InvalidSubscription, format!("{field}: {message}"))
                 .field(field);
-            return reply_error(&socket, ack, &error);
+            return reply_error(&socket, &app, ack, &error).await;
         }
     };
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
@@ -461,7 +476,7 @@ async fn on_subscribe(
                     }
                 }
             }
-            reply_ok(&socket, ack, None, &subscribed)
+            reply_ok(&socket, &app, ack, None, &subscribed).await
         }
         Some(Err(e)) => {
             if e.code == Code::Forbidden {
@@ -472,9 +487,9 @@ async fn on_subscribe(
                     .unwrap_or_default();
                 tracing::info!(target: "audit", %user, peer = %peer(&socket), reason = %e.message, "subscription refused");
             }
-            reply_error(&socket, ack, &e)
+            reply_error(&socket, &app, ack, &e).await
         }
-        None => reply_error(&socket, ack, &busy()),
+        None => reply_error(&socket, &app, ack, &busy()).await,
     }
 }
 
@@ -482,7 +497,7 @@ async fn on_subscribe(
 /// the router, answer with `event` (if any) and the acknowledgement.
 async fn simple_event(
     socket: SocketRef,
-    ack: AckSender,
+    ack: Ack,
     app: AppState,
     build: impl FnOnce(Sid, oneshot::Sender<bool>) -> ClientCommand,
     event: Option<&str>,
@@ -493,12 +508,12 @@ async fn simple_event(
     };
     let sid = socket.id;
     match ask_router(&socket, &app, |reply| build(sid, reply)).await {
-        Some(_) => reply_ok(&socket, ack, event, &payload),
-        None => reply_error(&socket, ack, &busy()),
+        Some(_) => reply_ok(&socket, &app, ack, event, &payload).await,
+        None => reply_error(&socket, &app, ack, &busy()).await,
     }
 }
 
-async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+async fn on_unsubscribe(socket: SocketRef, ack: Ack, State(app): State<AppState>) {
     settled(&socket).await;
     // An explicit unsubscribe ends the session: nothing to resume.
     end_session(&socket, &app).await;
@@ -510,7 +525,7 @@ async fn on_unsubscribe(socket: SocketRef, ack: AckSender, State(app): State<App
     simple_event(socket, ack, app, build, Some(event::UNSUBSCRIBED), payload).await;
 }
 
-async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+async fn on_pause(socket: SocketRef, ack: Ack, State(app): State<AppState>) {
     settled(&socket).await;
     let payload = Done {
         success: true,
@@ -520,7 +535,7 @@ async fn on_pause(socket: SocketRef, ack: AckSender, State(app): State<AppState>
     simple_event(socket, ack, app, build, None, payload).await;
 }
 
-async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState>) {
+async fn on_resume(socket: SocketRef, ack: Ack, State(app): State<AppState>) {
     settled(&socket).await;
     let payload = Done {
         success: true,
@@ -535,7 +550,7 @@ async fn on_resume(socket: SocketRef, ack: AckSender, State(app): State<AppState
 async fn on_refresh(
     socket: SocketRef,
     TryData(data): TryData<Value>,
-    ack: AckSender,
+    ack: Ack,
     State(app): State<AppState>,
 ) {
     settled(&socket).await;
@@ -543,7 +558,7 @@ async fn on_refresh(
         return;
     };
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return reply_error(&socket, ack, &busy());
+        return reply_error(&socket, &app, ack, &busy()).await;
     };
     // One refresh at a time per connection, so the grant and the router's scope move
     // together.
@@ -566,14 +581,14 @@ async fn on_refresh(
                 format!("the new token was refused ({})", e.reason()),
             )
             .field("token");
-            return reply_error(&socket, ack, &error);
+            return reply_error(&socket, &app, ack, &error).await;
         }
     };
     if user != session.user {
         tracing::info!(target: "audit", user = %session.user, other = %user, peer = %peer(&socket), "token refresh for another user refused");
         let error =
             ClientError::new(Code::Forbidden, "the new token is for another user").field("token");
-        return reply_error(&socket, ack, &error);
+        return reply_error(&socket, &app, ack, &error).await;
     }
     if grant.expires_at < session.grant().expires_at {
         let error = ClientError::new(
@@ -581,7 +596,7 @@ async fn on_refresh(
             "the new token expires before the current one",
         )
         .field("token");
-        return reply_error(&socket, ack, &error);
+        return reply_error(&socket, &app, ack, &error).await;
     }
     // The router first (it holds what the client is sent), then the grant (its expiry).
     let sid = socket.id;
@@ -594,7 +609,7 @@ async fn on_refresh(
     }))
     .await;
     let Ok(ended) = rx.await else {
-        return reply_error(&socket, ack, &busy());
+        return reply_error(&socket, &app, ack, &busy()).await;
     };
     if let Some(error) = &ended {
         tracing::info!(target: "audit", user = %session.user, peer = %peer(&socket), code = %error.code, reason = %error.message, "subscription ended on token refresh");
@@ -605,17 +620,12 @@ async fn on_refresh(
         expires_at: grant.expires_at,
         devices: grant.scope.patterns().to_vec(),
     };
-    let _ = ack.send(&payload);
+    ack.send(&payload, patience(&app)).await;
 }
 
 /// An event this server does not know (a typo such as `log:subscibe`): say so rather than
 /// leave the client waiting for an answer that never comes.
-async fn on_unknown(
-    socket: SocketRef,
-    Event(name): Event,
-    ack: AckSender,
-    State(app): State<AppState>,
-) {
+async fn on_unknown(socket: SocketRef, Event(name): Event, ack: Ack, State(app): State<AppState>) {
     settled(&socket).await;
     let Some(ack) = admit_event(&socket, &app, ack) else {
         return;
@@ -628,7 +638,7 @@ async fn on_unknown(
             event::FROM_CLIENT.join(", ")
         ),
     );
-    reply_error(&socket, ack, &error);
+    reply_error(&socket, &app, ack, &error).await;
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {

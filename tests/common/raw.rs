@@ -21,9 +21,13 @@ pub type Ws =
 
 /// A raw engine.io WebSocket client, connected to the namespace with `user`'s token.
 pub async fn raw_client(server: &Server, user: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(server))
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(server))
         .await
         .expect("ws connect");
+    join_namespace(ws, user).await
+}
+
+async fn join_namespace(mut ws: Ws, user: &str) -> Ws {
     assert!(next_text(&mut ws).await.starts_with('0'), "engine.io open");
     let connect = format!("40{}", json!({ "token": Server::token(user) }));
     ws.send(Message::Text(connect.into())).await.unwrap();
@@ -69,5 +73,68 @@ pub async fn next_text(ws: &mut Ws) -> String {
             Some(Ok(_)) => continue,
             other => panic!("websocket ended: {other:?}"),
         }
+    }
+}
+
+/// A raw engine.io long-polling client: nothing leaves the server's queue for it until it
+/// polls, so a test can hold that queue full exactly as long as it likes.
+pub struct Polling {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Polling {
+    /// Open a session and connect to the namespace with `user`'s token.
+    pub async fn connect(server: &Server, user: &str) -> Polling {
+        let http = reqwest::Client::new();
+        let base = format!("{}/socket.io/?EIO=4&transport=polling", server.url);
+        let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+        let handshake: serde_json::Value =
+            serde_json::from_str(open.strip_prefix('0').expect("engine.io open")).unwrap();
+        let url = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+        let polling = Polling { http, url };
+        polling
+            .post(&format!("40{}", json!({ "token": Server::token(user) })))
+            .await;
+        let mut reply = Vec::new();
+        // A ping may come first.
+        for _ in 0..3 {
+            reply.extend(polling.poll(Duration::from_secs(5)).await);
+            if reply.iter().any(|p| p.starts_with("40")) {
+                return polling;
+            }
+        }
+        panic!("namespace connect: {reply:?}");
+    }
+
+    /// Send one packet.
+    pub async fn post(&self, packet: &str) {
+        let status = self
+            .http
+            .post(&self.url)
+            .body(packet.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "POST {packet}: {status}");
+    }
+
+    /// One poll: the packets the server had queued (or the first that comes), empty if none
+    /// came within `within`. Pings are answered.
+    pub async fn poll(&self, within: Duration) -> Vec<String> {
+        let Ok(reply) = tokio::time::timeout(within, self.http.get(&self.url).send()).await else {
+            return Vec::new();
+        };
+        let body = reply.unwrap().text().await.unwrap();
+        let mut packets = Vec::new();
+        for packet in body.split('\u{1e}') {
+            if packet == "2" {
+                self.post("3").await;
+            } else {
+                packets.push(packet.to_owned());
+            }
+        }
+        packets
     }
 }

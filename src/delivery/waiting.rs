@@ -1,17 +1,22 @@
-//! Packets for sockets that are not marked connected yet, held until they are.
+//! Packets for sockets that cannot take them yet, held in order until they can.
 //!
-//! Why: a client is registered with the router during its handshake, before socketioxide
-//! sends CONNECT, so that nothing it asks right after CONNECT finds it missing. But
-//! socketioxide marks a socket connected only after sending CONNECT, and refuses every emit
-//! before that as if the socket were closed. An event the router sends a client in that
-//! window (a `device:status` for every client in scope, say) was lost without a trace; under
-//! load the thread between the two steps can be descheduled for milliseconds, while the
-//! client has already read CONNECT (an `e2e_redis` test lost its `device:status` that way).
+//! Two reasons a socket refuses a packet that must not be lost:
+//! - **Not marked connected yet.** A client is registered with the router during its
+//!   handshake, before socketioxide sends CONNECT, so that nothing it asks right after
+//!   CONNECT finds it missing. But socketioxide marks a socket connected only after sending
+//!   CONNECT, and refuses every emit before that as if the socket were closed. An event the
+//!   router sent a client in that window (a `device:status` for every client in scope, say)
+//!   was lost without a trace (an `e2e_redis` test lost its `device:status` that way). A
+//!   socket that is not connected within [`HOLD_AT_MOST`] is really closed (or its
+//!   handshake failed): what it held is let go, as a closed socket's packets always were.
+//! - **Its queue is full, and the packet is an answer, not logs** (see
+//!   [`Packet::waits_for_room`]): logs refused by a full queue are dropped and reported, but
+//!   a `log:subscribed` refused at the end of a replay left the client waiting for ever.
+//!   The emitter tries it again every [`RECHECK_EVERY`], for as long as the client may stay
+//!   behind (`slow_consumer_timeout_ms`; past that it is cut).
 //!
-//! The emitter holds such a socket's packets here, and every later one for it behind them,
-//! and emits them in order once the socket is connected. A socket that is not connected
-//! within [`HOLD_AT_MOST`] is really closed (or its handshake failed): what it held is let
-//! go, as a closed socket's packets always were.
+//! Every later packet for a socket that holds some waits behind them, so order is kept; at
+//! most [`MAX_HELD`] per socket (beyond that they are refused as if the queue were full).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +31,9 @@ pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// How often held sockets are looked at again.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(2);
+
+/// Packets held for one socket at most.
+pub const MAX_HELD: usize = 4096;
 
 /// What the holding needs of a socket (a trait so that it can be tested without one).
 pub trait Target {
@@ -49,22 +57,23 @@ struct Held<S> {
     since: Instant,
 }
 
-/// Sockets refused as closed that may still become connected, with their packets in order.
-pub struct Connecting<S> {
+/// Sockets that refused packets they may take later, with those packets in order.
+pub struct Waiting<S> {
     held: HashMap<Sid, Held<S>>,
 }
 
-/// What [`Connecting::release`] found.
+/// What [`Waiting::release`] found.
 pub struct Released<S> {
-    /// Sockets now connected, each with its packets in the order they were handed on.
-    pub ready: Vec<(S, Vec<Packet>)>,
+    /// Sockets now connected, each with its packets in the order they were handed on, and
+    /// since when it has held them.
+    pub ready: Vec<(S, Vec<Packet>, Instant)>,
     /// Packets of sockets given up on (not connected within [`HOLD_AT_MOST`]).
     pub given_up: usize,
 }
 
-impl<S: Target> Connecting<S> {
-    pub fn new() -> Connecting<S> {
-        Connecting {
+impl<S: Target> Waiting<S> {
+    pub fn new() -> Waiting<S> {
+        Waiting {
             held: HashMap::new(),
         }
     }
@@ -78,17 +87,19 @@ impl<S: Target> Connecting<S> {
         !self.held.is_empty() && self.held.contains_key(&sid)
     }
 
-    /// Hold `packet` for `socket`, after what is held for it already.
-    pub fn hold(&mut self, socket: S, packet: Packet, now: Instant) {
-        self.held
-            .entry(socket.sid())
-            .or_insert_with(|| Held {
-                socket,
-                packets: Vec::new(),
-                since: now,
-            })
-            .packets
-            .push(packet);
+    /// Hold `packet` for `socket`, after what is held for it already (held since `since`,
+    /// if nothing is); give it back if the socket holds [`MAX_HELD`] already.
+    pub fn hold(&mut self, socket: S, packet: Packet, since: Instant) -> Result<(), Packet> {
+        let held = self.held.entry(socket.sid()).or_insert_with(|| Held {
+            socket,
+            packets: Vec::new(),
+            since,
+        });
+        if held.packets.len() >= MAX_HELD {
+            return Err(packet);
+        }
+        held.packets.push(packet);
+        Ok(())
     }
 
     /// Take the sockets that are connected now, and let go of those held too long.
@@ -113,7 +124,7 @@ impl<S: Target> Connecting<S> {
                 continue;
             };
             if h.socket.connected() {
-                released.ready.push((h.socket, h.packets));
+                released.ready.push((h.socket, h.packets, h.since));
             } else {
                 released.given_up += h.packets.len();
             }
@@ -122,9 +133,9 @@ impl<S: Target> Connecting<S> {
     }
 }
 
-impl<S: Target> Default for Connecting<S> {
+impl<S: Target> Default for Waiting<S> {
     fn default() -> Self {
-        Connecting::new()
+        Waiting::new()
     }
 }
 
@@ -167,12 +178,12 @@ mod tests {
     #[test]
     fn packets_wait_for_the_socket_to_connect_and_go_in_order() {
         let t0 = Instant::now();
-        let mut c = Connecting::new();
+        let mut c = Waiting::new();
         let s = fake();
         let other = fake();
         assert!(!c.holds(s.sid));
-        c.hold(s.clone(), packet(1), t0);
-        c.hold(s.clone(), packet(2), t0);
+        assert!(c.hold(s.clone(), packet(1), t0).is_ok());
+        assert!(c.hold(s.clone(), packet(2), t0).is_ok());
         assert!(c.holds(s.sid), "later packets queue behind the first");
         assert!(!c.holds(other.sid));
         let r = c.release(t0 + Duration::from_millis(10));
@@ -189,14 +200,33 @@ mod tests {
     #[test]
     fn a_socket_that_never_connects_is_let_go() {
         let t0 = Instant::now();
-        let mut c = Connecting::new();
+        let mut c = Waiting::new();
         let s = fake();
-        c.hold(s.clone(), packet(1), t0);
-        c.hold(s.clone(), packet(2), t0 + Duration::from_millis(900));
+        assert!(c.hold(s.clone(), packet(1), t0).is_ok());
+        assert!(
+            c.hold(s.clone(), packet(2), t0 + Duration::from_millis(900))
+                .is_ok()
+        );
         let r = c.release(t0 + HOLD_AT_MOST - Duration::from_millis(1));
         assert_eq!((r.ready.len(), r.given_up), (0, 0));
         let r = c.release(t0 + HOLD_AT_MOST);
         assert_eq!((r.ready.len(), r.given_up), (0, 2));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_socket_holds_a_bounded_number_of_packets() {
+        let t0 = Instant::now();
+        let mut c = Waiting::new();
+        let s = fake();
+        for n in 0..MAX_HELD as u32 {
+            assert!(c.hold(s.clone(), packet(n), t0).is_ok());
+        }
+        let refused = c.hold(s.clone(), packet(0), t0).unwrap_err();
+        assert_eq!(refused.data().get(), "0", "given back, not lost here");
+        s.connected.store(true, Ordering::Relaxed);
+        let r = c.release(t0);
+        assert_eq!(r.ready[0].1.len(), MAX_HELD);
+        assert_eq!(r.ready[0].2, t0, "held since the first");
     }
 }
