@@ -115,7 +115,14 @@ test('an offset older than the history kept: recovered false, and live goes on',
   await server.ingest(logs('d', 0, 1));
   const [[, offset]] = await first;
   await socket.emitWithAck('log:unsubscribe');
+  // A 202 means accepted, not yet in the history: a watcher sees when all 150 are there (a
+  // subscribe that overtook them would rightly still find the offset and recover).
+  const watcher = await connect(server, { token: token('w') });
+  t.after(() => watcher.close());
+  await watcher.emitWithAck('log:subscribe', { deviceIds: ['d'] });
+  const routed = pairs(watcher, 150);
   for (let i = 0; i < 3; i++) await server.ingest(logs('d', 1 + i * 50, 50));
+  await routed;
   const ack = await socket.emitWithAck('log:subscribe', { deviceIds: ['d'], since: offset });
   assert.strictEqual(ack.success, true);
   assert.strictEqual(ack.recovered, false);
