@@ -38,6 +38,7 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
                     "reconnects": r.status.reconnects.load(relaxed),
                     "malformedMessages": r.status.malformed.load(relaxed),
                     "overflowDropped": r.status.overflow_dropped.load(relaxed),
+                    "bridgeFailed": r.status.bridge_failed.load(relaxed),
                 }),
                 connected,
             )

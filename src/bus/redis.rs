@@ -48,6 +48,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a claim on a seed-channel message holds: the same bytes published again within it
 /// count as the same message.
 const BRIDGE_CLAIM_MS: u64 = 10_000;
+/// Tries to put a seed-channel message into the stream, the first pause between two.
+const BRIDGE_TRIES: u32 = 4;
+const BRIDGE_RETRY_FIRST: Duration = Duration::from_millis(100);
 
 /// `url` with any password replaced, for messages.
 fn without_password(url: &str) -> String {
@@ -93,6 +96,9 @@ pub struct RedisStatus {
     pub bridged: AtomicU64,
     /// Logs read from Redis that the router could not take within a second (counted, dropped).
     pub overflow_dropped: AtomicU64,
+    /// Logs of seed-channel messages this instance could not put into the stream after its
+    /// tries (another instance may have; if none could, they are lost).
+    pub bridge_failed: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_malformed_log: Mutex<Option<Instant>>,
 }
@@ -403,18 +409,29 @@ impl RedisBus {
                 .take(16)
                 .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
         );
-        match self.bridge_logs(&claim, BRIDGE_CLAIM_MS, &records).await {
-            Ok(true) => {
-                self.status
-                    .bridged
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-            }
-            Ok(false) => {} // another instance took it
-            Err(e) => {
-                self.status
-                    .overflow_dropped
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                tracing::warn!(error = %e, entries = records.len(), "a log from the seed channel could not be put into the stream by this instance");
+        // The next message waits for this one (that keeps the stream in publish order), so
+        // a failure is tried again, a few times, before it is given up.
+        let mut pause = BRIDGE_RETRY_FIRST;
+        for attempt in 1..=BRIDGE_TRIES {
+            match self.bridge_logs(&claim, BRIDGE_CLAIM_MS, &records).await {
+                Ok(true) => {
+                    self.status
+                        .bridged
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    return;
+                }
+                Ok(false) => return, // another instance took it (or an earlier try did)
+                Err(e) if attempt == BRIDGE_TRIES => {
+                    self.status
+                        .bridge_failed
+                        .fetch_add(records.len() as u64, Ordering::Relaxed);
+                    tracing::warn!(error = %e, entries = records.len(), tries = BRIDGE_TRIES, "could not put a seed-channel message into the stream (another instance may have)");
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "a seed-channel message could not be put into the stream; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
             }
         }
     }

@@ -41,8 +41,9 @@ fn position(id: &str) -> Option<Position> {
 /// claim, else the new entries' ids.
 ///
 /// One step, because the order of the stream is the order clients see: each instance reads
-/// the channel in order and waits for each message's script before the next, so when any
-/// instance runs the script for a message, the one before it is already in the stream.
+/// the channel in order and finishes each message's script (or gives it up after its tries)
+/// before the next, so when an instance runs the script for a message, the one before it,
+/// which it also read, is already in the stream.
 /// With the claim and the append as two commands, an instance could claim a message, and
 /// another append the next one before the first was appended.
 const CLAIM_AND_APPEND: &str = r"
