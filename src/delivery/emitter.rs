@@ -39,7 +39,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
 use super::outlet::{Packet, Unsent, emit};
-use super::waiting::{RECHECK_EVERY, Waiting};
+use super::waiting::{HeldMarks, RECHECK_EVERY, Waiting};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
 
@@ -89,28 +89,17 @@ struct Shared {
     refused: Mutex<Vec<Refused>>,
     /// Emptied job buffers, back from the task.
     spare: Mutex<Vec<Vec<Queued>>>,
+    /// Sockets the task holds packets for (see `waiting`).
+    marks: Arc<HeldMarks>,
 }
 
 impl Shared {
     /// Emit packets in order: count the logs the sockets took, keep what they refused, hold
-    /// what must wait (and what follows it for the same socket). `since`: when the packets
-    /// were first handed on.
-    fn emit_all(
-        &self,
-        batch: impl Iterator<Item = Queued>,
-        waiting: &mut Waiting<SocketRef>,
-        since: Instant,
-    ) {
+    /// what must wait (and what follows it for the same socket).
+    fn emit_all(&self, batch: impl Iterator<Item = Queued>, waiting: &mut Waiting<SocketRef>) {
+        let now = Instant::now();
         let mut delivered = 0u64;
         let mut lost = Vec::new();
-        let refuse = |lost: &mut Vec<Refused>, sid, packet: &Packet| {
-            lost.push(Refused {
-                sid,
-                logs: packet.logs,
-                bytes: packet.bytes,
-                report: packet.report,
-            });
-        };
         for q in batch {
             let sid = q.socket.id;
             let outcome = if waiting.holds(sid) {
@@ -118,57 +107,61 @@ impl Shared {
             } else {
                 emit(&q.socket, &q.packet)
             };
-            match outcome {
-                Ok(()) => delivered += u64::from(q.packet.logs),
-                // Full: an answer waits for room, for a while; logs are refused.
-                Err(Unsent::Full)
-                    if q.packet.waits_for_room() && since.elapsed() < self.answers_wait =>
-                {
-                    if let Err(packet) = waiting.hold(q.socket, q.packet, since) {
-                        refuse(&mut lost, sid, &packet);
-                    }
+            let refused = match outcome {
+                Ok(()) => {
+                    delivered += u64::from(q.packet.logs);
+                    None
                 }
-                Err(Unsent::Full) => {
-                    if q.packet.waits_for_room() {
-                        tracing::debug!(%sid, event = q.packet.event, "gave up an event: the client's queue stayed full");
-                    }
-                    refuse(&mut lost, sid, &q.packet);
-                }
-                // Behind held packets; or not connected yet, or closed: held until it is
-                // connected or given up on (a closed socket's client is being removed;
-                // nothing of it is counted).
-                Err(Unsent::Closed) => {
-                    if let Err(packet) = waiting.hold(q.socket, q.packet, since) {
-                        refuse(&mut lost, sid, &packet);
-                    }
-                }
+                // Logs are refused by a full queue.
+                Err(Unsent::Full) if !q.packet.waits_for_room() => Some(q.packet),
+                // An answer waits for room. Behind held packets, or not connected yet, or
+                // closed: held until it is connected or given up on (a closed socket's
+                // client is being removed; nothing of it is counted).
+                Err(_) => waiting.hold(q.socket, q.packet, now).err(),
+            };
+            if let Some(packet) = refused {
+                lost.push(refusal(sid, &packet));
             }
         }
         self.metrics.delivered(delivered);
-        if !lost.is_empty() {
-            lock(&self.refused).extend(lost);
-        }
+        self.refused(lost);
     }
 
-    /// Emit what sockets that are connected now were holding.
+    /// Try again what sockets hold.
     fn release(&self, waiting: &mut Waiting<SocketRef>) {
         if waiting.is_empty() {
             return;
         }
-        let released = waiting.release(Instant::now());
+        let released = waiting.release(Instant::now(), self.answers_wait);
         if released.given_up > 0 {
             tracing::debug!(
                 packets = released.given_up,
                 "let go of packets for sockets that were not connected within a second"
             );
         }
-        for (socket, packets, since) in released.ready {
-            let queued = packets.into_iter().map(|packet| Queued {
-                socket: socket.clone(),
-                packet,
-            });
-            self.emit_all(queued, waiting, since);
+        self.metrics.delivered(released.delivered);
+        self.refused(
+            released
+                .refused
+                .iter()
+                .map(|(sid, packet)| refusal(*sid, packet))
+                .collect(),
+        );
+    }
+
+    fn refused(&self, lost: Vec<Refused>) {
+        if !lost.is_empty() {
+            lock(&self.refused).extend(lost);
         }
+    }
+}
+
+fn refusal(sid: Sid, packet: &Packet) -> Refused {
+    Refused {
+        sid,
+        logs: packet.logs,
+        bytes: packet.bytes,
+        report: packet.report,
     }
 }
 
@@ -203,6 +196,7 @@ impl Emitter {
             answers_wait,
             refused: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
+            marks: Arc::new(HeldMarks::default()),
         });
         let emitter = Emitter {
             pending: Mutex::new(Vec::new()),
@@ -253,6 +247,12 @@ impl Emitter {
         let _ = wait.blocking_recv();
     }
 
+    /// Whether the task holds packets for `sid` (see `waiting`): a packet put in its queue
+    /// directly now would overtake them.
+    pub fn holds(&self, sid: Sid) -> bool {
+        self.shared.marks.holds(sid)
+    }
+
     /// Refusals the task met since the last call.
     pub fn take_refused(&self) -> Vec<Refused> {
         std::mem::take(&mut *lock(&self.shared.refused))
@@ -269,8 +269,9 @@ impl Emitter {
             Ok(()) => self.unsettled.store(true, Ordering::Relaxed),
             Err(mpsc::error::SendError(Job::Emit(batch))) => {
                 // The runtime is ending: a socket not connected by now never will be.
+                let marks = Arc::new(HeldMarks::default());
                 self.shared
-                    .emit_all(batch.into_iter(), &mut Waiting::new(), Instant::now());
+                    .emit_all(batch.into_iter(), &mut Waiting::new(marks));
             }
             Err(mpsc::error::SendError(Job::Then(f))) => f(),
         }
@@ -280,7 +281,8 @@ impl Emitter {
 impl EmitterTask {
     /// Run the jobs in order until the [`Emitter`] is dropped.
     pub async fn run(mut self) {
-        let mut waiting = Waiting::new();
+        let mut waiting = Waiting::new(self.shared.marks.clone());
+        let mut last_release = Instant::now();
         loop {
             let job = if waiting.is_empty() {
                 self.jobs.recv().await
@@ -289,6 +291,7 @@ impl EmitterTask {
                     job = self.jobs.recv() => job,
                     () = tokio::time::sleep(RECHECK_EVERY) => {
                         self.shared.release(&mut waiting);
+                        last_release = Instant::now();
                         continue;
                     }
                 }
@@ -296,7 +299,10 @@ impl EmitterTask {
             let Some(job) = job else {
                 break;
             };
-            self.shared.release(&mut waiting);
+            if !waiting.is_empty() && last_release.elapsed() >= RECHECK_EVERY {
+                self.shared.release(&mut waiting);
+                last_release = Instant::now();
+            }
             match job {
                 Job::Then(f) => f(),
                 Job::Emit(mut batch) => {
@@ -312,7 +318,7 @@ impl EmitterTask {
                             bytes += q.packet.data().get().len();
                             Some(q)
                         });
-                        self.shared.emit_all(chunk, &mut waiting, Instant::now());
+                        self.shared.emit_all(chunk, &mut waiting);
                         if items.len() == 0 {
                             break;
                         }

@@ -141,8 +141,11 @@ impl Outlet for SocketOutlet {
     }
 
     fn send_now(&self, packet: Packet) -> Result<(), Unsent> {
-        // What was handed before goes first.
+        // What was handed before goes first; while some of it waits for room, so does this.
         self.emitter.settle();
+        if self.emitter.holds(self.socket.id) {
+            return Err(Unsent::Full);
+        }
         emit(&self.socket, &packet)
     }
 

@@ -11,20 +11,26 @@
 //!   handshake failed): what it held is let go, as a closed socket's packets always were.
 //! - **Its queue is full, and the packet is an answer, not logs** (see
 //!   [`Packet::waits_for_room`]): logs refused by a full queue are dropped and reported, but
-//!   a `log:subscribed` refused at the end of a replay left the client waiting for ever.
-//!   The emitter tries it again every [`RECHECK_EVERY`], for as long as the client may stay
-//!   behind (`slow_consumer_timeout_ms`; past that it is cut).
+//!   a `log:subscribed` refused at the end of a replay left the client waiting for ever. It
+//!   waits for room for as long as the client may stay behind (`slow_consumer_timeout_ms`;
+//!   past that it is cut), then it is refused like a log.
 //!
-//! Every later packet for a socket that holds some waits behind them, so order is kept; at
-//! most [`MAX_HELD`] per socket (beyond that they are refused as if the queue were full).
+//! Every later packet for a socket that holds some waits behind them, so order is kept: the
+//! emitter's own, and (through [`HeldMarks`]) replays and handler answers, which put their
+//! packets in the socket's queue directly and wait while it holds anything. At most
+//! [`MAX_HELD`] per socket; beyond that they are refused as if the queue were full. Every
+//! [`RECHECK_EVERY`] only the first packet of each holding socket is tried, so a socket that
+//! stays full costs one try per tick, not one per packet held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
-use super::outlet::Packet;
+use super::outlet::{Packet, Unsent, emit};
 
 /// How long a socket's packets wait for it to be marked connected.
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
@@ -39,6 +45,7 @@ pub const MAX_HELD: usize = 4096;
 pub trait Target {
     fn sid(&self) -> Sid;
     fn connected(&self) -> bool;
+    fn emit(&self, packet: &Packet) -> Result<(), Unsent>;
 }
 
 impl Target for SocketRef {
@@ -49,32 +56,69 @@ impl Target for SocketRef {
         // The socket's own flag (`SocketRef` derefs to it).
         std::ops::Deref::deref(self).connected()
     }
+    fn emit(&self, packet: &Packet) -> Result<(), Unsent> {
+        emit(self, packet)
+    }
+}
+
+/// Which sockets hold packets, for those who write to sockets directly (replays, handler
+/// answers): they wait while their socket holds anything, so they do not overtake it.
+#[derive(Default)]
+pub struct HeldMarks {
+    count: AtomicUsize,
+    sids: Mutex<HashSet<Sid>>,
+}
+
+impl HeldMarks {
+    pub fn holds(&self, sid: Sid) -> bool {
+        self.count.load(Ordering::Acquire) > 0 && self.lock().contains(&sid)
+    }
+
+    fn set(&self, sid: Sid, held: bool) {
+        let mut sids = self.lock();
+        if held {
+            sids.insert(sid);
+        } else {
+            sids.remove(&sid);
+        }
+        self.count.store(sids.len(), Ordering::Release);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Sid>> {
+        self.sids.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Held<S> {
     socket: S,
-    packets: Vec<Packet>,
+    packets: VecDeque<Packet>,
+    /// When the socket started holding.
     since: Instant,
 }
 
 /// Sockets that refused packets they may take later, with those packets in order.
 pub struct Waiting<S> {
     held: HashMap<Sid, Held<S>>,
+    marks: std::sync::Arc<HeldMarks>,
 }
 
-/// What [`Waiting::release`] found.
-pub struct Released<S> {
-    /// Sockets now connected, each with its packets in the order they were handed on, and
-    /// since when it has held them.
-    pub ready: Vec<(S, Vec<Packet>, Instant)>,
+/// What [`Waiting::release`] did.
+#[derive(Default)]
+pub struct Released {
+    /// Logs in the packets the sockets took.
+    pub delivered: u64,
+    /// Packets refused for good: logs behind an answer that found the queue still full, or
+    /// an answer that waited its time out. (The router counts them like any refusal.)
+    pub refused: Vec<(Sid, Packet)>,
     /// Packets of sockets given up on (not connected within [`HOLD_AT_MOST`]).
     pub given_up: usize,
 }
 
 impl<S: Target> Waiting<S> {
-    pub fn new() -> Waiting<S> {
+    pub fn new(marks: std::sync::Arc<HeldMarks>) -> Waiting<S> {
         Waiting {
             held: HashMap::new(),
+            marks,
         }
     }
 
@@ -87,71 +131,91 @@ impl<S: Target> Waiting<S> {
         !self.held.is_empty() && self.held.contains_key(&sid)
     }
 
-    /// Hold `packet` for `socket`, after what is held for it already (held since `since`,
-    /// if nothing is); give it back if the socket holds [`MAX_HELD`] already.
-    pub fn hold(&mut self, socket: S, packet: Packet, since: Instant) -> Result<(), Packet> {
-        let held = self.held.entry(socket.sid()).or_insert_with(|| Held {
-            socket,
-            packets: Vec::new(),
-            since,
+    /// Hold `packet` for `socket`, after what is held for it already; give it back if the
+    /// socket holds [`MAX_HELD`] already.
+    pub fn hold(&mut self, socket: S, packet: Packet, now: Instant) -> Result<(), Packet> {
+        let sid = socket.sid();
+        let held = self.held.entry(sid).or_insert_with(|| {
+            self.marks.set(sid, true);
+            Held {
+                socket,
+                packets: VecDeque::new(),
+                since: now,
+            }
         });
         if held.packets.len() >= MAX_HELD {
             return Err(packet);
         }
-        held.packets.push(packet);
+        held.packets.push_back(packet);
         Ok(())
     }
 
-    /// Take the sockets that are connected now, and let go of those held too long.
-    pub fn release(&mut self, now: Instant) -> Released<S> {
-        let mut released = Released {
-            ready: Vec::new(),
-            given_up: 0,
-        };
+    /// Put what sockets can take now in their queues, in order; an answer waits for room
+    /// until `answers_wait` after its socket started holding. Let go of sockets not
+    /// connected within [`HOLD_AT_MOST`].
+    pub fn release(&mut self, now: Instant, answers_wait: Duration) -> Released {
+        let mut out = Released::default();
         if self.held.is_empty() {
-            return released;
+            return out;
         }
-        let done: Vec<Sid> = self
-            .held
-            .iter()
-            .filter(|(_, h)| {
-                h.socket.connected() || now.saturating_duration_since(h.since) >= HOLD_AT_MOST
-            })
-            .map(|(sid, _)| *sid)
-            .collect();
-        for sid in done {
-            let Some(h) = self.held.remove(&sid) else {
+        let mut done = Vec::new();
+        for (sid, h) in &mut self.held {
+            let waited = now.saturating_duration_since(h.since);
+            if !h.socket.connected() {
+                if waited >= HOLD_AT_MOST {
+                    out.given_up += h.packets.len();
+                    done.push(*sid);
+                }
                 continue;
-            };
-            if h.socket.connected() {
-                released.ready.push((h.socket, h.packets, h.since));
-            } else {
-                released.given_up += h.packets.len();
+            }
+            while let Some(front) = h.packets.front() {
+                match h.socket.emit(front) {
+                    Ok(()) => out.delivered += u64::from(front.logs),
+                    Err(Unsent::Full) if front.waits_for_room() && waited < answers_wait => break,
+                    Err(Unsent::Full) => {
+                        if front.waits_for_room() {
+                            tracing::debug!(%sid, event = front.event, "gave up an event: the client's queue stayed full");
+                        }
+                        if let Some(p) = h.packets.pop_front() {
+                            out.refused.push((*sid, p));
+                        }
+                        continue;
+                    }
+                    // Closed meanwhile: given up on once it has held long enough.
+                    Err(Unsent::Closed) => break,
+                }
+                h.packets.pop_front();
+            }
+            if h.packets.is_empty() {
+                done.push(*sid);
             }
         }
-        released
-    }
-}
-
-impl<S: Target> Default for Waiting<S> {
-    fn default() -> Self {
-        Waiting::new()
+        for sid in done {
+            self.held.remove(&sid);
+            self.marks.set(sid, false);
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::delivery::outlet::Data;
     use serde_json::value::RawValue;
 
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A socket with `room` places in its queue; what it takes is recorded.
     #[derive(Clone)]
     struct Fake {
         sid: Sid,
         connected: Arc<AtomicBool>,
+        room: Arc<AtomicUsize>,
+        taken: Arc<Mutex<Vec<String>>>,
     }
 
     impl Target for Fake {
@@ -161,72 +225,146 @@ mod tests {
         fn connected(&self) -> bool {
             self.connected.load(Ordering::Relaxed)
         }
-    }
-
-    fn fake() -> Fake {
-        Fake {
-            sid: Sid::new(),
-            connected: Arc::new(AtomicBool::new(false)),
+        fn emit(&self, packet: &Packet) -> Result<(), Unsent> {
+            if !self.connected() {
+                return Err(Unsent::Closed);
+            }
+            if self.room.load(Ordering::Relaxed) == 0 {
+                return Err(Unsent::Full);
+            }
+            self.room.fetch_sub(1, Ordering::Relaxed);
+            self.taken
+                .lock()
+                .unwrap()
+                .push(packet.data().get().to_owned());
+            Ok(())
         }
     }
 
-    fn packet(n: u32) -> Packet {
+    impl Fake {
+        fn taken(&self) -> Vec<String> {
+            std::mem::take(&mut *self.taken.lock().unwrap())
+        }
+    }
+
+    fn fake(connected: bool, room: usize) -> Fake {
+        Fake {
+            sid: Sid::new(),
+            connected: Arc::new(AtomicBool::new(connected)),
+            room: Arc::new(AtomicUsize::new(room)),
+            taken: Arc::default(),
+        }
+    }
+
+    /// An event that carries no logs (an answer).
+    fn answer(n: u32) -> Packet {
         let raw = RawValue::from_string(n.to_string()).unwrap();
         Packet::event("device:status", Data::Owned(raw))
+    }
+
+    /// A packet with one log.
+    fn log(n: u32) -> Packet {
+        let mut p = answer(n);
+        p.logs = 1;
+        p
+    }
+
+    fn waiting() -> (Waiting<Fake>, Arc<HeldMarks>) {
+        let marks = Arc::new(HeldMarks::default());
+        (Waiting::new(marks.clone()), marks)
     }
 
     #[test]
     fn packets_wait_for_the_socket_to_connect_and_go_in_order() {
         let t0 = Instant::now();
-        let mut c = Waiting::new();
-        let s = fake();
-        let other = fake();
-        assert!(!c.holds(s.sid));
-        assert!(c.hold(s.clone(), packet(1), t0).is_ok());
-        assert!(c.hold(s.clone(), packet(2), t0).is_ok());
-        assert!(c.holds(s.sid), "later packets queue behind the first");
-        assert!(!c.holds(other.sid));
-        let r = c.release(t0 + Duration::from_millis(10));
-        assert!(r.ready.is_empty(), "not connected yet");
-        assert_eq!(r.given_up, 0);
+        let (mut w, marks) = waiting();
+        let s = fake(false, 100);
+        let other = fake(true, 100);
+        assert!(!w.holds(s.sid));
+        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        assert!(w.hold(s.clone(), log(2), t0).is_ok());
+        assert!(w.holds(s.sid), "later packets queue behind the first");
+        assert!(marks.holds(s.sid), "and direct writers see it");
+        assert!(!w.holds(other.sid) && !marks.holds(other.sid));
+        let r = w.release(t0 + Duration::from_millis(10), WAIT);
+        assert!(s.taken().is_empty(), "not connected yet");
+        assert_eq!((r.delivered, r.given_up), (0, 0));
         s.connected.store(true, Ordering::Relaxed);
-        let r = c.release(t0 + Duration::from_millis(20));
-        assert_eq!(r.ready.len(), 1);
-        let order: Vec<&str> = r.ready[0].1.iter().map(|p| p.data().get()).collect();
-        assert_eq!(order, ["1", "2"]);
-        assert!(c.is_empty());
+        let r = w.release(t0 + Duration::from_millis(20), WAIT);
+        assert_eq!(s.taken(), ["1", "2"]);
+        assert_eq!(r.delivered, 1, "the log is counted as delivered");
+        assert!(w.is_empty());
+        assert!(!marks.holds(s.sid));
     }
 
     #[test]
     fn a_socket_that_never_connects_is_let_go() {
         let t0 = Instant::now();
-        let mut c = Waiting::new();
-        let s = fake();
-        assert!(c.hold(s.clone(), packet(1), t0).is_ok());
+        let (mut w, marks) = waiting();
+        let s = fake(false, 100);
+        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
         assert!(
-            c.hold(s.clone(), packet(2), t0 + Duration::from_millis(900))
+            w.hold(s.clone(), answer(2), t0 + Duration::from_millis(900))
                 .is_ok()
         );
-        let r = c.release(t0 + HOLD_AT_MOST - Duration::from_millis(1));
-        assert_eq!((r.ready.len(), r.given_up), (0, 0));
-        let r = c.release(t0 + HOLD_AT_MOST);
-        assert_eq!((r.ready.len(), r.given_up), (0, 2));
-        assert!(c.is_empty());
+        let r = w.release(t0 + HOLD_AT_MOST - Duration::from_millis(1), WAIT);
+        assert_eq!(r.given_up, 0);
+        let r = w.release(t0 + HOLD_AT_MOST, WAIT);
+        assert_eq!(r.given_up, 2);
+        assert!(w.is_empty() && !marks.holds(s.sid));
+    }
+
+    #[test]
+    fn an_answer_waits_for_room_and_what_follows_keeps_its_order() {
+        let t0 = Instant::now();
+        let (mut w, _) = waiting();
+        let s = fake(true, 0);
+        for p in [answer(1), log(2), answer(3), log(4)] {
+            assert!(w.hold(s.clone(), p, t0).is_ok());
+        }
+        let r = w.release(t0 + Duration::from_millis(2), WAIT);
+        assert!(s.taken().is_empty() && r.refused.is_empty(), "all wait");
+        // One place: the first answer goes; the log behind it finds the queue full and is
+        // refused like any log; the next answer waits again.
+        s.room.store(1, Ordering::Relaxed);
+        let r = w.release(t0 + Duration::from_millis(4), WAIT);
+        assert_eq!(s.taken(), ["1"]);
+        let refused: Vec<&str> = r.refused.iter().map(|(_, p)| p.data().get()).collect();
+        assert_eq!(refused, ["2"]);
+        assert!(w.holds(s.sid));
+        s.room.store(5, Ordering::Relaxed);
+        let r = w.release(t0 + Duration::from_millis(6), WAIT);
+        assert_eq!(s.taken(), ["3", "4"]);
+        assert_eq!(r.delivered, 1);
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn an_answer_waits_no_longer_than_its_time() {
+        let t0 = Instant::now();
+        let (mut w, marks) = waiting();
+        let s = fake(true, 0);
+        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        assert!(w.hold(s.clone(), log(2), t0).is_ok());
+        let r = w.release(t0 + WAIT - Duration::from_millis(1), WAIT);
+        assert!(r.refused.is_empty());
+        let r = w.release(t0 + WAIT, WAIT);
+        assert_eq!(r.refused.len(), 2, "the answer and the log behind it");
+        assert!(w.is_empty() && !marks.holds(s.sid));
     }
 
     #[test]
     fn a_socket_holds_a_bounded_number_of_packets() {
         let t0 = Instant::now();
-        let mut c = Waiting::new();
-        let s = fake();
+        let (mut w, _) = waiting();
+        let s = fake(false, usize::MAX);
         for n in 0..MAX_HELD as u32 {
-            assert!(c.hold(s.clone(), packet(n), t0).is_ok());
+            assert!(w.hold(s.clone(), answer(n), t0).is_ok());
         }
-        let refused = c.hold(s.clone(), packet(0), t0).unwrap_err();
+        let refused = w.hold(s.clone(), answer(0), t0).unwrap_err();
         assert_eq!(refused.data().get(), "0", "given back, not lost here");
         s.connected.store(true, Ordering::Relaxed);
-        let r = c.release(t0);
-        assert_eq!(r.ready[0].1.len(), MAX_HELD);
-        assert_eq!(r.ready[0].2, t0, "held since the first");
+        w.release(t0, WAIT);
+        assert_eq!(s.taken().len(), MAX_HELD);
     }
 }

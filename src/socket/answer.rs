@@ -1,20 +1,25 @@
-//! Answers to a client's own requests (acknowledgements, `log:paused`, `error`, …) wait for
-//! room in its socket's queue instead of being lost.
+//! Answers to a client's own requests (acknowledgements, `log:subscribed`, `log:unsubscribed`,
+//! `error`) wait for room in its socket's queue instead of being lost.
 //!
 //! Why: socketioxide puts every packet in the socket's bounded queue (`socket_queue`
 //! packets) and, when the queue is full, refuses it; `AckSender::send` then drops the
 //! acknowledgement. A client whose queue a replay or a burst of logs has just filled never
 //! heard back about its request (the official JS client's `emitWithAck` waits for ever: a
 //! test run hung on it). Logs may be dropped and reported when a client reads too slowly;
-//! the answer to a request may not. So an answer is tried again while the queue is full,
-//! for as long as a client may stay behind (`slow_consumer_timeout_ms`: past that it is cut
+//! the answer to a request may not. So an answer is tried again while the queue is full, or
+//! while the emitter holds earlier packets for the socket (it must not overtake them), for
+//! as long as a client may stay behind (`slow_consumer_timeout_ms`: past that it is cut
 //! anyway), and given up only if the socket closes or that time passes (logged).
+//!
+//! The cost stays with the client that causes it: at most [`MAX_WAITING`] answers wait per
+//! socket (more are tried once), and each backs off from 2 to 50 ms between tries.
 //!
 //! [`Ack`] is an extractor like socketioxide's `AckSender` that keeps what it needs to make
 //! an `AckSender` again for each attempt (one can only be sent once).
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,8 +29,24 @@ use socketioxide::handler::{FromMessageParts, Value};
 use socketioxide::socket::Socket;
 use socketioxide::{SendError, SocketError};
 
-/// How long a refused answer waits before it is tried again.
-const RETRY_EVERY: Duration = Duration::from_millis(2);
+use crate::delivery::Emitter;
+
+/// The first pause between two tries of a refused answer, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(2);
+const RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// Answers that may wait at once for one socket.
+pub const MAX_WAITING: usize = 8;
+
+/// Answers waiting for room on one socket (kept in its extensions).
+#[derive(Clone, Default)]
+struct WaitingAnswers(Arc<AtomicUsize>);
+
+/// How long an answer may wait, and who says whether earlier packets are still held.
+pub struct Patience<'a> {
+    pub within: Duration,
+    pub emitter: &'a Emitter,
+}
 
 /// The acknowledgement the client asked for with its event, if it asked for one.
 pub struct Ack {
@@ -64,29 +85,55 @@ fn attempt(sent: Result<(), SendError>) -> Attempt {
 async fn patiently(
     what: &str,
     socket: &Socket,
-    within: Duration,
+    patience: &Patience<'_>,
     mut send: impl FnMut() -> Attempt,
 ) {
-    let deadline = Instant::now() + within;
+    let held = || patience.emitter.holds(socket.id);
+    let first = if held() { Err(true) } else { send() };
+    if first != Err(true) {
+        return;
+    }
+    let waiting = socket
+        .extensions
+        .get::<WaitingAnswers>()
+        .unwrap_or_else(|| {
+            let w = WaitingAnswers::default();
+            socket.extensions.insert(w.clone());
+            w
+        });
+    if waiting.0.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+        waiting.0.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(sid = %socket.id, what, "an answer not sent: its client's queue is full and {MAX_WAITING} answers wait already");
+        return;
+    }
+    let deadline = Instant::now() + patience.within;
+    let mut pause = RETRY_FIRST;
     loop {
-        match send() {
-            Ok(()) | Err(false) => return,
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+        if !socket.connected() {
+            break;
+        }
+        let sent = if held() { Err(true) } else { send() };
+        match sent {
+            Ok(()) | Err(false) => break,
             Err(true) if Instant::now() >= deadline => {
-                tracing::warn!(sid = %socket.id, what, waited_ms = within.as_millis() as u64, "gave up an answer: the client's queue stayed full");
-                return;
+                tracing::warn!(sid = %socket.id, what, waited_ms = patience.within.as_millis() as u64, "gave up an answer: the client's queue stayed full");
+                break;
             }
-            Err(true) => tokio::time::sleep(RETRY_EVERY).await,
+            Err(true) => {}
         }
     }
+    waiting.0.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Ack {
-    /// Send `data` as the acknowledgement, waiting for room for at most `within`.
-    pub async fn send<T: Serialize + ?Sized>(self, data: &T, within: Duration) {
+    /// Send `data` as the acknowledgement, waiting for room as `patience` allows.
+    pub async fn send<T: Serialize + ?Sized>(self, data: &T, patience: &Patience<'_>) {
         if self.id.is_none() {
             return;
         }
-        patiently("acknowledgement", &self.socket, within, || {
+        patiently("acknowledgement", &self.socket, patience, || {
             attempt(self.sender().send(data))
         })
         .await;
@@ -110,12 +157,15 @@ impl Ack {
     }
 }
 
-/// Emit `event` with `data` to `socket`, waiting for room for at most `within`.
+/// Emit `event` with `data` to `socket`, waiting for room as `patience` allows.
 pub async fn emit<T: Serialize + ?Sized>(
     socket: &SocketRef,
     event: &str,
     data: &T,
-    within: Duration,
+    patience: &Patience<'_>,
 ) {
-    patiently(event, socket, within, || attempt(socket.emit(event, data))).await;
+    patiently(event, socket, patience, || {
+        attempt(socket.emit(event, data))
+    })
+    .await;
 }

@@ -295,15 +295,18 @@ pub async fn end_session(socket: &SocketRef, app: &AppState) {
 }
 
 /// How long an answer may wait for room in the client's queue (see [`answer`]).
-fn patience(app: &AppState) -> std::time::Duration {
-    std::time::Duration::from_millis(app.config.slow_consumer_timeout_ms)
+fn patience(app: &AppState) -> answer::Patience<'_> {
+    answer::Patience {
+        within: std::time::Duration::from_millis(app.config.slow_consumer_timeout_ms),
+        emitter: &app.emitter,
+    }
 }
 
 /// Send `error` and a failed acknowledgement.
 async fn reply_error(socket: &SocketRef, app: &AppState, ack: Ack, error: &ClientError) {
-    let within = patience(app);
-    answer::emit(socket, event::ERROR, error, within).await;
-    ack.send(&Failure::of(error), within).await;
+    let patience = patience(app);
+    answer::emit(socket, event::ERROR, error, &patience).await;
+    ack.send(&Failure::of(error), &patience).await;
 }
 
 /// Send the success event (if any) and the same payload as acknowledgement.
@@ -314,11 +317,11 @@ async fn reply_ok<T: Serialize>(
     event: Option<&str>,
     payload: &T,
 ) {
-    let within = patience(app);
+    let patience = patience(app);
     if let Some(event) = event {
-        answer::emit(socket, event, payload, within).await;
+        answer::emit(socket, event, payload, &patience).await;
     }
-    ack.send(payload, within).await;
+    ack.send(payload, &patience).await;
 }
 
 /// Spend one unit of the socket's event budget; on refusal tell the client (the `error`
@@ -620,7 +623,7 @@ async fn on_refresh(
         expires_at: grant.expires_at,
         devices: grant.scope.patterns().to_vec(),
     };
-    ack.send(&payload, patience(&app)).await;
+    ack.send(&payload, &patience(&app)).await;
 }
 
 /// An event this server does not know (a typo such as `log:subscibe`): say so rather than
