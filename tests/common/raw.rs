@@ -96,15 +96,12 @@ impl Polling {
         polling
             .post(&format!("40{}", json!({ "token": Server::token(user) })))
             .await;
-        let mut reply = Vec::new();
-        // A ping may come first.
-        for _ in 0..3 {
-            reply.extend(polling.poll(Duration::from_secs(5)).await);
-            if reply.iter().any(|p| p.starts_with("40")) {
-                return polling;
-            }
-        }
-        panic!("namespace connect: {reply:?}");
+        let reply = polling.poll(Duration::from_secs(5)).await;
+        assert!(
+            reply.iter().any(|p| p.starts_with("40")),
+            "namespace connect: {reply:?}"
+        );
+        polling
     }
 
     /// Send one packet.
@@ -120,21 +117,27 @@ impl Polling {
         assert!(status.is_success(), "POST {packet}: {status}");
     }
 
-    /// One poll: the packets the server had queued (or the first that comes), empty if none
-    /// came within `within`. Pings are answered.
+    /// Poll until the server sends something other than pings (answered), or `within` has
+    /// passed (then empty).
     pub async fn poll(&self, within: Duration) -> Vec<String> {
-        let Ok(reply) = tokio::time::timeout(within, self.http.get(&self.url).send()).await else {
-            return Vec::new();
-        };
-        let body = reply.unwrap().text().await.unwrap();
-        let mut packets = Vec::new();
-        for packet in body.split('\u{1e}') {
-            if packet == "2" {
-                self.post("3").await;
-            } else {
-                packets.push(packet.to_owned());
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let request = self.http.get(&self.url).send();
+            let Ok(reply) = tokio::time::timeout_at(deadline, request).await else {
+                return Vec::new();
+            };
+            let body = reply.unwrap().text().await.unwrap();
+            let mut packets = Vec::new();
+            for packet in body.split('\u{1e}') {
+                if packet == "2" {
+                    self.post("3").await;
+                } else {
+                    packets.push(packet.to_owned());
+                }
+            }
+            if !packets.is_empty() {
+                return packets;
             }
         }
-        packets
     }
 }
