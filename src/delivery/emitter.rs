@@ -97,7 +97,6 @@ impl Shared {
     /// Emit packets in order: count the logs the sockets took, keep what they refused, hold
     /// what must wait (and what follows it for the same socket).
     fn emit_all(&self, batch: impl Iterator<Item = Queued>, waiting: &mut Waiting<SocketRef>) {
-        let now = Instant::now();
         let mut delivered = 0u64;
         let mut lost = Vec::new();
         for q in batch {
@@ -117,7 +116,7 @@ impl Shared {
                 // An answer waits for room. Behind held packets, or not connected yet, or
                 // closed: held until it is connected or given up on (a closed socket's
                 // client is being removed; nothing of it is counted).
-                Err(_) => waiting.hold(q.socket, q.packet, now).err(),
+                Err(_) => waiting.hold(q.socket, q.packet, Instant::now()).err(),
             };
             if let Some(packet) = refused {
                 lost.push(refusal(sid, &packet));

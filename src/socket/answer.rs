@@ -69,15 +69,47 @@ impl FromMessageParts<LocalAdapter> for Ack {
     }
 }
 
-/// One try: `Ok` if the packet is in the queue (or there was nothing to send), `Err(true)`
-/// if the queue is full, `Err(false)` if it cannot be sent at all.
-type Attempt = Result<(), bool>;
+/// What one try to send an answer found.
+#[derive(PartialEq, Eq)]
+enum Attempt {
+    /// In the queue (or nothing was to be sent).
+    Sent,
+    /// The queue is full, or earlier packets for the socket are held: try again.
+    NoRoom,
+    /// It cannot be sent at all (the socket is closed).
+    Refused,
+}
 
 fn attempt(sent: Result<(), SendError>) -> Attempt {
     match sent {
-        Ok(()) => Ok(()),
-        Err(SendError::Socket(SocketError::InternalChannelFull)) => Err(true),
-        Err(_) => Err(false),
+        Ok(()) => Attempt::Sent,
+        Err(SendError::Socket(SocketError::InternalChannelFull)) => Attempt::NoRoom,
+        Err(_) => Attempt::Refused,
+    }
+}
+
+/// One of the socket's waiting answers, counted while it lives.
+struct WaitingSlot(WaitingAnswers);
+
+impl WaitingSlot {
+    /// A slot, unless [`MAX_WAITING`] answers wait for `socket` already.
+    fn take(socket: &Socket) -> Option<WaitingSlot> {
+        let waiting = socket
+            .extensions
+            .get::<WaitingAnswers>()
+            .unwrap_or_else(|| {
+                let w = WaitingAnswers::default();
+                socket.extensions.insert(w.clone());
+                w
+            });
+        let slot = WaitingSlot(waiting);
+        (slot.0.0.fetch_add(1, Ordering::Relaxed) < MAX_WAITING).then_some(slot)
+    }
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -88,43 +120,33 @@ async fn patiently(
     patience: &Patience<'_>,
     mut send: impl FnMut() -> Attempt,
 ) {
-    let held = || patience.emitter.holds(socket.id);
-    let first = if held() { Err(true) } else { send() };
-    if first != Err(true) {
+    let mut try_once = || {
+        if patience.emitter.holds(socket.id) {
+            Attempt::NoRoom
+        } else {
+            send()
+        }
+    };
+    if try_once() != Attempt::NoRoom {
         return;
     }
-    let waiting = socket
-        .extensions
-        .get::<WaitingAnswers>()
-        .unwrap_or_else(|| {
-            let w = WaitingAnswers::default();
-            socket.extensions.insert(w.clone());
-            w
-        });
-    if waiting.0.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
-        waiting.0.fetch_sub(1, Ordering::Relaxed);
+    let Some(_slot) = WaitingSlot::take(socket) else {
         tracing::debug!(sid = %socket.id, what, "an answer not sent: its client's queue is full and {MAX_WAITING} answers wait already");
         return;
-    }
+    };
     let deadline = Instant::now() + patience.within;
     let mut pause = RETRY_FIRST;
     loop {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(RETRY_MAX);
-        if !socket.connected() {
-            break;
+        if !socket.connected() || try_once() != Attempt::NoRoom {
+            return;
         }
-        let sent = if held() { Err(true) } else { send() };
-        match sent {
-            Ok(()) | Err(false) => break,
-            Err(true) if Instant::now() >= deadline => {
-                tracing::warn!(sid = %socket.id, what, waited_ms = patience.within.as_millis() as u64, "gave up an answer: the client's queue stayed full");
-                break;
-            }
-            Err(true) => {}
+        if Instant::now() >= deadline {
+            tracing::warn!(sid = %socket.id, what, waited_ms = patience.within.as_millis() as u64, "gave up an answer: the client's queue stayed full");
+            return;
         }
     }
-    waiting.0.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Ack {
