@@ -39,7 +39,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
 use super::outlet::{Packet, Unsent, emit};
-use super::waiting::{HeldMarks, RECHECK_EVERY, Waiting};
+use super::waiting::{HeldMarks, RECHECK_EVERY, Released, Waiting};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
 
@@ -99,19 +99,26 @@ impl Shared {
     fn emit_all(&self, batch: impl Iterator<Item = Queued>, waiting: &mut Waiting<SocketRef>) {
         let mut delivered = 0u64;
         let mut lost = Vec::new();
+        let mut released = Released::default();
         for q in batch {
             let sid = q.socket.id;
-            let outcome = if waiting.holds(sid) {
-                Err(Unsent::Closed)
+            // What the socket holds goes first (the clock is read only then).
+            let blocked = if waiting.holds(sid) {
+                waiting.blocked(sid, Instant::now(), self.answers_wait, &mut released)
             } else {
-                emit(&q.socket, &q.packet)
+                None
+            };
+            let outcome = match blocked {
+                None => emit(&q.socket, &q.packet),
+                Some(why) => Err(why),
             };
             let refused = match outcome {
                 Ok(()) => {
                     delivered += u64::from(q.packet.logs);
                     None
                 }
-                // Logs are refused by a full queue.
+                // Logs are refused by a full queue, also behind an answer that waits for
+                // room in it (counted now, not held uncounted behind the answer).
                 Err(Unsent::Full) if !q.packet.waits_for_room() => Some(q.packet),
                 // An answer waits for room. Behind held packets, or not connected yet, or
                 // closed: held until it is connected or given up on (a closed socket's
@@ -124,21 +131,27 @@ impl Shared {
         }
         self.metrics.delivered(delivered);
         self.refused(lost);
+        self.count(released);
     }
 
     /// Try again what sockets hold.
     fn release(&self, waiting: &mut Waiting<SocketRef>) {
-        if waiting.is_empty() {
-            return;
+        if !waiting.is_empty() {
+            self.count(waiting.release(Instant::now(), self.answers_wait));
         }
-        let released = waiting.release(Instant::now(), self.answers_wait);
+    }
+
+    /// Count what held packets came to.
+    fn count(&self, released: Released) {
         if released.given_up > 0 {
             tracing::debug!(
                 packets = released.given_up,
                 "let go of packets for sockets that were not connected within a second"
             );
         }
-        self.metrics.delivered(released.delivered);
+        if released.delivered > 0 {
+            self.metrics.delivered(released.delivered);
+        }
         self.refused(
             released
                 .refused

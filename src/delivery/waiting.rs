@@ -17,7 +17,10 @@
 //!
 //! Every later packet for a socket that holds some waits behind them, so order is kept: the
 //! emitter's own, and (through [`HeldMarks`]) replays and handler answers, which put their
-//! packets in the socket's queue directly and wait while it holds anything. At most
+//! packets in the socket's queue directly and wait while it holds anything. Except logs
+//! behind an answer that waits for room ([`Waiting::blocked`]): the queue is full, so they
+//! are refused and counted at once, as they would be with nothing held (held, they went
+//! uncounted for as long as the answer waited). At most
 //! [`MAX_HELD`] per socket; beyond that they are refused as if the queue were full. Every
 //! [`RECHECK_EVERY`] only the first packet of each holding socket is tried, so a socket that
 //! stays full costs one try per tick, not one per packet held.
@@ -160,41 +163,84 @@ impl<S: Target> Waiting<S> {
         }
         let mut done = Vec::new();
         for (sid, h) in &mut self.held {
-            let waited = now.saturating_duration_since(h.since);
-            if !h.socket.connected() {
-                if waited >= HOLD_AT_MOST {
-                    out.given_up += h.packets.len();
-                    done.push(*sid);
-                }
-                continue;
-            }
-            while let Some(front) = h.packets.front() {
-                match h.socket.emit(front) {
-                    Ok(()) => out.delivered += u64::from(front.logs),
-                    Err(Unsent::Full) if front.waits_for_room() && waited < answers_wait => break,
-                    Err(Unsent::Full) => {
-                        if front.waits_for_room() {
-                            tracing::debug!(%sid, event = front.event, "gave up an event: the client's queue stayed full");
-                        }
-                        if let Some(p) = h.packets.pop_front() {
-                            out.refused.push((*sid, p));
-                        }
-                        continue;
-                    }
-                    // Closed meanwhile: given up on once it has held long enough.
-                    Err(Unsent::Closed) => break,
-                }
-                h.packets.pop_front();
-            }
-            if h.packets.is_empty() {
+            if h.drain(*sid, now, answers_wait, &mut out) {
                 done.push(*sid);
             }
         }
         for sid in done {
-            self.held.remove(&sid);
-            self.marks.set(sid, false);
+            self.forget(sid);
         }
         out
+    }
+
+    /// Before a new packet for `sid` is emitted: try what `sid` holds first. `None` when
+    /// nothing is held any more (emit the packet); otherwise why the socket cannot take it
+    /// now: [`Unsent::Full`] when an answer at its front still waits for room in a full
+    /// queue (logs are refused at once, like any logs a full queue refuses, and counted now
+    /// rather than held uncounted behind the answer), [`Unsent::Closed`] when it is not
+    /// connected yet (everything waits for it).
+    pub fn blocked(
+        &mut self,
+        sid: Sid,
+        now: Instant,
+        answers_wait: Duration,
+        out: &mut Released,
+    ) -> Option<Unsent> {
+        let h = self.held.get_mut(&sid)?;
+        if h.drain(sid, now, answers_wait, out) {
+            self.forget(sid);
+            return None;
+        }
+        Some(if h.socket.connected() {
+            Unsent::Full
+        } else {
+            Unsent::Closed
+        })
+    }
+
+    fn forget(&mut self, sid: Sid) {
+        self.held.remove(&sid);
+        self.marks.set(sid, false);
+    }
+}
+
+impl<S: Target> Held<S> {
+    /// Emit what the socket takes, in order; true once nothing is left to hold (all sent or
+    /// refused, or the socket given up on).
+    fn drain(
+        &mut self,
+        sid: Sid,
+        now: Instant,
+        answers_wait: Duration,
+        out: &mut Released,
+    ) -> bool {
+        let waited = now.saturating_duration_since(self.since);
+        if !self.socket.connected() {
+            if waited >= HOLD_AT_MOST {
+                out.given_up += self.packets.len();
+                return true;
+            }
+            return false;
+        }
+        while let Some(front) = self.packets.front() {
+            match self.socket.emit(front) {
+                Ok(()) => out.delivered += u64::from(front.logs),
+                Err(Unsent::Full) if front.waits_for_room() && waited < answers_wait => break,
+                Err(Unsent::Full) => {
+                    if front.waits_for_room() {
+                        tracing::debug!(%sid, event = front.event, "gave up an event: the client's queue stayed full");
+                    }
+                    if let Some(p) = self.packets.pop_front() {
+                        out.refused.push((sid, p));
+                    }
+                    continue;
+                }
+                // Closed meanwhile: given up on once it has held long enough.
+                Err(Unsent::Closed) => break,
+            }
+            self.packets.pop_front();
+        }
+        self.packets.is_empty()
     }
 }
 
@@ -337,6 +383,35 @@ mod tests {
         assert_eq!(s.taken(), ["3", "4"]);
         assert_eq!(r.delivered, 1);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn logs_behind_an_answer_waiting_for_room_are_refused_at_once() {
+        let t0 = Instant::now();
+        let (mut w, _) = waiting();
+        let s = fake(true, 0);
+        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        let mut out = Released::default();
+        let now = t0 + Duration::from_millis(1);
+        assert!(
+            matches!(w.blocked(s.sid, now, WAIT, &mut out), Some(Unsent::Full)),
+            "a new log is refused like any a full queue refuses"
+        );
+        assert!(s.taken().is_empty() && w.holds(s.sid));
+        // Room: the answer goes first, then nothing blocks the next packet.
+        s.room.store(1, Ordering::Relaxed);
+        assert!(w.blocked(s.sid, now, WAIT, &mut out).is_none());
+        assert_eq!(s.taken(), ["1"]);
+        assert!(w.is_empty() && out.refused.is_empty());
+        // Not connected yet: everything waits.
+        let c = fake(false, 10);
+        assert!(w.hold(c.clone(), answer(2), t0).is_ok());
+        assert!(matches!(
+            w.blocked(c.sid, now, WAIT, &mut out),
+            Some(Unsent::Closed)
+        ));
+        // A socket that holds nothing blocks nothing.
+        assert!(w.blocked(Sid::new(), now, WAIT, &mut out).is_none());
     }
 
     #[test]
