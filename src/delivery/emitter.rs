@@ -28,7 +28,8 @@
 //! - A socket not marked connected yet (its handshake is still finishing) refuses packets as
 //!   if it were closed; a full socket refuses answers (`log:subscribed`, …) that must not be
 //!   lost. The task holds those, and every later packet for that socket, until it can take
-//!   them (`waiting`).
+//!   them (`waiting`); except logs behind an answer that waits for room, which the full
+//!   queue refuses and which are counted at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +40,7 @@ use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
 use super::outlet::{Packet, Unsent, emit};
-use super::waiting::{HeldMarks, RECHECK_EVERY, Released, Waiting};
+use super::waiting::{Blocked, HOLD_AT_MOST, HeldMarks, RECHECK_EVERY, Released, Waiting};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
 
@@ -104,26 +105,31 @@ impl Shared {
             let sid = q.socket.id;
             // What the socket holds goes first (the clock is read only then).
             let blocked = if waiting.holds(sid) {
-                waiting.blocked(sid, Instant::now(), self.answers_wait, &mut released)
+                let now = Instant::now();
+                waiting
+                    .blocked(sid, now, self.answers_wait, &mut released)
+                    .map(|why| (why, now))
             } else {
                 None
             };
-            let outcome = match blocked {
-                None => emit(&q.socket, &q.packet),
-                Some(why) => Err(why),
-            };
-            let refused = match outcome {
-                Ok(()) => {
-                    delivered += u64::from(q.packet.logs);
-                    None
-                }
-                // Logs are refused by a full queue, also behind an answer that waits for
-                // room in it (counted now, not held uncounted behind the answer).
-                Err(Unsent::Full) if !q.packet.waits_for_room() => Some(q.packet),
-                // An answer waits for room. Behind held packets, or not connected yet, or
-                // closed: held until it is connected or given up on (a closed socket's
-                // client is being removed; nothing of it is counted).
-                Err(_) => waiting.hold(q.socket, q.packet, Instant::now()).err(),
+            let refused = match blocked {
+                None => match emit(&q.socket, &q.packet) {
+                    Ok(()) => {
+                        delivered += u64::from(q.packet.logs);
+                        None
+                    }
+                    // Logs are refused by a full queue.
+                    Err(Unsent::Full) if !q.packet.waits_for_room() => Some(q.packet),
+                    // An answer waits for room; anything waits for a socket not connected
+                    // yet (or closed: held until given up on; a closed socket's client is
+                    // being removed, nothing of it is counted).
+                    Err(_) => waiting.hold(q.socket, q.packet, Instant::now()).err(),
+                },
+                // Logs behind an answer that waits for room in the full queue: refused like
+                // any the full queue refuses (counted now, not held uncounted behind it).
+                Some((Blocked::AwaitsRoom, _)) if !q.packet.waits_for_room() => Some(q.packet),
+                // Anything else waits behind what the socket holds.
+                Some((_, now)) => waiting.hold(q.socket, q.packet, now).err(),
             };
             if let Some(packet) = refused {
                 lost.push(refusal(sid, &packet));
@@ -131,22 +137,23 @@ impl Shared {
         }
         self.metrics.delivered(delivered);
         self.refused(lost);
-        self.count(released);
+        self.account_released(released);
     }
 
     /// Try again what sockets hold.
     fn release(&self, waiting: &mut Waiting<SocketRef>) {
         if !waiting.is_empty() {
-            self.count(waiting.release(Instant::now(), self.answers_wait));
+            self.account_released(waiting.release(Instant::now(), self.answers_wait));
         }
     }
 
     /// Count what held packets came to.
-    fn count(&self, released: Released) {
+    fn account_released(&self, released: Released) {
         if released.given_up > 0 {
             tracing::debug!(
                 packets = released.given_up,
-                "let go of packets for sockets that were not connected within a second"
+                within = ?HOLD_AT_MOST,
+                "let go of packets for sockets that were not connected in time"
             );
         }
         if released.delivered > 0 {

@@ -22,8 +22,9 @@
 //! are refused and counted at once, as they would be with nothing held (held, they went
 //! uncounted for as long as the answer waited). At most
 //! [`MAX_HELD`] per socket; beyond that they are refused as if the queue were full. Every
-//! [`RECHECK_EVERY`] only the first packet of each holding socket is tried, so a socket that
-//! stays full costs one try per tick, not one per packet held.
+//! [`RECHECK_EVERY`] only the first packet of each holding socket is tried, and once more
+//! for each new packet that comes for it, so a socket that stays full costs one try per tick
+//! and per packet sent to it, never one per packet held.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -95,6 +96,9 @@ impl HeldMarks {
 struct Held<S> {
     socket: S,
     packets: VecDeque<Packet>,
+    /// How many of `packets` are logs or drop reports (refused, not held, behind an answer
+    /// that waits for room).
+    logs: usize,
     /// When the socket started holding.
     since: Instant,
 }
@@ -105,13 +109,13 @@ pub struct Waiting<S> {
     marks: std::sync::Arc<HeldMarks>,
 }
 
-/// What [`Waiting::release`] did.
+/// What became of held packets ([`Waiting::release`], [`Waiting::blocked`]).
 #[derive(Default)]
 pub struct Released {
     /// Logs in the packets the sockets took.
     pub delivered: u64,
-    /// Packets refused for good: logs behind an answer that found the queue still full, or
-    /// an answer that waited its time out. (The router counts them like any refusal.)
+    /// Packets refused for good: logs that found the queue full behind or after an answer,
+    /// or an answer that waited its time out. (The router counts them like any refusal.)
     pub refused: Vec<(Sid, Packet)>,
     /// Packets of sockets given up on (not connected within [`HOLD_AT_MOST`]).
     pub given_up: usize,
@@ -143,11 +147,15 @@ impl<S: Target> Waiting<S> {
             Held {
                 socket,
                 packets: VecDeque::new(),
+                logs: 0,
                 since: now,
             }
         });
         if held.packets.len() >= MAX_HELD {
             return Err(packet);
+        }
+        if !packet.waits_for_room() {
+            held.logs += 1;
         }
         held.packets.push_back(packet);
         Ok(())
@@ -163,7 +171,7 @@ impl<S: Target> Waiting<S> {
         }
         let mut done = Vec::new();
         for (sid, h) in &mut self.held {
-            if h.drain(*sid, now, answers_wait, &mut out) {
+            if let Drained::Empty = h.drain(*sid, now, answers_wait, &mut out) {
                 done.push(*sid);
             }
         }
@@ -175,27 +183,23 @@ impl<S: Target> Waiting<S> {
 
     /// Before a new packet for `sid` is emitted: try what `sid` holds first. `None` when
     /// nothing is held any more (emit the packet); otherwise why the socket cannot take it
-    /// now: [`Unsent::Full`] when an answer at its front still waits for room in a full
-    /// queue (logs are refused at once, like any logs a full queue refuses, and counted now
-    /// rather than held uncounted behind the answer), [`Unsent::Closed`] when it is not
-    /// connected yet (everything waits for it).
+    /// now.
     pub fn blocked(
         &mut self,
         sid: Sid,
         now: Instant,
         answers_wait: Duration,
         out: &mut Released,
-    ) -> Option<Unsent> {
+    ) -> Option<Blocked> {
         let h = self.held.get_mut(&sid)?;
-        if h.drain(sid, now, answers_wait, out) {
-            self.forget(sid);
-            return None;
+        match h.drain(sid, now, answers_wait, out) {
+            Drained::Empty => {
+                self.forget(sid);
+                None
+            }
+            Drained::AwaitsRoom => Some(Blocked::AwaitsRoom),
+            Drained::NotTaking => Some(Blocked::NotTaking),
         }
-        Some(if h.socket.connected() {
-            Unsent::Full
-        } else {
-            Unsent::Closed
-        })
     }
 
     fn forget(&mut self, sid: Sid) {
@@ -204,43 +208,97 @@ impl<S: Target> Waiting<S> {
     }
 }
 
+/// Why a socket that holds packets cannot take a new one now ([`Waiting::blocked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// An answer at the front of what it holds waits for room in its full queue. Logs are
+    /// refused at once, like any logs a full queue refuses (counted now rather than held
+    /// uncounted behind the answer); answers wait behind it.
+    AwaitsRoom,
+    /// Not connected yet, or closing: everything waits (let go after [`HOLD_AT_MOST`]).
+    NotTaking,
+}
+
+/// Where [`Held::drain`] stopped.
+enum Drained {
+    /// Nothing is left to hold: all sent or refused, or the socket given up on.
+    Empty,
+    AwaitsRoom,
+    NotTaking,
+}
+
 impl<S: Target> Held<S> {
-    /// Emit what the socket takes, in order; true once nothing is left to hold (all sent or
-    /// refused, or the socket given up on).
+    /// Emit what the socket takes, in order, up to an answer that waits for room.
     fn drain(
         &mut self,
         sid: Sid,
         now: Instant,
         answers_wait: Duration,
         out: &mut Released,
-    ) -> bool {
+    ) -> Drained {
         let waited = now.saturating_duration_since(self.since);
         if !self.socket.connected() {
-            if waited >= HOLD_AT_MOST {
-                out.given_up += self.packets.len();
-                return true;
-            }
-            return false;
+            return self.not_taking(waited, out);
         }
         while let Some(front) = self.packets.front() {
-            match self.socket.emit(front) {
-                Ok(()) => out.delivered += u64::from(front.logs),
-                Err(Unsent::Full) if front.waits_for_room() && waited < answers_wait => break,
+            let sent = match self.socket.emit(front) {
+                Ok(()) => true,
+                Err(Unsent::Full) if front.waits_for_room() && waited < answers_wait => {
+                    self.refuse_logs_behind(sid, out);
+                    return Drained::AwaitsRoom;
+                }
                 Err(Unsent::Full) => {
                     if front.waits_for_room() {
                         tracing::debug!(%sid, event = front.event, "gave up an event: the client's queue stayed full");
                     }
-                    if let Some(p) = self.packets.pop_front() {
-                        out.refused.push((sid, p));
-                    }
-                    continue;
+                    false
                 }
-                // Closed meanwhile: given up on once it has held long enough.
-                Err(Unsent::Closed) => break,
+                // Closing (socketioxide may still call it connected for a moment).
+                Err(Unsent::Closed) => return self.not_taking(waited, out),
+            };
+            let Some(p) = self.pop_front() else { break };
+            if sent {
+                out.delivered += u64::from(p.logs);
+            } else {
+                out.refused.push((sid, p));
             }
-            self.packets.pop_front();
         }
-        self.packets.is_empty()
+        Drained::Empty
+    }
+
+    fn pop_front(&mut self) -> Option<Packet> {
+        let p = self.packets.pop_front()?;
+        if !p.waits_for_room() {
+            self.logs -= 1;
+        }
+        Some(p)
+    }
+
+    /// The front answer waits for room in a full queue: logs held behind it (held before
+    /// the socket was connected) are refused now, as new ones are.
+    fn refuse_logs_behind(&mut self, sid: Sid, out: &mut Released) {
+        if self.logs == 0 {
+            return;
+        }
+        let (answers, logs): (VecDeque<Packet>, VecDeque<Packet>) =
+            std::mem::take(&mut self.packets)
+                .into_iter()
+                .partition(Packet::waits_for_room);
+        self.packets = answers;
+        self.logs = 0;
+        out.refused.extend(logs.into_iter().map(|p| (sid, p)));
+    }
+
+    /// The socket is not connected (yet, or any more): wait, or give up once it has held
+    /// for [`HOLD_AT_MOST`].
+    fn not_taking(&mut self, waited: Duration, out: &mut Released) -> Drained {
+        if waited < HOLD_AT_MOST {
+            return Drained::NotTaking;
+        }
+        out.given_up += self.packets.len();
+        self.packets.clear();
+        self.logs = 0;
+        Drained::Empty
     }
 }
 
@@ -260,6 +318,8 @@ mod tests {
     struct Fake {
         sid: Sid,
         connected: Arc<AtomicBool>,
+        /// Refuses as closed while still called connected.
+        closing: Arc<AtomicBool>,
         room: Arc<AtomicUsize>,
         taken: Arc<Mutex<Vec<String>>>,
     }
@@ -272,7 +332,7 @@ mod tests {
             self.connected.load(Ordering::Relaxed)
         }
         fn emit(&self, packet: &Packet) -> Result<(), Unsent> {
-            if !self.connected() {
+            if !self.connected() || self.closing.load(Ordering::Relaxed) {
                 return Err(Unsent::Closed);
             }
             if self.room.load(Ordering::Relaxed) == 0 {
@@ -297,6 +357,7 @@ mod tests {
         Fake {
             sid: Sid::new(),
             connected: Arc::new(AtomicBool::new(connected)),
+            closing: Arc::default(),
             room: Arc::new(AtomicUsize::new(room)),
             taken: Arc::default(),
         }
@@ -361,27 +422,23 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_waits_for_room_and_what_follows_keeps_its_order() {
+    fn answers_wait_for_room_in_order() {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(true, 0);
-        for p in [answer(1), log(2), answer(3), log(4)] {
+        for p in [answer(1), answer(2), answer(3)] {
             assert!(w.hold(s.clone(), p, t0).is_ok());
         }
         let r = w.release(t0 + Duration::from_millis(2), WAIT);
         assert!(s.taken().is_empty() && r.refused.is_empty(), "all wait");
-        // One place: the first answer goes; the log behind it finds the queue full and is
-        // refused like any log; the next answer waits again.
+        // One place: the first answer goes, the next waits again.
         s.room.store(1, Ordering::Relaxed);
         let r = w.release(t0 + Duration::from_millis(4), WAIT);
         assert_eq!(s.taken(), ["1"]);
-        let refused: Vec<&str> = r.refused.iter().map(|(_, p)| p.data().get()).collect();
-        assert_eq!(refused, ["2"]);
-        assert!(w.holds(s.sid));
+        assert!(r.refused.is_empty() && w.holds(s.sid));
         s.room.store(5, Ordering::Relaxed);
-        let r = w.release(t0 + Duration::from_millis(6), WAIT);
-        assert_eq!(s.taken(), ["3", "4"]);
-        assert_eq!(r.delivered, 1);
+        w.release(t0 + Duration::from_millis(6), WAIT);
+        assert_eq!(s.taken(), ["2", "3"]);
         assert!(w.is_empty());
     }
 
@@ -393,8 +450,9 @@ mod tests {
         assert!(w.hold(s.clone(), answer(1), t0).is_ok());
         let mut out = Released::default();
         let now = t0 + Duration::from_millis(1);
-        assert!(
-            matches!(w.blocked(s.sid, now, WAIT, &mut out), Some(Unsent::Full)),
+        assert_eq!(
+            w.blocked(s.sid, now, WAIT, &mut out),
+            Some(Blocked::AwaitsRoom),
             "a new log is refused like any a full queue refuses"
         );
         assert!(s.taken().is_empty() && w.holds(s.sid));
@@ -406,12 +464,67 @@ mod tests {
         // Not connected yet: everything waits.
         let c = fake(false, 10);
         assert!(w.hold(c.clone(), answer(2), t0).is_ok());
-        assert!(matches!(
+        assert_eq!(
             w.blocked(c.sid, now, WAIT, &mut out),
-            Some(Unsent::Closed)
-        ));
+            Some(Blocked::NotTaking)
+        );
+        // Given up on once it has held long enough, and then it blocks nothing.
+        assert!(
+            w.blocked(c.sid, t0 + HOLD_AT_MOST, WAIT, &mut out)
+                .is_none()
+        );
+        assert_eq!(out.given_up, 1);
+        assert!(w.is_empty());
         // A socket that holds nothing blocks nothing.
         assert!(w.blocked(Sid::new(), now, WAIT, &mut out).is_none());
+    }
+
+    #[test]
+    fn logs_held_before_connect_are_refused_once_an_answer_waits_for_room() {
+        let t0 = Instant::now();
+        let (mut w, _) = waiting();
+        // Held during the handshake: more than the queue will have room for.
+        let s = fake(false, 1);
+        for p in [log(1), answer(2), log(3), answer(4), log(5)] {
+            assert!(w.hold(s.clone(), p, t0).is_ok());
+        }
+        s.connected.store(true, Ordering::Relaxed);
+        let r = w.release(t0 + Duration::from_millis(2), WAIT);
+        assert_eq!(s.taken(), ["1"], "the first log takes the one place");
+        assert_eq!(r.delivered, 1);
+        let refused: Vec<&str> = r.refused.iter().map(|(_, p)| p.data().get()).collect();
+        assert_eq!(
+            refused,
+            ["3", "5"],
+            "logs behind the waiting answer: refused now"
+        );
+        // The answers still wait, in order.
+        s.room.store(5, Ordering::Relaxed);
+        let r = w.release(t0 + Duration::from_millis(4), WAIT);
+        assert_eq!(s.taken(), ["2", "4"]);
+        assert!(r.refused.is_empty() && w.is_empty());
+    }
+
+    /// socketioxide may refuse as closed a socket it still calls connected: that is not a
+    /// full queue, so a new log is not refused as if it were.
+    #[test]
+    fn a_closing_socket_is_not_taken_for_a_full_one() {
+        let t0 = Instant::now();
+        let (mut w, _) = waiting();
+        let s = fake(true, 0);
+        s.closing.store(true, Ordering::Relaxed);
+        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        let mut out = Released::default();
+        assert_eq!(
+            w.blocked(s.sid, t0 + Duration::from_millis(1), WAIT, &mut out),
+            Some(Blocked::NotTaking)
+        );
+        assert!(out.refused.is_empty());
+        assert!(
+            w.blocked(s.sid, t0 + HOLD_AT_MOST, WAIT, &mut out)
+                .is_none()
+        );
+        assert_eq!((out.given_up, out.refused.len()), (1, 0));
     }
 
     #[test]
@@ -420,11 +533,10 @@ mod tests {
         let (mut w, marks) = waiting();
         let s = fake(true, 0);
         assert!(w.hold(s.clone(), answer(1), t0).is_ok());
-        assert!(w.hold(s.clone(), log(2), t0).is_ok());
         let r = w.release(t0 + WAIT - Duration::from_millis(1), WAIT);
-        assert!(r.refused.is_empty());
+        assert!(r.refused.is_empty() && w.holds(s.sid));
         let r = w.release(t0 + WAIT, WAIT);
-        assert_eq!(r.refused.len(), 2, "the answer and the log behind it");
+        assert_eq!(r.refused.len(), 1, "the answer, refused like a log");
         assert!(w.is_empty() && !marks.holds(s.sid));
     }
 
