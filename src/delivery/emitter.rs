@@ -153,7 +153,7 @@ impl Shared {
             tracing::debug!(
                 packets = released.given_up,
                 within = ?HOLD_AT_MOST,
-                "let go of packets for sockets that were not connected in time"
+                "let go of packets for sockets that did not take them in time (not connected, or closing)"
             );
         }
         if released.delivered > 0 {

@@ -7,8 +7,9 @@
 //!   CONNECT, and refuses every emit before that as if the socket were closed. An event the
 //!   router sent a client in that window (a `device:status` for every client in scope, say)
 //!   was lost without a trace (an `e2e_redis` test lost its `device:status` that way). A
-//!   socket that is not connected within [`HOLD_AT_MOST`] is really closed (or its
-//!   handshake failed): what it held is let go, as a closed socket's packets always were.
+//!   socket that is not connected within [`HOLD_AT_MOST`] of holding its first packet is
+//!   really closed (or its handshake failed), and so is one that refuses as closed for that
+//!   long: what it held is let go, as a closed socket's packets always were.
 //! - **Its queue is full, and the packet is an answer, not logs** (see
 //!   [`Packet::waits_for_room`]): logs refused by a full queue are dropped and reported, but
 //!   a `log:subscribed` refused at the end of a replay left the client waiting for ever. It
@@ -20,11 +21,13 @@
 //! packets in the socket's queue directly and wait while it holds anything. Except logs
 //! behind an answer that waits for room ([`Waiting::blocked`]): the queue is full, so they
 //! are refused and counted at once, as they would be with nothing held (held, they went
-//! uncounted for as long as the answer waited). At most
-//! [`MAX_HELD`] per socket; beyond that they are refused as if the queue were full. Every
-//! [`RECHECK_EVERY`] only the first packet of each holding socket is tried, and once more
-//! for each new packet that comes for it, so a socket that stays full costs one try per tick
-//! and per packet sent to it, never one per packet held.
+//! uncounted for as long as the answer waited). At most [`MAX_HELD`] per socket; beyond that
+//! they are refused as if the queue were full. Every [`RECHECK_EVERY`] only the first
+//! packet of each holding socket is tried, and once more for each new packet that comes for
+//! it, so a socket that stays full costs one try per tick and per packet sent to it, never
+//! one per packet held. (Passes over what a socket holds happen once per holding: the logs
+//! held before connect refused when an answer ahead of them finds no room, and a socket let
+//! go.)
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -36,7 +39,8 @@ use socketioxide::socket::Sid;
 
 use super::outlet::{Packet, Unsent, emit};
 
-/// How long a socket's packets wait for it to be marked connected.
+/// How long a socket's packets wait for it to be marked connected (or to stop refusing as
+/// closed), from when it started holding.
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// How often held sockets are looked at again.
@@ -96,8 +100,8 @@ impl HeldMarks {
 struct Held<S> {
     socket: S,
     packets: VecDeque<Packet>,
-    /// How many of `packets` are logs or drop reports (refused, not held, behind an answer
-    /// that waits for room).
+    /// How many of `packets` do not wait for room (logs, drop reports): held only while the
+    /// socket does not take packets, and refused once an answer ahead of them waits for room.
     logs: usize,
     /// When the socket started holding.
     since: Instant,
@@ -117,7 +121,7 @@ pub struct Released {
     /// Packets refused for good: logs that found the queue full behind or after an answer,
     /// or an answer that waited its time out. (The router counts them like any refusal.)
     pub refused: Vec<(Sid, Packet)>,
-    /// Packets of sockets given up on (not connected within [`HOLD_AT_MOST`]).
+    /// Packets of sockets given up on (not taking packets within [`HOLD_AT_MOST`]).
     pub given_up: usize,
 }
 
@@ -162,8 +166,8 @@ impl<S: Target> Waiting<S> {
     }
 
     /// Put what sockets can take now in their queues, in order; an answer waits for room
-    /// until `answers_wait` after its socket started holding. Let go of sockets not
-    /// connected within [`HOLD_AT_MOST`].
+    /// until `answers_wait` after its socket started holding. Let go of sockets not taking
+    /// packets within [`HOLD_AT_MOST`].
     pub fn release(&mut self, now: Instant, answers_wait: Duration) -> Released {
         let mut out = Released::default();
         if self.held.is_empty() {
@@ -223,12 +227,16 @@ pub enum Blocked {
 enum Drained {
     /// Nothing is left to hold: all sent or refused, or the socket given up on.
     Empty,
+    /// An answer at the front waits for room (nothing but answers is held any more).
     AwaitsRoom,
+    /// The socket is not connected yet, or closing.
     NotTaking,
 }
 
 impl<S: Target> Held<S> {
-    /// Emit what the socket takes, in order, up to an answer that waits for room.
+    /// Emit what the socket takes, in order, up to an answer that waits for room (then the
+    /// logs behind it are refused); refuse what the full queue refuses otherwise; give the
+    /// socket up if it has not taken packets within [`HOLD_AT_MOST`].
     fn drain(
         &mut self,
         sid: Sid,
@@ -269,6 +277,7 @@ impl<S: Target> Held<S> {
     fn pop_front(&mut self) -> Option<Packet> {
         let p = self.packets.pop_front()?;
         if !p.waits_for_room() {
+            debug_assert!(self.logs > 0, "held logs miscounted");
             self.logs -= 1;
         }
         Some(p)
@@ -453,7 +462,7 @@ mod tests {
         assert_eq!(
             w.blocked(s.sid, now, WAIT, &mut out),
             Some(Blocked::AwaitsRoom),
-            "a new log is refused like any a full queue refuses"
+            "a new log is to be refused like any a full queue refuses"
         );
         assert!(s.taken().is_empty() && w.holds(s.sid));
         // Room: the answer goes first, then nothing blocks the next packet.
