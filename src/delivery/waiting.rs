@@ -385,6 +385,18 @@ mod tests {
         p
     }
 
+    /// Hold `packets` for `s` at `at`, each of them taken.
+    fn hold_all<const N: usize>(
+        w: &mut Waiting<Fake>,
+        s: &Fake,
+        packets: [Packet; N],
+        at: Instant,
+    ) {
+        for p in packets {
+            assert!(w.hold(s.clone(), p, at).is_ok());
+        }
+    }
+
     fn waiting() -> (Waiting<Fake>, Arc<HeldMarks>) {
         let marks = Arc::new(HeldMarks::default());
         (Waiting::new(marks.clone()), marks)
@@ -397,8 +409,7 @@ mod tests {
         let s = fake(false, 100);
         let other = fake(true, 100);
         assert!(!w.holds(s.sid));
-        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
-        assert!(w.hold(s.clone(), log(2), t0).is_ok());
+        hold_all(&mut w, &s, [answer(1), log(2)], t0);
         assert!(w.holds(s.sid), "later packets queue behind the first");
         assert!(marks.holds(s.sid), "and direct writers see it");
         assert!(!w.holds(other.sid) && !marks.holds(other.sid));
@@ -418,7 +429,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, marks) = waiting();
         let s = fake(false, 100);
-        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        hold_all(&mut w, &s, [answer(1)], t0);
         assert!(
             w.hold(s.clone(), answer(2), t0 + Duration::from_millis(900))
                 .is_ok()
@@ -435,9 +446,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(true, 0);
-        for p in [answer(1), answer(2), answer(3)] {
-            assert!(w.hold(s.clone(), p, t0).is_ok());
-        }
+        hold_all(&mut w, &s, [answer(1), answer(2), answer(3)], t0);
         let r = w.release(t0 + Duration::from_millis(2), WAIT);
         assert!(s.taken().is_empty() && r.refused.is_empty(), "all wait");
         // One place: the first answer goes, the next waits again.
@@ -456,7 +465,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(true, 0);
-        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        hold_all(&mut w, &s, [answer(1)], t0);
         let mut out = Released::default();
         let now = t0 + Duration::from_millis(1);
         assert_eq!(
@@ -472,7 +481,7 @@ mod tests {
         assert!(w.is_empty() && out.refused.is_empty());
         // Not connected yet: everything waits.
         let c = fake(false, 10);
-        assert!(w.hold(c.clone(), answer(2), t0).is_ok());
+        hold_all(&mut w, &c, [answer(2)], t0);
         assert_eq!(
             w.blocked(c.sid, now, WAIT, &mut out),
             Some(Blocked::NotTaking)
@@ -494,9 +503,12 @@ mod tests {
         let (mut w, _) = waiting();
         // Held during the handshake: more than the queue will have room for.
         let s = fake(false, 1);
-        for p in [log(1), answer(2), log(3), answer(4), log(5)] {
-            assert!(w.hold(s.clone(), p, t0).is_ok());
-        }
+        hold_all(
+            &mut w,
+            &s,
+            [log(1), answer(2), log(3), answer(4), log(5)],
+            t0,
+        );
         s.connected.store(true, Ordering::Relaxed);
         let r = w.release(t0 + Duration::from_millis(2), WAIT);
         assert_eq!(s.taken(), ["1"], "the first log takes the one place");
@@ -522,7 +534,7 @@ mod tests {
         let (mut w, _) = waiting();
         let s = fake(true, 0);
         s.closing.store(true, Ordering::Relaxed);
-        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        hold_all(&mut w, &s, [answer(1)], t0);
         let mut out = Released::default();
         assert_eq!(
             w.blocked(s.sid, t0 + Duration::from_millis(1), WAIT, &mut out),
@@ -541,7 +553,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, marks) = waiting();
         let s = fake(true, 0);
-        assert!(w.hold(s.clone(), answer(1), t0).is_ok());
+        hold_all(&mut w, &s, [answer(1)], t0);
         let r = w.release(t0 + WAIT - Duration::from_millis(1), WAIT);
         assert!(r.refused.is_empty() && w.holds(s.sid));
         let r = w.release(t0 + WAIT, WAIT);
