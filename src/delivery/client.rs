@@ -1,6 +1,10 @@
-//! One connected client's delivery state, owned by the router thread.
+//! One connected client's delivery state, owned by the router thread: what it asked for
+//! ([`DeliveryOptions`]), its rate limit, and the parts that each keep one promise: the
+//! [`PauseBuffer`] (paused, or behind a replay), the [`BatchOutbox`] (the batch window), the
+//! [`QueueMeter`] (bytes queued, slow consumers) and the [`DropCounts`] (what is still to be
+//! reported). Order of checks: rate limit at admission, then pause, then the socket's
+//! bounded queue; every log admitted or not ends up delivered or counted as a drop.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -9,12 +13,17 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 
+use super::batch_outbox::BatchOutbox;
+use super::drops::DropCounts;
 use super::emitter::Refused;
-use super::outlet::{Data, Outlet, Packet, Unsent};
+use super::outlet::Outlet;
+use super::packet::{Data, Packet, Unsent, to_raw};
+use super::pause_buffer::PauseBuffer;
+use super::queue_meter::{QueueMeter, SlowCheck};
 use crate::auth::Scope;
 use crate::connections::ConnectionInfo;
-use crate::log_entry::LogRecord;
-use crate::protocol::{ClientError, DropReason, Dropped, event};
+use crate::log_entry::{LogRecord, Position};
+use crate::protocol::{ClientError, DropReason, event};
 use crate::rate_limit::TokenBucket;
 use crate::stats::Metrics;
 use crate::stats_feed::StatsFeed;
@@ -52,23 +61,19 @@ impl DeliveryLimits {
     }
 }
 
-/// The share of `batch_max_delay_ms` a log may wait in a batch-mode outbox, counted from
-/// when this instance received it. The rest of the window is left for the way to the client
-/// (the socket's writer task, the kernel, the client's read), so that the seed's "50 logs or
-/// 100 ms" and its "latency < 100 ms" hold together under load: the ingest → client p99 stays
-/// under the window while a message still carries about a window's worth of logs
-/// (BENCHMARKS.md §8).
-pub const OUTBOX_HOLD_SHARE: f64 = 0.8;
-
-/// How far the estimate of a socket's queue may run ahead of the transport's count before
-/// the count is read again (see [`Client::queued_estimate`]). Each client's share of
-/// `max_queued_bytes` may be overstated by this much until then; with 10 000 clients that is
-/// at most 40 MB of a 256 MiB bound, and the router refreshes every share exactly once the
-/// total passes half the bound.
-pub const RECHECK_BYTES: u64 = 4096;
-
 /// How long a client registered by a handshake may stay unconnected before it is pruned.
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
+
+/// What a subscription asks of delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryOptions {
+    /// `log:batch` arrays instead of one `log:new` per log.
+    pub batch: bool,
+    /// Events carry the offset as a last argument (resumable subscriptions).
+    pub with_offsets: bool,
+    /// A lower rate limit than the server's (`rateLimit`).
+    pub rate: Option<u32>,
+}
 
 pub struct Client {
     pub sid: Sid,
@@ -80,47 +85,22 @@ pub struct Client {
     /// `system:stats`, sent with this client's logs when its round is near.
     stats: Option<Arc<StatsFeed>>,
     limits: DeliveryLimits,
-    /// `log:batch` arrays instead of one `log:new` per log.
-    batch_mode: bool,
-    /// Events carry the offset as a last argument (resumable subscriptions).
-    with_offsets: bool,
-    /// A replay of history is under way: live logs are held until it ends.
+    options: DeliveryOptions,
+    limiter: TokenBucket,
+    paused: bool,
+    /// A replay of history is under way: live logs are kept until it ends.
     replaying: bool,
     /// Logs at or before this position are not sent: the client has them already (it
     /// resumed from an offset this instance had not reached).
-    skip_through: Option<crate::log_entry::Position>,
-    limiter: TokenBucket,
-    paused: bool,
-    /// Admitted logs held while paused, oldest first; at most `limits.pause_buffer` logs and
-    /// `limits.pause_buffer_bytes` bytes.
-    held: VecDeque<Arc<LogRecord>>,
-    held_bytes: usize,
-    /// Payload bytes handed to the socket, counted from where the socket's written bytes
-    /// last caught up (so `sent_bytes - written` is what waits in its queue, a lower bound).
-    sent_bytes: u64,
-    /// Since when the client has been over its queue bound (a packet refused for it).
-    over_since: Option<Instant>,
-    /// A packet was refused since the last [`Client::check_slow`].
-    refused_lately: bool,
-    /// The connection was cut as a slow consumer (a long-polling client stays registered
-    /// until its heartbeat ends it): not marked or cut again.
-    cut: bool,
-    /// The transport's written-bytes count at the last [`Client::check_slow`] (or when the
-    /// client went over): whether it reads at all.
-    written_at_check: u64,
-    /// What this client adds to `Metrics::queued_bytes`.
-    accounted: u64,
-    /// The transport's written-bytes count when it was last read: `sent_bytes -
-    /// written_seen` bounds the queue from above without reading it again.
-    written_seen: u64,
-    /// Not yet reported drops, indexed like [`DropReason::ALL`].
-    pending_drops: [u64; DropReason::ALL.len()],
+    skip_through: Option<Position>,
+    /// Admitted logs kept while paused or replaying.
+    kept: PauseBuffer,
+    /// Batch mode: admitted logs waiting for the next `log:batch`.
+    outbox: BatchOutbox,
+    meter: QueueMeter,
+    drops: DropCounts,
     /// When the handshake registered this client (see [`Client::is_stale`]).
     registered_at: Instant,
-    /// Batch mode: admitted logs waiting for the next `log:batch`, oldest first.
-    outbox: Vec<Arc<LogRecord>>,
-    /// Batch mode: when the last `log:batch` went out.
-    last_batch_at: Option<Instant>,
 }
 
 impl Client {
@@ -138,28 +118,24 @@ impl Client {
             outlet,
             scope,
             info,
-            metrics,
             stats: None,
-            limits,
-            batch_mode: false,
-            with_offsets: false,
+            limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
+            options: DeliveryOptions::default(),
+            paused: false,
             replaying: false,
             skip_through: None,
-            limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
-            paused: false,
-            held: VecDeque::new(),
-            held_bytes: 0,
-            sent_bytes: 0,
-            over_since: None,
-            refused_lately: false,
-            cut: false,
-            written_at_check: 0,
-            accounted: 0,
-            written_seen: 0,
-            pending_drops: [0; DropReason::ALL.len()],
+            kept: PauseBuffer::new(limits.pause_buffer, limits.pause_buffer_bytes),
+            outbox: BatchOutbox::new(limits.batch_interval, limits.batch_max_logs),
+            meter: QueueMeter::new(
+                metrics.clone(),
+                limits.socket_queue_bytes,
+                limits.max_queued_bytes,
+                limits.slow_consumer_timeout,
+            ),
+            drops: DropCounts::default(),
+            metrics,
+            limits,
             registered_at: now,
-            outbox: Vec::new(),
-            last_batch_at: None,
         }
     }
 
@@ -180,19 +156,13 @@ impl Client {
 
     /// Apply a (new) subscription's delivery options; returns the effective rate. Logs
     /// the previous subscription already admitted are sent first.
-    pub fn configure(
-        &mut self,
-        batch_mode: bool,
-        with_offsets: bool,
-        rate: Option<u32>,
-        now: Instant,
-    ) -> u32 {
+    pub fn configure(&mut self, options: DeliveryOptions, now: Instant) -> u32 {
         self.flush_outbox(now, true);
-        let rate = rate
+        let rate = options
+            .rate
             .unwrap_or(self.limits.max_rate)
             .clamp(1, self.limits.max_rate);
-        self.batch_mode = batch_mode;
-        self.with_offsets = with_offsets;
+        self.options = options;
         self.limiter.set_rate(rate, rate);
         rate
     }
@@ -201,54 +171,65 @@ impl Client {
         &self.scope
     }
 
-    /// A refreshed token's scope. What is held for the client (paused, behind a replay, in
+    /// A refreshed token's scope. What is kept for the client (paused, behind a replay, in
     /// the batch window) from devices the new scope excludes is no longer its to receive:
     /// dropped, and reported as `scope_changed`.
     pub fn set_scope(&mut self, scope: Arc<Scope>) {
-        let before = self.held.len() + self.outbox.len();
-        self.held.retain(|l| scope.matches(&l.device_id));
-        self.held_bytes = self.held.iter().map(|l| l.json.get().len()).sum();
-        self.outbox.retain(|l| scope.matches(&l.device_id));
-        let removed = before - self.held.len() - self.outbox.len();
-        self.drop_logs(DropReason::ScopeChanged, removed as u64);
+        let removed = self.kept.retain_scope(&scope) + self.outbox.retain_scope(&scope);
+        self.count_drops(DropReason::ScopeChanged, removed as u64);
         self.scope = scope;
-        self.account();
+        self.meter.account(&*self.outlet);
         self.report_drops(&[DropReason::ScopeChanged]);
     }
 
     /// Drops not yet reported (the router's tick reports them).
-    pub fn has_pending_drops(&self) -> bool {
-        self.pending_drops.iter().any(|n| *n > 0)
+    pub fn has_unreported_drops(&self) -> bool {
+        self.drops.any()
     }
 
     pub fn is_paused(&self) -> bool {
         self.paused
     }
 
-    fn drop_logs(&mut self, reason: DropReason, count: u64) {
+    /// Count `count` logs of this client dropped for `reason` (reported later).
+    fn count_drops(&mut self, reason: DropReason, count: u64) {
         if count == 0 {
             return;
         }
-        self.pending_drops[reason as usize] += count;
+        self.drops.add(reason, count);
         self.metrics.dropped(reason, count);
     }
 
-    /// `count` logs meant for this client were lost before delivery (a failed plugin call):
-    /// counted, and reported at once.
-    pub fn lost(&mut self, reason: DropReason, count: u64) {
-        self.drop_logs(reason, count);
+    /// `count` logs meant for this client were dropped before delivery (a failed plugin
+    /// call): counted, and reported at once.
+    pub fn drop_and_report(&mut self, reason: DropReason, count: u64) {
+        self.count_drops(reason, count);
         self.report_drops(&[reason]);
     }
 
     /// Skip logs at or before `position` from now on (they are the client's already).
-    pub fn skip_through(&mut self, position: crate::log_entry::Position) {
+    pub fn skip_through(&mut self, position: Position) {
         self.skip_through = Some(position);
+    }
+
+    /// The logs of `logs` the rate limit lets through, in order; the rest are counted as
+    /// `rate_limit` drops.
+    fn admit(&mut self, logs: &[Arc<LogRecord>], now: Instant) -> Vec<Arc<LogRecord>> {
+        let mut admitted = Vec::with_capacity(logs.len());
+        let mut limited = 0;
+        for log in logs {
+            if self.limiter.try_take(now) {
+                admitted.push(Arc::clone(log));
+            } else {
+                limited += 1;
+            }
+        }
+        self.count_drops(DropReason::RateLimit, limited);
+        admitted
     }
 
     /// Deliver `logs` (this client's matches of one batch), in order.
     pub fn deliver(&mut self, logs: &[Arc<LogRecord>], now: Instant) {
-        let mut admitted: Vec<&Arc<LogRecord>> = Vec::with_capacity(logs.len());
-        let mut limited = 0;
         let logs = match self.skip_through {
             Some(through) => {
                 let first_new = logs
@@ -264,28 +245,21 @@ impl Client {
             }
             None => logs,
         };
-        for log in logs {
-            if self.limiter.try_take(now) {
-                admitted.push(log);
-            } else {
-                limited += 1;
-            }
-        }
-        self.drop_logs(DropReason::RateLimit, limited);
+        let admitted = self.admit(logs, now);
         if self.paused || self.replaying {
-            self.hold(admitted.into_iter().cloned());
+            self.keep(admitted);
             return;
         }
-        if self.batch_mode {
-            self.outbox.extend(admitted.into_iter().cloned());
+        if self.options.batch {
+            self.outbox.push(admitted);
             self.flush_outbox(now, false);
         } else {
-            self.emit_logs(&admitted);
+            self.emit_logs(&admitted, Emission::DropWhatDoesNotFit);
         }
     }
 
-    /// Deliver logs a replay of history found, ahead of the live logs held meanwhile:
-    /// rate-limited like live ones, then sent (held if the client is paused). A replay can
+    /// Deliver logs a replay of history found, ahead of the live logs kept meanwhile:
+    /// rate-limited like live ones, then sent (kept if the client is paused). A replay can
     /// outrun the socket: what its queue cannot take now is returned, to be sent later with
     /// [`Client::send_replayed`], rather than dropped.
     pub fn deliver_replay(
@@ -293,37 +267,26 @@ impl Client {
         logs: &[Arc<LogRecord>],
         now: Instant,
     ) -> (usize, Vec<Arc<LogRecord>>) {
-        let mut admitted: Vec<Arc<LogRecord>> = Vec::with_capacity(logs.len());
-        let mut limited = 0;
-        for log in logs {
-            if self.limiter.try_take(now) {
-                admitted.push(log.clone());
-            } else {
-                limited += 1;
-            }
-        }
-        self.drop_logs(DropReason::RateLimit, limited);
+        let mut admitted = self.admit(logs, now);
         if self.paused {
             let n = admitted.len();
-            self.hold(admitted.into_iter());
+            self.keep(admitted);
             return (n, Vec::new());
         }
         let sent = self.send_replayed(&admitted);
         (sent, admitted.split_off(sent))
     }
 
-    /// Forget what is held: a new subscription replays history that covers it.
-    pub fn discard_held(&mut self) {
-        self.held.clear();
-        self.held_bytes = 0;
-        self.account();
+    /// Forget what is kept: a new subscription replays history that covers it.
+    pub fn discard_kept(&mut self) {
+        self.kept.clear();
+        self.meter.account(&*self.outlet);
     }
 
     /// Send already admitted replayed logs until the socket's queue is full; returns how many
     /// went out.
     pub fn send_replayed(&mut self, logs: &[Arc<LogRecord>]) -> usize {
-        let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
-        self.emit_packets(&refs, true)
+        self.emit_logs(logs, Emission::StopWhenFull)
     }
 
     /// A replay begins: live logs wait behind it.
@@ -331,169 +294,51 @@ impl Client {
         self.replaying = true;
     }
 
-    /// The replay is done: what was held meanwhile goes out, in order.
+    /// The replay is done: what was kept meanwhile goes out, in order.
     pub fn finish_replay(&mut self) {
         if !self.replaying {
             return;
         }
         self.replaying = false;
         if !self.paused {
-            self.release_held();
+            self.release_kept();
         }
     }
 
-    fn release_held(&mut self) {
-        let held: Vec<Arc<LogRecord>> = self.held.drain(..).collect();
-        self.held_bytes = 0;
-        let refs: Vec<&Arc<LogRecord>> = held.iter().collect();
-        self.emit_logs(&refs);
+    fn release_kept(&mut self) {
+        let kept = self.kept.take_all();
+        self.emit_logs(&kept, Emission::DropWhatDoesNotFit);
         self.report_drops(&[DropReason::PauseOverflow]);
     }
 
-    /// Keep logs for a paused client, up to `pause_buffer` logs and `pause_buffer_bytes`;
-    /// count the overflow (the newest logs are the ones dropped, so what is kept has no gap).
-    fn hold(&mut self, logs: impl Iterator<Item = Arc<LogRecord>>) {
-        let mut overflow = 0u64;
-        for log in logs {
-            let size = log.json.get().len();
-            if overflow == 0
-                && self.held.len() < self.limits.pause_buffer
-                && self.held_bytes + size <= self.limits.pause_buffer_bytes
-            {
-                self.held_bytes += size;
-                self.held.push_back(log);
-            } else {
-                overflow += 1;
-            }
-        }
-        self.drop_logs(DropReason::PauseOverflow, overflow);
-        self.account();
+    /// Keep logs for a paused (or replaying) client; the overflow is `pause_overflow`.
+    fn keep(&mut self, logs: Vec<Arc<LogRecord>>) {
+        let overflow = self.kept.keep(logs);
+        self.count_drops(DropReason::PauseOverflow, overflow);
+        self.meter.account(&*self.outlet);
     }
 
-    /// Bytes handed to the socket and not yet written to the network (0 when the transport
-    /// does not say).
-    fn queued_bytes(&mut self) -> u64 {
-        let Some(written) = self.outlet.written() else {
-            self.written_seen = self.sent_bytes;
-            return 0;
-        };
-        self.written_seen = written;
-        // The written count includes framing and the transport's own packets; once it
-        // passes what was handed over, the queue is empty: start counting from there.
-        if written >= self.sent_bytes {
-            self.sent_bytes = written;
-        }
-        self.sent_bytes - written
-    }
-
-    /// At least what waits in the socket's queue, and at most [`RECHECK_BYTES`] more: the
-    /// transport's count (a counter the connection's worker thread writes, so reading it is
-    /// a cache miss for this thread) is read again only once what was handed over since the
-    /// last reading passes that.
-    fn queued_estimate(&mut self) -> u64 {
-        let estimate = self.sent_bytes.saturating_sub(self.written_seen);
-        if estimate <= RECHECK_BYTES {
-            estimate
-        } else {
-            self.queued_bytes()
-        }
-    }
-
-    /// Whether a packet of `size` bytes fits the socket's byte bound and the instance's now
-    /// (one packet always fits an empty queue while the instance has room). An estimate
-    /// that says no is checked against the transport's count before the packet is refused.
-    fn fits(&mut self, size: usize) -> bool {
-        let bound = self.limits.socket_queue_bytes as u64;
-        let own = |queued: u64| queued == 0 || queued + size as u64 <= bound;
-        let queued = self.queued_estimate();
-        let own_ok = own(queued) || own(self.queued_bytes());
-        own_ok && self.instance_has_room(size)
-    }
-
-    /// Whether `size` more bytes fit under `max_queued_bytes` (this client's share brought
-    /// up to date first, exactly if the estimate says no).
-    fn instance_has_room(&mut self, size: usize) -> bool {
-        let room = |c: &Self| {
-            c.metrics.queued_bytes.load(Ordering::Relaxed) + size as u64
-                <= c.limits.max_queued_bytes as u64
-        };
-        self.account();
-        if room(self) {
-            return true;
-        }
-        self.account_exactly();
-        room(self)
-    }
-
-    /// Bring this client's share of `Metrics::queued_bytes` up to date: its socket queue,
-    /// where every packet is this client's own copy. (Held logs are records shared with
-    /// history and every other client: bounded per client by `pause_buffer_bytes`, they
-    /// would overstate memory here, and let paused sockets fill the instance's bound.)
-    pub fn account(&mut self) {
-        let now = self.queued_estimate();
-        self.set_accounted(now);
-    }
-
-    /// [`Client::account`] from the transport's count, not an estimate.
+    /// Bring this client's share of the instance's queued bytes up to date from the
+    /// transport's count (see [`QueueMeter::account_exactly`]).
     pub fn account_exactly(&mut self) {
-        let now = self.queued_bytes();
-        self.set_accounted(now);
-    }
-
-    fn set_accounted(&mut self, now: u64) {
-        if now >= self.accounted {
-            self.metrics
-                .queued_bytes
-                .fetch_add(now - self.accounted, Ordering::Relaxed);
-        } else {
-            self.metrics
-                .queued_bytes
-                .fetch_sub(self.accounted - now, Ordering::Relaxed);
-        }
-        self.accounted = now;
-    }
-
-    /// A packet was refused: the client is over its bound from now (if it was not already).
-    fn went_over(&mut self) {
-        if self.cut {
-            return;
-        }
-        self.refused_lately = true;
-        if self.over_since.is_none() {
-            self.over_since = Some(Instant::now());
-            self.written_at_check = self.outlet.written().unwrap_or(0);
-        }
+        self.meter.account_exactly(&*self.outlet);
     }
 
     /// Whether this client has been refused packets and not caught up since.
-    pub fn is_over(&self) -> bool {
-        self.over_since.is_some()
+    pub fn is_over_queue_bound(&self) -> bool {
+        self.meter.is_over_bound()
     }
 
-    /// For a client that is over its bound: clear it once its queue has drained; past
+    /// For a client that is over its bound: clear the mark once it has caught up; past
     /// `slow_consumer_timeout`, cut its connection (reported, counted). Returns whether the
     /// client is still over (to be checked again).
     pub fn check_slow(&mut self, now: Instant) -> bool {
-        let Some(since) = self.over_since else {
-            return false;
+        let over_for = match self.meter.check(now, &*self.outlet) {
+            SlowCheck::Fine => return false,
+            SlowCheck::StillOver => return true,
+            SlowCheck::Cut { over_for } => over_for,
         };
-        // Caught up: its queue drained, or it reads and nothing was refused for a while. (A
-        // packet handed to the emitter says nothing: the socket may refuse it later.)
-        let refused_lately = std::mem::take(&mut self.refused_lately);
-        let written = self.outlet.written();
-        let reads = written.is_some_and(|w| w > self.written_at_check);
-        self.written_at_check = written.unwrap_or(0);
-        // (The written count includes framing, pings and events sent outside the estimate,
-        // so with tiny logs an estimate of 0 alone does not prove a drained queue.)
-        let drained = self.queued_bytes() == 0 && written.is_some();
-        if !refused_lately && (drained || reads) {
-            self.over_since = None;
-            return false;
-        }
-        if now.saturating_duration_since(since) < self.limits.slow_consumer_timeout {
-            return true;
-        }
-        tracing::warn!(sid = %self.sid, user = %self.info.user_id, over_s = now.saturating_duration_since(since).as_secs(), "slow consumer disconnected (slow_consumer_timeout_ms)");
+        tracing::warn!(sid = %self.sid, user = %self.info.user_id, over_s = over_for.as_secs(), "slow consumer disconnected (slow_consumer_timeout_ms)");
         let error = ClientError::new(
             crate::protocol::Code::SlowConsumer,
             format!(
@@ -511,96 +356,47 @@ impl Client {
             .slow_disconnects
             .fetch_add(1, Ordering::Relaxed);
         self.outlet.cut();
-        self.cut = true;
-        self.over_since = None;
         false
     }
 
-    /// When the batch-mode outbox is due, if it holds anything: a window after the last
-    /// `log:batch`, or earlier, by the time its oldest log has spent [`OUTBOX_HOLD_SHARE`]
-    /// of the window in this instance since it was received (so the whole path from ingest
-    /// to the client stays within the window), but never sooner than half a window after the
-    /// last `log:batch`: a backlog of old logs does not turn into a message per evaluation.
+    /// When the batch-mode outbox is due, if it holds anything (see `batch_outbox`).
     pub fn outbox_due(&self) -> Option<Instant> {
-        let oldest = self.outbox.first()?;
-        let window = self.limits.batch_interval;
-        let after = |t: Instant, d: Duration| t.checked_add(d).unwrap_or(t);
-        let by_age = after(oldest.received, window.mul_f64(OUTBOX_HOLD_SHARE));
-        Some(match self.last_batch_at {
-            None => oldest.received,
-            Some(last) => after(last, window).min(by_age).max(after(last, window / 2)),
-        })
+        self.outbox.due_at()
     }
 
     /// Emit the batch-mode outbox if it is due (or `force`). Returns whether logs are still
     /// waiting, i.e. whether the router must call again later.
     pub fn flush_outbox(&mut self, now: Instant, force: bool) -> bool {
-        if self.outbox.is_empty() {
-            return false;
+        if let Some(logs) = self.outbox.take_due(now, force) {
+            self.emit_logs(&logs, Emission::DropWhatDoesNotFit);
         }
-        let due = force
-            || self.outbox.len() >= self.limits.batch_max_logs
-            || self.last_batch_at.is_none()
-            || self.outbox_due().is_some_and(|at| now >= at);
-        if !due {
-            return true;
-        }
-        let logs = std::mem::take(&mut self.outbox);
-        let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
-        self.emit_logs(&refs);
-        self.last_batch_at = Some(now);
-        false
+        self.outbox.due_at().is_some()
     }
 
-    /// Emit admitted logs: one `log:batch` per `batch_max_logs` in batch mode, else one
-    /// `log:new` each. What the socket cannot queue is counted as `slow_consumer`.
-    fn emit_logs(&mut self, logs: &[&Arc<LogRecord>]) {
-        self.emit_packets(logs, false);
-    }
-
-    /// Emit `logs` as packets (one `log:batch` per `batch_max_logs` in batch mode, else one
-    /// `log:new` each). A packet the socket cannot queue is dropped as `slow_consumer`, or,
-    /// with `stop_when_full`, ends the emission. Returns how many logs were sent (or held
-    /// back by a closed socket).
-    fn emit_packets(&mut self, logs: &[&Arc<LogRecord>], stop_when_full: bool) -> usize {
+    /// Emit `logs` as packets: one `log:batch` per `batch_max_logs` in batch mode, else one
+    /// `log:new` each. Returns how many logs were sent, dropped, or held back by a closed
+    /// socket (with [`Emission::StopWhenFull`], those after the first packet that did not
+    /// fit are not counted: the caller keeps them).
+    fn emit_logs(&mut self, logs: &[Arc<LogRecord>], how: Emission) -> usize {
         if logs.is_empty() {
             return 0;
         }
-        let per_packet = if self.batch_mode {
+        let per_packet = if self.options.batch {
             self.limits.batch_max_logs.max(1)
         } else {
             1
         };
+        let stop_when_full = how == Emission::StopWhenFull;
         let mut delivered = 0usize;
         // Sent with `send_now`, so counted here (the emitter counts what it emits).
         let mut sent_now = 0u64;
-        let mut lost = 0u64;
+        let mut dropped = 0u64;
         let mut refused = false;
-        for chunk in logs.chunks(per_packet) {
-            let (event, data) = if self.batch_mode {
-                (event::BATCH, Data::Owned(json_array(chunk)))
-            } else {
-                (event::NEW, Data::Log(Arc::clone(chunk[0])))
-            };
-            let offset_of = match chunk.last() {
-                Some(last) if self.with_offsets => Some(Arc::clone(last)),
-                _ => None,
-            };
-            let mut packet = Packet {
-                event,
-                data,
-                offset_of,
-                logs: chunk.len() as u32,
-                bytes: 0,
-                report: None,
-            };
-            // What the packet carries at least: `42["event",data,offset]`.
-            let size = packet.data().get().len()
-                + event.len()
-                + 6
-                + packet.offset().map_or(0, |o| o.get().len() + 1);
-            packet.bytes = size as u64;
-            let sent = if !self.fits(size) {
+        let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
+        for chunk in refs.chunks(per_packet) {
+            let packet = Packet::logs(chunk, self.options.batch, self.options.with_offsets);
+            let size = packet.bytes;
+            let sent = if !self.meter.fits(size, &*self.outlet) {
                 Err(Unsent::Full)
             } else if stop_when_full {
                 let sent = self.outlet.send_now(packet);
@@ -613,7 +409,7 @@ impl Client {
             };
             match sent {
                 Ok(()) => {
-                    self.sent_bytes += size as u64;
+                    self.meter.sent(size);
                     delivered += chunk.len();
                 }
                 Err(Unsent::Closed) => return logs.len(),
@@ -622,36 +418,36 @@ impl Client {
                     if stop_when_full {
                         break;
                     }
-                    lost += chunk.len() as u64;
+                    dropped += chunk.len() as u64;
                 }
             }
         }
         if refused {
-            self.went_over();
+            self.meter.went_over(&*self.outlet);
         } else if sent_now > 0 {
             // The socket took it (a packet only handed on may still be refused).
-            self.over_since = None;
+            self.meter.taken();
         }
-        self.account();
+        self.meter.account(&*self.outlet);
         self.info
             .message_count
             .fetch_add(delivered as u64, Ordering::Relaxed);
         self.metrics.delivered(sent_now);
-        self.drop_logs(DropReason::SlowConsumer, lost);
+        self.count_drops(DropReason::SlowConsumer, dropped);
         if delivered > 0 {
             self.stats_ride_along();
         }
-        delivered + lost as usize
+        delivered + dropped as usize
     }
 
     pub fn pause(&mut self) {
         self.paused = true;
-        // Admitted but not yet sent: these are held like anything that arrives now.
-        let waiting = std::mem::take(&mut self.outbox);
-        self.hold(waiting.into_iter());
+        // Admitted but not yet sent: kept like anything that arrives now.
+        let waiting = self.outbox.take_all();
+        self.keep(waiting);
     }
 
-    /// Deliver everything held, in order (unless a replay is still under way), then report
+    /// Deliver everything kept, in order (unless a replay is still under way), then report
     /// any pause overflow at once.
     pub fn resume(&mut self) {
         if !self.paused {
@@ -659,27 +455,19 @@ impl Client {
         }
         self.paused = false;
         if !self.replaying {
-            self.release_held();
+            self.release_kept();
         }
     }
 
     /// Emit `log:dropped` for each reason with unreported drops. Called at most once a
     /// second per client by the router, and on resume. A report that cannot be queued
-    /// stays pending for the next round, so no count is lost.
+    /// stays unreported for the next round, so no count is lost.
     pub fn report_drops(&mut self, reasons: &[DropReason]) {
         for &reason in reasons {
-            let count = self.pending_drops[reason as usize];
-            if count == 0 {
-                continue;
-            }
-            let Some(raw) = to_raw(&Dropped { count, reason }) else {
-                continue;
-            };
-            let mut packet = Packet::event(event::DROPPED, Data::Owned(raw));
-            // Reported again if the socket refuses it.
-            packet.report = Some((reason, count));
-            if self.outlet.send(packet).is_ok() {
-                self.pending_drops[reason as usize] = 0;
+            if let Some(report) = self.drops.report(reason)
+                && self.outlet.send(report).is_ok()
+            {
+                self.drops.reported(reason);
             }
         }
     }
@@ -722,19 +510,18 @@ impl Client {
 
     /// The socket refused a packet handed to it earlier (see `emitter`): count it as if it
     /// had been refused at once. Its logs are `slow_consumer` drops, its bytes leave the
-    /// queue estimate, and a refused drop report is kept to be reported again.
-    pub fn refused(&mut self, refused: &Refused) {
-        self.sent_bytes = self.sent_bytes.saturating_sub(refused.bytes);
+    /// queue estimate, and a refused drop report is counted again to be reported again.
+    pub fn count_refusal(&mut self, refused: &Refused) {
         if refused.logs > 0 {
             let logs = u64::from(refused.logs);
             self.info.message_count.fetch_sub(logs, Ordering::Relaxed);
-            self.drop_logs(DropReason::SlowConsumer, logs);
+            self.count_drops(DropReason::SlowConsumer, logs);
         }
-        self.went_over();
+        self.meter.refused(refused.bytes, &*self.outlet);
         if let Some((reason, count)) = refused.report {
-            self.pending_drops[reason as usize] += count;
+            self.drops.add(reason, count);
         }
-        self.account();
+        self.meter.account(&*self.outlet);
     }
 
     /// Emit `error`.
@@ -743,40 +530,19 @@ impl Client {
     }
 }
 
-impl Drop for Client {
-    /// A client that goes away takes its share of the instance's queued bytes with it.
-    fn drop(&mut self) {
-        self.metrics
-            .queued_bytes
-            .fetch_sub(self.accounted, Ordering::Relaxed);
-    }
-}
-
-/// Serialize once, for sharing among clients.
-pub fn to_raw<T: Serialize + ?Sized>(data: &T) -> Option<Box<RawValue>> {
-    serde_json::value::to_raw_value(data).ok()
-}
-
-/// `[a,b,c]` from the logs' own JSON, without re-serializing them.
-fn json_array(logs: &[&Arc<LogRecord>]) -> Box<RawValue> {
-    let mut text =
-        String::with_capacity(logs.iter().map(|l| l.json.get().len() + 1).sum::<usize>() + 2);
-    text.push('[');
-    for (i, log) in logs.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(log.json.get());
-    }
-    text.push(']');
-    // Valid JSON values joined by commas inside brackets are a valid JSON array.
-    RawValue::from_string(text)
-        .unwrap_or_else(|_| RawValue::from_string("[]".to_owned()).expect("`[]` is valid JSON"))
+/// What [`Client::emit_logs`] does with a packet the socket's queue cannot take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emission {
+    /// Live logs: drop it (`slow_consumer`) and go on with the next.
+    DropWhatDoesNotFit,
+    /// A replay: stop there; the caller keeps the rest for later.
+    StopWhenFull,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Dropped;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicBool;
 
@@ -788,8 +554,6 @@ mod tests {
         closed: Arc<AtomicBool>,
         /// Bytes "written to the network", when the test plays a metered transport.
         written: Arc<Mutex<Option<u64>>>,
-        /// How often `written` was read.
-        written_reads: Arc<std::sync::atomic::AtomicUsize>,
         cut: Arc<AtomicBool>,
     }
 
@@ -816,7 +580,6 @@ mod tests {
             !self.closed.load(Ordering::Relaxed)
         }
         fn written(&self) -> Option<u64> {
-            self.written_reads.fetch_add(1, Ordering::Relaxed);
             *self.written.lock().unwrap()
         }
         fn cut(&self) {
@@ -929,7 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn pause_holds_in_order_and_reports_overflow_on_resume() {
+    fn pause_keeps_in_order_and_reports_overflow_on_resume() {
         let rec = Recorder::default();
         let t0 = Instant::now();
         let mut c = client(&rec, limits(100, 4), t0);
@@ -963,7 +726,13 @@ mod tests {
         let rec = Recorder::default();
         let t0 = Instant::now();
         let mut c = client(&rec, limits(100, 100), t0);
-        c.configure(true, false, None, t0);
+        c.configure(
+            DeliveryOptions {
+                batch: true,
+                ..Default::default()
+            },
+            t0,
+        );
         c.deliver(&logs(1), t0);
         assert_eq!(rec.messages(event::BATCH).len(), 1, "leading edge");
         c.deliver(&logs(2), t0 + Duration::from_millis(10));
@@ -980,46 +749,18 @@ mod tests {
     }
 
     #[test]
-    fn a_log_waits_in_the_outbox_at_most_its_share_of_the_window_since_it_was_received() {
-        let rec = Recorder::default();
-        let t0 = Instant::now() + Duration::from_secs(1);
-        let ms = Duration::from_millis;
-        let mut c = client(&rec, limits(100, 100), t0);
-        c.configure(true, false, None, t0);
-        c.deliver(&logs(1), t0);
-        let received_at = |at: Instant| {
-            let mut log =
-                LogRecord::from_value(serde_json::json!({"deviceId": "d", "message": "x"}))
-                    .unwrap();
-            log.received = at;
-            vec![Arc::new(log)]
-        };
-        // Received just now: due a window after the last batch.
-        c.deliver(&received_at(t0 + ms(60)), t0 + ms(60));
-        assert_eq!(c.outbox_due(), Some(t0 + ms(100)));
-        assert!(c.flush_outbox(t0 + ms(90), false), "not due yet");
-        assert!(!c.flush_outbox(t0 + ms(100), false));
-        // Received 40 ms before it reached the router (a long ingest, a busy router): due
-        // once it has been in the instance for 80 ms, before the window ends.
-        c.deliver(&received_at(t0 + ms(70)), t0 + ms(110));
-        assert_eq!(c.outbox_due(), Some(t0 + ms(150)));
-        assert!(c.flush_outbox(t0 + ms(149), false));
-        assert!(!c.flush_outbox(t0 + ms(150), false));
-        assert_eq!(rec.messages(event::BATCH).len(), 3);
-        assert_eq!(c.outbox_due(), None);
-        // A log that was already old when it arrived (a backlog) is not sent sooner than
-        // half a window after the last batch.
-        c.deliver(&received_at(t0 - ms(500)), t0 + ms(160));
-        assert_eq!(c.outbox_due(), Some(t0 + ms(200)));
-    }
-
-    #[test]
     fn live_logs_wait_behind_a_replay_and_carry_offsets() {
         use crate::log_entry::{Position, Stamp};
         let rec = Recorder::default();
         let t0 = Instant::now();
         let mut c = client(&rec, limits(100, 100), t0);
-        c.configure(false, true, None, t0);
+        c.configure(
+            DeliveryOptions {
+                with_offsets: true,
+                ..Default::default()
+            },
+            t0,
+        );
         let all = logs(4);
         for (i, l) in all.iter().enumerate() {
             let _ = l.stamp.set(Stamp::new(
@@ -1086,7 +827,7 @@ mod tests {
     }
 
     #[test]
-    fn a_narrower_scope_drops_what_is_held_from_devices_it_excludes() {
+    fn a_narrower_scope_drops_what_is_kept_from_devices_it_excludes() {
         let rec = Recorder::default();
         let t0 = Instant::now();
         let mut c = client(&rec, limits(100, 100), t0);
@@ -1151,15 +892,22 @@ mod tests {
         let mut c = client(&rec, limits(100, 100), t0);
         c.deliver(&logs(3), t0);
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 3);
-        let queued = c.queued_bytes();
+        let queued = c.meter.queued_bytes(&*c.outlet);
         // The socket refused the second packet after the router had handed it on.
         let size = queued / 3;
-        c.refused(&refusal(&c, 1, size));
-        assert!(c.is_over(), "a refusal marks the client as over its bound");
-        assert_eq!(c.queued_bytes(), queued - size, "its bytes left the queue");
+        c.count_refusal(&refusal(&c, 1, size));
+        assert!(
+            c.is_over_queue_bound(),
+            "a refusal marks the client as over its bound"
+        );
+        assert_eq!(
+            c.meter.queued_bytes(&*c.outlet),
+            queued - size,
+            "its bytes left the queue"
+        );
         assert_eq!(c.info.message_count.load(Ordering::Relaxed), 2);
         // A drop report the socket refused is reported again, with what came since.
-        c.refused(&Refused {
+        c.count_refusal(&Refused {
             sid: c.sid,
             logs: 0,
             bytes: 0,
@@ -1184,39 +932,6 @@ mod tests {
     }
 
     #[test]
-    fn the_transport_count_is_read_only_when_the_estimate_could_matter() {
-        let rec = Recorder::default();
-        *rec.written.lock().unwrap() = Some(0);
-        let t0 = Instant::now();
-        let mut c = client(&rec, limits(100_000, 100), t0);
-        let log = logs(1).pop().unwrap();
-        let size = (log.json.get().len() + event::NEW.len() + 6) as u64;
-        let per_read = (RECHECK_BYTES / size) as usize;
-        // The transport keeps up: each packet is written as soon as it is handed over.
-        for i in 1..=10 * per_read {
-            c.deliver(std::slice::from_ref(&log), t0);
-            *rec.written.lock().unwrap() = Some(i as u64 * size);
-        }
-        assert_eq!(rec.messages(event::NEW).len(), 10 * per_read, "all sent");
-        let reads = rec.written_reads.load(Ordering::Relaxed);
-        assert!(
-            reads <= 2 * 10 + 2,
-            "{reads} reads for {} packets of {size} bytes",
-            10 * per_read
-        );
-        // A socket that stops writing is still bounded exactly.
-        let mut tight = limits(100_000, 100);
-        tight.socket_queue_bytes = 3 * size as usize;
-        let stuck = Recorder::default();
-        *stuck.written.lock().unwrap() = Some(0);
-        let mut c = client(&stuck, tight, t0);
-        let many: Vec<_> = (0..10).map(|_| log.clone()).collect();
-        c.deliver(&many, t0);
-        assert_eq!(stuck.messages(event::NEW).len(), 3);
-        assert!(c.is_over());
-    }
-
-    #[test]
     fn socket_queues_are_bounded_in_bytes_and_a_client_stuck_over_them_is_cut() {
         let rec = Recorder::default();
         *rec.written.lock().unwrap() = Some(0);
@@ -1236,7 +951,7 @@ mod tests {
         let five: Vec<Arc<LogRecord>> = (0..5).map(|_| log.clone()).collect();
         c.deliver(&five, t0);
         assert_eq!(rec.messages(event::NEW).len(), 3, "three fit, two dropped");
-        assert!(c.is_over());
+        assert!(c.is_over_queue_bound());
         // The transport writes two of them: room for two more.
         *rec.written.lock().unwrap() = Some(2 * size as u64);
         c.deliver(&five[..2], t0);
@@ -1249,10 +964,10 @@ mod tests {
         );
         *rec.written.lock().unwrap() = Some(4 * size as u64);
         assert!(!c.check_slow(t0));
-        assert!(!c.is_over(), "caught up");
+        assert!(!c.is_over_queue_bound(), "caught up");
         // Stuck again, past the timeout: cut, with the reason.
         c.deliver(&five, t0);
-        assert!(c.is_over());
+        assert!(c.is_over_queue_bound());
         assert!(c.check_slow(t0 + Duration::from_secs(1)), "not yet");
         assert!(!rec.cut.load(Ordering::Relaxed));
         assert!(!c.check_slow(t0 + Duration::from_secs(3)));
@@ -1280,79 +995,16 @@ mod tests {
         let (rec, t0, mut c) = metered_client(1000);
         for round in 0..3u64 {
             c.deliver(&logs(2), t0);
-            c.refused(&refusal(&c, 1, 10));
+            c.count_refusal(&refusal(&c, 1, 10));
             c.deliver(&logs(2), t0);
-            assert!(c.is_over(), "handed on is not taken (round {round})");
+            assert!(
+                c.is_over_queue_bound(),
+                "handed on is not taken (round {round})"
+            );
             c.check_slow(t0 + Duration::from_millis(500 * round));
         }
         assert!(!c.check_slow(t0 + Duration::from_secs(3)), "cut");
         assert!(rec.cut.load(Ordering::Relaxed));
-    }
-
-    #[test]
-    fn a_drained_queue_clears_the_slow_mark() {
-        let rec = Recorder::default();
-        *rec.written.lock().unwrap() = Some(0);
-        let t0 = Instant::now();
-        let mut l = limits(1000, 100);
-        l.socket_queue_bytes = 10;
-        let mut c = client(&rec, l, t0);
-        c.deliver(&logs(3), t0);
-        assert!(c.is_over());
-        *rec.written.lock().unwrap() = Some(1 << 20);
-        // The first check still saw a refusal since the one before; the next finds it drained.
-        assert!(c.check_slow(t0 + Duration::from_secs(1)));
-        assert!(
-            !c.check_slow(t0 + Duration::from_secs(2)),
-            "drained: not over"
-        );
-        assert!(!c.is_over());
-        assert!(!rec.cut.load(Ordering::Relaxed));
-    }
-
-    #[test]
-    fn tiny_logs_do_not_hide_a_stuck_queue_behind_framing_bytes() {
-        // The written count runs ahead of the estimate (framing, pings, events sent outside
-        // it), so the estimate reads 0 while packets are still being refused.
-        let (rec, t0, mut c) = metered_client(1 << 20);
-        for second in 0..4u64 {
-            c.deliver(&logs(1), t0);
-            c.refused(&refusal(&c, 1, 10));
-            if !c.check_slow(t0 + Duration::from_secs(second)) {
-                break;
-            }
-        }
-        assert!(rec.cut.load(Ordering::Relaxed), "refused every second: cut");
-        // Refusals that come back after the cut do not mark it again.
-        c.refused(&refusal(&c, 1, 10));
-        assert!(!c.is_over());
-    }
-
-    #[test]
-    fn pause_buffers_are_bounded_in_bytes() {
-        let rec = Recorder::default();
-        let t0 = Instant::now();
-        let mut l = limits(1000, 100);
-        let log = Arc::new(
-            LogRecord::from_value(
-                serde_json::json!({"deviceId": "d", "message": "m".repeat(1000)}),
-            )
-            .unwrap(),
-        );
-        l.pause_buffer_bytes = 2 * log.json.get().len() + 10;
-        let mut c = client(&rec, l, t0);
-        c.pause();
-        let four: Vec<Arc<LogRecord>> = (0..4).map(|_| log.clone()).collect();
-        c.deliver(&four, t0);
-        c.resume();
-        assert_eq!(rec.messages(event::NEW).len(), 2);
-        assert_eq!(
-            dropped(&rec),
-            vec![Dropped {
-                count: 2,
-                reason: DropReason::PauseOverflow
-            }]
-        );
     }
 
     #[test]

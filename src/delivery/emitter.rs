@@ -1,19 +1,17 @@
 //! Putting packets in the sockets' queues, from a task on the async runtime.
 //!
-//! Why: the router is its own OS thread (plugin code never runs on the runtime's workers).
-//! When it put every packet in a socket's queue itself, each packet's queue slot, the
-//! queue's semaphore and the writer task's state were written on the router's core and read
-//! on a worker's, and each woken writer went through the runtime's shared inject queue: at
-//! 10 000 clients that hand-off was 0.6 µs of CPU per delivery (BENCHMARKS.md §8). The router
-//! now hands everything one turn of its loop produced, in order, to one task on the runtime
-//! as one job; the task emits it, so the writers it wakes land in its own worker's queue.
+//! The router is its own OS thread (plugin code never runs on the runtime's workers). It
+//! hands everything one turn of its loop produced, in order, to one task on the runtime as
+//! one job; the task emits it, so the socket writers it wakes land in its own worker's queue
+//! rather than crossing cores through the runtime's shared inject queue for every packet
+//! (BENCHMARKS.md §8 measured that hand-off at 0.6 µs per delivery at 10 000 clients).
 //!
-//! What that changes, and how the accounting stays exact:
+//! How the accounting stays exact:
 //! - A socket that refuses a packet (its queue of packets, `socket_queue`, is full) is known
 //!   only when the task emits it. The task keeps each refusal ([`Refused`]) for the router,
 //!   which takes them at the start of its next turn ([`Emitter::take_refused`]) and counts
-//!   them as it did when it saw them at once: the logs as `slow_consumer` drops, the bytes
-//!   off the client's queue estimate, a refused `log:dropped` reported again.
+//!   them like a refusal seen at once: the logs as `slow_consumer` drops, the bytes off the
+//!   client's queue estimate, a refused `log:dropped` reported again.
 //! - Deliveries are counted where a socket takes them: by the task, or by the router for
 //!   what it sends directly.
 //! - Order per socket is kept: one task runs the jobs in order. An answer to a socket handler
@@ -21,15 +19,14 @@
 //!   was handed before without the router waiting. Replays, which must stop at a full
 //!   socket, send directly, after waiting for what was handed before ([`Emitter::settle`]).
 //! - The job queue is bounded: a router that outruns the task waits for it. What the jobs
-//!   hold counts against the clients' queue bounds (`socket_queue_bytes`,
-//!   `max_queued_bytes`) from the moment the router hands it on, as it did in the sockets'
-//!   queues. The task yields to the worker's other tasks every [`YIELD_EVERY_PACKETS`]
-//!   packets or [`YIELD_EVERY_BYTES`].
-//! - A socket not marked connected yet (its handshake is still finishing) refuses packets as
-//!   if it were closed; a full socket refuses answers (`log:subscribed`, …) that must not be
-//!   lost. The task holds those, and every later packet for that socket, until it can take
-//!   them (`waiting`); except logs behind an answer that waits for room, which the full
-//!   queue refuses and which are counted at once.
+//!   carry counts against the clients' queue bounds (`socket_queue_bytes`,
+//!   `max_queued_bytes`) from the moment the router hands it on. The task yields to the
+//!   worker's other tasks every [`YIELD_EVERY_PACKETS`] packets or [`YIELD_EVERY_BYTES`].
+//! - A socket not marked connected yet refuses packets as if it were closed, and a full
+//!   socket refuses answers (`log:subscribed`, …) that must not be lost: the task parks
+//!   those, and every later packet for that socket, until it can take them (`waiting`);
+//!   except logs behind an answer that waits for room, which the full queue refuses and
+//!   which are counted at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,8 +36,8 @@ use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::{mpsc, oneshot};
 
-use super::outlet::{Packet, Unsent, emit};
-use super::waiting::{Blocked, HOLD_AT_MOST, HeldMarks, RECHECK_EVERY, Released, Waiting};
+use super::packet::{Packet, Unsent, emit};
+use super::waiting::{Blocked, PARK_AT_MOST, ParkedMarks, RECHECK_EVERY, Released, Waiting};
 use crate::protocol::DropReason;
 use crate::stats::Metrics;
 
@@ -74,9 +71,8 @@ enum Job {
     Then(Box<dyn FnOnce() + Send>),
 }
 
-/// Emptied job buffers kept for reuse: without them every turn allocated one on the router's
-/// thread and freed it on a worker's, churning the allocator (a profile showed heap growth
-/// and page clearing from it).
+/// Emptied job buffers kept for reuse, so that a turn does not allocate on the router's
+/// thread what a worker frees (cross-thread frees churn the allocator).
 const SPARE_BUFFERS: usize = 8;
 /// Largest buffer kept (in packets).
 const SPARE_MAX_PACKETS: usize = 16 * 1024;
@@ -90,12 +86,12 @@ struct Shared {
     refused: Mutex<Vec<Refused>>,
     /// Emptied job buffers, back from the task.
     spare: Mutex<Vec<Vec<Queued>>>,
-    /// Sockets the task holds packets for (see `waiting`).
-    marks: Arc<HeldMarks>,
+    /// Sockets the task has packets parked for (see `waiting`).
+    marks: Arc<ParkedMarks>,
 }
 
 impl Shared {
-    /// Emit packets in order: count the logs the sockets took, keep what they refused, hold
+    /// Emit packets in order: count the logs the sockets took, keep what they refused, park
     /// what must wait (and what follows it for the same socket).
     fn emit_all(&self, batch: impl Iterator<Item = Queued>, waiting: &mut Waiting<SocketRef>) {
         let mut delivered = 0u64;
@@ -103,8 +99,8 @@ impl Shared {
         let mut released = Released::default();
         for q in batch {
             let sid = q.socket.id;
-            // What the socket holds goes first (the clock is read only then).
-            let blocked = if waiting.holds(sid) {
+            // What the socket has parked goes first (the clock is read only then).
+            let blocked = if waiting.has_parked(sid) {
                 let now = Instant::now();
                 waiting
                     .blocked(sid, now, self.answers_wait, &mut released)
@@ -121,15 +117,15 @@ impl Shared {
                     // Logs are refused by a full queue.
                     Err(Unsent::Full) if !q.packet.waits_for_room() => Some(q.packet),
                     // An answer waits for room; anything waits for a socket not connected
-                    // yet (or closed: held until given up on; a closed socket's client is
+                    // yet (or closed: parked until given up on; a closed socket's client is
                     // being removed, nothing of it is counted).
-                    Err(_) => waiting.hold(q.socket, q.packet, Instant::now()).err(),
+                    Err(_) => waiting.park(q.socket, q.packet, Instant::now()).err(),
                 },
                 // Logs behind an answer that waits for room in the full queue: refused like
-                // any the full queue refuses (counted now, not held uncounted behind it).
+                // any the full queue refuses (counted now, not parked uncounted behind it).
                 Some((Blocked::AwaitsRoom, _)) if !q.packet.waits_for_room() => Some(q.packet),
-                // Anything else waits behind what the socket holds.
-                Some((_, now)) => waiting.hold(q.socket, q.packet, now).err(),
+                // Anything else waits behind what the socket has parked.
+                Some((_, now)) => waiting.park(q.socket, q.packet, now).err(),
             };
             if let Some(packet) = refused {
                 lost.push(refusal(sid, &packet));
@@ -140,19 +136,19 @@ impl Shared {
         self.account_released(released);
     }
 
-    /// Try again what sockets hold.
+    /// Try again what sockets have parked.
     fn release(&self, waiting: &mut Waiting<SocketRef>) {
         if !waiting.is_empty() {
             self.account_released(waiting.release(Instant::now(), self.answers_wait));
         }
     }
 
-    /// Count what held packets came to.
+    /// Count what parked packets came to.
     fn account_released(&self, released: Released) {
         if released.given_up > 0 {
             tracing::debug!(
                 packets = released.given_up,
-                within = ?HOLD_AT_MOST,
+                within = ?PARK_AT_MOST,
                 "let go of packets for sockets that did not take them in time (not connected, or closing)"
             );
         }
@@ -215,7 +211,7 @@ impl Emitter {
             answers_wait,
             refused: Mutex::new(Vec::new()),
             spare: Mutex::new(Vec::new()),
-            marks: Arc::new(HeldMarks::default()),
+            marks: Arc::new(ParkedMarks::default()),
         });
         let emitter = Emitter {
             pending: Mutex::new(Vec::new()),
@@ -252,7 +248,7 @@ impl Emitter {
     }
 
     /// Hand what was queued to the task and wait until everything handed so far is in the
-    /// sockets' queues (or held for a socket that cannot take it yet, see `waiting`).
+    /// sockets' queues (or parked for a socket that cannot take it yet, see `waiting`).
     pub fn settle(&self) {
         self.flush();
         if !self.unsettled.swap(false, Ordering::Relaxed) {
@@ -262,14 +258,14 @@ impl Emitter {
         self.hand(Job::Then(Box::new(move || {
             let _ = done.send(());
         })));
-        // An error means the task is gone, and with it everything it held.
+        // An error means the task is gone, and with it everything it parked.
         let _ = wait.blocking_recv();
     }
 
-    /// Whether the task holds packets for `sid` (see `waiting`): a packet put in its queue
+    /// Whether the task has packets parked for `sid` (see `waiting`): a packet put in its queue
     /// directly now would overtake them.
-    pub fn holds(&self, sid: Sid) -> bool {
-        self.shared.marks.holds(sid)
+    pub fn has_parked(&self, sid: Sid) -> bool {
+        self.shared.marks.has_parked(sid)
     }
 
     /// Refusals the task met since the last call.
@@ -288,7 +284,7 @@ impl Emitter {
             Ok(()) => self.unsettled.store(true, Ordering::Relaxed),
             Err(mpsc::error::SendError(Job::Emit(batch))) => {
                 // The runtime is ending: a socket not connected by now never will be.
-                let marks = Arc::new(HeldMarks::default());
+                let marks = Arc::new(ParkedMarks::default());
                 self.shared
                     .emit_all(batch.into_iter(), &mut Waiting::new(marks));
             }

@@ -1,33 +1,32 @@
-//! Packets for sockets that cannot take them yet, held in order until they can.
+//! Packets for sockets that cannot take them yet, parked in order until they can.
 //!
 //! Two reasons a socket refuses a packet that must not be lost:
 //! - **Not marked connected yet.** A client is registered with the router during its
 //!   handshake, before socketioxide sends CONNECT, so that nothing it asks right after
-//!   CONNECT finds it missing. But socketioxide marks a socket connected only after sending
-//!   CONNECT, and refuses every emit before that as if the socket were closed. An event the
-//!   router sent a client in that window (a `device:status` for every client in scope, say)
-//!   was lost without a trace (an `e2e_redis` test lost its `device:status` that way). A
-//!   socket that is not connected within [`HOLD_AT_MOST`] of holding its first packet is
-//!   really closed (or its handshake failed), and so is one that refuses as closed for that
-//!   long: what it held is let go, as a closed socket's packets always were.
+//!   CONNECT finds it missing; but socketioxide marks a socket connected only after sending
+//!   CONNECT, and refuses every emit before that as if the socket were closed. A socket that
+//!   is not connected within [`PARK_AT_MOST`] of parking its first packet is really closed
+//!   (or its handshake failed), and so is one that refuses as closed for that long: what it
+//!   parked is let go, as a closed socket's packets always are.
 //! - **Its queue is full, and the packet is an answer, not logs** (see
-//!   [`Packet::waits_for_room`]): logs refused by a full queue are dropped and reported, but
-//!   a `log:subscribed` refused at the end of a replay left the client waiting for ever. It
-//!   waits for room for as long as the client may stay behind (`slow_consumer_timeout_ms`;
-//!   past that it is cut), then it is refused like a log.
+//!   [`Packet::waits_for_room`]): logs refused by a full queue are dropped and reported,
+//!   but an answer (`log:subscribed`, an acknowledgement's companion event) is what a client
+//!   waits for. It waits for room for as long as the client may stay behind
+//!   (`slow_consumer_timeout_ms`; past that it is cut), then it is refused like a log.
 //!
-//! Every later packet for a socket that holds some waits behind them, so order is kept: the
-//! emitter's own, and (through [`HeldMarks`]) replays and handler answers, which put their
-//! packets in the socket's queue directly and wait while it holds anything. Except logs
-//! behind an answer that waits for room ([`Waiting::blocked`]): the queue is full, so they
-//! are refused and counted at once, as they would be with nothing held (held, they went
-//! uncounted for as long as the answer waited). At most [`MAX_HELD`] per socket; beyond that
-//! they are refused as if the queue were full. Every [`RECHECK_EVERY`] only the first
-//! packet of each holding socket is tried, and once more for each new packet that comes for
-//! it, so a socket that stays full costs one try per tick and per packet sent to it, never
-//! one per packet held. (Passes over what a socket holds happen once per holding: the logs
-//! held before connect refused when an answer ahead of them finds no room, and a socket let
-//! go.)
+//! Order: every later packet for a socket that has some parked waits behind them; replays
+//! and handler answers, which put their packets in the socket's queue directly, wait while
+//! it has anything parked ([`ParkedMarks`]). Except logs behind an answer that waits for
+//! room ([`Waiting::blocked`]): the queue is full, so they are refused and counted at once,
+//! as they would be with nothing parked.
+//!
+//! Cost: at most [`MAX_PARKED`] packets per socket (beyond that they are refused as if the
+//! queue were full). Every [`RECHECK_EVERY`] only the first packet of each parking socket
+//! is tried, and once more for each new packet that comes for it, so a socket that stays
+//! full costs one try per tick and per packet sent to it, never one per packet parked.
+//! Passes over everything a socket parked happen once per parking: when logs parked before
+//! connect are refused because an answer ahead of them finds no room, and when a socket is
+//! let go.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -37,19 +36,19 @@ use std::time::{Duration, Instant};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
-use super::outlet::{Packet, Unsent, emit};
+use super::packet::{Packet, Unsent, emit};
 
 /// How long a socket's packets wait for it to be marked connected (or to stop refusing as
-/// closed), from when it started holding.
-pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+/// closed), from when it parked its first packet.
+pub const PARK_AT_MOST: Duration = Duration::from_secs(1);
 
-/// How often held sockets are looked at again.
+/// How often parking sockets are looked at again.
 pub const RECHECK_EVERY: Duration = Duration::from_millis(2);
 
-/// Packets held for one socket at most.
-pub const MAX_HELD: usize = 4096;
+/// Packets parked for one socket at most.
+pub const MAX_PARKED: usize = 4096;
 
-/// What the holding needs of a socket (a trait so that it can be tested without one).
+/// What parking needs of a socket (a trait so that it can be tested without one).
 pub trait Target {
     fn sid(&self) -> Sid;
     fn connected(&self) -> bool;
@@ -69,22 +68,23 @@ impl Target for SocketRef {
     }
 }
 
-/// Which sockets hold packets, for those who write to sockets directly (replays, handler
-/// answers): they wait while their socket holds anything, so they do not overtake it.
+/// Which sockets have packets parked, for those who write to sockets directly (replays,
+/// handler answers): they wait while their socket has anything parked, so they do not
+/// overtake it.
 #[derive(Default)]
-pub struct HeldMarks {
+pub struct ParkedMarks {
     count: AtomicUsize,
     sids: Mutex<HashSet<Sid>>,
 }
 
-impl HeldMarks {
-    pub fn holds(&self, sid: Sid) -> bool {
+impl ParkedMarks {
+    pub fn has_parked(&self, sid: Sid) -> bool {
         self.count.load(Ordering::Acquire) > 0 && self.lock().contains(&sid)
     }
 
-    fn set(&self, sid: Sid, held: bool) {
+    fn set(&self, sid: Sid, parked: bool) {
         let mut sids = self.lock();
-        if held {
+        if parked {
             sids.insert(sid);
         } else {
             sids.remove(&sid);
@@ -97,23 +97,23 @@ impl HeldMarks {
     }
 }
 
-struct Held<S> {
+struct Parked<S> {
     socket: S,
     packets: VecDeque<Packet>,
-    /// How many of `packets` do not wait for room (logs, drop reports): held only while the
+    /// How many of `packets` do not wait for room (logs, drop reports): parked only while the
     /// socket does not take packets, and refused once an answer ahead of them waits for room.
     logs: usize,
-    /// When the socket started holding.
+    /// When the socket parked its first packet.
     since: Instant,
 }
 
 /// Sockets that refused packets they may take later, with those packets in order.
 pub struct Waiting<S> {
-    held: HashMap<Sid, Held<S>>,
-    marks: std::sync::Arc<HeldMarks>,
+    parked: HashMap<Sid, Parked<S>>,
+    marks: std::sync::Arc<ParkedMarks>,
 }
 
-/// What became of held packets ([`Waiting::release`], [`Waiting::blocked`]).
+/// What became of parked packets ([`Waiting::release`], [`Waiting::blocked`]).
 #[derive(Default)]
 pub struct Released {
     /// Logs in the packets the sockets took.
@@ -121,60 +121,60 @@ pub struct Released {
     /// Packets refused for good: logs that found the queue full behind or after an answer,
     /// or an answer that waited its time out. (The router counts them like any refusal.)
     pub refused: Vec<(Sid, Packet)>,
-    /// Packets of sockets given up on (not taking packets within [`HOLD_AT_MOST`]).
+    /// Packets of sockets given up on (not taking packets within [`PARK_AT_MOST`]).
     pub given_up: usize,
 }
 
 impl<S: Target> Waiting<S> {
-    pub fn new(marks: std::sync::Arc<HeldMarks>) -> Waiting<S> {
+    pub fn new(marks: std::sync::Arc<ParkedMarks>) -> Waiting<S> {
         Waiting {
-            held: HashMap::new(),
+            parked: HashMap::new(),
             marks,
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.parked.is_empty()
     }
 
-    /// Whether packets for `sid` are held (a later packet for it must wait behind them).
-    pub fn holds(&self, sid: Sid) -> bool {
-        !self.held.is_empty() && self.held.contains_key(&sid)
+    /// Whether packets for `sid` are parked (a later packet for it must wait behind them).
+    pub fn has_parked(&self, sid: Sid) -> bool {
+        !self.parked.is_empty() && self.parked.contains_key(&sid)
     }
 
-    /// Hold `packet` for `socket`, after what is held for it already; give it back if the
-    /// socket holds [`MAX_HELD`] already.
-    pub fn hold(&mut self, socket: S, packet: Packet, now: Instant) -> Result<(), Packet> {
+    /// Park `packet` for `socket`, after what is parked for it already; give it back if the
+    /// socket has [`MAX_PARKED`] parked already.
+    pub fn park(&mut self, socket: S, packet: Packet, now: Instant) -> Result<(), Packet> {
         let sid = socket.sid();
-        let held = self.held.entry(sid).or_insert_with(|| {
+        let parked = self.parked.entry(sid).or_insert_with(|| {
             self.marks.set(sid, true);
-            Held {
+            Parked {
                 socket,
                 packets: VecDeque::new(),
                 logs: 0,
                 since: now,
             }
         });
-        if held.packets.len() >= MAX_HELD {
+        if parked.packets.len() >= MAX_PARKED {
             return Err(packet);
         }
         if !packet.waits_for_room() {
-            held.logs += 1;
+            parked.logs += 1;
         }
-        held.packets.push_back(packet);
+        parked.packets.push_back(packet);
         Ok(())
     }
 
     /// Put what sockets can take now in their queues, in order; an answer waits for room
-    /// until `answers_wait` after its socket started holding. Let go of sockets not taking
-    /// packets within [`HOLD_AT_MOST`].
+    /// until `answers_wait` after its socket parked its first packet. Let go of sockets not taking
+    /// packets within [`PARK_AT_MOST`].
     pub fn release(&mut self, now: Instant, answers_wait: Duration) -> Released {
         let mut out = Released::default();
-        if self.held.is_empty() {
+        if self.parked.is_empty() {
             return out;
         }
         let mut done = Vec::new();
-        for (sid, h) in &mut self.held {
+        for (sid, h) in &mut self.parked {
             if let Drained::Empty = h.drain(*sid, now, answers_wait, &mut out) {
                 done.push(*sid);
             }
@@ -185,8 +185,8 @@ impl<S: Target> Waiting<S> {
         out
     }
 
-    /// Before a new packet for `sid` is emitted: try what `sid` holds first. `None` when
-    /// nothing is held any more (emit the packet); otherwise why the socket cannot take it
+    /// Before a new packet for `sid` is emitted: try what `sid` has parked first. `None`
+    /// when nothing is parked any more (emit the packet); otherwise why the socket cannot take it
     /// now.
     pub fn blocked(
         &mut self,
@@ -195,7 +195,7 @@ impl<S: Target> Waiting<S> {
         answers_wait: Duration,
         out: &mut Released,
     ) -> Option<Blocked> {
-        let h = self.held.get_mut(&sid)?;
+        let h = self.parked.get_mut(&sid)?;
         match h.drain(sid, now, answers_wait, out) {
             Drained::Empty => {
                 self.forget(sid);
@@ -207,36 +207,36 @@ impl<S: Target> Waiting<S> {
     }
 
     fn forget(&mut self, sid: Sid) {
-        self.held.remove(&sid);
+        self.parked.remove(&sid);
         self.marks.set(sid, false);
     }
 }
 
-/// Why a socket that holds packets cannot take a new one now ([`Waiting::blocked`]).
+/// Why a socket that has packets parked cannot take a new one now ([`Waiting::blocked`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blocked {
-    /// An answer at the front of what it holds waits for room in its full queue. Logs are
-    /// refused at once, like any logs a full queue refuses (counted now rather than held
+    /// An answer at the front of what it parked waits for room in its full queue. Logs are
+    /// refused at once, like any logs a full queue refuses (counted now rather than parked
     /// uncounted behind the answer); answers wait behind it.
     AwaitsRoom,
-    /// Not connected yet, or closing: everything waits (let go after [`HOLD_AT_MOST`]).
+    /// Not connected yet, or closing: everything waits (let go after [`PARK_AT_MOST`]).
     NotTaking,
 }
 
-/// Where [`Held::drain`] stopped.
+/// Where [`Parked::drain`] stopped.
 enum Drained {
-    /// Nothing is left to hold: all sent or refused, or the socket given up on.
+    /// Nothing is left parked: all sent or refused, or the socket given up on.
     Empty,
-    /// An answer at the front waits for room (nothing but answers is held any more).
+    /// An answer at the front waits for room (nothing but answers is parked any more).
     AwaitsRoom,
     /// The socket is not connected yet, or closing.
     NotTaking,
 }
 
-impl<S: Target> Held<S> {
+impl<S: Target> Parked<S> {
     /// Emit what the socket takes, in order, up to an answer that waits for room (then the
     /// logs behind it are refused); refuse what the full queue refuses otherwise; give the
-    /// socket up if it has not taken packets within [`HOLD_AT_MOST`].
+    /// socket up if it has not taken packets within [`PARK_AT_MOST`].
     fn drain(
         &mut self,
         sid: Sid,
@@ -277,14 +277,14 @@ impl<S: Target> Held<S> {
     fn pop_front(&mut self) -> Option<Packet> {
         let p = self.packets.pop_front()?;
         if !p.waits_for_room() {
-            debug_assert!(self.logs > 0, "held logs miscounted");
+            debug_assert!(self.logs > 0, "parked logs miscounted");
             self.logs -= 1;
         }
         Some(p)
     }
 
-    /// The front answer waits for room in a full queue: logs held behind it (held before
-    /// the socket was connected) are refused now, as new ones are.
+    /// The front answer waits for room in a full queue: logs parked behind it (parked
+    /// before the socket was connected) are refused now, as new ones are.
     fn refuse_logs_behind(&mut self, sid: Sid, out: &mut Released) {
         if self.logs == 0 {
             return;
@@ -298,10 +298,10 @@ impl<S: Target> Held<S> {
         out.refused.extend(logs.into_iter().map(|p| (sid, p)));
     }
 
-    /// The socket is not connected (yet, or any more): wait, or give up once it has held
-    /// for [`HOLD_AT_MOST`].
+    /// The socket is not connected (yet, or any more): wait, or give up once it has parked
+    /// for [`PARK_AT_MOST`].
     fn not_taking(&mut self, waited: Duration, out: &mut Released) -> Drained {
-        if waited < HOLD_AT_MOST {
+        if waited < PARK_AT_MOST {
             return Drained::NotTaking;
         }
         out.given_up += self.packets.len();
@@ -317,7 +317,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::delivery::outlet::Data;
+    use crate::delivery::packet::Data;
     use serde_json::value::RawValue;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -386,19 +386,19 @@ mod tests {
     }
 
     /// Hold `packets` for `s` at `at`, each of them taken.
-    fn hold_all<const N: usize>(
+    fn park_all<const N: usize>(
         w: &mut Waiting<Fake>,
         s: &Fake,
         packets: [Packet; N],
         at: Instant,
     ) {
         for p in packets {
-            assert!(w.hold(s.clone(), p, at).is_ok());
+            assert!(w.park(s.clone(), p, at).is_ok());
         }
     }
 
-    fn waiting() -> (Waiting<Fake>, Arc<HeldMarks>) {
-        let marks = Arc::new(HeldMarks::default());
+    fn waiting() -> (Waiting<Fake>, Arc<ParkedMarks>) {
+        let marks = Arc::new(ParkedMarks::default());
         (Waiting::new(marks.clone()), marks)
     }
 
@@ -408,11 +408,11 @@ mod tests {
         let (mut w, marks) = waiting();
         let s = fake(false, 100);
         let other = fake(true, 100);
-        assert!(!w.holds(s.sid));
-        hold_all(&mut w, &s, [answer(1), log(2)], t0);
-        assert!(w.holds(s.sid), "later packets queue behind the first");
-        assert!(marks.holds(s.sid), "and direct writers see it");
-        assert!(!w.holds(other.sid) && !marks.holds(other.sid));
+        assert!(!w.has_parked(s.sid));
+        park_all(&mut w, &s, [answer(1), log(2)], t0);
+        assert!(w.has_parked(s.sid), "later packets queue behind the first");
+        assert!(marks.has_parked(s.sid), "and direct writers see it");
+        assert!(!w.has_parked(other.sid) && !marks.has_parked(other.sid));
         let r = w.release(t0 + Duration::from_millis(10), WAIT);
         assert!(s.taken().is_empty(), "not connected yet");
         assert_eq!((r.delivered, r.given_up), (0, 0));
@@ -421,7 +421,7 @@ mod tests {
         assert_eq!(s.taken(), ["1", "2"]);
         assert_eq!(r.delivered, 1, "the log is counted as delivered");
         assert!(w.is_empty());
-        assert!(!marks.holds(s.sid));
+        assert!(!marks.has_parked(s.sid));
     }
 
     #[test]
@@ -429,16 +429,16 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, marks) = waiting();
         let s = fake(false, 100);
-        hold_all(&mut w, &s, [answer(1)], t0);
+        park_all(&mut w, &s, [answer(1)], t0);
         assert!(
-            w.hold(s.clone(), answer(2), t0 + Duration::from_millis(900))
+            w.park(s.clone(), answer(2), t0 + Duration::from_millis(900))
                 .is_ok()
         );
-        let r = w.release(t0 + HOLD_AT_MOST - Duration::from_millis(1), WAIT);
+        let r = w.release(t0 + PARK_AT_MOST - Duration::from_millis(1), WAIT);
         assert_eq!(r.given_up, 0);
-        let r = w.release(t0 + HOLD_AT_MOST, WAIT);
+        let r = w.release(t0 + PARK_AT_MOST, WAIT);
         assert_eq!(r.given_up, 2);
-        assert!(w.is_empty() && !marks.holds(s.sid));
+        assert!(w.is_empty() && !marks.has_parked(s.sid));
     }
 
     #[test]
@@ -446,14 +446,14 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(true, 0);
-        hold_all(&mut w, &s, [answer(1), answer(2), answer(3)], t0);
+        park_all(&mut w, &s, [answer(1), answer(2), answer(3)], t0);
         let r = w.release(t0 + Duration::from_millis(2), WAIT);
         assert!(s.taken().is_empty() && r.refused.is_empty(), "all wait");
         // One place: the first answer goes, the next waits again.
         s.room.store(1, Ordering::Relaxed);
         let r = w.release(t0 + Duration::from_millis(4), WAIT);
         assert_eq!(s.taken(), ["1"]);
-        assert!(r.refused.is_empty() && w.holds(s.sid));
+        assert!(r.refused.is_empty() && w.has_parked(s.sid));
         s.room.store(5, Ordering::Relaxed);
         w.release(t0 + Duration::from_millis(6), WAIT);
         assert_eq!(s.taken(), ["2", "3"]);
@@ -465,7 +465,7 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(true, 0);
-        hold_all(&mut w, &s, [answer(1)], t0);
+        park_all(&mut w, &s, [answer(1)], t0);
         let mut out = Released::default();
         let now = t0 + Duration::from_millis(1);
         assert_eq!(
@@ -473,7 +473,7 @@ mod tests {
             Some(Blocked::AwaitsRoom),
             "a new log is to be refused like any a full queue refuses"
         );
-        assert!(s.taken().is_empty() && w.holds(s.sid));
+        assert!(s.taken().is_empty() && w.has_parked(s.sid));
         // Room: the answer goes first, then nothing blocks the next packet.
         s.room.store(1, Ordering::Relaxed);
         assert!(w.blocked(s.sid, now, WAIT, &mut out).is_none());
@@ -481,29 +481,29 @@ mod tests {
         assert!(w.is_empty() && out.refused.is_empty());
         // Not connected yet: everything waits.
         let c = fake(false, 10);
-        hold_all(&mut w, &c, [answer(2)], t0);
+        park_all(&mut w, &c, [answer(2)], t0);
         assert_eq!(
             w.blocked(c.sid, now, WAIT, &mut out),
             Some(Blocked::NotTaking)
         );
-        // Given up on once it has held long enough, and then it blocks nothing.
+        // Given up on once it has parked long enough, and then it blocks nothing.
         assert!(
-            w.blocked(c.sid, t0 + HOLD_AT_MOST, WAIT, &mut out)
+            w.blocked(c.sid, t0 + PARK_AT_MOST, WAIT, &mut out)
                 .is_none()
         );
         assert_eq!(out.given_up, 1);
         assert!(w.is_empty());
-        // A socket that holds nothing blocks nothing.
+        // A socket that parks nothing blocks nothing.
         assert!(w.blocked(Sid::new(), now, WAIT, &mut out).is_none());
     }
 
     #[test]
-    fn logs_held_before_connect_are_refused_once_an_answer_waits_for_room() {
+    fn logs_parked_before_connect_are_refused_once_an_answer_waits_for_room() {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         // Held during the handshake: more than the queue will have room for.
         let s = fake(false, 1);
-        hold_all(
+        park_all(
             &mut w,
             &s,
             [log(1), answer(2), log(3), answer(4), log(5)],
@@ -534,7 +534,7 @@ mod tests {
         let (mut w, _) = waiting();
         let s = fake(true, 0);
         s.closing.store(true, Ordering::Relaxed);
-        hold_all(&mut w, &s, [answer(1)], t0);
+        park_all(&mut w, &s, [answer(1)], t0);
         let mut out = Released::default();
         assert_eq!(
             w.blocked(s.sid, t0 + Duration::from_millis(1), WAIT, &mut out),
@@ -542,7 +542,7 @@ mod tests {
         );
         assert!(out.refused.is_empty());
         assert!(
-            w.blocked(s.sid, t0 + HOLD_AT_MOST, WAIT, &mut out)
+            w.blocked(s.sid, t0 + PARK_AT_MOST, WAIT, &mut out)
                 .is_none()
         );
         assert_eq!((out.given_up, out.refused.len()), (1, 0));
@@ -553,26 +553,26 @@ mod tests {
         let t0 = Instant::now();
         let (mut w, marks) = waiting();
         let s = fake(true, 0);
-        hold_all(&mut w, &s, [answer(1)], t0);
+        park_all(&mut w, &s, [answer(1)], t0);
         let r = w.release(t0 + WAIT - Duration::from_millis(1), WAIT);
-        assert!(r.refused.is_empty() && w.holds(s.sid));
+        assert!(r.refused.is_empty() && w.has_parked(s.sid));
         let r = w.release(t0 + WAIT, WAIT);
         assert_eq!(r.refused.len(), 1, "the answer, refused like a log");
-        assert!(w.is_empty() && !marks.holds(s.sid));
+        assert!(w.is_empty() && !marks.has_parked(s.sid));
     }
 
     #[test]
-    fn a_socket_holds_a_bounded_number_of_packets() {
+    fn a_socket_parks_a_bounded_number_of_packets() {
         let t0 = Instant::now();
         let (mut w, _) = waiting();
         let s = fake(false, usize::MAX);
-        for n in 0..MAX_HELD as u32 {
-            assert!(w.hold(s.clone(), answer(n), t0).is_ok());
+        for n in 0..MAX_PARKED as u32 {
+            assert!(w.park(s.clone(), answer(n), t0).is_ok());
         }
-        let refused = w.hold(s.clone(), answer(0), t0).unwrap_err();
+        let refused = w.park(s.clone(), answer(0), t0).unwrap_err();
         assert_eq!(refused.data().get(), "0", "given back, not lost here");
         s.connected.store(true, Ordering::Relaxed);
         w.release(t0, WAIT);
-        assert_eq!(s.taken().len(), MAX_HELD);
+        assert_eq!(s.taken().len(), MAX_PARKED);
     }
 }

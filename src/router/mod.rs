@@ -28,17 +28,22 @@
 //! [`Client::outbox_due`]). That cuts messages, the dominant cost of fan-out, without
 //! delaying a lone log.
 //!
-//! Control messages come in three kinds, one file each: [`client`] (connect, subscribe,
-//! pause, ...), [`admin`] (queries for the REST API) and [`plugin`] (hot swap of plugins).
+//! Control messages come in three kinds, one file each: [`client_command`] (connect,
+//! subscribe, pause, ...), [`admin_query`] (queries for the REST API) and [`plugin_command`]
+//! (hot swap of plugins). Beside them: [`registry`] (plugins and registrations), [`replay`]
+//! (history replays in slices), [`costs`] (what subscriptions cost) and [`followups`] (the
+//! clients the tick must come back to).
 
-pub mod admin;
-pub mod client;
+pub mod admin_query;
+pub mod client_command;
+pub mod costs;
+pub mod followups;
 pub mod outboxes;
-pub mod plugin;
+pub mod plugin_command;
 pub mod registry;
 pub mod replay;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,13 +57,15 @@ use crate::delivery::{Client, Emitter, to_raw};
 use crate::engine::{EngineError, Matches, RegistrationId, Triage};
 use crate::history::HistoryLimits;
 use crate::history::ring::Ring;
-use crate::log_entry::{LogRecord, Position, Stamp};
+use crate::log_entry::LogRecord;
+use crate::log_entry::{Position, Stamp};
 use crate::protocol::{ClientError, Code, DeviceStatus, DropReason, event};
 use crate::stats::Metrics;
-pub use admin::AdminQuery;
-pub use client::ClientCommand;
-use outboxes::Outboxes;
-pub use plugin::PluginCommand;
+pub use admin_query::AdminQuery;
+pub use client_command::ClientCommand;
+use costs::SubscriptionCosts;
+use followups::Followups;
+pub use plugin_command::PluginCommand;
 pub use registry::{Registry, SubscribeError};
 
 /// Data, in ingest order.
@@ -81,15 +88,6 @@ pub enum Control {
     Plugin(PluginCommand),
     /// Deliver what is pending and end the thread.
     Stop,
-}
-
-/// How long params whose subscription made a filter fail are refused.
-const COSTLY_COOL_DOWN: Duration = Duration::from_secs(600);
-
-/// What is refused after a subscription made a filter fail: that user's subscriptions to
-/// that filter (params varied by a character are not a new chance).
-fn costly_key(user: &str, filter: &str) -> String {
-    format!("{user}\u{0}{filter}")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -140,8 +138,8 @@ pub struct Router {
     connections: crate::connections::Connections,
     /// To forget the byte meters of those pruned clients.
     edge: Arc<crate::edge::Edge>,
-    /// Batch-mode clients with logs waiting in their outbox, with when each is due.
-    outboxes: Outboxes,
+    /// The clients to come back to: due outboxes, slow consumers, drop reports.
+    followups: Followups,
     /// Reused across batches.
     matches: Vec<Matches>,
     /// Recent logs, for replays.
@@ -154,24 +152,32 @@ pub struct Router {
     replays: VecDeque<replay::Replay>,
     replay_max: usize,
     offsets_may_lead: bool,
-    /// What each subscribed client's subscription costs, and each user's total.
-    costs: HashMap<Sid, (String, usize)>,
-    user_costs: HashMap<String, usize>,
-    max_subscription_bytes: usize,
-    max_user_subscription_bytes: usize,
-    /// Params whose subscription made a filter fail, refused until the instant (pruned on
-    /// the tick).
-    costly: HashMap<String, Instant>,
-    /// Clients over their socket queue bound, checked on the tick (cut past the timeout).
-    slow: HashSet<Sid>,
-    /// Clients with drops to report on the tick. (The tick walks these, never every client.)
-    reports: HashSet<Sid>,
+    /// What subscriptions cost, and the users cooling down after a failure they caused.
+    costs: SubscriptionCosts,
     /// Clients registered by a handshake, oldest first: each is checked once, after the
     /// grace period, for a CONNECT that never completed.
     handshakes: VecDeque<(Instant, Sid)>,
     max_queued_bytes: usize,
     /// Packets for sockets are handed over here at the end of each turn of the loop.
     emitter: Arc<Emitter>,
+}
+
+/// A filter call that failed on a slice of an evaluation batch, and what triage found.
+struct FailedFilter<'a> {
+    filter: String,
+    error: EngineError,
+    triage: Triage,
+    slice: &'a [Arc<LogRecord>],
+}
+
+/// A transform that failed on one registration's logs, which were therefore not delivered.
+struct FailedTransform {
+    registration: RegistrationId,
+    /// The transform's name.
+    step: String,
+    error: EngineError,
+    /// The logs it was given: dropped for the registration's clients.
+    dropped: u64,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] (or when every [`RouterHandle`] is
@@ -196,7 +202,7 @@ pub fn spawn(
         metrics,
         connections,
         edge,
-        outboxes: Outboxes::default(),
+        followups: Followups::default(),
         matches: Vec::new(),
         history: Ring::new(settings.history),
         epoch: settings.epoch,
@@ -204,13 +210,10 @@ pub fn spawn(
         replays: VecDeque::new(),
         replay_max: settings.replay_max_logs,
         offsets_may_lead: settings.offsets_may_lead,
-        costs: HashMap::new(),
-        user_costs: HashMap::new(),
-        max_subscription_bytes: settings.max_subscription_bytes,
-        max_user_subscription_bytes: settings.max_user_subscription_bytes,
-        costly: HashMap::new(),
-        slow: HashSet::new(),
-        reports: HashSet::new(),
+        costs: SubscriptionCosts::new(
+            settings.max_subscription_bytes,
+            settings.max_user_subscription_bytes,
+        ),
         handshakes: VecDeque::new(),
         max_queued_bytes: settings.max_queued_bytes,
         emitter,
@@ -235,7 +238,7 @@ impl Router {
             // still come first).
             let now = Instant::now();
             let mut wait = Duration::from_secs(3600);
-            if let Some(at) = self.outboxes.next_due() {
+            if let Some(at) = self.followups.outboxes.next_due() {
                 wait = wait.min(at.saturating_duration_since(now));
             }
             if let Some(at) = self.next_replay_at() {
@@ -284,13 +287,8 @@ impl Router {
         for r in self.emitter.take_refused() {
             match self.clients.get_mut(&r.sid) {
                 Some(client) => {
-                    client.refused(&r);
-                    if client.is_over() {
-                        self.slow.insert(r.sid);
-                    }
-                    if client.has_pending_drops() {
-                        self.reports.insert(r.sid);
-                    }
+                    client.count_refusal(&r);
+                    self.followups.note(client);
                 }
                 // Gone meanwhile: its logs still count as dropped.
                 None => self
@@ -416,8 +414,8 @@ impl Router {
         // to its clients at once.
         let mut deliveries: Vec<(RegistrationId, Vec<Arc<LogRecord>>)> = Vec::new();
         let mut slot: HashMap<RegistrationId, usize> = HashMap::new();
-        let mut failed_filters = Vec::new();
-        let mut failed_transforms = Vec::new();
+        let mut failed_filters: Vec<FailedFilter> = Vec::new();
+        let mut failed_transforms: Vec<FailedTransform> = Vec::new();
         for slice in batch.chunks(self.batch.plugin_max_logs.max(1)) {
             matches.clear();
             let failed = self.registry.evaluate(slice, &mut matches);
@@ -430,7 +428,12 @@ impl Router {
                     }
                     _ => Triage::default(),
                 };
-                failed_filters.push((filter, error, triage, slice));
+                failed_filters.push(FailedFilter {
+                    filter,
+                    error,
+                    triage,
+                    slice,
+                });
             }
             for m in &matches {
                 match self.registry.deliverable(m, slice) {
@@ -445,12 +448,12 @@ impl Router {
                             deliveries.push((m.registration, logs));
                         }
                     },
-                    Err((step, error)) => failed_transforms.push((
-                        m.registration,
+                    Err((step, error)) => failed_transforms.push(FailedTransform {
+                        registration: m.registration,
                         step,
                         error,
-                        m.entries.len() as u64,
-                    )),
+                        dropped: m.entries.len() as u64,
+                    }),
                 }
             }
         }
@@ -459,15 +462,7 @@ impl Router {
             for sid in self.registry.clients(*registration) {
                 if let Some(client) = self.clients.get_mut(sid) {
                     client.deliver(logs, now);
-                    if client.is_over() {
-                        self.slow.insert(*sid);
-                    }
-                    if client.has_pending_drops() {
-                        self.reports.insert(*sid);
-                    }
-                    if let Some(due) = client.outbox_due() {
-                        self.outboxes.schedule(*sid, due);
-                    }
+                    self.followups.note(client);
                 }
             }
         }
@@ -478,25 +473,27 @@ impl Router {
                 .ingest_to_emit
                 .observe(handed.saturating_duration_since(log.received).as_secs_f64());
         }
-        for (filter, error, triage, slice) in failed_filters {
-            self.filter_failed(&filter, &error, &triage, slice);
+        for failed in failed_filters {
+            self.filter_failed(&failed);
         }
-        for (registration, step, error, lost) in failed_transforms {
-            self.transform_failed(registration, &step, &error, lost);
+        for failed in failed_transforms {
+            self.transform_failed(&failed);
         }
     }
 
-    /// A filter failed on a batch. The clients of registrations triage did not clear lost
+    /// A filter failed on a batch. The clients of registrations triage did not clear lose
     /// this batch's logs (`log:dropped`, `plugin_failed`); culprits found by triage are ended
-    /// with `subscription_too_costly` and their params refused for a while; otherwise every
-    /// subscriber hears of the failure, and all are ended if the plugin is now disabled.
-    fn filter_failed(
-        &mut self,
-        filter: &str,
-        error: &EngineError,
-        triage: &Triage,
-        batch: &[Arc<LogRecord>],
-    ) {
+    /// with `subscription_too_costly` and their users cool down on that filter; otherwise
+    /// every subscriber hears of the failure, and all are ended if the plugin is now
+    /// disabled.
+    fn filter_failed(&mut self, failed: &FailedFilter) {
+        let FailedFilter {
+            filter,
+            error,
+            triage,
+            slice: batch,
+        } = failed;
+        let filter = filter.as_str();
         for id in self.registry.registrations_of(filter) {
             if triage.cleared.contains(&id) {
                 continue;
@@ -504,20 +501,19 @@ impl Router {
             let Some(scope) = self.registry.scope_of(id) else {
                 continue;
             };
-            let lost = batch.iter().filter(|l| scope.matches(&l.device_id)).count() as u64;
+            let dropped = batch.iter().filter(|l| scope.matches(&l.device_id)).count() as u64;
             for sid in self.registry.clients(id).to_vec() {
                 if let Some(client) = self.clients.get_mut(&sid) {
-                    client.lost(DropReason::PluginFailed, lost);
+                    client.drop_and_report(DropReason::PluginFailed, dropped);
                 }
             }
         }
         if triage.attributed() {
-            let until = Instant::now() + COSTLY_COOL_DOWN;
+            let now = Instant::now();
             for id in &triage.culprits {
                 for sid in self.registry.clients(*id) {
                     if let Some(client) = self.clients.get(sid) {
-                        self.costly
-                            .insert(costly_key(&client.info.user_id, filter), until);
+                        self.costs.cool_down(&client.info.user_id, filter, now);
                     }
                 }
             }
@@ -531,7 +527,7 @@ impl Router {
                 Code::SubscriptionTooCostly,
                 format!(
                     "your subscription made filter `{filter}` fail ({error}); it was ended, and your subscriptions to `{filter}` are refused for {} s",
-                    COSTLY_COOL_DOWN.as_secs()
+                    costs::FAILURE_COOL_DOWN.as_secs()
                 ),
             )
             .for_filter(filter);
@@ -566,13 +562,14 @@ impl Router {
 
     /// A transform failed on one registration's logs: they were not delivered; say so, and
     /// end every chain using it if it is now disabled.
-    fn transform_failed(
-        &mut self,
-        registration: RegistrationId,
-        step: &str,
-        error: &EngineError,
-        lost: u64,
-    ) {
+    fn transform_failed(&mut self, failed: &FailedTransform) {
+        let FailedTransform {
+            registration,
+            step,
+            error,
+            dropped,
+        } = failed;
+        let (registration, step) = (*registration, step.as_str());
         match self.registry.transform_disabled(step) {
             Some(reason) => {
                 let sids = self.registry.end_transform_users(step);
@@ -597,7 +594,7 @@ impl Router {
                 self.notify(&sids, &error);
                 for sid in &sids {
                     if let Some(client) = self.clients.get_mut(sid) {
-                        client.lost(DropReason::PluginFailed, lost);
+                        client.drop_and_report(DropReason::PluginFailed, *dropped);
                     }
                 }
             }
@@ -616,30 +613,13 @@ impl Router {
         }
     }
 
-    /// Charge `sid` (of `user`) `cost` for its subscription (0 = none), replacing what it was
-    /// charged before.
-    fn set_cost(&mut self, sid: Sid, user: &str, cost: usize) {
-        if let Some((old_user, old)) = self.costs.remove(&sid)
-            && let Some(total) = self.user_costs.get_mut(&old_user)
-        {
-            *total = total.saturating_sub(old);
-            if *total == 0 {
-                self.user_costs.remove(&old_user);
-            }
-        }
-        if cost > 0 {
-            self.costs.insert(sid, (user.to_owned(), cost));
-            *self.user_costs.entry(user.to_owned()).or_default() += cost;
-        }
-    }
-
     /// The subscriptions of `sids` have ended (the registry already forgot them): tell each
     /// client why and clear what the admin API shows.
     fn end_subscriptions(&mut self, sids: &[Sid], error: &ClientError) {
         self.notify(sids, error);
         for sid in sids {
             self.cancel_replay(*sid, replay::Cancel::Ended(error.clone()));
-            self.set_cost(*sid, "", 0);
+            self.costs.release(*sid);
             if let Some(client) = self.clients.get(sid) {
                 client.info.set_subscription(None);
             }
@@ -649,7 +629,7 @@ impl Router {
     /// Send every waiting outbox now (before a stop or a drain).
     fn flush_outboxes(&mut self) {
         let now = Instant::now();
-        for sid in self.outboxes.take_all() {
+        for sid in self.followups.outboxes.take_all() {
             self.flush_outbox_of(sid, now, true);
         }
     }
@@ -657,7 +637,7 @@ impl Router {
     /// Send the outboxes whose time has come: only those, however many clients wait.
     fn flush_due_outboxes(&mut self) {
         let now = Instant::now();
-        while let Some(sid) = self.outboxes.pop_due(now) {
+        while let Some(sid) = self.followups.outboxes.pop_due(now) {
             self.flush_outbox_of(sid, now, false);
         }
     }
@@ -667,15 +647,7 @@ impl Router {
             return;
         };
         client.flush_outbox(now, force);
-        if let Some(due) = client.outbox_due() {
-            self.outboxes.schedule(sid, due);
-        }
-        if client.is_over() {
-            self.slow.insert(sid);
-        }
-        if client.has_pending_drops() {
-            self.reports.insert(sid);
-        }
+        self.followups.note(client);
     }
 
     /// Once a second: drop reports, history expiry and its figures, and pruning of
@@ -684,10 +656,8 @@ impl Router {
         // Refusals of the last turns first: whether a client caught up depends on them.
         self.take_refused();
         let now = Instant::now();
-        self.costly.retain(|_, until| *until > now);
-        let clients = &mut self.clients;
-        self.slow
-            .retain(|sid| clients.get_mut(sid).is_some_and(|c| c.check_slow(now)));
+        self.costs.prune(now);
+        self.followups.check_slow(now, &mut self.clients);
         // Each client's share of the queued bytes is brought up to date when it is sent
         // something; one that drained since still counts what it had. Only under pressure
         // are all shares refreshed (the only walk over every client, and only then).
@@ -724,12 +694,6 @@ impl Router {
                 tracing::debug!(%sid, "pruned a client whose handshake never completed");
             }
         }
-        let clients = &mut self.clients;
-        self.reports.retain(|sid| {
-            clients.get_mut(sid).is_some_and(|c| {
-                c.report_periodic_drops();
-                c.has_pending_drops()
-            })
-        });
+        self.followups.report_drops(&mut self.clients);
     }
 }

@@ -100,13 +100,16 @@ impl Router {
         // What the socket could not take last time goes first.
         if !replay.backlog.is_empty() {
             let sent = match self.clients.get_mut(&replay.sid) {
-                Some(client) => client.send_replayed(&replay.backlog),
+                Some(client) => {
+                    let sent = client.send_replayed(&replay.backlog);
+                    self.followups.note(client);
+                    sent
+                }
                 None => replay.backlog.len(),
             };
             replay.sent += sent;
             replay.backlog.drain(..sent);
             if !replay.backlog.is_empty() {
-                self.slow.insert(replay.sid);
                 replay.retry_at = Some(now + FULL_BACKOFF);
                 self.replays.push_back(replay);
                 return;
@@ -234,12 +237,7 @@ impl Router {
         if let Some(client) = self.clients.get_mut(&replay.sid) {
             let (sent, unsent) = client.deliver_replay(logs, Instant::now());
             replay.sent += sent;
-            if !unsent.is_empty() {
-                self.slow.insert(replay.sid);
-            }
-            if client.has_pending_drops() {
-                self.reports.insert(replay.sid);
-            }
+            self.followups.note(client);
             replay.backlog.extend(unsent);
         }
     }
@@ -273,7 +271,7 @@ impl Router {
         if let Some(client) = self.clients.get_mut(&sid) {
             match &why {
                 Cancel::Superseded { replays: true } | Cancel::Ended(_) => {
-                    client.discard_held();
+                    client.discard_kept();
                 }
                 Cancel::Superseded { replays: false } => {}
             }

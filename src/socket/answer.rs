@@ -7,7 +7,7 @@
 //! heard back about its request (the official JS client's `emitWithAck` waits for ever: a
 //! test run hung on it). Logs may be dropped and reported when a client reads too slowly;
 //! the answer to a request may not. So an answer is tried again while the queue is full, or
-//! while the emitter holds earlier packets for the socket (it must not overtake them), for
+//! while the emitter has earlier packets parked for the socket (it must not overtake them), for
 //! as long as a client may stay behind (`slow_consumer_timeout_ms`: past that it is cut
 //! anyway), and given up only if the socket closes or that time passes (logged).
 //!
@@ -42,7 +42,7 @@ pub const MAX_WAITING: usize = 8;
 #[derive(Clone, Default)]
 struct WaitingAnswers(Arc<AtomicUsize>);
 
-/// How long an answer may wait, and who says whether earlier packets are still held.
+/// How long an answer may wait, and who says whether earlier packets are still parked.
 pub struct Patience<'a> {
     pub within: Duration,
     pub emitter: &'a Emitter,
@@ -74,7 +74,7 @@ impl FromMessageParts<LocalAdapter> for Ack {
 enum Attempt {
     /// In the queue (or nothing was to be sent).
     Sent,
-    /// The queue is full, or earlier packets for the socket are held: try again.
+    /// The queue is full, or earlier packets for the socket are parked: try again.
     NoRoom,
     /// It cannot be sent at all (the socket is closed).
     Refused,
@@ -121,7 +121,7 @@ async fn patiently(
     mut send: impl FnMut() -> Attempt,
 ) {
     let mut try_once = || {
-        if patience.emitter.holds(socket.id) {
+        if patience.emitter.has_parked(socket.id) {
             Attempt::NoRoom
         } else {
             send()

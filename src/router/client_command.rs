@@ -7,11 +7,11 @@ use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
 use super::replay::{Cancel, Plan, Replay};
-use super::{Router, SubscribeError, costly_key};
+use super::{Router, SubscribeError};
 use crate::auth::Scope;
-use crate::delivery::Client;
+use crate::delivery::{Client, DeliveryOptions};
 use crate::history::ring::Since;
-use crate::protocol::{ClientError, Code, Subscribed, event};
+use crate::protocol::{ClientError, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
 
 pub enum ClientCommand {
@@ -58,12 +58,10 @@ impl Router {
             }
             ClientCommand::Disconnect(sid) => {
                 self.cancel_replay(sid, Cancel::Superseded { replays: false });
-                self.set_cost(sid, "", 0);
+                self.costs.release(sid);
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
-                self.outboxes.remove(&sid);
-                self.reports.remove(&sid);
-                self.slow.remove(&sid);
+                self.followups.forget(&sid);
             }
             ClientCommand::Subscribe {
                 sid,
@@ -78,16 +76,16 @@ impl Router {
                     Some(c) => check_scope(&request.filter, &request.params, c.scope()),
                     None => Ok(()),
                 };
+                let user = self
+                    .clients
+                    .get(&sid)
+                    .map(|c| c.info.user_id.clone())
+                    .unwrap_or_default();
                 let result = in_scope
-                    .and_then(|()| self.admit_cost(sid, &request))
+                    .and_then(|()| self.costs.admit(sid, &user, &request, Instant::now()))
                     .and_then(|cost| {
-                        let user = self
-                            .clients
-                            .get(&sid)
-                            .map(|c| c.info.user_id.clone())
-                            .unwrap_or_default();
                         let subscribed = self.subscribe(sid, request).map_err(|e| e.to_client())?;
-                        self.set_cost(sid, &user, cost);
+                        self.costs.charge(sid, &user, cost);
                         // Only now that the new subscription is in force does the old one's
                         // replay stop.
                         self.cancel_replay(sid, Cancel::Superseded { replays });
@@ -108,7 +106,7 @@ impl Router {
             }
             ClientCommand::Unsubscribe { sid, reply } => {
                 self.cancel_replay(sid, Cancel::Superseded { replays: false });
-                self.set_cost(sid, "", 0);
+                self.costs.release(sid);
                 if let Some(client) = self.clients.get_mut(&sid) {
                     client.flush_outbox(Instant::now(), true);
                     client.info.set_subscription(None);
@@ -156,64 +154,6 @@ impl Router {
         }
     }
 
-    /// What `request` costs (bytes of params and chain), if within the caps for one
-    /// subscription and for the client's user (its other subscriptions included).
-    fn admit_cost(&self, sid: Sid, request: &SubscribeRequest) -> Result<usize, ClientError> {
-        let user = self
-            .clients
-            .get(&sid)
-            .map(|c| c.info.user_id.as_str())
-            .unwrap_or_default();
-        if let Some(until) = self.costly.get(&costly_key(user, &request.filter))
-            && Instant::now() < *until
-        {
-            return Err(ClientError::new(
-                Code::SubscriptionTooCostly,
-                format!(
-                    "a subscription of yours made filter `{}` fail recently; try again in {} s",
-                    request.filter,
-                    until
-                        .saturating_duration_since(Instant::now())
-                        .as_secs()
-                        .max(1)
-                ),
-            )
-            .for_filter(&request.filter));
-        }
-        let cost = request.params.to_string().len()
-            + request
-                .transform
-                .iter()
-                .map(|t| t.name.len() + t.params.to_string().len())
-                .sum::<usize>();
-        if cost > self.max_subscription_bytes {
-            return Err(ClientError::new(
-                Code::SubscriptionTooCostly,
-                format!(
-                    "this subscription weighs {cost} bytes; max_subscription_bytes is {}",
-                    self.max_subscription_bytes
-                ),
-            ));
-        }
-        let user = self
-            .clients
-            .get(&sid)
-            .map(|c| c.info.user_id.as_str())
-            .unwrap_or_default();
-        let current = self.costs.get(&sid).map_or(0, |(_, c)| *c);
-        let total = self.user_costs.get(user).copied().unwrap_or(0) - current + cost;
-        if total > self.max_user_subscription_bytes {
-            return Err(ClientError::new(
-                Code::SubscriptionTooCostly,
-                format!(
-                    "your subscriptions would weigh {total} bytes together; max_user_subscription_bytes is {}",
-                    self.max_user_subscription_bytes
-                ),
-            ));
-        }
-        Ok(cost)
-    }
-
     /// Install the subscription; with `since` or `tail`, also say what to replay first.
     fn subscribe(
         &mut self,
@@ -232,8 +172,12 @@ impl Router {
             client.scope(),
         )?;
         let resumable = request.resumable();
-        let rate_limit =
-            client.configure(request.batch, resumable, request.rate_limit, Instant::now());
+        let options = DeliveryOptions {
+            batch: request.batch,
+            with_offsets: resumable,
+            rate: request.rate_limit,
+        };
+        let rate_limit = client.configure(options, Instant::now());
         let mut subscribed = Subscribed {
             success: true,
             filter: request.filter,
