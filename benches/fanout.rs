@@ -122,10 +122,8 @@ fn now_us() -> u64 {
 }
 
 fn token(sub: &str) -> String {
-    let config = logstream::config::Config {
-        jwt_secret: Some(SECRET.into()),
-        ..Default::default()
-    };
+    let mut config = logstream::config::Config::default();
+    config.auth.jwt_secret = Some(SECRET.into());
     let (keys, _) = logstream::auth::Keys::from_config(&config).unwrap();
     keys.mint(sub, Duration::from_secs(3600), &Default::default())
         .unwrap()

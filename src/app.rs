@@ -12,9 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Access, Keys};
 use crate::bus::{Bus, PublishError};
-use crate::config::Config;
+use crate::config::{Config, DeliveryConfig};
 use crate::connections::Connections;
-use crate::delivery::DeliveryLimits;
 use crate::router::{Control, RouterHandle};
 use crate::stats::Metrics;
 
@@ -32,7 +31,8 @@ pub struct AppInner {
     /// `system:stats`: the latest figures and the rounds' clock.
     pub stats_feed: Arc<crate::stats_feed::StatsFeed>,
     pub bus: Bus,
-    pub limits: DeliveryLimits,
+    /// The delivery keys every client shares.
+    pub delivery: Arc<DeliveryConfig>,
     pub started: Instant,
     pub plugins: crate::plugins::SharedCatalog,
     /// This instance's name in cluster views.
@@ -88,9 +88,9 @@ pub struct AppParts {
 
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
-        let limits = DeliveryLimits::from_config(&parts.config);
+        let delivery = Arc::new(parts.config.delivery.clone());
         let stats_feed = Arc::new(crate::stats_feed::StatsFeed::new(
-            std::time::Duration::from_millis(parts.config.stats_interval_ms),
+            std::time::Duration::from_millis(parts.config.delivery.stats_interval_ms),
         ));
         AppState(Arc::new(AppInner {
             config: parts.config,
@@ -101,7 +101,7 @@ impl AppState {
             emitter: parts.emitter,
             stats_feed,
             bus: parts.bus,
-            limits,
+            delivery,
             started: Instant::now(),
             plugins: parts.plugins,
             instance: parts.instance,

@@ -78,14 +78,14 @@ fn load_or_create(dir: &Path) -> anyhow::Result<(DevKeys, PathBuf, bool)> {
 /// configuration with all keys set is returned unchanged. A JWT secret is only supplied when
 /// no public key is configured either.
 pub fn fill(mut config: Config) -> (Config, DevState) {
-    let wants_secret = config.jwt_secret.is_none() && config.jwt_public_key.is_none();
-    if !wants_secret && config.api_key.is_some() && config.admin_key.is_some() {
+    let wants_secret = config.auth.jwt_secret.is_none() && config.auth.jwt_public_key.is_none();
+    if !wants_secret && config.auth.api_key.is_some() && config.auth.admin_key.is_some() {
         return (config, DevState::default());
     }
-    let (keys, file, reused) = if config.data_dir.as_os_str().is_empty() {
+    let (keys, file, reused) = if config.server.data_dir.as_os_str().is_empty() {
         (DevKeys::random(), None, false)
     } else {
-        match load_or_create(&config.data_dir) {
+        match load_or_create(&config.server.data_dir) {
             Ok((keys, path, reused)) => (keys, Some(path), reused),
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "development keys are not kept across restarts");
@@ -95,15 +95,15 @@ pub fn fill(mut config: Config) -> (Config, DevState) {
     };
     let mut supplied = Vec::new();
     if wants_secret {
-        config.jwt_secret = Some(keys.jwt_secret);
+        config.auth.jwt_secret = Some(keys.jwt_secret);
         supplied.push("jwt_secret");
     }
-    if config.api_key.is_none() {
-        config.api_key = Some(keys.api_key);
+    if config.auth.api_key.is_none() {
+        config.auth.api_key = Some(keys.api_key);
         supplied.push("api_key");
     }
-    if config.admin_key.is_none() {
-        config.admin_key = Some(keys.admin_key);
+    if config.auth.admin_key.is_none() {
+        config.auth.admin_key = Some(keys.admin_key);
         supplied.push("admin_key");
     }
     (
@@ -133,9 +133,9 @@ pub fn banner(state: &DevState, config: &Config, token: Option<&str>, base_url: 
     }
     out.push_str("Set your own keys for production. To reuse these elsewhere, paste:\n\n");
     let values = [
-        ("jwt_secret", config.jwt_secret.as_deref()),
-        ("api_key", config.api_key.as_deref()),
-        ("admin_key", config.admin_key.as_deref()),
+        ("jwt_secret", config.auth.jwt_secret.as_deref()),
+        ("api_key", config.auth.api_key.as_deref()),
+        ("admin_key", config.auth.admin_key.as_deref()),
     ];
     for (key, value) in values {
         if state.supplied.contains(&key)
@@ -149,15 +149,15 @@ pub fn banner(state: &DevState, config: &Config, token: Option<&str>, base_url: 
         out.push_str(&format!("  client token (sub=dev, 24h): {token}\n"));
         out.push_str("  more tokens: logstream token --sub alice --ttl 1h\n");
     }
-    if let Some(k) = config.api_key.as_deref() {
+    if let Some(k) = config.auth.api_key.as_deref() {
         out.push_str(&format!(
             "  api key    : {k}   (X-API-Key for POST /api/logs)\n"
         ));
     }
-    if let Some(k) = config.admin_key.as_deref() {
+    if let Some(k) = config.auth.admin_key.as_deref() {
         out.push_str(&format!("  admin key  : {k}   (X-API-Key for /api/ws/*)\n"));
     }
-    if let Some(k) = config.api_key.as_deref() {
+    if let Some(k) = config.auth.api_key.as_deref() {
         out.push_str(&format!(
             "\n  try it:\n  curl -X POST {base_url}/api/logs -H 'Content-Type: application/json' -H 'X-API-Key: {k}' -d '{{\"deviceId\":\"device-001\",\"level\":\"ERROR\",\"message\":\"hello from curl\"}}'\n"
         ));
@@ -173,17 +173,15 @@ mod tests {
     fn keys_are_kept_across_starts_and_only_unset_ones_are_filled() {
         let dir = std::env::temp_dir().join(format!("logstream-devmode-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let config = Config {
-            data_dir: dir.clone(),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.server.data_dir = dir.clone();
         let (first, state) = fill(config.clone());
         assert_eq!(state.supplied, ["jwt_secret", "api_key", "admin_key"]);
         assert!(!state.reused);
         let (second, state) = fill(config.clone());
         assert!(state.reused);
-        assert_eq!(first.jwt_secret, second.jwt_secret);
-        assert_eq!(first.api_key, second.api_key);
+        assert_eq!(first.auth.jwt_secret, second.auth.jwt_secret);
+        assert_eq!(first.auth.api_key, second.auth.api_key);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -193,12 +191,10 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "only the owner may read the keys");
         }
-        let configured = Config {
-            api_key: Some("mine".into()),
-            ..config
-        };
+        let mut configured = config;
+        configured.auth.api_key = Some("mine".into());
         let (third, state) = fill(configured);
-        assert_eq!(third.api_key.as_deref(), Some("mine"));
+        assert_eq!(third.auth.api_key.as_deref(), Some("mine"));
         assert!(!state.supplied.contains(&"api_key"));
         let text = banner(&state, &third, Some("tok"), "http://127.0.0.1:1");
         assert!(text.contains("export LOGSTREAM_JWT_SECRET="));

@@ -415,7 +415,7 @@ fn load_config(args: &ConfigArgs, extra: Vec<(String, String)>) -> anyhow::Resul
     let mut sets = overrides(args)?;
     sets.extend(extra);
     let config = Config::load(args.config.as_deref(), &sets)?;
-    init_logging(&config.log_format);
+    init_logging(&config.server.log_format);
     Ok(config)
 }
 
@@ -443,10 +443,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Box::new(move || Config::load(file.as_deref(), &all_sets));
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
-                let addr: SocketAddr = format!("{}:{}", config.host, config.port)
+                let addr: SocketAddr = format!("{}:{}", config.server.host, config.server.port)
                     .parse()
-                    .or_else(|_| format!("[{}]:{}", config.host, config.port).parse())
-                    .with_context(|| format!("host {:?} is not an IP address", config.host))?;
+                    .or_else(|_| format!("[{}]:{}", config.server.host, config.server.port).parse())
+                    .with_context(|| {
+                        format!("host {:?} is not an IP address", config.server.host)
+                    })?;
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding {addr}"))?;
@@ -515,7 +517,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
         } => {
             let config = load_config(&config, Vec::new())?;
-            if config.jwt_secret.is_none() && config.jwt_public_key.is_some() {
+            if config.auth.jwt_secret.is_none() && config.auth.jwt_public_key.is_some() {
                 anyhow::bail!(
                     "tokens for jwt_public_key are minted by whoever holds the private key; set jwt_secret to mint HS256 tokens here"
                 );

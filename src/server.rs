@@ -27,7 +27,7 @@ use crate::engine::{Plugin, RegistrationId};
 use crate::plugins::reload::{HotReload, LiveSet};
 use crate::protocol::SystemStats;
 use crate::router::{
-    self, BatchLimits, Control, Inbound, PluginCommand, Registry, RouterHandle, RouterSettings,
+    self, Control, Inbound, PluginCommand, Registry, RouterHandle, RouterSettings,
 };
 use crate::stats::Metrics;
 
@@ -101,12 +101,15 @@ pub async fn start(
     let (keys, _) = Keys::from_config(&config)?;
     let access = Access::from_config(&config)?;
     let metrics = Arc::new(Metrics::default());
-    let connections = Connections::new(config.max_connections, config.max_connections_per_user);
+    let connections = Connections::new(
+        config.edge.max_connections,
+        config.edge.max_connections_per_user,
+    );
 
     // Plugins, then the router that owns them.
-    if !config.plugins_dir.is_dir() {
+    if !config.plugins.plugins_dir.is_dir() {
         tracing::warn!(
-            dir = %config.plugins_dir.display(),
+            dir = %config.plugins.plugins_dir.display(),
             cwd = %std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             "the plugins directory does not exist: only the built-in `default` filter is available \
              (set plugins_dir; relative paths are relative to the working directory, or to the config file)"
@@ -118,31 +121,21 @@ pub async fn start(
         registry.install(&name, plugin);
     }
     let edge = crate::edge::Edge::new(
-        config.max_unauthenticated_per_ip,
-        config.max_unauthenticated_bytes as u64,
-        Duration::from_millis(config.unauthenticated_timeout_ms),
+        config.edge.max_unauthenticated_per_ip,
+        config.edge.max_unauthenticated_bytes as u64,
+        Duration::from_millis(config.edge.unauthenticated_timeout_ms),
     );
     let (emitter, emitter_task) = crate::delivery::Emitter::new(
         metrics.clone(),
-        Duration::from_millis(config.slow_consumer_timeout_ms),
+        Duration::from_millis(config.delivery.slow_consumer_timeout_ms),
     );
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
-            batch: BatchLimits {
-                max_logs: config.evaluation_batch_max_logs,
-                plugin_max_logs: config.batch_max_logs,
-                max_delay: Duration::from_millis(config.batch_max_delay_ms),
-            },
-            queue: config.ingest_queue,
-            history: crate::history::HistoryLimits::from_config(&config),
-            replay_max_logs: config.replay_max_logs,
-            max_queued_bytes: config.max_queued_bytes,
-            max_subscription_bytes: config.max_subscription_bytes,
-            max_user_subscription_bytes: config.max_user_subscription_bytes,
+            config: Arc::new(config.clone()),
             // With Redis the stream's epoch arrives from the bus once connected.
             epoch: crate::history::new_epoch(),
-            offsets_may_lead: config.redis_url.is_some(),
+            offsets_may_lead: config.redis.redis_url.is_some(),
         },
         metrics.clone(),
         connections.clone(),
@@ -154,12 +147,12 @@ pub async fn start(
     // the server stops, before the runtime ends).
     tokio::spawn(emitter_task.run());
 
-    let instance = if config.instance_id.is_empty() {
+    let instance = if config.redis.instance_id.is_empty() {
         uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
     } else {
-        config.instance_id.clone()
+        config.redis.instance_id.clone()
     };
-    let bus = match &config.redis_url {
+    let bus = match &config.redis.redis_url {
         None => Bus::Embedded(router.inbound.clone()),
         Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
     };
@@ -185,29 +178,29 @@ pub async fn start(
 
     // Socket.IO: WebSocket frames and messages are bounded like long-polling payloads, so an
     // unauthenticated peer cannot make the server buffer more than `max_message_bytes`.
-    let max_message = config.max_message_bytes as usize;
+    let max_message = config.edge.max_message_bytes as usize;
     const WS_READ_BUFFER: usize = 1024;
     let (io_layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_millis(config.ping_interval_ms))
-        .ping_timeout(Duration::from_millis(config.ping_timeout_ms))
-        .max_payload(config.max_message_bytes)
+        .ping_interval(Duration::from_millis(config.edge.ping_interval_ms))
+        .ping_timeout(Duration::from_millis(config.edge.ping_timeout_ms))
+        .max_payload(config.edge.max_message_bytes)
         .ws_max_frame_size(max_message)
         .ws_max_message_size(max_message)
         // A client sends little (subscribe, pause, pings): a 1 KiB read buffer instead of
         // engineioxide's 4 KiB saves 3 KB per connection; a larger message grows it.
         .ws_read_buffer_size(WS_READ_BUFFER)
         .connect_timeout(crate::socket::HANDSHAKE_TIMEOUT)
-        .max_buffer_size(config.socket_queue)
+        .max_buffer_size(config.delivery.socket_queue)
         .with_state(app.clone())
         .build_layer();
     crate::socket::register(&io);
 
-    let hot_reload = if config.plugins_dir.is_dir() {
+    let hot_reload = if config.plugins.plugins_dir.is_dir() {
         crate::plugins::reload::watch(
-            &config.plugins_dir,
+            &config.plugins.plugins_dir,
             loaded.runtime,
-            config.plugin_max_failures,
-            config.plugins_follow_symlinks,
+            config.plugins.plugin_max_failures,
+            config.plugins.plugins_follow_symlinks,
             RouterPlugins(router.control.clone()),
             loaded.catalog,
         )
@@ -221,7 +214,9 @@ pub async fn start(
         .merge(crate::api::routes())
         .fallback(crate::api::error::not_found)
         .method_not_allowed_fallback(crate::api::error::method_not_allowed)
-        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.ingest.max_body_bytes,
+        ))
         .with_state(HttpState {
             app: app.clone(),
             io: io.clone(),
@@ -312,7 +307,8 @@ impl Running {
     /// Stop gracefully: refuse new work, deliver everything already accepted, close every
     /// client's transport, stop the tasks and the router. Bounded by `shutdown_timeout_ms`.
     pub async fn shutdown(self) {
-        let deadline = Instant::now() + Duration::from_millis(self.app.config.shutdown_timeout_ms);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.app.config.server.shutdown_timeout_ms);
         // 1. Refuse handshakes and ingest; wait for the publishes under way.
         self.app.stopping.cancel();
         self.app.close_ingest(deadline).await;
@@ -439,7 +435,7 @@ async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken
 /// Keep the sessions of live connections from expiring (Redis), and drop expired ones
 /// (memory), every third of `session_ttl_ms`.
 async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToken) {
-    let ttl = Duration::from_millis(app.config.session_ttl_ms);
+    let ttl = Duration::from_millis(app.config.history.session_ttl_ms);
     let mut tick = tokio::time::interval((ttl / 3).max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -56,10 +56,8 @@ async fn handshake_rejects_bad_tokens_with_the_seeds_messages() {
     let msg = refused(TestClient::connect(&server.url, Some("not-a-jwt")).await);
     assert!(msg.contains("Authentication failed"), "{msg}");
     // Signed with another secret.
-    let other = logstream::config::Config {
-        jwt_secret: Some("some-other-secret-0123456789".into()),
-        ..Default::default()
-    };
+    let mut other = logstream::config::Config::default();
+    other.auth.jwt_secret = Some("some-other-secret-0123456789".into());
     let (keys, _) = logstream::auth::Keys::from_config(&other).unwrap();
     let foreign = keys
         .mint("alice", Duration::from_secs(60), &Default::default())

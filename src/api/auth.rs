@@ -89,7 +89,7 @@ impl FromRequestParts<HttpState> for MetricsReader {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, app: &HttpState) -> Result<Self, AppError> {
-        if let Some(key) = &app.config.metrics_key {
+        if let Some(key) = &app.config.auth.metrics_key {
             let presented = header(parts, "authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .or_else(|| header(parts, "x-api-key"));

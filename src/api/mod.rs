@@ -16,10 +16,11 @@ use crate::app::HttpState;
 /// CORS for the REST API *and* Socket.IO's HTTP long-polling: applied outside both.
 /// No origins configured = any origin.
 pub fn cors(config: &crate::config::Config) -> CorsLayer {
-    if config.cors_origins.is_empty() {
+    if config.edge.cors_origins.is_empty() {
         CorsLayer::permissive()
     } else {
         let origins = config
+            .edge
             .cors_origins
             .iter()
             .filter_map(|o| o.parse().ok())

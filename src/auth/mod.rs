@@ -120,10 +120,10 @@ pub struct Access {
 impl Access {
     pub fn from_config(config: &Config) -> anyhow::Result<Access> {
         Ok(Access {
-            ingest_keys: ingest_keys::parse_all(&config.ingest_keys)
+            ingest_keys: ingest_keys::parse_all(&config.auth.ingest_keys)
                 .map_err(|e| anyhow::anyhow!("config key `{e}`"))?,
             default_scope: std::sync::Arc::new(
-                Scope::parse(&config.default_device_scope)
+                Scope::parse(&config.auth.default_device_scope)
                     .map_err(|e| anyhow::anyhow!("default_device_scope: {e}"))?,
             ),
         })
@@ -162,7 +162,7 @@ impl Keys {
     /// Build the keys from configuration, generating whatever is missing.
     pub fn from_config(config: &Config) -> anyhow::Result<(Keys, Generated)> {
         let mut generated = Generated::default();
-        let public = match &config.jwt_public_key {
+        let public = match &config.auth.jwt_public_key {
             None => None,
             Some(path) => {
                 let pem = std::fs::read(path)
@@ -175,7 +175,7 @@ impl Keys {
                 })?)
             }
         };
-        let secret = match (&config.jwt_secret, &public) {
+        let secret = match (&config.auth.jwt_secret, &public) {
             (Some(s), _) => Some(s.clone()),
             (None, Some(_)) => None,
             (None, None) => {
@@ -191,8 +191,8 @@ impl Keys {
                 k
             })
         };
-        let api_key = key_or_generate(&config.api_key, &mut generated.api_key);
-        let admin_key = key_or_generate(&config.admin_key, &mut generated.admin_key);
+        let api_key = key_or_generate(&config.auth.api_key, &mut generated.api_key);
+        let admin_key = key_or_generate(&config.auth.admin_key, &mut generated.admin_key);
         let hs256 = secret.map(|s| {
             (
                 DecodingKey::from_secret(s.as_bytes()),
@@ -337,10 +337,8 @@ mod tests {
     use super::*;
 
     fn keys() -> Keys {
-        let config = Config {
-            jwt_secret: Some("0123456789abcdef-test".into()),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some("0123456789abcdef-test".into());
         Keys::from_config(&config).unwrap().0
     }
 

@@ -21,45 +21,13 @@ use super::packet::{Data, Packet, Unsent, to_raw};
 use super::pause_buffer::PauseBuffer;
 use super::queue_meter::{QueueMeter, SlowCheck};
 use crate::auth::Scope;
+use crate::config::DeliveryConfig;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::{LogRecord, Position};
 use crate::protocol::{ClientError, DropReason, event};
 use crate::rate_limit::TokenBucket;
 use crate::stats::Metrics;
 use crate::stats_feed::StatsFeed;
-
-/// Delivery limits shared by all clients.
-#[derive(Debug, Clone, Copy)]
-pub struct DeliveryLimits {
-    pub max_rate: u32,
-    pub pause_buffer: usize,
-    pub pause_buffer_bytes: usize,
-    /// Bytes a socket may have queued (handed over, not yet written to the network).
-    pub socket_queue_bytes: usize,
-    /// How long a client may stay over its queue bound before it is cut.
-    pub slow_consumer_timeout: Duration,
-    /// Bytes queued for all clients together (see `Metrics::queued_bytes`).
-    pub max_queued_bytes: usize,
-    pub batch_max_logs: usize,
-    /// A batch-mode client gets at most one `log:batch` per interval (unless
-    /// `batch_max_logs` are waiting); the first after a quiet interval goes out at once.
-    pub batch_interval: Duration,
-}
-
-impl DeliveryLimits {
-    pub fn from_config(config: &crate::config::Config) -> DeliveryLimits {
-        DeliveryLimits {
-            max_rate: config.rate_limit,
-            pause_buffer: config.pause_buffer,
-            pause_buffer_bytes: config.pause_buffer_bytes,
-            socket_queue_bytes: config.socket_queue_bytes,
-            slow_consumer_timeout: Duration::from_millis(config.slow_consumer_timeout_ms),
-            max_queued_bytes: config.max_queued_bytes,
-            batch_max_logs: config.batch_max_logs,
-            batch_interval: Duration::from_millis(config.batch_max_delay_ms),
-        }
-    }
-}
 
 /// How long a client registered by a handshake may stay unconnected before it is pruned.
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
@@ -84,7 +52,8 @@ pub struct Client {
     metrics: Arc<Metrics>,
     /// `system:stats`, sent with this client's logs when its round is near.
     stats: Option<Arc<StatsFeed>>,
-    limits: DeliveryLimits,
+    /// The server's delivery keys (shared by every client).
+    limits: Arc<DeliveryConfig>,
     options: DeliveryOptions,
     limiter: TokenBucket,
     paused: bool,
@@ -110,7 +79,7 @@ impl Client {
         scope: Arc<Scope>,
         info: Arc<ConnectionInfo>,
         metrics: Arc<Metrics>,
-        limits: DeliveryLimits,
+        limits: Arc<DeliveryConfig>,
         now: Instant,
     ) -> Client {
         Client {
@@ -119,18 +88,18 @@ impl Client {
             scope,
             info,
             stats: None,
-            limiter: TokenBucket::new(limits.max_rate, limits.max_rate, now),
+            limiter: TokenBucket::new(limits.rate_limit, limits.rate_limit, now),
             options: DeliveryOptions::default(),
             paused: false,
             replaying: false,
             skip_through: None,
             kept: PauseBuffer::new(limits.pause_buffer, limits.pause_buffer_bytes),
-            outbox: BatchOutbox::new(limits.batch_interval, limits.batch_max_logs),
+            outbox: BatchOutbox::new(limits.batch_window(), limits.batch_max_logs),
             meter: QueueMeter::new(
                 metrics.clone(),
                 limits.socket_queue_bytes,
                 limits.max_queued_bytes,
-                limits.slow_consumer_timeout,
+                limits.slow_consumer_timeout(),
             ),
             drops: DropCounts::default(),
             metrics,
@@ -160,8 +129,8 @@ impl Client {
         self.flush_outbox(now, true);
         let rate = options
             .rate
-            .unwrap_or(self.limits.max_rate)
-            .clamp(1, self.limits.max_rate);
+            .unwrap_or(self.limits.rate_limit)
+            .clamp(1, self.limits.rate_limit);
         self.options = options;
         self.limiter.set_rate(rate, rate);
         rate
@@ -343,7 +312,7 @@ impl Client {
             crate::protocol::Code::SlowConsumer,
             format!(
                 "your connection stayed over its queue bound for {} ms (slow_consumer_timeout_ms); disconnected",
-                self.limits.slow_consumer_timeout.as_millis()
+                self.limits.slow_consumer_timeout_ms
             ),
         );
         // Into the socket's queue now (when it has room), ahead of the cut.
@@ -600,20 +569,21 @@ mod tests {
         }
     }
 
-    fn limits(rate: u32, pause_buffer: usize) -> DeliveryLimits {
-        DeliveryLimits {
-            max_rate: rate,
+    fn limits(rate: u32, pause_buffer: usize) -> DeliveryConfig {
+        DeliveryConfig {
+            rate_limit: rate,
             pause_buffer,
             pause_buffer_bytes: usize::MAX,
             socket_queue_bytes: usize::MAX,
-            slow_consumer_timeout: Duration::from_secs(10),
+            slow_consumer_timeout_ms: 10_000,
             max_queued_bytes: usize::MAX / 2,
             batch_max_logs: 3,
-            batch_interval: Duration::from_millis(100),
+            batch_max_delay_ms: 100,
+            ..DeliveryConfig::default()
         }
     }
 
-    fn client(rec: &Recorder, limits: DeliveryLimits, now: Instant) -> Client {
+    fn client(rec: &Recorder, limits: DeliveryConfig, now: Instant) -> Client {
         let info = Arc::new(ConnectionInfo {
             id: "c".into(),
             user_id: "u".into(),
@@ -629,7 +599,7 @@ mod tests {
             Arc::new(Scope::all()),
             info,
             Arc::new(Metrics::default()),
-            limits,
+            Arc::new(limits),
             now,
         )
     }
@@ -650,7 +620,7 @@ mod tests {
         *rec.written.lock().unwrap() = Some(written);
         let t0 = Instant::now();
         let mut l = limits(1000, 100);
-        l.slow_consumer_timeout = Duration::from_secs(2);
+        l.slow_consumer_timeout_ms = 2000;
         let c = client(&rec, l, t0);
         (rec, t0, c)
     }
@@ -946,7 +916,7 @@ mod tests {
         );
         let size = log.json.get().len() + event::NEW.len() + 6;
         l.socket_queue_bytes = 3 * size + size / 2;
-        l.slow_consumer_timeout = Duration::from_secs(2);
+        l.slow_consumer_timeout_ms = 2000;
         let mut c = client(&rec, l, t0);
         let five: Vec<Arc<LogRecord>> = (0..5).map(|_| log.clone()).collect();
         c.deliver(&five, t0);

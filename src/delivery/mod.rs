@@ -27,7 +27,7 @@ pub mod pause_buffer;
 pub mod queue_meter;
 pub mod waiting;
 
-pub use client::{Client, DeliveryLimits, DeliveryOptions};
+pub use client::{Client, DeliveryOptions};
 pub use emitter::{Emitter, EmitterTask, Refused};
 pub use outlet::Outlet;
 pub use packet::Unsent;

@@ -22,8 +22,8 @@ pub struct HistoryLimits {
     pub max_age: std::time::Duration,
 }
 
-impl HistoryLimits {
-    pub fn from_config(config: &crate::config::Config) -> HistoryLimits {
+impl From<&crate::config::HistoryConfig> for HistoryLimits {
+    fn from(config: &crate::config::HistoryConfig) -> HistoryLimits {
         HistoryLimits {
             max_logs: config.history_max_logs,
             max_bytes: config.history_max_bytes,

@@ -103,7 +103,7 @@ pub async fn post_logs(
             format!("Content-Encoding {coding:?} is not supported; send uncompressed OTLP"),
         ));
     }
-    let body = body.map_err(|r| AppError::body(r, app.config.max_body_bytes))?;
+    let body = body.map_err(|r| AppError::body(r, app.config.ingest.max_body_bytes))?;
     let request = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(body.as_ref()).map_err(|e| {
             AppError::new(
@@ -121,11 +121,11 @@ pub async fn post_logs(
         })?,
     };
     let mapping = Mapping {
-        device_attributes: &app.config.otlp_device_attributes,
-        tags_attribute: &app.config.otlp_tags_attribute,
+        device_attributes: &app.config.ingest.otlp_device_attributes,
+        tags_attribute: &app.config.ingest.otlp_tags_attribute,
     };
     // What the accepted entries may weigh together, whatever the records share.
-    let budget = app.config.max_body_bytes.saturating_mul(4);
+    let budget = app.config.ingest.max_body_bytes.saturating_mul(4);
     let (records, rejected, first_error) = map_request(request, &mapping, &who, budget);
     if rejected > 0 {
         tracing::info!(target: "audit", key = %who.name, %peer, rejected, error = first_error.as_deref().unwrap_or(""), "OTLP records rejected");

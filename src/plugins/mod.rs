@@ -45,17 +45,17 @@ pub const MAX_PLUGIN_BYTES: u64 = 256 << 20;
 
 pub fn limits(config: &Config) -> PluginLimits {
     PluginLimits {
-        call_timeout: Duration::from_millis(config.plugin_timeout_ms),
-        memory_bytes: (config.plugin_memory_mb as usize) << 20,
-        log_per_second: config.plugin_log_per_second,
-        max_output_bytes: config.plugin_max_output_bytes,
+        call_timeout: Duration::from_millis(config.plugins.plugin_timeout_ms),
+        memory_bytes: (config.plugins.plugin_memory_mb as usize) << 20,
+        log_per_second: config.plugins.plugin_log_per_second,
+        max_output_bytes: config.plugins.plugin_max_output_bytes,
     }
 }
 
 /// The plugin runtime for this configuration (with its compile cache, if any).
 pub fn runtime(config: &Config) -> anyhow::Result<Arc<Runtime>> {
-    let cache =
-        (!config.plugin_cache_dir.as_os_str().is_empty()).then(|| config.plugin_cache_dir.clone());
+    let cache = (!config.plugins.plugin_cache_dir.as_os_str().is_empty())
+        .then(|| config.plugins.plugin_cache_dir.clone());
     Runtime::new(limits(config), cache)
 }
 
@@ -139,10 +139,10 @@ pub fn plugin_name(path: &Path) -> anyhow::Result<&str> {
         })
 }
 
-/// Load the built-in default and every plugin in `config.plugins_dir`.
+/// Load the built-in default and every plugin in `config.plugins.plugins_dir`.
 pub fn load(config: &Config) -> anyhow::Result<Loaded> {
     let runtime = runtime(config)?;
-    let max = config.plugin_max_failures;
+    let max = config.plugins.plugin_max_failures;
     let mut plugins: Vec<(String, Plugin)> = Vec::new();
     let mut catalog = Catalog::default();
     let stats = new_stats(DEFAULT_FILTER, "built-in".into(), BUILTIN_DEFAULT);
@@ -150,11 +150,11 @@ pub fn load(config: &Config) -> anyhow::Result<Loaded> {
         .map_err(|e| anyhow::anyhow!("the built-in default filter does not load: {e:#}"))?;
     plugins.push((DEFAULT_FILTER.to_owned(), builtin));
     catalog.loaded(stats);
-    for path in plugin_files(&config.plugins_dir) {
+    for path in plugin_files(&config.plugins.plugins_dir) {
         let file = path.display().to_string();
         let outcome = (|| {
             let name = plugin_name(&path)?;
-            let bytes = read_plugin_file(&path, config.plugins_follow_symlinks)?;
+            let bytes = read_plugin_file(&path, config.plugins.plugins_follow_symlinks)?;
             let stats = new_stats(name, file.clone(), &bytes);
             let plugin = build(&runtime, name, &bytes, max, &stats)?;
             if name == DEFAULT_FILTER {

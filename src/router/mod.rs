@@ -53,6 +53,7 @@ use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::delivery::{Client, Emitter, to_raw};
 use crate::engine::{EngineError, Matches, RegistrationId, Triage};
 use crate::history::HistoryLimits;
@@ -90,29 +91,12 @@ pub enum Control {
     Stop,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
-    /// Most logs evaluated and handed to clients at once (`evaluation_batch_max_logs`).
-    pub max_logs: usize,
-    /// Most logs in one plugin call (`batch_max_logs`): the limits of a call (CPU budget,
-    /// memory, answer size) are sized for this many, whatever the evaluation batch.
-    pub plugin_max_logs: usize,
-    pub max_delay: Duration,
-}
-
 /// How the router is set up.
 pub struct RouterSettings {
-    pub batch: BatchLimits,
-    /// Capacity of the inbound and control queues.
-    pub queue: usize,
-    pub history: HistoryLimits,
-    /// Most logs one replay sends.
-    pub replay_max_logs: usize,
-    /// Bytes queued for all clients together (refreshed past half of it).
-    pub max_queued_bytes: usize,
-    /// Caps on what subscriptions cost (bytes of params and chain): one, and one user's.
-    pub max_subscription_bytes: usize,
-    pub max_user_subscription_bytes: usize,
+    /// The server's configuration: batches (`evaluation_batch_max_logs`, `batch_max_logs`,
+    /// `batch_max_delay_ms`), the queues (`ingest_queue`), history and replays, subscription
+    /// costs, `max_queued_bytes`.
+    pub config: Arc<Config>,
     /// The history's epoch; logs that arrive unstamped are numbered in it by the router.
     pub epoch: String,
     /// Offsets may be ahead of this router's history (several readers of one stream: the
@@ -132,7 +116,8 @@ pub struct Router {
     clients: HashMap<Sid, Client>,
     pending: Vec<Arc<LogRecord>>,
     pending_since: Option<Instant>,
-    batch: BatchLimits,
+    /// The keys the router reads (see [`RouterSettings::config`]).
+    config: Arc<Config>,
     metrics: Arc<Metrics>,
     /// The admin table, to prune entries of clients that never finished connecting.
     connections: crate::connections::Connections,
@@ -150,14 +135,12 @@ pub struct Router {
     next_seq: u64,
     /// Replays under way, served a slice at a time.
     replays: VecDeque<replay::Replay>,
-    replay_max: usize,
     offsets_may_lead: bool,
     /// What subscriptions cost, and the users cooling down after a failure they caused.
     costs: SubscriptionCosts,
     /// Clients registered by a handshake, oldest first: each is checked once, after the
     /// grace period, for a CONNECT that never completed.
     handshakes: VecDeque<(Instant, Sid)>,
-    max_queued_bytes: usize,
     /// Packets for sockets are handed over here at the end of each turn of the loop.
     emitter: Arc<Emitter>,
 }
@@ -191,32 +174,31 @@ pub fn spawn(
     edge: Arc<crate::edge::Edge>,
     emitter: Arc<Emitter>,
 ) -> std::io::Result<(RouterHandle, JoinHandle<()>)> {
-    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(settings.queue);
-    let (control_tx, control_rx) = crossbeam_channel::bounded(settings.queue);
+    let config = settings.config;
+    let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(config.ingest.ingest_queue);
+    let (control_tx, control_rx) = crossbeam_channel::bounded(config.ingest.ingest_queue);
     let router = Router {
         registry,
         clients: HashMap::new(),
         pending: Vec::new(),
         pending_since: None,
-        batch: settings.batch,
         metrics,
         connections,
         edge,
         followups: Followups::default(),
         matches: Vec::new(),
-        history: Ring::new(settings.history),
+        history: Ring::new(HistoryLimits::from(&config.history)),
         epoch: settings.epoch,
         next_seq: 0,
         replays: VecDeque::new(),
-        replay_max: settings.replay_max_logs,
         offsets_may_lead: settings.offsets_may_lead,
         costs: SubscriptionCosts::new(
-            settings.max_subscription_bytes,
-            settings.max_user_subscription_bytes,
+            config.routing.max_subscription_bytes,
+            config.routing.max_user_subscription_bytes,
         ),
         handshakes: VecDeque::new(),
-        max_queued_bytes: settings.max_queued_bytes,
         emitter,
+        config,
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -315,14 +297,15 @@ impl Router {
                     self.pending_since = Some(Instant::now());
                 }
                 self.pending.extend(logs);
-                while self.pending.len() >= self.batch.max_logs {
-                    let rest = self.pending.split_off(self.batch.max_logs);
+                let max_logs = self.config.routing.evaluation_batch_max_logs;
+                while self.pending.len() >= max_logs {
+                    let rest = self.pending.split_off(max_logs);
                     let full = std::mem::replace(&mut self.pending, rest);
                     self.evaluate(&full);
                     self.pending_since = Some(Instant::now());
                 }
                 let waited = self.pending_since.map(|t| t.elapsed()).unwrap_or_default();
-                if queue.is_empty() || waited >= self.batch.max_delay {
+                if queue.is_empty() || waited >= self.config.delivery.batch_window() {
                     self.flush_pending();
                 }
             }
@@ -416,7 +399,7 @@ impl Router {
         let mut slot: HashMap<RegistrationId, usize> = HashMap::new();
         let mut failed_filters: Vec<FailedFilter> = Vec::new();
         let mut failed_transforms: Vec<FailedTransform> = Vec::new();
-        for slice in batch.chunks(self.batch.plugin_max_logs.max(1)) {
+        for slice in batch.chunks(self.config.delivery.batch_max_logs.max(1)) {
             matches.clear();
             let failed = self.registry.evaluate(slice, &mut matches);
             // A failed call: find the subscriptions at fault before anything is delivered,
@@ -665,7 +648,7 @@ impl Router {
             .metrics
             .queued_bytes
             .load(std::sync::atomic::Ordering::Relaxed) as usize
-            > self.max_queued_bytes / 2
+            > self.config.delivery.max_queued_bytes / 2
         {
             for client in self.clients.values_mut() {
                 client.account_exactly();

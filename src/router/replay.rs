@@ -183,7 +183,9 @@ impl Router {
             return Step::Done;
         };
         let room = self
-            .replay_max
+            .config
+            .history
+            .replay_max_logs
             .saturating_sub(replay.sent + replay.backlog.len());
         let truncated = logs.len() > room;
         logs.truncate(room);

@@ -87,7 +87,7 @@ async fn authenticate(
     }
     // Browsers send Origin; when origins are configured, the handshake obeys them like the
     // REST API does (CORS alone does not cover a WebSocket).
-    if !app.config.cors_origins.is_empty()
+    if !app.config.edge.cors_origins.is_empty()
         && let Some(origin) = socket
             .req_parts()
             .headers
@@ -95,6 +95,7 @@ async fn authenticate(
             .and_then(|o| o.to_str().ok())
         && !app
             .config
+            .edge
             .cors_origins
             .iter()
             .any(|allowed| allowed == origin)
@@ -128,7 +129,7 @@ async fn authenticate(
         user,
         grant,
         slot,
-        app.config.events_per_second,
+        app.config.edge.events_per_second,
     ));
     *session
         .resume_request
@@ -203,7 +204,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         session.grant().scope,
         info.clone(),
         app.metrics.clone(),
-        app.limits,
+        app.delivery.clone(),
         Instant::now(),
     )
     .with_stats(app.stats_feed.clone());
@@ -223,7 +224,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     socket.on(event::AUTH_REFRESH, on_refresh);
     socket.on_fallback(on_unknown);
     socket.on_disconnect(on_disconnect);
-    let notice = std::time::Duration::from_millis(app.config.auth_expiry_notice_ms);
+    let notice = std::time::Duration::from_millis(app.config.auth.auth_expiry_notice_ms);
     tokio::spawn(expiry::watch(socket.clone(), session.clone(), notice));
     Ok(())
 }
@@ -256,11 +257,12 @@ async fn resume_session(
     let saved = app.sessions.load(&id, &session.user).await;
     if let Some(saved) = &saved {
         // Attached again: it does not expire while this connection lives.
-        let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+        let ttl = std::time::Duration::from_millis(app.config.history.session_ttl_ms);
         app.sessions.save(&id, saved, ttl).await;
     }
-    let request = saved
-        .and_then(|saved| SubscribeRequest::parse(saved.subscription, app.config.tail_max).ok());
+    let request = saved.and_then(|saved| {
+        SubscribeRequest::parse(saved.subscription, app.config.history.tail_max).ok()
+    });
     let Some(mut request) = request else {
         let error = ClientError::new(
             Code::SessionExpired,
@@ -297,7 +299,7 @@ pub async fn end_session(socket: &SocketRef, app: &AppState) {
 /// How long an answer may wait for room in the client's queue (see [`answer`]).
 fn patience(app: &AppState) -> answer::Patience<'_> {
     answer::Patience {
-        within: std::time::Duration::from_millis(app.config.slow_consumer_timeout_ms),
+        within: std::time::Duration::from_millis(app.config.delivery.slow_consumer_timeout_ms),
         emitter: &app.emitter,
     }
 }
@@ -414,7 +416,7 @@ async fn on_subscribe(
         obj.remove("since");
         obj.remove("tail");
     }
-    let mut request = match SubscribeRequest::parse(data, app.config.tail_max) {
+    let mut request = match SubscribeRequest::parse(data, app.config.history.tail_max) {
         Ok(r) => r,
         Err(FieldError { field, message }) => {
             let error = ClientError::new(Code::InvalidSubscription, format!("{field}: {message}"))
@@ -430,7 +432,7 @@ async fn on_subscribe(
         request.session = Some(session.resume_id().unwrap_or_else(crate::sessions::new_id));
     }
     let session_id = request.session.clone();
-    let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+    let ttl = std::time::Duration::from_millis(app.config.history.session_ttl_ms);
     // The session is saved before the router answers (a replay may take a while, and the
     // client may reconnect elsewhere as soon as it has `log:subscribed`); a refused
     // subscription puts back what the session held.
@@ -649,7 +651,7 @@ async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
     if let Some(session) = socket.extensions.get::<Arc<Session>>() {
         session.close();
         if let Some(id) = session.resume_id() {
-            let ttl = std::time::Duration::from_millis(app.config.session_ttl_ms);
+            let ttl = std::time::Duration::from_millis(app.config.history.session_ttl_ms);
             app.sessions.detach(&id, ttl).await;
         }
     }

@@ -360,10 +360,8 @@ where
 
 /// A token for `sub` with extra claims, signed with the test secret.
 pub fn token_with(sub: &str, claims: &[(&str, Value)]) -> String {
-    let config = logstream::config::Config {
-        jwt_secret: Some(SECRET.into()),
-        ..Default::default()
-    };
+    let mut config = logstream::config::Config::default();
+    config.auth.jwt_secret = Some(SECRET.into());
     let (keys, _) = logstream::auth::Keys::from_config(&config).expect("keys");
     let claims: HashMap<String, Value> = claims
         .iter()

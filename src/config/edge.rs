@@ -1,0 +1,30 @@
+//! Connections before and around authentication: how many, how large, how long, from where.
+
+use super::group::{config_group, positive};
+
+config_group! {
+    /// Connections and the Socket.IO transport.
+    pub struct EdgeConfig {
+        /// Socket.IO connections accepted by this instance.
+        max_connections: usize = 10_000, positive;
+        /// Connections one user (JWT `sub`) may hold at once.
+        max_connections_per_user: usize = 100, positive;
+        /// Largest Socket.IO message a client may send, in bytes.
+        max_message_bytes: u64 = 1_000_000, positive;
+        /// Socket.IO ping interval.
+        ping_interval_ms: u64 = 25_000, positive;
+        /// Socket.IO ping timeout.
+        ping_timeout_ms: u64 = 60_000, positive;
+        /// Allowed CORS origins; empty = any origin.
+        cors_origins: Vec<String> = Vec::new();
+        /// Client → server events per second one socket may send (burst: twice that).
+        events_per_second: u32 = 20, positive;
+        /// Connections from one IP address that have not (yet) authenticated; more are
+        /// closed at once.
+        max_unauthenticated_per_ip: usize = 64, positive;
+        /// Bytes a Socket.IO connection may send before it has authenticated; more closes it.
+        max_unauthenticated_bytes: usize = 64 << 10, positive;
+        /// A connection that has not authenticated within this time is closed.
+        unauthenticated_timeout_ms: u64 = 30_000, positive;
+    }
+}
