@@ -1,301 +1,178 @@
-//! Prometheus `GET /metrics`: the text exposition of what the server counts.
-//!
-//! Why a collector read at scrape time rather than a second set of counters: the hot path
-//! already bumps plain atomics (`stats::Metrics`, each plugin's `PluginStats`, the Redis
-//! status); a scrape reads them, so serving metrics costs the delivery path nothing. The
-//! few distributions (batch sizes, ingest → emit latency, plugin call durations) are
-//! histograms observed where they happen, once per batch (or per log of a batch), never per
-//! delivery.
-//!
-//! Encoded with `prometheus-client` (the Prometheus project's Rust client) in the
-//! OpenMetrics text format, which Prometheus scrapes as text.
+//! Counters for everything that flows through. Plain atomics bumped on the hot path with
+//! `Relaxed` ordering; the stats task of the server turns them into per-second rates once
+//! per interval for `system:stats`.
 
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use serde::Serialize;
 
-use crate::app::AppState;
-use crate::protocol::DropReason;
+use crate::protocol::{DropReason, Drops};
 
-/// The content type of the exposition.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The exposition as of now.
-pub fn render(app: &AppState) -> String {
-    let mut registry = Registry::with_prefix("logstream");
-    registry.register_collector(Box::new(Scrape { app: app.clone() }));
-    let mut text = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-    text
+pub struct Metrics {
+    pub logs_in: AtomicU64,
+    pub deliveries: AtomicU64,
+    pub dropped_rate_limit: AtomicU64,
+    pub dropped_pause_overflow: AtomicU64,
+    pub dropped_slow_consumer: AtomicU64,
+    pub dropped_scope_changed: AtomicU64,
+    pub dropped_plugin_failed: AtomicU64,
+    /// Clients cut for staying over their queue bound (`slow_consumer_timeout_ms`).
+    pub slow_disconnects: AtomicU64,
+    /// Bytes queued in all clients' socket queues (a lower bound), as each client last
+    /// accounted them; held under `max_queued_bytes`.
+    pub queued_bytes: AtomicU64,
+    /// Ingest requests refused because the router queue was full (503).
+    pub ingest_rejected: AtomicU64,
+    /// Client events refused by the per-socket event limit.
+    pub events_rejected: AtomicU64,
+    pub batches: AtomicU64,
+    /// Replays of history served (`since`, `tail`, resumed sessions).
+    pub replays_served: AtomicU64,
+    /// Replays that could not be exact (`recovered: false`).
+    pub recoveries_failed: AtomicU64,
+    /// Logs accepted by each source (what `logs_in` counts once routed; the Redis seed
+    /// channel's are counted by the bus).
+    pub ingested_http: AtomicU64,
+    pub ingested_otlp: AtomicU64,
+    /// Logs per evaluation batch.
+    pub batch_sizes: Histogram,
+    /// From receipt to being handed to the sockets of `log:new` clients, per log and batch.
+    pub ingest_to_emit: Histogram,
+    history: Mutex<HistoryFigures>,
+    rates: Mutex<Rates>,
 }
 
-struct Scrape {
-    app: AppState,
-}
-
-impl std::fmt::Debug for Scrape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scrape")
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            logs_in: AtomicU64::default(),
+            deliveries: AtomicU64::default(),
+            dropped_rate_limit: AtomicU64::default(),
+            dropped_pause_overflow: AtomicU64::default(),
+            dropped_slow_consumer: AtomicU64::default(),
+            dropped_scope_changed: AtomicU64::default(),
+            dropped_plugin_failed: AtomicU64::default(),
+            slow_disconnects: AtomicU64::default(),
+            queued_bytes: AtomicU64::default(),
+            ingest_rejected: AtomicU64::default(),
+            events_rejected: AtomicU64::default(),
+            batches: AtomicU64::default(),
+            replays_served: AtomicU64::default(),
+            recoveries_failed: AtomicU64::default(),
+            ingested_http: AtomicU64::default(),
+            ingested_otlp: AtomicU64::default(),
+            batch_sizes: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
+            ingest_to_emit: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            history: Mutex::default(),
+            rates: Mutex::default(),
+        }
     }
 }
 
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: u64,
-) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(value);
-    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+/// The kept history, as of the router's last tick.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryFigures {
+    pub logs: usize,
+    pub bytes: usize,
+    pub oldest: Option<(String, Instant)>,
 }
 
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: i64,
-) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(value);
-    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+#[derive(Clone, Copy, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub logs_in_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub drops_per_sec: f64,
+    #[serde(skip)]
+    last: Option<(Instant, u64, u64, u64)>,
 }
 
-fn histogram(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    h: &Histogram,
-) -> Result<(), std::fmt::Error> {
-    h.encode(encoder.encode_descriptor(name, help, None, h.metric_type())?)
-}
-
-/// One counter family with a single label, e.g. `dropped_total{reason="rate_limit"}`.
-fn labelled_counters<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: impl IntoIterator<Item = (&'a str, u64)>,
-) -> Result<(), std::fmt::Error> {
-    let kind = ConstCounter::new(0u64).metric_type();
-    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
-    for (value, n) in values {
-        let labels = [(label, value)];
-        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+impl Metrics {
+    pub fn add_logs_in(&self, n: u64) {
+        self.logs_in.fetch_add(n, Ordering::Relaxed);
     }
-    Ok(())
-}
 
-impl Collector for Scrape {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let app = &self.app;
-        let m = &app.metrics;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    pub fn add_batch(&self, size: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_sizes.observe(size as f64);
+    }
 
-        gauge(
-            &mut e,
-            "connections",
-            "Socket.IO connections on this instance.",
-            app.connections.len() as i64,
-        )?;
-        let redis = app.bus.redis();
-        labelled_counters(
-            &mut e,
-            "logs_ingested",
-            "Logs accepted, by source (redis: the seed channel, bridged by this instance).",
-            "source",
-            [
-                ("http", load(&m.ingested_http)),
-                ("otlp", load(&m.ingested_otlp)),
-                ("redis", redis.map_or(0, |r| load(&r.status.bridged))),
-            ],
-        )?;
-        counter(
-            &mut e,
-            "logs_routed",
-            "Logs the router evaluated (every source, and with Redis every instance's).",
-            load(&m.logs_in),
-        )?;
-        counter(
-            &mut e,
-            "deliveries",
-            "Logs handed to client sockets.",
-            load(&m.deliveries),
-        )?;
-        let drops = m.drops();
-        labelled_counters(
-            &mut e,
-            "dropped",
-            "Logs matched for a client and not delivered, by reason (reported as log:dropped).",
-            "reason",
-            DropReason::ALL.iter().map(|r| {
-                let n = match r {
-                    DropReason::RateLimit => drops.rate_limit,
-                    DropReason::PauseOverflow => drops.pause_overflow,
-                    DropReason::SlowConsumer => drops.slow_consumer,
-                    DropReason::ScopeChanged => drops.scope_changed,
-                    DropReason::PluginFailed => drops.plugin_failed,
-                };
-                (r.as_str(), n)
-            }),
-        )?;
-        counter(
-            &mut e,
-            "ingest_rejected",
-            "Ingest requests refused with 503 (router queue full or bus unavailable).",
-            load(&m.ingest_rejected),
-        )?;
-        counter(
-            &mut e,
-            "events_rejected",
-            "Client events refused by the per-socket event limit.",
-            load(&m.events_rejected),
-        )?;
-        counter(
-            &mut e,
-            "slow_consumer_disconnects",
-            "Clients disconnected for staying over their queue bound.",
-            load(&m.slow_disconnects),
-        )?;
-        counter(
-            &mut e,
-            "unauthenticated_refused",
-            "Connections closed at accept: their address had max_unauthenticated_per_ip.",
-            app.edge.refused(),
-        )?;
-        gauge(
-            &mut e,
-            "queued_bytes",
-            "Bytes queued for clients (socket queues and pause buffers), as last accounted.",
-            load(&m.queued_bytes) as i64,
-        )?;
-        counter(&mut e, "batches", "Evaluation batches.", load(&m.batches))?;
-        histogram(
-            &mut e,
-            "batch_size",
-            "Logs per evaluation batch.",
-            &m.batch_sizes,
-        )?;
-        histogram(
-            &mut e,
-            "ingest_to_emit_seconds",
-            "From receipt of a log to its batch being handed to the sockets.",
-            &m.ingest_to_emit,
-        )?;
-        let history = m.history();
-        gauge(
-            &mut e,
-            "history_logs",
-            "Logs kept in history.",
-            history.logs as i64,
-        )?;
-        gauge(
-            &mut e,
-            "history_bytes",
-            "Bytes of logs kept in history.",
-            history.bytes as i64,
-        )?;
-        counter(
-            &mut e,
-            "replays_served",
-            "Replays of history served (since, tail, resumed sessions).",
-            load(&m.replays_served),
-        )?;
-        counter(
-            &mut e,
-            "recoveries_failed",
-            "Replays that could not be exact (recovered: false).",
-            load(&m.recoveries_failed),
-        )?;
-        gauge(
-            &mut e,
-            "bus_connected",
-            "1 when the bus is connected (always 1 for the embedded bus).",
-            i64::from(redis.is_none_or(|r| r.connected())),
-        )?;
-        counter(
-            &mut e,
-            "redis_reconnects",
-            "Reconnections to Redis.",
-            redis.map_or(0, |r| load(&r.status.reconnects)),
-        )?;
-        counter(
-            &mut e,
-            "redis_malformed",
-            "Messages on the Redis channels that could not be decoded (skipped).",
-            redis.map_or(0, |r| load(&r.status.malformed)),
-        )?;
+    pub fn replay_served(&self, recovered: bool) {
+        self.replays_served.fetch_add(1, Ordering::Relaxed);
+        if !recovered {
+            self.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 
-        let plugins = app
-            .plugins
+    pub fn set_history(&self, logs: usize, bytes: usize, oldest: Option<(String, Instant)>) {
+        *self.history.lock().unwrap_or_else(|p| p.into_inner()) = HistoryFigures {
+            logs,
+            bytes,
+            oldest,
+        };
+    }
+
+    pub fn history(&self) -> HistoryFigures {
+        self.history
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .loaded
-            .clone();
-        let each = |f: fn(&crate::plugins::catalog::PluginStats) -> u64| {
-            plugins
-                .iter()
-                .map(move |p| (p.name.as_str(), f(p)))
-                .collect::<Vec<_>>()
+            .clone()
+    }
+
+    pub fn delivered(&self, n: u64) {
+        self.deliveries.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        let counter = match reason {
+            DropReason::RateLimit => &self.dropped_rate_limit,
+            DropReason::PauseOverflow => &self.dropped_pause_overflow,
+            DropReason::SlowConsumer => &self.dropped_slow_consumer,
+            DropReason::ScopeChanged => &self.dropped_scope_changed,
+            DropReason::PluginFailed => &self.dropped_plugin_failed,
         };
-        labelled_counters(
-            &mut e,
-            "plugin_calls",
-            "Calls into each plugin.",
-            "plugin",
-            each(|p| p.calls.load(Ordering::Relaxed)),
-        )?;
-        labelled_counters(
-            &mut e,
-            "plugin_failures",
-            "Failed calls (trap, CPU budget, bad answer) of each plugin.",
-            "plugin",
-            each(|p| p.failures.load(Ordering::Relaxed)),
-        )?;
-        labelled_counters(
-            &mut e,
-            "plugin_restarts",
-            "Fresh instances of each plugin after a failure.",
-            "plugin",
-            each(|p| p.restarts.load(Ordering::Relaxed)),
-        )?;
-        {
-            let kind = ConstGauge::new(0i64).metric_type();
-            let mut family = e.encode_descriptor(
-                "plugin_enabled",
-                "1 while a plugin serves, 0 while it is disabled.",
-                None,
-                kind,
-            )?;
-            for p in &plugins {
-                let labels = [("plugin", p.name.as_str())];
-                ConstGauge::new(i64::from(p.disabled().is_none()))
-                    .encode(family.encode_family(&labels)?)?;
-            }
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn drops(&self) -> Drops {
+        let rate_limit = self.dropped_rate_limit.load(Ordering::Relaxed);
+        let pause_overflow = self.dropped_pause_overflow.load(Ordering::Relaxed);
+        let slow_consumer = self.dropped_slow_consumer.load(Ordering::Relaxed);
+        let scope_changed = self.dropped_scope_changed.load(Ordering::Relaxed);
+        let plugin_failed = self.dropped_plugin_failed.load(Ordering::Relaxed);
+        let ingest_rejected = self.ingest_rejected.load(Ordering::Relaxed);
+        Drops {
+            rate_limit,
+            pause_overflow,
+            slow_consumer,
+            scope_changed,
+            plugin_failed,
+            ingest_rejected,
+            total: rate_limit + pause_overflow + slow_consumer + scope_changed + plugin_failed,
         }
-        {
-            let kind = plugins
-                .first()
-                .map(|p| p.call_seconds.0.metric_type())
-                .unwrap_or(ConstCounter::new(0u64).metric_type());
-            if !plugins.is_empty() {
-                let mut family = e.encode_descriptor(
-                    "plugin_call_seconds",
-                    "Duration of each batch call (evaluate, apply) of each plugin.",
-                    None,
-                    kind,
-                )?;
-                for p in &plugins {
-                    let labels = [("plugin", p.name.as_str())];
-                    p.call_seconds.0.encode(family.encode_family(&labels)?)?;
-                }
-            }
+    }
+
+    /// Recompute per-second rates since the previous call and return them.
+    pub fn sample_rates(&self, now: Instant) -> Rates {
+        let logs = self.logs_in.load(Ordering::Relaxed);
+        let del = self.deliveries.load(Ordering::Relaxed);
+        let drops = self.drops().total;
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, l0, d0, x0)) = rates.last {
+            let secs = now.saturating_duration_since(t).as_secs_f64().max(1e-3);
+            rates.logs_in_per_sec = (logs - l0) as f64 / secs;
+            rates.deliveries_per_sec = (del - d0) as f64 / secs;
+            rates.drops_per_sec = (drops - x0) as f64 / secs;
         }
-        Ok(())
+        rates.last = Some((now, logs, del, drops));
+        *rates
+    }
+
+    /// The rates as of the last sample.
+    pub fn rates(&self) -> Rates {
+        *self.rates.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

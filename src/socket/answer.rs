@@ -3,10 +3,10 @@
 //!
 //! Why: socketioxide puts every packet in the socket's bounded queue (`socket_queue`
 //! packets) and, when the queue is full, refuses it; `AckSender::send` then drops the
-//! acknowledgement. A client whose queue a replay or a burst of logs has just filled never
-//! heard back about its request (the official JS client's `emitWithAck` waits for ever: a
-//! test run hung on it). Logs may be dropped and reported when a client reads too slowly;
-//! the answer to a request may not. So an answer is tried again while the queue is full, or
+//! acknowledgement. A client whose queue a replay or a burst of logs has just filled would
+//! never hear back about its request (the official JS client's `emitWithAck` waits for
+//! ever). Logs may be dropped and reported when a client reads too slowly; the answer to a
+//! request may not. So an answer is tried again while the queue is full, or
 //! while the emitter has earlier packets parked for the socket (it must not overtake them), for
 //! as long as a client may stay behind (`slow_consumer_timeout_ms`: past that it is cut
 //! anyway), and given up only if the socket closes or that time passes (logged).

@@ -1,15 +1,16 @@
 //! Per-socket state that lives in the socket's extensions: who the client is, what its token
 //! grants and until when (replaced by `auth:refresh`), its resumable session, the connection
 //! slot it holds (released when the last reference to the session goes: the socket, and its
-//! expiry watcher, which ends with the connection or an abandoned handshake), and its event
-//! budget.
+//! expiry watcher, which ends with the connection or an abandoned handshake), its event
+//! budget, and whether socketioxide has marked it connected.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
-use crate::auth::Scope;
+use crate::app::AppState;
+use crate::auth::{AuthError, Scope};
 use crate::connections::ConnectionSlot;
 use crate::rate_limit::TokenBucket;
 
@@ -19,6 +20,21 @@ pub struct Grant {
     /// The token's `exp`, Unix seconds.
     pub expires_at: u64,
     pub scope: Arc<Scope>,
+}
+
+impl Grant {
+    /// Who `token` names and what it grants (signature, expiry and claims checked).
+    pub fn verify(app: &AppState, token: &str) -> Result<(String, Grant), AuthError> {
+        let claims = app.keys.verify(token)?;
+        let scope = claims.scope(&app.access().default_scope)?;
+        Ok((
+            claims.sub,
+            Grant {
+                expires_at: claims.exp,
+                scope,
+            },
+        ))
+    }
 }
 
 pub struct Session {
@@ -36,6 +52,8 @@ pub struct Session {
     pub resume_request: Mutex<Option<(String, Option<String>)>>,
     _slot: ConnectionSlot,
     events: Mutex<EventBudget>,
+    /// Set once socketioxide has marked the socket connected (see [`Session::connected`]).
+    connected: watch::Sender<bool>,
 }
 
 struct EventBudget {
@@ -86,7 +104,21 @@ impl Session {
                 refusals: 0,
                 window_start: Instant::now(),
             }),
+            connected: watch::Sender::new(false),
         }
+    }
+
+    /// socketioxide has marked the socket connected (its connect handler runs only after).
+    pub fn mark_connected(&self) {
+        self.connected.send_replace(true);
+    }
+
+    /// Wait until [`Session::mark_connected`]: socketioxide sends CONNECT and marks the
+    /// socket connected just after, refusing emits in between as if it were closed, and an
+    /// event the client sends as soon as it reads CONNECT can be handled in between.
+    pub async fn connected(&self) {
+        let mut marked = self.connected.subscribe();
+        let _ = marked.wait_for(|connected| *connected).await;
     }
 
     pub fn grant(&self) -> Grant {
