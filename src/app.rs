@@ -14,8 +14,8 @@ use crate::auth::{Access, Keys};
 use crate::bus::{Bus, PublishError};
 use crate::config::{Config, DeliveryConfig};
 use crate::connections::Connections;
+use crate::metrics::Metrics;
 use crate::router::{Control, RouterHandle};
-use crate::stats::Metrics;
 
 /// Most ingest requests publishing at once; past it ingest answers 503 `overloaded`.
 pub const INGEST_CONCURRENCY: u32 = 4096;
@@ -29,7 +29,7 @@ pub struct AppInner {
     /// Where the router's packets for sockets go (see `delivery::emitter`).
     pub emitter: Arc<crate::delivery::Emitter>,
     /// `system:stats`: the latest figures and the rounds' clock.
-    pub stats_feed: Arc<crate::stats_feed::StatsFeed>,
+    pub stats_feed: Arc<crate::system_stats::StatsFeed>,
     pub bus: Bus,
     /// The delivery keys every client shares.
     pub delivery: Arc<DeliveryConfig>,
@@ -50,8 +50,6 @@ pub struct AppInner {
     pub edge: Arc<crate::edge::Edge>,
     /// Development mode made the JWT secret: the page may get a token on loopback.
     pub dev_tokens: bool,
-    /// `Idempotency-Key`s of ingest requests already published.
-    pub idempotency: crate::bus::idempotency::Claims,
 }
 
 #[derive(Clone)]
@@ -89,7 +87,7 @@ pub struct AppParts {
 impl AppState {
     pub fn new(parts: AppParts) -> AppState {
         let delivery = Arc::new(parts.config.delivery.clone());
-        let stats_feed = Arc::new(crate::stats_feed::StatsFeed::new(
+        let stats_feed = Arc::new(crate::system_stats::StatsFeed::new(
             std::time::Duration::from_millis(parts.config.delivery.stats_interval_ms),
         ));
         AppState(Arc::new(AppInner {
@@ -111,7 +109,6 @@ impl AppState {
             sessions: parts.sessions,
             edge: parts.edge,
             dev_tokens: parts.dev_tokens,
-            idempotency: Default::default(),
         }))
     }
 

@@ -22,8 +22,8 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
     /// Logs delivered to this client (updated by the router).
     pub message_count: AtomicU64,
-    /// Its place in the `system:stats` rounds (see `stats_feed`).
-    pub stats: crate::stats_feed::StatsTicket,
+    /// Its place in the `system:stats` rounds (see `system_stats`).
+    pub stats: crate::system_stats::StatsTicket,
     /// The client's current subscription as accepted, for display. Written by the router
     /// thread when a subscription changes (rarely), read by the admin API. Kept as its JSON
     /// text: a parsed tree costs every connection about a kilobyte more.

@@ -24,10 +24,9 @@
 //! event name, payload and error code: the wire contract), [`api`] (admin REST, extractors,
 //! the one REST error), [`cluster`] (admin across instances over Redis), [`server`] (assembly,
 //! start and shutdown in named steps), and the supporting cast: [`config`], [`auth`],
-//! [`devmode`], [`sessions`], [`app`], [`connections`], [`stats`], [`stats_feed`]
-//! (`system:stats` rounds), [`metrics`] (Prometheus),
-//! [`rate_limit`], [`subscription`],
-//! [`shutdown`].
+//! [`devmode`], [`sessions`], [`app`], [`connections`], [`metrics`] (the counters, read by
+//! `/api/ws/stats`, `system:stats` and Prometheus), [`system_stats`] (`system:stats` rounds),
+//! [`rate_limit`], [`subscription`], [`shutdown`].
 
 pub mod api;
 pub mod app;
@@ -53,8 +52,7 @@ pub mod server;
 pub mod sessions;
 pub mod shutdown;
 pub mod socket;
-pub mod stats;
-pub mod stats_feed;
 pub mod subscription;
+pub mod system_stats;
 
 pub use server::serve;

@@ -33,10 +33,11 @@ pub struct Metrics {
     pub replays_served: AtomicU64,
     /// Replays that could not be exact (`recovered: false`).
     pub recoveries_failed: AtomicU64,
-    /// Logs accepted by each source (what `logs_in` counts once routed; the Redis seed
-    /// channel's are counted by the bus).
+    /// Logs accepted by each source (what `logs_in` counts once routed): `POST /api/logs`,
+    /// OTLP, and the seed's Redis channel (those this instance put into the stream).
     pub ingested_http: AtomicU64,
     pub ingested_otlp: AtomicU64,
+    pub ingested_seed_channel: AtomicU64,
     /// Logs per evaluation batch.
     pub batch_sizes: Histogram,
     /// From receipt to being handed to the sockets of `log:new` clients, per log and batch.
@@ -64,6 +65,7 @@ impl Default for Metrics {
             recoveries_failed: AtomicU64::default(),
             ingested_http: AtomicU64::default(),
             ingested_otlp: AtomicU64::default(),
+            ingested_seed_channel: AtomicU64::default(),
             batch_sizes: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0]),
             ingest_to_emit: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             history: Mutex::default(),

@@ -24,17 +24,21 @@ use crate::bus::{self, Bus};
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::engine::{Plugin, RegistrationId};
+use crate::metrics::Metrics;
 use crate::plugins::reload::{HotReload, LiveSet};
 use crate::protocol::SystemStats;
 use crate::router::{
     self, Control, Inbound, PluginCommand, Registry, RouterHandle, RouterSettings,
 };
-use crate::stats::Metrics;
 
 /// Re-reads the configuration (the file and the layers above it) for SIGHUP.
 pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 /// A started server.
+/// Seed-channel messages read from Redis and waiting to be accepted; past it the subscriber
+/// waits (and Redis buffers what the channel brings meanwhile).
+const SEED_CHANNEL_QUEUE: usize = 64;
+
 pub struct Running {
     app: AppState,
     io: SocketIo,
@@ -153,7 +157,7 @@ pub async fn start(
         config.redis.instance_id.clone()
     };
     let bus = match &config.redis.redis_url {
-        None => Bus::Embedded(router.inbound.clone()),
+        None => Bus::Embedded(crate::bus::EmbeddedBus::new(router.inbound.clone())),
         Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
     };
     let app = AppState::new(AppParts {
@@ -253,11 +257,20 @@ pub async fn start(
     }
     if let Some(redis) = app.bus.redis() {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
-        tasks.spawn(
-            redis
-                .clone()
-                .subscriber(router.inbound.clone(), admin_tx, stop_tasks.clone()),
-        );
+        // The seed channel's messages, in order, to the source that accepts them.
+        let (seed_tx, seed_rx) = tokio::sync::mpsc::channel(SEED_CHANNEL_QUEUE);
+        let readers = crate::bus::redis::ChannelReaders {
+            seed_logs: seed_tx,
+            router: router.inbound.clone(),
+            admin: admin_tx,
+        };
+        tasks.spawn(redis.clone().subscriber(readers, stop_tasks.clone()));
+        tasks.spawn(crate::ingest::seed_channel::run(
+            app.clone(),
+            redis.clone(),
+            seed_rx,
+            stop_tasks.clone(),
+        ));
         tasks.spawn(
             redis
                 .clone()
@@ -456,10 +469,10 @@ async fn keep_sessions_alive(app: AppState, io: SocketIo, stop: CancellationToke
 /// `system:stats` every `stats_interval_ms` to every client, until `stop`: one slice of the
 /// clients at a time (a broadcast to all at once made every socket's writer wake in the same
 /// instant, a burst that delayed log delivery for everyone), and only to the clients whose
-/// round did not already ride along with their logs (`stats_feed`).
+/// round did not already ride along with their logs (`system_stats`).
 async fn stats_loop(app: AppState, io: SocketIo, stop: CancellationToken) {
     use crate::connections::ConnectionInfo;
-    use crate::stats_feed::{STATS_SLICES, stats_room};
+    use crate::system_stats::{STATS_SLICES, stats_room};
 
     let feed = app.stats_feed.clone();
     // Never early: a slice's visit comes at or after its round is due. A late visit is made

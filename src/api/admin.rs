@@ -271,13 +271,13 @@ pub async fn plugins(_: Admin, State(app): State<HttpState>) -> Result<Json<Valu
     ))
 }
 
-/// `GET /metrics`: Prometheus exposition (see `crate::metrics`).
+/// `GET /metrics`: Prometheus exposition (see `prometheus`).
 pub async fn metrics(_: MetricsReader, State(app): State<HttpState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
+            super::prometheus::CONTENT_TYPE,
         )],
-        crate::metrics::render(&app.app),
+        super::prometheus::render(&app.app),
     )
 }

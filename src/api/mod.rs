@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod error;
+pub mod prometheus;
 pub mod web;
 
 use axum::Router;

@@ -1,7 +1,7 @@
 //! Prometheus `GET /metrics`: the text exposition of what the server counts.
 //!
 //! Why a collector read at scrape time rather than a second set of counters: the hot path
-//! already bumps plain atomics (`stats::Metrics`, each plugin's `PluginStats`, the Redis
+//! already bumps plain atomics (`metrics::Metrics`, each plugin's `PluginStats`, the Redis
 //! status); a scrape reads them, so serving metrics costs the delivery path nothing. The
 //! few distributions (batch sizes, ingest → emit latency, plugin call durations) are
 //! histograms observed where they happen, once per batch (or per log of a batch), never per
@@ -112,7 +112,7 @@ impl Collector for Scrape {
             [
                 ("http", load(&m.ingested_http)),
                 ("otlp", load(&m.ingested_otlp)),
-                ("redis", redis.map_or(0, |r| load(&r.status.bridged))),
+                ("redis", load(&m.ingested_seed_channel)),
             ],
         )?;
         counter(

@@ -7,18 +7,22 @@
 //!   So each log reaches each client of the cluster once, wherever it came in, and survives
 //!   the death of the instance that took it. A publish Redis did not confirm answers 503,
 //!   never a silent 202.
+//!
+//! A publish may carry a key that is published at most once ([`publish_key`]).
 
-pub mod idempotency;
+pub mod publish_key;
 pub mod redis;
 pub mod stream;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::log_entry::LogRecord;
 use crate::protocol::DeviceStatus;
 use crate::router::Inbound;
+pub use publish_key::{PublishKey, Published, PublishedKeys};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
@@ -30,9 +34,25 @@ pub enum PublishError {
     Unavailable(String),
 }
 
+/// The in-process bus: the router's queue, and the keys published through it.
+#[derive(Clone)]
+pub struct EmbeddedBus {
+    pub router: Sender<Inbound>,
+    keys: Arc<PublishedKeys>,
+}
+
+impl EmbeddedBus {
+    pub fn new(router: Sender<Inbound>) -> EmbeddedBus {
+        EmbeddedBus {
+            router,
+            keys: Arc::default(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub enum Bus {
-    Embedded(Sender<Inbound>),
+    Embedded(EmbeddedBus),
     Redis(Arc<redis::RedisBus>),
 }
 
@@ -45,16 +65,27 @@ pub fn send_to_router(router: &Sender<Inbound>, msg: Inbound) -> Result<(), Publ
 }
 
 impl Bus {
-    pub async fn publish_logs(&self, logs: Vec<Arc<LogRecord>>) -> Result<(), PublishError> {
-        match self {
-            Bus::Embedded(router) => send_to_router(router, Inbound::Logs(logs)),
-            Bus::Redis(bus) => bus.publish_logs(&logs).await,
+    /// Publish `logs`, all or none; with `key`, only if the key was not published before
+    /// (see [`publish_key`]).
+    pub async fn publish_logs(
+        &self,
+        logs: Vec<Arc<LogRecord>>,
+        key: Option<&PublishKey>,
+    ) -> Result<Published, PublishError> {
+        match (self, key) {
+            (Bus::Embedded(bus), None) => {
+                send_to_router(&bus.router, Inbound::Logs(logs)).map(|()| Published::Appended)
+            }
+            (Bus::Embedded(bus), Some(key)) => bus.keys.publish_once(key, Instant::now(), || {
+                send_to_router(&bus.router, Inbound::Logs(logs))
+            }),
+            (Bus::Redis(bus), key) => bus.publish_logs(&logs, key).await,
         }
     }
 
     pub async fn publish_status(&self, status: DeviceStatus) -> Result<(), PublishError> {
         match self {
-            Bus::Embedded(router) => send_to_router(router, Inbound::DeviceStatus(status)),
+            Bus::Embedded(bus) => send_to_router(&bus.router, Inbound::DeviceStatus(status)),
             Bus::Redis(bus) => bus.publish_status(&status).await,
         }
     }

@@ -1,222 +1,106 @@
-//! `Idempotency-Key` on `POST /api/logs`: a request sent again with the same key (a shipper
-//! retrying after a timeout whose first attempt did land) is answered 202 without publishing
-//! its logs a second time.
+//! Publishing once: a publish may carry a key, and a key is published at most once within its
+//! lifetime, whichever instance and attempt comes first. `POST /api/logs` with an
+//! `Idempotency-Key` (a shipper retrying after a lost answer) and a seed-channel message that
+//! every instance reads both publish with one.
 //!
-//! A key is *pending* from its claim until the publish lands, then *done*. A repeat while it
-//! is pending is told to retry (409), never "accepted": the first attempt may still fail. A
-//! claim whose request ends without publishing (refused, or the client went away and the
-//! handler was dropped) is released by [`Pending`]'s drop, so the key can be used again. Keys
-//! are kept for [`KEY_TTL`]: in memory on the embedded bus (at most [`MAX_KEYS`] per sender,
-//! oldest forgotten first), in Redis (`SET NX PX`, shared by every instance) otherwise.
+//! The key and the logs land together or not at all: on Redis one script checks the key,
+//! appends the logs and records the key (atomic in Redis); on the embedded bus one lock covers
+//! the check, the hand-off to the router and the record. So there is no "being published"
+//! state that a dead instance could leave behind: a retry either finds the key (its logs are
+//! in the bus: 202 `duplicate: true`) or publishes them itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::bus::Bus;
+use sha2::{Digest, Sha256};
 
-/// How long a key is remembered.
-pub const KEY_TTL: Duration = Duration::from_secs(600);
-/// Keys remembered in memory per sender (ingest key) at most.
-pub const MAX_KEYS: usize = 100_000;
-/// Longest key accepted.
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+/// Keys remembered in memory per owner at most (the oldest are forgotten first).
+pub const MAX_KEYS_PER_OWNER: usize = 100_000;
+/// Longest `Idempotency-Key` accepted.
 pub const MAX_KEY_LEN: usize = 128;
 
+/// A key a publish carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishKey {
+    /// Whose key it is (an ingest key's name, or the seed channel): two owners' keys never
+    /// collide, and one owner cannot push out another's.
+    pub owner: String,
+    pub key: String,
+    /// How long it is remembered once published.
+    pub ttl: Duration,
+}
+
+impl PublishKey {
+    /// Its Redis key, beside the stream: a digest, so that any key text is a safe name.
+    pub fn redis_name(&self, stream: &str) -> String {
+        let digest: String = Sha256::digest(format!("{}\u{0}{}", self.owner, self.key))
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{stream}:published:{digest}")
+    }
+}
+
+/// What a publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Pending,
-    Done,
+pub enum Published {
+    /// The logs are in the bus now.
+    Appended,
+    /// Its key was published before (within its lifetime): nothing was appended.
+    AlreadyPublished,
 }
 
-/// Claims of the embedded bus, per sender.
+/// The keys the embedded bus has published, per owner.
 #[derive(Default)]
-pub struct Claims {
-    inner: Arc<Mutex<HashMap<String, Sender>>>,
+pub struct PublishedKeys {
+    owners: Mutex<HashMap<String, Owner>>,
 }
 
 #[derive(Default)]
-struct Sender {
-    at: HashMap<String, (Instant, State)>,
+struct Owner {
+    until: HashMap<String, Instant>,
+    /// Keys in the order they were recorded, to forget the oldest.
     order: VecDeque<(String, Instant)>,
 }
 
-/// What a claim found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Claim {
-    /// First time: publish, then [`Pending::commit`].
-    New,
-    /// Another request with this key is being published: retry shortly.
-    InFlight,
-    /// Published within the TTL.
-    Duplicate,
-}
-
-impl Sender {
-    fn claim(&mut self, key: &str, now: Instant) -> Claim {
-        while let Some((old, at)) = self.order.front().cloned() {
-            if now.duration_since(at) < KEY_TTL && self.order.len() < MAX_KEYS {
+impl Owner {
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((key, until)) = self.order.front().cloned() {
+            if until > now && self.order.len() < MAX_KEYS_PER_OWNER {
                 break;
             }
             self.order.pop_front();
-            if self.at.get(&old).is_some_and(|(t, _)| *t == at) {
-                self.at.remove(&old);
-            }
-        }
-        match self.at.get(key) {
-            Some((_, State::Pending)) => Claim::InFlight,
-            Some((_, State::Done)) => Claim::Duplicate,
-            None => {
-                self.at.insert(key.to_owned(), (now, State::Pending));
-                self.order.push_back((key.to_owned(), now));
-                Claim::New
+            if self.until.get(&key) == Some(&until) {
+                self.until.remove(&key);
             }
         }
     }
 }
 
-/// A claimed key whose publish has not landed yet: released when dropped uncommitted.
-pub struct Pending {
-    release: Option<Box<dyn FnOnce() + Send>>,
-    commit: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl Pending {
-    /// The publish landed: the key is done.
-    pub fn commit(mut self) {
-        self.release = None;
-        if let Some(commit) = self.commit.take() {
-            commit();
-        }
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release();
-        }
-    }
-}
-
-fn redis_name(stream: &str, sender: &str, key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest: String = Sha256::digest(format!("{sender}\u{0}{key}").as_bytes())
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("{stream}:idem:{digest}")
-}
-
-impl Claims {
-    /// Claim `key` of `sender` (an ingest key's name: two senders' keys never collide).
-    pub async fn claim(
+impl PublishedKeys {
+    /// Publish with `publish` unless `key` was published already; the check, the publish and
+    /// the record happen under one lock, so two attempts never both publish.
+    pub fn publish_once<E>(
         &self,
-        bus: &Bus,
-        sender: &str,
-        key: &str,
-    ) -> Result<(Claim, Option<Pending>), String> {
-        match bus.redis() {
-            None => {
-                let claim = {
-                    let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                    inner
-                        .entry(sender.to_owned())
-                        .or_default()
-                        .claim(key, Instant::now())
-                };
-                if claim != Claim::New {
-                    return Ok((claim, None));
-                }
-                let (a, b) = (self.inner.clone(), self.inner.clone());
-                let (s1, k1, s2, k2) = (
-                    sender.to_owned(),
-                    key.to_owned(),
-                    sender.to_owned(),
-                    key.to_owned(),
-                );
-                Ok((
-                    Claim::New,
-                    Some(Pending {
-                        release: Some(Box::new(move || {
-                            let mut inner = a.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(s) = inner.get_mut(&s1) {
-                                s.at.remove(&k1);
-                            }
-                        })),
-                        commit: Some(Box::new(move || {
-                            let mut inner = b.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some((_, state)) =
-                                inner.get_mut(&s2).and_then(|s| s.at.get_mut(&k2))
-                            {
-                                *state = State::Done;
-                            }
-                        })),
-                    }),
-                ))
-            }
-            Some(redis) => {
-                let mut conn = redis.connection();
-                let name = redis_name(redis.stream_key(), sender, key);
-                let ttl = KEY_TTL.as_millis() as u64;
-                let set: Option<String> = redis::cmd("SET")
-                    .arg(&name)
-                    .arg("pending")
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if set.is_none() {
-                    let state: Option<String> = redis::cmd("GET")
-                        .arg(&name)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    return Ok((
-                        if state.as_deref() == Some("done") {
-                            Claim::Duplicate
-                        } else {
-                            Claim::InFlight
-                        },
-                        None,
-                    ));
-                }
-                let (release_conn, commit_conn) = (redis.connection(), redis.connection());
-                let (n1, n2) = (name.clone(), name);
-                Ok((
-                    Claim::New,
-                    Some(Pending {
-                        release: Some(Box::new(move || {
-                            let mut conn = release_conn;
-                            // Drop runs inside a request handler, on the runtime.
-                            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                                handle.spawn(async move {
-                                    let _: Result<(), _> =
-                                        redis::cmd("DEL").arg(&n1).query_async(&mut conn).await;
-                                });
-                            }
-                        })),
-                        commit: Some(Box::new(move || {
-                            let mut conn = commit_conn;
-                            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                                handle.spawn(async move {
-                                    let _: Result<(), _> = redis::cmd("SET")
-                                        .arg(&n2)
-                                        .arg("done")
-                                        .arg("XX")
-                                        .arg("PX")
-                                        .arg(ttl)
-                                        .query_async(&mut conn)
-                                        .await;
-                                });
-                            }
-                        })),
-                    }),
-                ))
-            }
+        key: &PublishKey,
+        now: Instant,
+        publish: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Published, E> {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = owners.entry(key.owner.clone()).or_default();
+        owner.forget_expired(now);
+        if owner.until.get(&key.key).is_some_and(|until| *until > now) {
+            return Ok(Published::AlreadyPublished);
         }
+        publish()?;
+        let until = now + key.ttl;
+        owner.until.insert(key.key.clone(), until);
+        owner.order.push_back((key.key.clone(), until));
+        Ok(Published::Appended)
     }
 }
 
@@ -224,39 +108,52 @@ impl Claims {
 mod tests {
     use super::*;
 
+    fn key(owner: &str, key: &str) -> PublishKey {
+        PublishKey {
+            owner: owner.into(),
+            key: key.into(),
+            ttl: IDEMPOTENCY_TTL,
+        }
+    }
+
     #[test]
-    fn a_key_is_pending_until_committed_and_free_again_if_dropped() {
-        let mut s = Sender::default();
+    fn a_key_is_published_once_and_a_refused_publish_records_nothing() {
+        let keys = PublishedKeys::default();
         let t0 = Instant::now();
-        assert_eq!(s.claim("k", t0), Claim::New);
+        let refused = keys.publish_once(&key("a", "k"), t0, || Err("full"));
+        assert_eq!(refused, Err("full"));
+        let first = keys.publish_once(&key("a", "k"), t0, || Ok::<(), ()>(()));
         assert_eq!(
-            s.claim("k", t0),
-            Claim::InFlight,
-            "a repeat while publishing"
+            first,
+            Ok(Published::Appended),
+            "a refused publish freed its key"
         );
-        s.at.get_mut("k").unwrap().1 = State::Done;
-        assert_eq!(s.claim("k", t0), Claim::Duplicate);
+        let mut published_again = false;
+        let again = keys.publish_once(&key("a", "k"), t0, || {
+            published_again = true;
+            Ok::<(), ()>(())
+        });
+        assert_eq!(again, Ok(Published::AlreadyPublished));
+        assert!(!published_again);
+        let other = keys.publish_once(&key("b", "k"), t0, || Ok::<(), ()>(()));
+        assert_eq!(other, Ok(Published::Appended), "owners' keys are apart");
+        let later = t0 + IDEMPOTENCY_TTL + Duration::from_secs(1);
+        let expired = keys.publish_once(&key("a", "k"), later, || Ok::<(), ()>(()));
         assert_eq!(
-            s.claim("k", t0 + KEY_TTL + Duration::from_secs(1)),
-            Claim::New,
-            "forgotten after the TTL"
+            expired,
+            Ok(Published::Appended),
+            "forgotten after its lifetime"
         );
     }
 
-    #[tokio::test]
-    async fn an_uncommitted_claim_is_released_when_dropped() {
-        let (tx, _rx) = crossbeam_channel::bounded(1);
-        let bus = Bus::Embedded(tx);
-        let claims = Claims::default();
-        let (claim, pending) = claims.claim(&bus, "api_key", "k").await.unwrap();
-        assert_eq!(claim, Claim::New);
-        drop(pending);
-        let (claim, pending) = claims.claim(&bus, "api_key", "k").await.unwrap();
-        assert_eq!(claim, Claim::New, "released: the key can be used again");
-        pending.unwrap().commit();
-        let (claim, _) = claims.claim(&bus, "api_key", "k").await.unwrap();
-        assert_eq!(claim, Claim::Duplicate);
-        let (claim, _) = claims.claim(&bus, "other-key", "k").await.unwrap();
-        assert_eq!(claim, Claim::New, "senders' keys are apart");
+    #[test]
+    fn redis_names_are_digests_beside_the_stream() {
+        let name = key("a", "any text: {}\n").redis_name("logstream:logs");
+        assert!(name.starts_with("logstream:logs:published:"), "{name}");
+        assert_eq!(name.len(), "logstream:logs:published:".len() + 32);
+        assert_ne!(
+            name,
+            key("b", "any text: {}\n").redis_name("logstream:logs")
+        );
     }
 }

@@ -3,10 +3,10 @@
 //! - Logs go through a Redis Stream ([`super::stream`]): ingest answers 202 once Redis has
 //!   taken them, every instance reads the stream and delivers to its own clients, and the
 //!   stream is the history any instance replays from.
-//! - The seed's pub/sub channels keep working: a log published on `log:new` is put into the
-//!   stream once and in the order published (the first instance to claim it does, claim and
-//!   append in one script), `device:status` is delivered as it
-//!   comes, and an admin channel carries cluster-wide operations.
+//! - The seed's pub/sub channels keep working: what is published on `log:new` is handed, in
+//!   order, to the seed-channel source (`ingest::seed_channel`), which accepts it like any
+//!   other ingest; `device:status` is delivered as it comes, and an admin channel carries
+//!   cluster-wide operations.
 //!
 //! Publishing goes through one multiplexed connection (`ConnectionManager`, created lazily,
 //! so a Redis that is down at start does not stop the server). Reading is a dedicated pub/sub
@@ -14,9 +14,8 @@
 //! down the instance reports itself degraded (`/api/ws/health`) and keeps serving its sockets.
 //!
 //! Everything read from a channel is validated like HTTP ingest (with the validators of
-//! [`crate::log_entry`]). A malformed message is counted, logged at most every 10 s, and
-//! skipped. An entry published without an `id` gets one derived from the message's bytes and
-//! its position in it, so every instance assigns the same id.
+//! [`crate::log_entry`]). A malformed message is counted ([`RedisStatus::malformed`]), logged
+//! at most every 10 s, and skipped.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,13 +26,12 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::PublishError;
 use crate::config::Config;
-use crate::log_entry::{Position, device_status, parse_entries};
+use crate::log_entry::{Position, device_status};
 use crate::protocol::{ClusterOp, DeviceStatus};
 use crate::router::Inbound;
 
@@ -45,12 +43,6 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a claim on a seed-channel message holds: the same bytes published again within it
-/// count as the same message.
-const BRIDGE_CLAIM_MS: u64 = 10_000;
-/// Tries to put a seed-channel message into the stream, the first pause between two.
-const BRIDGE_TRIES: u32 = 4;
-const BRIDGE_RETRY_FIRST: Duration = Duration::from_millis(100);
 
 /// `url` with any password replaced, for messages.
 fn without_password(url: &str) -> String {
@@ -62,18 +54,14 @@ fn without_password(url: &str) -> String {
     }
 }
 
-/// The id of entry `index` of a bus message that gave none: the same on every instance
-/// (a UUID-shaped digest of the message's bytes and the position).
-fn id_from_message(payload: &[u8], index: usize) -> String {
-    let digest = Sha256::new()
-        .chain_update(payload)
-        .chain_update((index as u64).to_le_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
+/// Where the subscriber hands what the channels bring.
+pub struct ChannelReaders {
+    /// The seed channel's messages, raw and in order (`ingest::seed_channel` accepts them).
+    pub seed_logs: mpsc::Sender<Vec<u8>>,
+    /// Device statuses.
+    pub router: Sender<Inbound>,
+    /// Cluster operations.
+    pub admin: mpsc::Sender<ClusterOp>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,8 +80,6 @@ pub struct RedisStatus {
     pub reading: AtomicBool,
     pub reconnects: AtomicU64,
     pub malformed: AtomicU64,
-    /// Logs from the seed channel this instance put into the stream.
-    pub bridged: AtomicU64,
     /// Logs read from Redis that the router could not take within a second (counted, dropped).
     pub overflow_dropped: AtomicU64,
     /// Logs of seed-channel messages this instance could not put into the stream after its
@@ -115,7 +101,8 @@ impl RedisStatus {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
     }
 
-    pub(super) fn malformed(&self, channel: &str, why: &str) {
+    /// A malformed message on `channel`: counted, and logged at most every 10 s.
+    pub fn malformed(&self, channel: &str, why: &str) {
         let n = self.malformed.fetch_add(1, Ordering::Relaxed) + 1;
         let mut last = self
             .last_malformed_log
@@ -287,20 +274,15 @@ impl RedisBus {
         let _ = tokio::time::timeout(PUBLISH_TIMEOUT, conn.del::<_, ()>(&key)).await;
     }
 
-    /// Read the channels until `stop`, reconnecting with backoff. Logs and statuses go to
-    /// the router; admin operations other than our own drain markers go to `admin`.
-    pub async fn subscriber(
-        self: Arc<Self>,
-        router: Sender<Inbound>,
-        admin: mpsc::Sender<ClusterOp>,
-        stop: CancellationToken,
-    ) {
+    /// Read the channels until `stop`, reconnecting with backoff, and hand what comes to
+    /// `to`.
+    pub async fn subscriber(self: Arc<Self>, to: ChannelReaders, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
         let mut first = true;
         loop {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
-                outcome = self.subscribe_once(&router, &admin, &mut first) => outcome,
+                outcome = self.subscribe_once(&to, &mut first) => outcome,
             };
             match outcome {
                 Ok(()) => tracing::warn!("redis subscription ended; reconnecting"),
@@ -322,8 +304,7 @@ impl RedisBus {
 
     async fn subscribe_once(
         &self,
-        router: &Sender<Inbound>,
-        admin: &mpsc::Sender<ClusterOp>,
+        to: &ChannelReaders,
         first: &mut bool,
     ) -> redis::RedisResult<()> {
         let connect = self.client.get_async_pubsub();
@@ -352,11 +333,12 @@ impl RedisBus {
             let channel = msg.get_channel_name().to_owned();
             let payload = msg.get_payload_bytes();
             if channel == self.channels.logs {
-                self.on_logs(payload).await;
+                // In order: the next message waits for room (see `ingest::seed_channel`).
+                let _ = to.seed_logs.send(payload.to_vec()).await;
             } else if channel == self.channels.status {
-                self.on_status(payload, router).await;
+                self.on_status(payload, &to.router).await;
             } else if channel == self.channels.admin {
-                self.on_admin(payload, admin).await;
+                self.on_admin(payload, &to.admin).await;
             }
         }
         Ok(())
@@ -383,56 +365,6 @@ impl RedisBus {
                 entries,
                 "router queue full for 1 s; dropped logs read from redis"
             );
-        }
-    }
-
-    /// A log published on the seed's channel: every instance reads it, the first to claim
-    /// it puts it into the stream (once for the cluster), and all deliver it from there.
-    async fn on_logs(&self, payload: &[u8]) {
-        let value: Value = match serde_json::from_slice(payload) {
-            Ok(v) => v,
-            Err(e) => {
-                return self
-                    .status
-                    .malformed(&self.channels.logs, &format!("not JSON: {e}"));
-            }
-        };
-        let records = match parse_entries(value, |i| id_from_message(payload, i)) {
-            Ok(r) => r,
-            Err(e) => return self.status.malformed(&self.channels.logs, &e.to_string()),
-        };
-        let claim = format!(
-            "{}:bridged:{:x}",
-            self.stream,
-            Sha256::digest(payload)
-                .iter()
-                .take(16)
-                .fold(0u128, |acc, b| (acc << 8) | u128::from(*b))
-        );
-        // The next message waits for this one (that keeps the stream in publish order), so
-        // a failure is tried again, a few times, before it is given up.
-        let mut pause = BRIDGE_RETRY_FIRST;
-        for attempt in 1..=BRIDGE_TRIES {
-            match self.bridge_logs(&claim, BRIDGE_CLAIM_MS, &records).await {
-                Ok(true) => {
-                    self.status
-                        .bridged
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    return;
-                }
-                Ok(false) => return, // another instance took it (or an earlier try did)
-                Err(e) if attempt == BRIDGE_TRIES => {
-                    self.status
-                        .bridge_failed
-                        .fetch_add(records.len() as u64, Ordering::Relaxed);
-                    tracing::warn!(error = %e, entries = records.len(), tries = BRIDGE_TRIES, "could not put a seed-channel message into the stream (another instance may have)");
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, attempt, "a seed-channel message could not be put into the stream; trying again");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-            }
         }
     }
 

@@ -18,8 +18,8 @@ use redis::AsyncCommands;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use super::PublishError;
 use super::redis::{BACKOFF_MAX, BACKOFF_MIN, PUBLISH_TIMEOUT, RedisBus};
+use super::{PublishError, PublishKey, Published};
 use crate::log_entry::{LogRecord, Position, Stamp};
 use crate::router::Inbound;
 
@@ -35,76 +35,75 @@ fn position(id: &str) -> Option<Position> {
     })
 }
 
-/// Claim a seed-channel message and append its logs in one step (`EVAL`: atomic in Redis).
-/// `KEYS`: the claim, the stream; `ARGV`: this instance, the claim's lifetime in ms, the
-/// stream's `MAXLEN`, then one log entry per argument. Nil if another instance holds the
-/// claim, else the new entries' ids.
+/// Append logs unless their key was published before, and record the key: one step
+/// (`EVAL`: atomic in Redis), so a key is never recorded without its logs nor its logs
+/// appended twice. `KEYS`: the stream, the key; `ARGV`: the stream's `MAXLEN`, the key's
+/// lifetime in ms, then one log entry per argument. Nil if the key was published already,
+/// else the new entries' ids.
 ///
-/// One step, because the order of the stream is the order clients see: each instance reads
-/// the channel in order and finishes each message's script (or gives it up after its tries)
-/// before the next, so when an instance runs the script for a message, the one before it,
-/// which it also read, is already in the stream.
-/// With the claim and the append as two commands, an instance could claim a message, and
-/// another append the next one before the first was appended.
-const CLAIM_AND_APPEND: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+/// One step also keeps the seed channel in publish order: each instance reads the channel in
+/// order and finishes each message's script (or gives it up after its tries) before the
+/// next, so when an instance runs the script for a message, the one before it, which it
+/// also read, is in the stream already.
+const APPEND_ONCE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then
   return false
 end
 local ids = {}
-for i = 4, #ARGV do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[i])
+for i = 3, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return ids
 ";
 
 impl RedisBus {
-    /// Append `logs` to the stream, all or none; returns once Redis has them.
-    pub async fn publish_logs(&self, logs: &[Arc<LogRecord>]) -> Result<(), PublishError> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for log in logs {
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.max_len)
-                .arg("*")
-                .arg("e")
-                .arg(log.json.get());
-        }
-        let ids = self
-            .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
-            .await?;
-        self.note_published(&ids);
-        Ok(())
-    }
-
-    /// Append `logs` (one seed-channel message) unless another instance has claimed it
-    /// under `claim` within `claim_ms`; `true` if this instance appended them.
-    pub(super) async fn bridge_logs(
+    /// Append `logs` to the stream, all or none; with `key`, only if the key was not
+    /// published before. Returns once Redis has them.
+    pub async fn publish_logs(
         &self,
-        claim: &str,
-        claim_ms: u64,
         logs: &[Arc<LogRecord>],
-    ) -> Result<bool, PublishError> {
+        key: Option<&PublishKey>,
+    ) -> Result<Published, PublishError> {
+        let Some(key) = key else {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for log in logs {
+                pipe.cmd("XADD")
+                    .arg(&self.stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.max_len)
+                    .arg("*")
+                    .arg("e")
+                    .arg(log.json.get());
+            }
+            let ids = self
+                .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
+                .await?;
+            self.note_published(&ids);
+            return Ok(Published::Appended);
+        };
         let mut eval = redis::cmd("EVAL");
-        eval.arg(CLAIM_AND_APPEND)
+        eval.arg(APPEND_ONCE)
             .arg(2)
-            .arg(claim)
             .arg(&self.stream)
-            .arg(&self.instance)
-            .arg(claim_ms)
-            .arg(self.max_len);
+            .arg(key.redis_name(&self.stream))
+            .arg(self.max_len)
+            .arg(key.ttl.as_millis() as u64);
         for log in logs {
             eval.arg(log.json.get());
         }
         let ids = self
             .appended(eval.query_async::<Option<Vec<String>>>(&mut self.connection()))
             .await?;
-        Ok(ids.is_some_and(|ids| {
-            self.note_published(&ids);
-            true
-        }))
+        Ok(match ids {
+            Some(ids) => {
+                self.note_published(&ids);
+                Published::Appended
+            }
+            None => Published::AlreadyPublished,
+        })
     }
 
     /// The answer to an append, within [`PUBLISH_TIMEOUT`].

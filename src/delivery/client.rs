@@ -24,10 +24,10 @@ use crate::auth::Scope;
 use crate::config::DeliveryConfig;
 use crate::connections::ConnectionInfo;
 use crate::log_entry::{LogRecord, Position};
+use crate::metrics::Metrics;
 use crate::protocol::{ClientError, DropReason, event};
 use crate::rate_limit::TokenBucket;
-use crate::stats::Metrics;
-use crate::stats_feed::StatsFeed;
+use crate::system_stats::StatsFeed;
 
 /// How long a client registered by a handshake may stay unconnected before it is pruned.
 pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(30);
@@ -109,7 +109,7 @@ impl Client {
     }
 
     /// Send this client's `system:stats` with its logs when its round is near (see
-    /// `stats_feed`).
+    /// `system_stats`).
     pub fn with_stats(mut self, feed: Arc<StatsFeed>) -> Client {
         self.stats = Some(feed);
         self

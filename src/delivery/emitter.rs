@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::packet::{Packet, Unsent, emit};
 use super::waiting::{Blocked, PARK_AT_MOST, ParkedMarks, RECHECK_EVERY, Released, Waiting};
+use crate::metrics::Metrics;
 use crate::protocol::DropReason;
-use crate::stats::Metrics;
 
 /// Jobs (turns of the router's loop) that may wait for the task.
 const JOBS: usize = 256;

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::outlet::Outlet;
-use crate::stats::Metrics;
+use crate::metrics::Metrics;
 
 /// How far the estimate of a socket's queue may run ahead of the transport's count before
 /// the count is read again. Each client's share of `max_queued_bytes` may be overstated by

@@ -2,10 +2,10 @@
 //!
 //! A request is all or nothing: every entry is validated before any is published, a bad one
 //! answers 400 naming its field (`[3].level`), and a full router queue answers 503 with
-//! nothing accepted, counted in `ingest_rejected`.
+//! nothing accepted, counted in `ingest_rejected`. An `Idempotency-Key` is published at most
+//! once (see `bus::publish_key`): a repeat answers 202 with `duplicate: true`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -14,10 +14,12 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
+use super::accept::{Accepted, Source, accept};
 use crate::api::auth::Ingester;
 use crate::api::error::AppError;
 use crate::app::HttpState;
-use crate::bus::idempotency::{Claim, MAX_KEY_LEN};
+use crate::bus::PublishKey;
+use crate::bus::publish_key::{IDEMPOTENCY_TTL, MAX_KEY_LEN};
 use crate::log_entry::{FieldError, device_status, parse_entries, random_id};
 use crate::protocol::Code;
 
@@ -93,14 +95,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     }
 }
 
-/// Count a refused publish and turn it into the response.
-pub(super) fn refused(app: &HttpState, e: crate::bus::PublishError, entries: usize) -> AppError {
-    app.metrics
-        .ingest_rejected
-        .fetch_add(entries as u64, Ordering::Relaxed);
-    AppError::unavailable(e)
-}
-
 pub async fn post_logs(
     who: Ingester,
     State(app): State<HttpState>,
@@ -125,48 +119,17 @@ pub async fn post_logs(
         };
         return Err(outside_scope(&who, peer, field, &r.device_id));
     }
-    let n = records.len();
-    let _permit = app.ingest_permit().map_err(|e| refused(&app, e, n))?;
-    // Claimed before publishing; released if this request ends any other way than a landed
-    // publish (including the client going away mid-request).
-    let mut pending = None;
-    if let Some(key) = &idempotency_key {
-        let (claim, guard) = app
-            .idempotency
-            .claim(&app.bus, &who.name, key)
-            .await
-            .map_err(|e| refused(&app, crate::bus::PublishError::Unavailable(e), n))?;
-        match claim {
-            Claim::New => pending = guard,
-            Claim::Duplicate => {
-                return Ok((
-                    StatusCode::ACCEPTED,
-                    Json(json!({ "success": true, "accepted": n, "duplicate": true })),
-                ));
-            }
-            Claim::InFlight => {
-                return Err(AppError::new(
-                    StatusCode::CONFLICT,
-                    Code::Overloaded,
-                    "a request with this Idempotency-Key is being published; retry in a moment",
-                ));
-            }
-        }
-    }
-    app.bus
-        .publish_logs(records)
-        .await
-        .map_err(|e| refused(&app, e, n))?;
-    if let Some(pending) = pending {
-        pending.commit();
-    }
-    app.metrics
-        .ingested_http
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "success": true, "accepted": n })),
-    ))
+    let key = idempotency_key.map(|key| PublishKey {
+        owner: who.name.clone(),
+        key,
+        ttl: IDEMPOTENCY_TTL,
+    });
+    let answer = match accept(&app, Source::Http, records, key.as_ref()).await {
+        Ok(Accepted::Published(n)) => json!({ "success": true, "accepted": n }),
+        Ok(Accepted::Duplicate(n)) => json!({ "success": true, "accepted": n, "duplicate": true }),
+        Err(e) => return Err(AppError::unavailable(e)),
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 pub async fn post_device_status(
@@ -187,11 +150,11 @@ pub async fn post_device_status(
         .map(Value::take)
         .unwrap_or(Value::Null);
     let status = device_status(device_id, status).map_err(AppError::bad_field)?;
-    let _permit = app.ingest_permit().map_err(|e| refused(&app, e, 0))?;
-    app.bus
-        .publish_status(status.clone())
-        .await
-        .map_err(|e| refused(&app, e, 0))?;
+    let published = async {
+        let _permit = app.ingest_permit()?;
+        app.bus.publish_status(status.clone()).await
+    };
+    published.await.map_err(AppError::unavailable)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "success": true, "deviceId": status.device_id, "status": status.status })),

@@ -1,9 +1,13 @@
-//! Where logs come in. Every source validates entries into [`crate::log_entry::LogRecord`]s
-//! (with the validators in [`crate::log_entry`], shared with the Redis bus) and publishes them
-//! whole to the [`crate::bus::Bus`].
+//! Where logs come in: `POST /api/logs` ([`http`]), OTLP/HTTP ([`otlp`]) and the seed's
+//! Redis channel ([`seed_channel`]). Every source decodes and validates its entries into
+//! [`crate::log_entry::LogRecord`]s (with the validators in [`crate::log_entry`]) and then
+//! goes through the one [`accept::accept`]: permit, publish (whole, at most once per key),
+//! counters.
 
+pub mod accept;
 pub mod http;
 pub mod otlp;
+pub mod seed_channel;
 
 use axum::Router;
 use axum::routing::post;

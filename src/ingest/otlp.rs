@@ -19,7 +19,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -130,14 +129,10 @@ pub async fn post_logs(
     if rejected > 0 {
         tracing::info!(target: "audit", key = %who.name, %peer, rejected, error = first_error.as_deref().unwrap_or(""), "OTLP records rejected");
     }
-    let n = records.len();
-    if n > 0 {
-        let refused = |e| super::http::refused(&app, e, n);
-        let _permit = app.ingest_permit().map_err(refused)?;
-        app.bus.publish_logs(records).await.map_err(refused)?;
-        app.metrics
-            .ingested_otlp
-            .fetch_add(n as u64, Ordering::Relaxed);
+    if !records.is_empty() {
+        super::accept::accept(&app, super::accept::Source::Otlp, records, None)
+            .await
+            .map_err(AppError::unavailable)?;
     }
     let answer = ExportLogsServiceResponse {
         partial_success: (rejected > 0).then(|| ExportLogsPartialSuccess {

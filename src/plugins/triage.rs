@@ -2,8 +2,8 @@
 //!
 //! Why: a filter evaluates one batch for all its subscriptions at once. When one client's
 //! subscription makes that call trap or run out of its CPU budget (a costly pattern, params
-//! that hit a bug), the failure used to land on every subscriber of the plugin, and three in a
-//! row disabled it for everyone. Triage puts the failure where it belongs.
+//! that hit a bug), the failure would land on every subscriber of the plugin, and three in a
+//! row would disable it for everyone. Triage puts the failure where it belongs.
 //!
 //! How: on a spare instance (never the live one, so the live instance's state and failure
 //! count are not touched), first a control run of the batch with no subscriptions. If that
@@ -15,7 +15,7 @@
 //!
 //! Cost: each failing probe uses up to one call budget of CPU, on the router thread (the batch
 //! has to be answered before the next one, to keep order). Probes are capped at
-//! [`MAX_PROBES`]; what is not resolved by then counts as failed, as before triage.
+//! [`MAX_PROBES`]; what is not resolved by then counts as failed for every subscriber.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -37,6 +37,7 @@
 pub mod admin_query;
 pub mod client_command;
 pub mod costs;
+pub mod failures;
 pub mod followups;
 pub mod outboxes;
 pub mod plugin_command;
@@ -60,11 +61,12 @@ use crate::history::HistoryLimits;
 use crate::history::ring::Ring;
 use crate::log_entry::LogRecord;
 use crate::log_entry::{Position, Stamp};
-use crate::protocol::{ClientError, Code, DeviceStatus, DropReason, event};
-use crate::stats::Metrics;
+use crate::metrics::Metrics;
+use crate::protocol::{ClientError, DeviceStatus, DropReason, event};
 pub use admin_query::AdminQuery;
 pub use client_command::ClientCommand;
 use costs::SubscriptionCosts;
+use failures::{FailedFilter, FailedTransform};
 use followups::Followups;
 pub use plugin_command::PluginCommand;
 pub use registry::{Registry, SubscribeError};
@@ -143,24 +145,6 @@ pub struct Router {
     handshakes: VecDeque<(Instant, Sid)>,
     /// Packets for sockets are handed over here at the end of each turn of the loop.
     emitter: Arc<Emitter>,
-}
-
-/// A filter call that failed on a slice of an evaluation batch, and what triage found.
-struct FailedFilter<'a> {
-    filter: String,
-    error: EngineError,
-    triage: Triage,
-    slice: &'a [Arc<LogRecord>],
-}
-
-/// A transform that failed on one registration's logs, which were therefore not delivered.
-struct FailedTransform {
-    registration: RegistrationId,
-    /// The transform's name.
-    step: String,
-    error: EngineError,
-    /// The logs it was given: dropped for the registration's clients.
-    dropped: u64,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] (or when every [`RouterHandle`] is
@@ -461,126 +445,6 @@ impl Router {
         }
         for failed in failed_transforms {
             self.transform_failed(&failed);
-        }
-    }
-
-    /// A filter failed on a batch. The clients of registrations triage did not clear lose
-    /// this batch's logs (`log:dropped`, `plugin_failed`); culprits found by triage are ended
-    /// with `subscription_too_costly` and their users cool down on that filter; otherwise
-    /// every subscriber hears of the failure, and all are ended if the plugin is now
-    /// disabled.
-    fn filter_failed(&mut self, failed: &FailedFilter) {
-        let FailedFilter {
-            filter,
-            error,
-            triage,
-            slice: batch,
-        } = failed;
-        let filter = filter.as_str();
-        for id in self.registry.registrations_of(filter) {
-            if triage.cleared.contains(&id) {
-                continue;
-            }
-            let Some(scope) = self.registry.scope_of(id) else {
-                continue;
-            };
-            let dropped = batch.iter().filter(|l| scope.matches(&l.device_id)).count() as u64;
-            for sid in self.registry.clients(id).to_vec() {
-                if let Some(client) = self.clients.get_mut(&sid) {
-                    client.drop_and_report(DropReason::PluginFailed, dropped);
-                }
-            }
-        }
-        if triage.attributed() {
-            let now = Instant::now();
-            for id in &triage.culprits {
-                for sid in self.registry.clients(*id) {
-                    if let Some(client) = self.clients.get(sid) {
-                        self.costs.cool_down(&client.info.user_id, filter, now);
-                    }
-                }
-            }
-            let sids = self.registry.end_registrations(&triage.culprits);
-            tracing::warn!(
-                filter,
-                ended = sids.len(),
-                "subscriptions that made a filter fail were ended"
-            );
-            let error = ClientError::new(
-                Code::SubscriptionTooCostly,
-                format!(
-                    "your subscription made filter `{filter}` fail ({error}); it was ended, and your subscriptions to `{filter}` are refused for {} s",
-                    costs::FAILURE_COOL_DOWN.as_secs()
-                ),
-            )
-            .for_filter(filter);
-            self.end_subscriptions(&sids, &error);
-            return;
-        }
-        match self.registry.filter_disabled(filter) {
-            Some(reason) => {
-                let sids = self.registry.end_filter(filter);
-                let error = ClientError::new(
-                    Code::FilterDisabled,
-                    format!(
-                        "filter `{filter}` was disabled ({reason}); subscribe again with another filter"
-                    ),
-                )
-                .for_filter(filter);
-                self.end_subscriptions(&sids, &error);
-            }
-            None => {
-                let sids = self.registry.clients_of(filter);
-                let error = ClientError::new(
-                    Code::PluginFailed,
-                    format!(
-                        "filter `{filter}` failed on a batch ({error}); it was restarted and those logs were skipped"
-                    ),
-                )
-                .for_filter(filter);
-                self.notify(&sids, &error);
-            }
-        }
-    }
-
-    /// A transform failed on one registration's logs: they were not delivered; say so, and
-    /// end every chain using it if it is now disabled.
-    fn transform_failed(&mut self, failed: &FailedTransform) {
-        let FailedTransform {
-            registration,
-            step,
-            error,
-            dropped,
-        } = failed;
-        let (registration, step) = (*registration, step.as_str());
-        match self.registry.transform_disabled(step) {
-            Some(reason) => {
-                let sids = self.registry.end_transform_users(step);
-                let error = ClientError::new(
-                    Code::FilterDisabled,
-                    format!(
-                        "transform `{step}` was disabled ({reason}); subscribe again without it"
-                    ),
-                )
-                .for_transform(step);
-                self.end_subscriptions(&sids, &error);
-            }
-            None => {
-                let sids = self.registry.clients(registration).to_vec();
-                let error = ClientError::new(
-                    Code::PluginFailed,
-                    format!(
-                        "transform `{step}` failed ({error}); the logs it was given were not delivered"
-                    ),
-                )
-                .for_transform(step);
-                self.notify(&sids, &error);
-                for sid in &sids {
-                    if let Some(client) = self.clients.get_mut(sid) {
-                        client.drop_and_report(DropReason::PluginFailed, *dropped);
-                    }
-                }
-            }
         }
     }
 
