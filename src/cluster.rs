@@ -65,6 +65,7 @@ pub fn local_stats(app: &AppState) -> InstanceStats {
         logs_in_per_sec: rates.logs_in_per_sec,
         deliveries_per_sec: rates.deliveries_per_sec,
         drops: app.metrics.drops(),
+        ingest_rejected: app.metrics.ingest_rejected.load(relaxed),
         uptime: app.started.elapsed().as_secs_f64(),
         history: {
             let h = app.metrics.history();

@@ -145,14 +145,12 @@ impl Metrics {
         let slow_consumer = self.dropped_slow_consumer.load(Ordering::Relaxed);
         let scope_changed = self.dropped_scope_changed.load(Ordering::Relaxed);
         let plugin_failed = self.dropped_plugin_failed.load(Ordering::Relaxed);
-        let ingest_rejected = self.ingest_rejected.load(Ordering::Relaxed);
         Drops {
             rate_limit,
             pause_overflow,
             slow_consumer,
             scope_changed,
             plugin_failed,
-            ingest_rejected,
             total: rate_limit + pause_overflow + slow_consumer + scope_changed + plugin_failed,
         }
     }

@@ -81,6 +81,7 @@ pub enum Code {
     InvalidTransform,
     TransformUnavailable,
     SessionExpired,
+    TooManySessions,
     SubscriptionTooCostly,
     PluginFailed,
     SlowConsumer,
@@ -119,6 +120,7 @@ impl Code {
             Code::InvalidTransform => "invalid_transform",
             Code::TransformUnavailable => "transform_unavailable",
             Code::SessionExpired => "session_expired",
+            Code::TooManySessions => "too_many_sessions",
             Code::SubscriptionTooCostly => "subscription_too_costly",
             Code::PluginFailed => "plugin_failed",
             Code::SlowConsumer => "slow_consumer",
@@ -347,8 +349,6 @@ pub struct Drops {
     pub scope_changed: u64,
     #[serde(default)]
     pub plugin_failed: u64,
-    /// Ingest refused because the router queue was full (not part of `total`: never matched).
-    pub ingest_rejected: u64,
     pub total: u64,
 }
 
@@ -359,7 +359,6 @@ impl AddAssign for Drops {
         self.slow_consumer += o.slow_consumer;
         self.scope_changed += o.scope_changed;
         self.plugin_failed += o.plugin_failed;
-        self.ingest_rejected += o.ingest_rejected;
         self.total += o.total;
     }
 }
@@ -403,6 +402,10 @@ pub struct InstanceStats {
     pub logs_in_per_sec: f64,
     pub deliveries_per_sec: f64,
     pub drops: Drops,
+    /// Logs of ingest requests refused (503: router queue full, bus down, shutting down):
+    /// never accepted, so not drops.
+    #[serde(default)]
+    pub ingest_rejected: u64,
     pub uptime: f64,
     pub history: HistoryStats,
     pub replays_served: u64,
@@ -432,6 +435,7 @@ pub struct ClusterStats {
     pub logs_in_per_sec: f64,
     pub deliveries_per_sec: f64,
     pub drops: Drops,
+    pub ingest_rejected: u64,
     pub replays_served: u64,
     pub recoveries_failed: u64,
     pub instances: Vec<InstanceStats>,
@@ -453,6 +457,7 @@ impl ClusterStats {
             all.logs_in_per_sec += p.logs_in_per_sec;
             all.deliveries_per_sec += p.deliveries_per_sec;
             all.drops += p.drops;
+            all.ingest_rejected += p.ingest_rejected;
             all.replays_served += p.replays_served;
             all.recoveries_failed += p.recoveries_failed;
         }

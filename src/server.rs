@@ -160,6 +160,7 @@ pub async fn start(
         None => Bus::Embedded(crate::bus::EmbeddedBus::new(router.inbound.clone())),
         Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
     };
+    let session_limits = crate::sessions::SessionLimits::from_config(&config);
     let app = AppState::new(AppParts {
         emitter,
         config: config.clone(),
@@ -173,8 +174,8 @@ pub async fn start(
         stopping: CancellationToken::new(),
         access,
         sessions: match &bus {
-            Bus::Redis(redis) => crate::sessions::Sessions::Redis(redis.clone()),
-            Bus::Embedded(_) => crate::sessions::Sessions::memory(),
+            Bus::Redis(redis) => crate::sessions::Sessions::redis(redis.clone(), session_limits),
+            Bus::Embedded(_) => crate::sessions::Sessions::memory(session_limits),
         },
         edge: edge.clone(),
         dev_tokens: dev.supplied.contains(&"jwt_secret"),

@@ -119,6 +119,11 @@ pub async fn stats(
         None => serde_json::to_value(cluster::local_stats(&app)),
     }
     .unwrap_or_default();
+    let mut data = data;
+    // Sessions are the instance's (embedded) or already the cluster's (Redis).
+    if let (Some(obj), Some(totals)) = (data.as_object_mut(), app.sessions.totals().await) {
+        obj.insert("sessions".into(), json!(totals));
+    }
     Ok(Json(json!({ "success": true, "data": data })))
 }
 

@@ -18,5 +18,12 @@ config_group! {
         tail_max: usize = 1000, positive;
         /// How long a resumable subscription's session outlives its connection.
         session_ttl_ms: u64 = 120_000, positive;
+        /// Resumable sessions one user (`sub`) may hold (twice `max_connections_per_user`'s
+        /// default); past it the user's idle session nearest its expiry ends.
+        max_sessions_per_user: usize = 200, positive;
+        /// Resumable sessions this instance (or, with Redis, the cluster) keeps.
+        max_sessions: usize = 100_000, positive;
+        /// Bytes of the subscriptions all kept sessions hold together.
+        max_sessions_bytes: usize = 256 << 20, positive;
     }
 }

@@ -41,8 +41,9 @@ async fn resume_session(
     let saved = app.sessions.load(&id, &session.user).await;
     let ttl = std::time::Duration::from_millis(app.config.history.session_ttl_ms);
     if let Some(saved) = &saved {
-        // Attached again: it does not expire while this connection lives.
-        app.sessions.save(&id, saved, ttl).await;
+        // Attached again: it does not expire while this connection lives. (It replaces
+        // itself, so it always finds room.)
+        let _ = app.sessions.save(&id, saved, ttl).await;
     }
     let request = saved.and_then(|saved| {
         SubscribeRequest::parse(saved.subscription, app.config.history.tail_max).ok()

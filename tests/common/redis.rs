@@ -96,6 +96,16 @@ impl RedisServer {
         self.publish_in_order(channel, &[payload.to_owned()]).await;
     }
 
+    /// Run one command and read its answer.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let client = redis::Client::open(self.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        cmd.query_async(&mut conn).await.expect("redis command")
+    }
+
     /// `PUBLISH channel p` for each payload, one after another on one connection, as a
     /// publisher that sends a burst would.
     pub async fn publish_in_order(&self, channel: &str, payloads: &[String]) {

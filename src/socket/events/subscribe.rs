@@ -58,7 +58,13 @@ impl ClientEvent<SocketConnection> for Subscribe {
                     user: session.user.clone(),
                     subscription: kept,
                 };
-                app.sessions.save(id, &saved, ttl).await;
+                app.sessions
+                    .save(id, &saved, ttl)
+                    .await
+                    .map_err(|refused| {
+                        tracing::info!(target: "audit", user = %session.user, peer = %peer(socket), %refused, "resumable subscription refused");
+                        ClientError::new(Code::TooManySessions, refused.to_string())
+                    })?;
                 before
             }
             None => None,
@@ -75,7 +81,9 @@ impl ClientEvent<SocketConnection> for Subscribe {
             && let Some(id) = &session_id
         {
             match previous {
-                Some(saved) => app.sessions.save(id, &saved, ttl).await,
+                Some(saved) => {
+                    let _ = app.sessions.save(id, &saved, ttl).await;
+                }
                 None => app.sessions.end(id).await,
             }
         }
