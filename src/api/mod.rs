@@ -15,21 +15,27 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::app::HttpState;
 
 /// CORS for the REST API *and* Socket.IO's HTTP long-polling: applied outside both.
-/// No origins configured = any origin.
+/// No origins configured = any origin. The development token is never shared across
+/// origins: only the page the server itself serves may read it (see `web::dev_token`).
 pub fn cors(config: &crate::config::Config) -> CorsLayer {
-    if config.edge.cors_origins.is_empty() {
-        CorsLayer::permissive()
+    let allowed: Vec<axum::http::HeaderValue> = config
+        .edge
+        .cors_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    let any = allowed.is_empty();
+    let origin = AllowOrigin::predicate(move |origin, request| {
+        request.uri.path() != web::DEV_TOKEN_PATH && (any || allowed.contains(origin))
+    });
+    let cors = CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any);
+    if any {
+        cors.expose_headers(tower_http::cors::Any)
     } else {
-        let origins = config
-            .edge
-            .cors_origins
-            .iter()
-            .filter_map(|o| o.parse().ok())
-            .collect::<Vec<axum::http::HeaderValue>>();
-        CorsLayer::new()
-            .allow_origin(AllowOrigin::list(origins))
-            .allow_methods(tower_http::cors::Any)
-            .allow_headers(tower_http::cors::Any)
+        cors
     }
 }
 
@@ -39,7 +45,7 @@ pub fn routes() -> Router<HttpState> {
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/style.css", get(web::style))
-        .route("/api/dev/token", get(web::dev_token))
+        .route(web::DEV_TOKEN_PATH, get(web::dev_token))
         .route("/api/filters", get(web::filters))
         .route("/metrics", get(admin::metrics))
         .route("/api/ws/health", get(admin::health))

@@ -168,6 +168,18 @@ impl Collector for Scrape {
             "Connections closed at accept: their address had max_unauthenticated_per_ip.",
             app.edge.refused(),
         )?;
+        counter(
+            &mut e,
+            "unauthenticated_sessions_refused",
+            "Engine.IO sessions refused before authentication (max_unauthenticated_per_ip, unauthenticated_sessions_per_second, max_unauthenticated_sessions).",
+            app.edge.sessions.refused(),
+        )?;
+        gauge(
+            &mut e,
+            "unauthenticated_sessions",
+            "Engine.IO sessions open that have not authenticated (an upper bound).",
+            app.edge.sessions.open() as i64,
+        )?;
         gauge(
             &mut e,
             "queued_bytes",

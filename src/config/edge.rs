@@ -24,7 +24,13 @@ config_group! {
         max_unauthenticated_per_ip: usize = 64, positive;
         /// Bytes a Socket.IO connection may send before it has authenticated; more closes it.
         max_unauthenticated_bytes: usize = 64 << 10, positive;
-        /// A connection that has not authenticated within this time is closed.
+        /// A connection that has not authenticated within this time is closed (and an
+        /// Engine.IO session within the lesser of this and 10 s).
         unauthenticated_timeout_ms: u64 = 30_000, positive;
+        /// New Engine.IO sessions one address may open per second before authenticating
+        /// (a burst of `max_unauthenticated_per_ip`).
+        unauthenticated_sessions_per_second: u32 = 20, positive;
+        /// Engine.IO sessions not (yet) authenticated, for the whole instance.
+        max_unauthenticated_sessions: usize = 10_000, positive;
     }
 }

@@ -55,8 +55,17 @@ pub async fn authenticate(
             "Server shutting down".into(),
         ));
     }
-    // Browsers send Origin; when origins are configured, the handshake obeys them like the
-    // REST API does (CORS alone does not cover a WebSocket).
+    // Browsers send Origin. In development mode with no origins configured, only the
+    // server's own page may connect: a page of another local origin must not use the
+    // development token.
+    if app.dev_tokens
+        && app.config.edge.cors_origins.is_empty()
+        && !crate::api::web::same_origin(&socket.req_parts().headers)
+    {
+        return Err(refuse(&socket, "origin", "Origin not allowed".into()));
+    }
+    // When origins are configured, the handshake obeys them like the REST API does (CORS
+    // alone does not cover a WebSocket).
     if !app.config.edge.cors_origins.is_empty()
         && let Some(origin) = socket
             .req_parts()
@@ -137,6 +146,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     let meter = app.edge.meter(socket.id);
     if let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>() {
         peer.conn.authenticate();
+        app.edge.session_authenticated(peer.addr.ip());
         if socket.transport_type() == socketioxide::TransportType::Websocket {
             peer.conn.carry(meter.clone());
         }

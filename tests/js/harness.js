@@ -23,14 +23,16 @@ function token(sub, extra = {}) {
   return `${head}.${body}.${sig}`;
 }
 
-function startServer(sets = {}) {
+// `dev: true` starts it in development mode (it makes its own keys, kept in `dataDir`).
+function startServer(sets = {}, { dev = false, dataDir } = {}) {
   const args = ['serve', '--host', '127.0.0.1', '--port', '0'];
   for (const [k, v] of Object.entries(sets)) args.push('--set', `${k}=${v}`);
+  const keys = dev
+    ? { LOGSTREAM_DATA_DIR: dataDir }
+    : { LOGSTREAM_JWT_SECRET: SECRET, LOGSTREAM_API_KEY: API_KEY, LOGSTREAM_ADMIN_KEY: ADMIN_KEY };
   const env = {
     ...process.env,
-    LOGSTREAM_JWT_SECRET: SECRET,
-    LOGSTREAM_API_KEY: API_KEY,
-    LOGSTREAM_ADMIN_KEY: ADMIN_KEY,
+    ...keys,
     LOGSTREAM_PLUGINS_DIR: path.join(__dirname, '..', '..', 'plugins'),
     RUST_LOG: 'warn',
   };

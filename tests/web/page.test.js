@@ -198,3 +198,50 @@ test('a screenshot of a busy stream (for the README)', async (t) => {
   assert.ok(fs.statSync(shot).size > 10000);
   console.log(`screenshot: ${shot}`);
 });
+
+test('a page of another origin gets neither the development token nor a socket', async (t) => {
+  const http = require('node:http');
+  const os = require('node:os');
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'logstream-dev-'));
+  const server = await startServer({}, { dev: true, dataDir });
+  t.after(() => { server.stop(); fs.rmSync(dataDir, { recursive: true, force: true }); });
+  // The server's own page gets it (same origin).
+  const browser = await launch();
+  t.after(() => browser.close());
+  const own = await browser.newPage();
+  await own.goto(server.url);
+  const mine = await own.evaluate(async () => (await fetch('/api/dev/token')).json());
+  assert.ok(mine.data && mine.data.token, JSON.stringify(mine));
+  const devToken = mine.data.token;
+
+  // Another local origin: a page served on another port, as any local web app would be.
+  const evil = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/html');
+    res.end('<!doctype html><title>elsewhere</title>');
+  });
+  await new Promise((r) => evil.listen(0, '127.0.0.1', r));
+  t.after(() => evil.close());
+  const page = await browser.newPage();
+  await page.goto(`http://127.0.0.1:${evil.address().port}/`);
+  const target = server.url;
+  const stolen = await page.evaluate(async (url) => {
+    try {
+      const r = await fetch(`${url}/api/dev/token`);
+      return { read: true, status: r.status, body: await r.text() };
+    } catch (e) {
+      return { read: false, error: String(e) };
+    }
+  }, target);
+  assert.equal(stolen.read, false, `the token was readable across origins: ${JSON.stringify(stolen)}`);
+  // Even with the token in hand, a socket from that origin is refused.
+  const answer = await page.evaluate(({ url, token }) => new Promise((resolve) => {
+    const ws = new WebSocket(`${url.replace('http', 'ws')}/socket.io/?EIO=4&transport=websocket`);
+    ws.onmessage = (m) => {
+      if (m.data.startsWith('0')) ws.send(`40${JSON.stringify({ token })}`);
+      else if (m.data.startsWith('4')) { resolve(m.data); ws.close(); }
+    };
+    ws.onerror = () => resolve('error');
+    setTimeout(() => resolve('timeout'), 5000);
+  }), { url: target, token: devToken });
+  assert.match(answer, /^44.*Origin not allowed/, answer);
+});
