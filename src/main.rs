@@ -440,7 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             all_sets.extend(sets);
             let file = args.config.clone();
             let reload: logstream::server::Reload =
-                Box::new(move || Config::load(file.as_deref(), &all_sets));
+                std::sync::Arc::new(move || Config::load(file.as_deref(), &all_sets));
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
                 let addr: SocketAddr = format!("{}:{}", config.server.host, config.server.port)

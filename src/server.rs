@@ -32,13 +32,16 @@ use crate::router::{
 };
 
 /// Re-reads the configuration (the file and the layers above it) for SIGHUP.
-pub type Reload = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+pub type Reload = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
-/// A started server.
+/// How long a SIGHUP may take to read the configuration before it is given up.
+const RELOAD_WITHIN: Duration = Duration::from_secs(5);
+
 /// Seed-channel messages read from Redis and waiting to be accepted; past it the subscriber
 /// waits (and Redis buffers what the channel brings meanwhile).
 const SEED_CHANNEL_QUEUE: usize = 64;
 
+/// A started server.
 pub struct Running {
     app: AppState,
     io: SocketIo,
@@ -124,11 +127,12 @@ pub async fn start(
     for (name, plugin) in loaded.plugins {
         registry.install(&name, plugin);
     }
-    let edge = crate::edge::Edge::new(
-        config.edge.max_unauthenticated_per_ip,
-        config.edge.max_unauthenticated_bytes as u64,
-        Duration::from_millis(config.edge.unauthenticated_timeout_ms),
-    );
+    // An Engine.IO session that has not completed its Socket.IO handshake is ended by the
+    // transport after this (the edge counts it as unauthenticated until then).
+    let handshake_within = crate::socket::HANDSHAKE_TIMEOUT.min(Duration::from_millis(
+        config.edge.unauthenticated_timeout_ms,
+    ));
+    let edge = crate::edge::Edge::new(&config.edge, handshake_within);
     let (emitter, emitter_task) = crate::delivery::Emitter::new(
         metrics.clone(),
         Duration::from_millis(config.delivery.slow_consumer_timeout_ms),
@@ -194,7 +198,7 @@ pub async fn start(
         // A client sends little (subscribe, pause, pings): a 1 KiB read buffer instead of
         // engineioxide's 4 KiB saves 3 KB per connection; a larger message grows it.
         .ws_read_buffer_size(WS_READ_BUFFER)
-        .connect_timeout(crate::socket::HANDSHAKE_TIMEOUT)
+        .connect_timeout(handshake_within)
         .max_buffer_size(config.delivery.socket_queue)
         .with_state(app.clone())
         .build_layer();
@@ -422,7 +426,21 @@ async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken
                 () = stop.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            match reload().and_then(|c| Access::from_config(&c)) {
+            // Off the runtime: reading a file can block (a slow disk, a FIFO that slipped
+            // past the check), and a worker blocked in `open()` would stall requests.
+            let read = tokio::task::spawn_blocking({
+                let reload = reload.clone();
+                move || reload()
+            });
+            let loaded = match tokio::time::timeout(RELOAD_WITHIN, read).await {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(e)) => Err(anyhow::anyhow!("reading the configuration: {e}")),
+                Err(_) => Err(anyhow::anyhow!(
+                    "reading the configuration took longer than {} s",
+                    RELOAD_WITHIN.as_secs()
+                )),
+            };
+            match loaded.and_then(|c| Access::from_config(&c)) {
                 Ok(access) => {
                     tracing::info!(
                         target: "audit",

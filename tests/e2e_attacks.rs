@@ -1,7 +1,8 @@
-//! What an ordinary client could do to exhaust the server, each bounded: resumable sessions
-//! created faster than they expire, Engine.IO sessions opened without a token, the
-//! development token read across origins, and a retried ingest after an instance died
-//! mid-request. (The page-side cross-origin test runs in Chromium: tests/web_page.rs.)
+//! What an ordinary client could do to exhaust or stall the server, each bounded: resumable
+//! sessions created faster than they expire, Engine.IO sessions opened without a token, a
+//! retried ingest after an instance died mid-request; and smaller faults found with them (a
+//! SIGHUP on a FIFO, a misleading log line at start). The development token read across
+//! origins is tested in Chromium (tests/web/page.test.js).
 
 mod common;
 
@@ -147,4 +148,242 @@ async fn sessions_in_redis_are_bounded_per_user_and_for_the_cluster() {
     // The newest sessions still resume.
     let last = create_sessions(&server.url, "carol", 1, &json!({"resume": true})).await;
     resume(&server.url, "carol", last[0]["session"].as_str().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_sessions_opened_without_a_token_are_bounded_per_address_and_expire() {
+    let server = Server::builder()
+        .set("max_unauthenticated_per_ip", 8)
+        .set("unauthenticated_sessions_per_second", 1000)
+        .set("unauthenticated_timeout_ms", 1500)
+        .start();
+    // One keep-alive connection opening session after session, as the attack did.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let open = || async {
+        let url = format!("{}/socket.io/?EIO=4&transport=polling", server.url);
+        match http.get(&url).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    };
+    let (mut created, mut refused) = (0, 0);
+    for _ in 0..60 {
+        match open().await {
+            (200, body) if body.starts_with("0{") => created += 1,
+            (429, body) => {
+                assert!(body.contains("max_unauthenticated_per_ip"), "{body}");
+                refused += 1
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        (created, refused),
+        (8, 52),
+        "sessions past the bound are refused"
+    );
+    let metrics = server
+        .get_text("/metrics", &[("x-api-key", common::ADMIN_KEY)])
+        .await;
+    assert!(
+        metrics.contains("logstream_unauthenticated_sessions_refused_total 52"),
+        "{metrics}"
+    );
+    // The transport ends them when their handshake does not come: room again.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(open().await.0, 200);
+    // A real client from the same address connects, and its session leaves the count.
+    let mut c = server.client("alice").await;
+    c.subscribe(json!({"deviceIds": ["d"]})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_on_a_fifo_is_refused_without_stalling_the_server() {
+    let dir = common::scratch_dir("fifo-config");
+    let config = dir.join("logstream.toml");
+    std::fs::write(&config, "rate_limit = 50\n").unwrap();
+    let server = Server::builder()
+        .args(&["serve", "--host", "127.0.0.1", "--port", "0", "--config"])
+        .args_more(&[config.to_str().unwrap()])
+        .capture_stderr()
+        .start();
+    std::fs::remove_file(&config).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&config)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // Before: each SIGHUP blocked a runtime worker in open() for as long as nobody wrote.
+    for _ in 0..4 {
+        server.signal("-HUP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = tokio::time::timeout(Duration::from_secs(3), server.get("/api/ws/health", &[]))
+        .await
+        .expect("the server still answers");
+    assert_eq!(health.0, 200);
+    eventually(T, "the refusal is logged", || async {
+        let log = server.stderr().join("\n");
+        if log.contains("not a regular file") {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_on_redis_does_not_log_a_changed_epoch() {
+    let redis = RedisServer::start();
+    let server = Server::builder()
+        .env("LOGSTREAM_REDIS_URL", redis.url())
+        .env("RUST_LOG", "info")
+        .capture_stderr()
+        .start();
+    eventually(T, "connected to redis", || async {
+        let h = server.get("/api/ws/health", &[]).await.1;
+        if h["data"]["bus"]["state"] == "connected" {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    server.ingest(json!([common::log("d", "INFO", "x")])).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = server.stderr().join("\n");
+    assert!(log.contains("using the redis bus"), "{log}");
+    assert!(!log.contains("epoch changed"), "{log}");
+}
+
+/// Two instances on one Redis, ready.
+async fn pair(redis: &RedisServer) -> (Server, Server) {
+    let start = |id: &str| {
+        Server::builder()
+            .env("LOGSTREAM_REDIS_URL", redis.url())
+            .set("instance_id", id)
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    for s in [&a, &b] {
+        eventually(T, "connected to redis", || async {
+            let h = s.get("/api/ws/health", &[]).await.1;
+            if h["data"]["bus"]["state"] == "connected" {
+                Ok(())
+            } else {
+                Err(h.to_string())
+            }
+        })
+        .await;
+    }
+    (a, b)
+}
+
+/// POST `body` to `server` with `Idempotency-Key: key`: (status, answer).
+async fn post_keyed(http: &reqwest::Client, url: &str, key: &str, body: &Value) -> (u16, Value) {
+    match http
+        .post(format!("{url}/api/logs"))
+        .header("x-api-key", common::API_KEY)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+    {
+        Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// How many entries of the stream carry each message.
+async fn stream_messages(redis: &RedisServer) -> std::collections::HashMap<String, usize> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis
+        .query(redis::cmd("XRANGE").arg("logstream:logs").arg("-").arg("+"))
+        .await;
+    let mut count = std::collections::HashMap::new();
+    for (_, fields) in entries {
+        for (_, json) in fields {
+            let v: Value = serde_json::from_str(&json).unwrap();
+            *count
+                .entry(v["message"].as_str().unwrap().to_owned())
+                .or_insert(0) += 1;
+        }
+    }
+    count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_sent_to_two_instances_at_once_is_published_once_and_never_refused() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    let http = reqwest::Client::new();
+    for round in 0..30 {
+        let key = format!("round-{round}");
+        let body = json!([common::log("d", "INFO", &key)]);
+        let (x, y) = tokio::join!(
+            post_keyed(&http, &a.url, &key, &body),
+            post_keyed(&http, &b.url, &key, &body)
+        );
+        // Before: the second claim answered 409 "being published" while the first ran.
+        assert_eq!((x.0, y.0), (202, 202), "{x:?} {y:?}");
+        let duplicates = [&x.1, &y.1]
+            .iter()
+            .filter(|v| v["duplicate"] == true)
+            .count();
+        assert_eq!(duplicates, 1, "one published, one told it is a duplicate: {x:?} {y:?}");
+    }
+    let count = stream_messages(&redis).await;
+    assert_eq!(count.len(), 30);
+    assert!(count.values().all(|n| *n == 1), "{count:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_its_instance_died_mid_request_is_answered_at_once_and_lands_once() {
+    let redis = RedisServer::start();
+    let (mut a, b) = pair(&redis).await;
+    let http = reqwest::Client::new();
+    // Eight shippers send batches to A one after another; A is killed with some in flight.
+    let mut shippers = Vec::new();
+    for worker in 0..8 {
+        let (http, url) = (http.clone(), a.url.clone());
+        shippers.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0.. {
+                let key = format!("batch-{worker}-{i}");
+                let body: Value = (0..50)
+                    .map(|j| common::log("d", "INFO", &format!("{key}/{j}")))
+                    .collect();
+                let (status, _) = post_keyed(&http, &url, &key, &body).await;
+                sent.push((key, body, status));
+                if status != 202 {
+                    return sent;
+                }
+            }
+            sent
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    let (mut batches, mut retried) = (0, 0);
+    for shipper in shippers {
+        for (key, body, status) in shipper.await.unwrap() {
+            batches += 1;
+            if status == 202 {
+                continue;
+            }
+            retried += 1;
+            // The retry a shipper makes, to the other instance: answered now, never "retry
+            // later" (before: 409 for the key's 10 minutes when A died between its claim and
+            // its publish).
+            let (status, answer) = post_keyed(&http, &b.url, &key, &body).await;
+            assert_eq!(status, 202, "{key}: {answer}");
+        }
+    }
+    assert!(retried > 0, "batches were in flight when A died");
+    let count = stream_messages(&redis).await;
+    assert_eq!(count.len(), batches * 50, "every batch landed ({retried} retried)");
+    assert!(count.values().all(|n| *n == 1), "and once");
 }

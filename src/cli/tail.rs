@@ -284,13 +284,43 @@ impl Printer {
     }
 }
 
-/// `text` safe for a terminal: control characters (escape sequences, carriage returns, a
-/// newline that would forge another line) are shown as `\u{…}` escapes; tabs stay.
+/// Characters a log's text may not bring to a terminal as they are: controls (C0, DEL, C1
+/// with NEL and the CSI byte 0x9B: escape sequences, carriage returns, a newline that would
+/// forge another line), line and paragraph separators, and the bidirectional controls that
+/// make text display in another order than it reads (U+202A–U+202E, U+2066–U+2069, the
+/// marks U+200E, U+200F, U+061C). Tabs stay.
+fn unsafe_for_terminals(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// `text` safe for a terminal: what [`unsafe_for_terminals`] names is shown as a `\u{…}`
+/// escape.
 pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\t' {
+        if unsafe_for_terminals(c) {
             out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// JSON text safe for a terminal: the same characters as `\uXXXX` escapes (all of them are
+/// in the Basic Multilingual Plane, and outside strings JSON has none of them), so a JSON
+/// reader reads the same value.
+fn json_printable(json: String) -> String {
+    if !json.chars().any(unsafe_for_terminals) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if unsafe_for_terminals(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
         } else {
             out.push(c);
         }
@@ -302,7 +332,7 @@ pub fn printable(text: &str) -> String {
 pub fn format_line(entry: &Value, output: Output, color: bool, timestamps: bool) -> String {
     let text = |key: &str| printable(entry[key].as_str().unwrap_or(""));
     match output {
-        Output::Json => entry.to_string(),
+        Output::Json => json_printable(entry.to_string()),
         Output::Raw => text("message"),
         Output::Text => {
             let device = text("deviceId");
@@ -391,6 +421,25 @@ mod tests {
         assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
         assert!(line.contains("\\u{a}"), "{line:?}");
         assert!(!format_line(&e, Output::Raw, false, false).contains('\n'));
+    }
+
+    #[test]
+    fn del_c1_separators_and_bidi_controls_are_escaped_in_every_output() {
+        let tricky = "a\u{7f}b\u{9b}31mc\u{85}d\u{202e}txt.exe\u{2028}e\u{2066}f";
+        let e = json!({ "deviceId": "d", "level": "INFO", "message": tricky });
+        for output in [Output::Text, Output::Raw, Output::Json] {
+            let line = format_line(&e, output, false, false);
+            assert!(
+                !line.chars().any(unsafe_for_terminals),
+                "{output:?}: {line:?}"
+            );
+        }
+        let json = format_line(&e, Output::Json, false, false);
+        assert!(json.contains("\\u202e") && json.contains("\\u007f"), "{json}");
+        let back: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["message"], tricky, "a JSON reader reads the same text");
+        let text = format_line(&e, Output::Text, false, false);
+        assert!(text.contains("\\u{202e}") && text.contains("\\u{9b}"), "{text}");
     }
 
     #[test]

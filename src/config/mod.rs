@@ -70,6 +70,15 @@ impl Config {
         let mut origins: HashMap<String, String> = HashMap::new();
         let env_file = std::env::var_os(format!("{ENV_PREFIX}CONFIG")).map(PathBuf::from);
         if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            // Anything else (a FIFO, a device) could block the read for ever.
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("reading config file {}", path.display()))?;
+            if !meta.is_file() {
+                bail!(
+                    "config file {} is not a regular file (a FIFO, a device or a directory cannot be a configuration)",
+                    path.display()
+                );
+            }
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
             let from_file: toml::Table = text

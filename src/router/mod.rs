@@ -330,7 +330,13 @@ impl Router {
             Inbound::Epoch(epoch) => {
                 self.flush_pending();
                 if epoch != self.epoch {
-                    tracing::info!(old = %self.epoch, new = %epoch, "history epoch changed; older offsets can no longer be replayed");
+                    // At start the router takes the stream's epoch before it has handed out
+                    // any offset: nothing changes for clients then.
+                    if self.history.is_empty() && self.next_seq == 0 {
+                        tracing::debug!(epoch = %epoch, "history epoch from the bus");
+                    } else {
+                        tracing::info!(old = %self.epoch, new = %epoch, "history epoch changed; older offsets can no longer be replayed");
+                    }
                     self.history = Ring::new(self.history.limits());
                     self.epoch = epoch;
                 }

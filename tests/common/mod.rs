@@ -69,6 +69,14 @@ impl ServerBuilder {
         self
     }
 
+    /// More command-line arguments after those of [`ServerBuilder::args`].
+    pub fn args_more(mut self, more: &[&str]) -> Self {
+        self.args
+            .get_or_insert_with(Vec::new)
+            .extend(more.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// Working directory of the server process.
     pub fn cwd(mut self, dir: &std::path::Path) -> Self {
         self.cwd = Some(dir.to_owned());
@@ -241,6 +249,16 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// GET `path`, as text.
+    pub async fn get_text(&self, path: &str, headers: &[(&str, &str)]) -> String {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("http request");
+        resp.text().await.unwrap_or_default()
+    }
+
     pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
         self.send(reqwest::Method::GET, path, headers).await
     }
@@ -285,6 +303,15 @@ impl Server {
     }
 
     /// SIGKILL: the process dies at once, as in a crash.
+    /// Send a signal (`-HUP`, `-STOP`, …) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let sent = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {signal}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
