@@ -2,7 +2,8 @@
 //! so that a build can be measured before and after a fix.
 //!
 //! `cargo bench --bench attacks -- --attack sessions|resume|idempotency [--bin PATH]
-//!   [--seconds N] [--redis] [--loops N] [--concurrent-duplicates] [--max-rss-mb N]`
+//!   [--seconds N] [--redis] [--loops N] [--concurrent-duplicates] [--max-rss-mb N]
+//!   [--env KEY=VALUE ...]`
 //!
 //! `--bin` is the server binary: by default the logstream built with this bench, or another
 //! build (e.g. `/tmp/logstream-before`) for the "before" row. Each attack starts its own
@@ -77,6 +78,10 @@ const STREAM: &str = "logstream:attack";
 /// How long after an attack ends its RSS "end" is read.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// `--env KEY=VALUE` (repeatable): more environment for every server started, e.g. a
+/// `LOGSTREAM_*` key to measure one bound with another out of the way.
+static EXTRA_ENV: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
 struct Args {
     attack: String,
     bin: String,
@@ -114,6 +119,14 @@ fn parse_args() -> Args {
             "--loops" => a.loops = value().parse().expect("--loops N"),
             "--max-rss-mb" => {
                 a.max_rss_kb = value().parse::<u64>().expect("--max-rss-mb N") * 1024;
+            }
+            "--env" => {
+                let kv = value();
+                let (k, v) = kv.split_once('=').expect("--env KEY=VALUE");
+                EXTRA_ENV
+                    .lock()
+                    .unwrap()
+                    .push((k.to_owned(), v.to_owned()));
             }
             "--redis" => a.redis = true,
             "--concurrent-duplicates" => a.concurrent_duplicates = true,
@@ -843,6 +856,9 @@ impl Server {
             )
             .env("RUST_LOG", "warn");
         for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for (k, v) in EXTRA_ENV.lock().unwrap().iter() {
             cmd.env(k, v);
         }
         let mut child = cmd

@@ -328,7 +328,10 @@ fn spawn_bin(bin: &str, sets: &[String], env: &[(&str, &str)]) -> (Child, String
         .env("LOGSTREAM_API_KEY", API_KEY)
         .env("LOGSTREAM_MAX_CONNECTIONS_PER_USER", "100000")
         // The load generator is one address opening thousands of connections at once.
+        // (Builds that do not know a key warn about it and go on.)
         .env("LOGSTREAM_MAX_UNAUTHENTICATED_PER_IP", "100000")
+        .env("LOGSTREAM_UNAUTHENTICATED_SESSIONS_PER_SECOND", "1000000")
+        .env("LOGSTREAM_MAX_UNAUTHENTICATED_SESSIONS", "100000")
         .env("RUST_LOG", "warn")
         .env("LOGSTREAM_DATA_DIR", "")
         .stdout(Stdio::piped())
