@@ -123,10 +123,7 @@ fn parse_args() -> Args {
             "--env" => {
                 let kv = value();
                 let (k, v) = kv.split_once('=').expect("--env KEY=VALUE");
-                EXTRA_ENV
-                    .lock()
-                    .unwrap()
-                    .push((k.to_owned(), v.to_owned()));
+                EXTRA_ENV.lock().unwrap().push((k.to_owned(), v.to_owned()));
             }
             "--redis" => a.redis = true,
             "--concurrent-duplicates" => a.concurrent_duplicates = true,

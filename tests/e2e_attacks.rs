@@ -333,7 +333,10 @@ async fn the_same_key_sent_to_two_instances_at_once_is_published_once_and_never_
             .iter()
             .filter(|v| v["duplicate"] == true)
             .count();
-        assert_eq!(duplicates, 1, "one published, one told it is a duplicate: {x:?} {y:?}");
+        assert_eq!(
+            duplicates, 1,
+            "one published, one told it is a duplicate: {x:?} {y:?}"
+        );
     }
     let count = stream_messages(&redis).await;
     assert_eq!(count.len(), 30);
@@ -384,6 +387,10 @@ async fn a_retry_after_its_instance_died_mid_request_is_answered_at_once_and_lan
     }
     assert!(retried > 0, "batches were in flight when A died");
     let count = stream_messages(&redis).await;
-    assert_eq!(count.len(), batches * 50, "every batch landed ({retried} retried)");
+    assert_eq!(
+        count.len(),
+        batches * 50,
+        "every batch landed ({retried} retried)"
+    );
     assert!(count.values().all(|n| *n == 1), "and once");
 }

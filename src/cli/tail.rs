@@ -291,7 +291,10 @@ impl Printer {
 /// marks U+200E, U+200F, U+061C). Tabs stay.
 fn unsafe_for_terminals(c: char) -> bool {
     (c.is_control() && c != '\t')
-        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
         || ('\u{202a}'..='\u{202e}').contains(&c)
         || ('\u{2066}'..='\u{2069}').contains(&c)
 }
@@ -435,11 +438,17 @@ mod tests {
             );
         }
         let json = format_line(&e, Output::Json, false, false);
-        assert!(json.contains("\\u202e") && json.contains("\\u007f"), "{json}");
+        assert!(
+            json.contains("\\u202e") && json.contains("\\u007f"),
+            "{json}"
+        );
         let back: Value = serde_json::from_str(&json).unwrap();
         assert_eq!(back["message"], tricky, "a JSON reader reads the same text");
         let text = format_line(&e, Output::Text, false, false);
-        assert!(text.contains("\\u{202e}") && text.contains("\\u{9b}"), "{text}");
+        assert!(
+            text.contains("\\u{202e}") && text.contains("\\u{9b}"),
+            "{text}"
+        );
     }
 
     #[test]

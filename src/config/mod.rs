@@ -142,6 +142,7 @@ impl Config {
                     | "BUILT_PLUGINS"
                     | "TEST_PLUGINS_DIR"
                     | "BIN"
+                    | "BEFORE_BIN"
                     | "PUBSUB_BIN"
                     | "SERVER"
                     | "TOKEN"
