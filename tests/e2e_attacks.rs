@@ -115,15 +115,7 @@ async fn sessions_in_redis_are_bounded_per_user_and_for_the_cluster() {
         .set("max_user_subscription_bytes", 100_000)
         .set("session_ttl_ms", 600_000)
         .start();
-    eventually(T, "connected to redis", || async {
-        let h = server.get("/api/ws/health", &[]).await.1;
-        if h["data"]["bus"]["state"] == "connected" {
-            Ok(())
-        } else {
-            Err(h.to_string())
-        }
-    })
-    .await;
+    server.wait_for_redis().await;
     create_sessions(&server.url, "alice", 1, &json!({"resume": true})).await;
     create_sessions(&server.url, "mallory", 15, &json!({"resume": true})).await;
     let zcard = |key: &'static str| {
@@ -244,15 +236,7 @@ async fn starting_on_redis_does_not_log_a_changed_epoch() {
         .env("RUST_LOG", "info")
         .capture_stderr()
         .start();
-    eventually(T, "connected to redis", || async {
-        let h = server.get("/api/ws/health", &[]).await.1;
-        if h["data"]["bus"]["state"] == "connected" {
-            Ok(())
-        } else {
-            Err(h.to_string())
-        }
-    })
-    .await;
+    server.wait_for_redis().await;
     server.ingest(json!([common::log("d", "INFO", "x")])).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = server.stderr().join("\n");
@@ -270,15 +254,7 @@ async fn pair(redis: &RedisServer) -> (Server, Server) {
     };
     let (a, b) = (start("a"), start("b"));
     for s in [&a, &b] {
-        eventually(T, "connected to redis", || async {
-            let h = s.get("/api/ws/health", &[]).await.1;
-            if h["data"]["bus"]["state"] == "connected" {
-                Ok(())
-            } else {
-                Err(h.to_string())
-            }
-        })
-        .await;
+        s.wait_for_redis().await;
     }
     (a, b)
 }

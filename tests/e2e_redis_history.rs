@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{API_KEY, Server, TestClient, eventually, log};
+use common::{API_KEY, Server, TestClient, log};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(15);
@@ -21,15 +21,7 @@ fn instance(redis_url: &str, id: &str) -> Server {
 }
 
 async fn ready(server: &Server) {
-    eventually(T, "connected to redis", || async {
-        let h = server.get("/api/ws/health", &[]).await.1;
-        if h["data"]["bus"]["state"] == "connected" {
-            Ok(())
-        } else {
-            Err(h.to_string())
-        }
-    })
-    .await;
+    server.wait_for_redis().await;
 }
 
 fn messages(logs: &[Value]) -> Vec<String> {

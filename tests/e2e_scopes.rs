@@ -215,15 +215,7 @@ async fn scopes_hold_on_every_instance_of_a_redis_cluster() {
     let a = start("a");
     let b = start("b");
     for s in [&a, &b] {
-        eventually(T, "connected to redis", || async {
-            let h = s.get("/api/ws/health", &[]).await.1;
-            if h["data"]["bus"]["state"] == "connected" {
-                Ok(())
-            } else {
-                Err(h.to_string())
-            }
-        })
-        .await;
+        s.wait_for_redis().await;
     }
     let scoped = token_with("ann", &[("devices", json!(["plant-a/*"]))]);
     let mut ann = TestClient::connect(&b.url, Some(&scoped)).await.unwrap();

@@ -10,20 +10,9 @@ use std::sync::OnceLock;
 /// The fields `LogRecord::from_value` consumes; everything else passes through.
 pub const KNOWN_FIELDS: [&str; 6] = ["id", "deviceId", "timestamp", "level", "message", "tags"];
 
-/// A copy of the Redis bus's private `id_from_message`: the id of entry `index` of a bus
-/// message that gave none, the same on every instance.
-pub fn id_from_message(payload: &[u8], index: usize) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(payload)
-        .chain_update((index as u64).to_le_bytes())
-        .finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes)
-        .into_uuid()
-        .to_string()
-}
+/// The id the seed channel gives entry `index` of a message that gave none (the same on
+/// every instance).
+pub use logstream::ingest::seed_channel::id_from_message;
 
 /// Whether floats must survive a JSON round trip exactly (`LOGSTREAM_FUZZ_STRICT_FLOATS=1`).
 /// Off by default: serde_json without its `float_roundtrip` feature (as logstream builds it)

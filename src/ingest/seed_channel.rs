@@ -89,7 +89,7 @@ async fn on_message(app: &AppState, redis: &RedisBus, payload: &[u8]) {
 
 /// The id of entry `index` of a message that gave none: the same on every instance (a
 /// UUID-shaped digest of the message's bytes and the position).
-fn id_from_message(payload: &[u8], index: usize) -> String {
+pub fn id_from_message(payload: &[u8], index: usize) -> String {
     let digest = Sha256::new()
         .chain_update(payload)
         .chain_update((index as u64).to_le_bytes())

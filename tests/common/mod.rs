@@ -249,6 +249,19 @@ impl Server {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// Wait until the server's Redis bus is connected (health says so).
+    pub async fn wait_for_redis(&self) {
+        eventually(Duration::from_secs(15), "connected to redis", || async {
+            let h = self.get("/api/ws/health", &[]).await.1;
+            if h["data"]["bus"]["state"] == "connected" {
+                Ok(())
+            } else {
+                Err(h.to_string())
+            }
+        })
+        .await;
+    }
+
     /// GET `path`, as text.
     pub async fn get_text(&self, path: &str, headers: &[(&str, &str)]) -> String {
         let mut req = self.http.get(format!("{}{path}", self.url));
