@@ -26,6 +26,9 @@ pub struct Metrics {
     pub queued_bytes: AtomicU64,
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,
+    /// Ingest bodies refused while decoding their `Content-Encoding`, by reason (indexed
+    /// like `ingest::decode::DecodeRefusal::ALL`).
+    pub decode_refused: [AtomicU64; 3],
     /// Client events refused by the per-socket event limit.
     pub events_rejected: AtomicU64,
     pub batches: AtomicU64,
@@ -60,6 +63,7 @@ impl Default for Metrics {
             queued_bytes: AtomicU64::default(),
             ingest_rejected: AtomicU64::default(),
             events_rejected: AtomicU64::default(),
+            decode_refused: Default::default(),
             batches: AtomicU64::default(),
             replays_served: AtomicU64::default(),
             recoveries_failed: AtomicU64::default(),

@@ -235,6 +235,9 @@ pub async fn start(
             (edge.clone(), io.clone()),
             crate::edge::track,
         ))
+        // Outside `track`, which counts a long-polling body's bytes as the socket's queue
+        // sees them (uncompressed).
+        .layer(crate::api::compression())
         .layer(crate::api::cors(&config));
 
     let tasks = TaskTracker::new();

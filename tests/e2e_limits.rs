@@ -18,16 +18,7 @@ const MB: f64 = (1 << 20) as f64;
 
 /// The server's resident and peak resident memory, in bytes.
 fn memory(server: &Server) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or_else(|| panic!("{name} in /proc status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    server.memory()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,23 +13,45 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
 
+/// Run the OpenTelemetry SDK's exporter script against `server` (`gzip`: compressed).
+async fn export_with_the_sdk(server: &Server, gzip: bool) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otlp_export.py");
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).args([&url, API_KEY]);
+        if gzip {
+            cmd.arg("gzip");
+        }
+        cmd.output().expect("python3 is needed for the OTLP test")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_opentelemetry_sdk_exporter_with_gzip_is_accepted() {
+    let server = Server::start();
+    let mut c = server.client("watcher").await;
+    c.subscribe(json!({ "deviceIds": ["otel-device-gzip"] }))
+        .await;
+    let output = export_with_the_sdk(&server, true).await;
+    assert!(
+        output.status.success(),
+        "the gzip exporter failed (before: 415): {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let logs = c.logs(3, T).await;
+    assert!(logs.iter().any(|l| l["message"] == "disk full"), "{logs:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opentelemetry_sdk_exporter_ships_logs_that_clients_receive() {
     let server = Server::start();
     let mut c = server.client("watcher").await;
     c.subscribe(json!({ "deviceIds": ["otel-device-1"] })).await;
-
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/otlp_export.py");
-    let url = server.url.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args([&url, API_KEY])
-            .output()
-            .expect("python3 is needed for the OTLP test")
-    })
-    .await
-    .unwrap();
+    let output = export_with_the_sdk(&server, false).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -139,4 +161,48 @@ async fn otlp_json_is_accepted_with_partial_success_for_records_it_cannot_map() 
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
+}
+
+#[test]
+fn the_readmes_collector_configuration_parses_and_forwards_logs_here() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("```yaml\n# An OpenTelemetry Collector")
+        .expect("the Collector YAML in the README");
+    let yaml = &readme[start + "```yaml\n".len()..];
+    let yaml = &yaml[..yaml.find("```").unwrap()];
+    let check = r#"
+import sys, yaml
+c = yaml.safe_load(sys.stdin)
+exporter = c["exporters"]["otlphttp/logstream"]
+assert exporter["logs_endpoint"].endswith("/v1/logs"), exporter
+assert exporter["headers"]["Authorization"].startswith("Bearer "), exporter
+assert "compression" not in exporter or exporter["compression"] in ("gzip", "zstd", "none")
+logs = c["service"]["pipelines"]["logs"]
+assert logs["exporters"] == ["otlphttp/logstream"], logs
+for r in logs["receivers"]: assert r in c["receivers"], r
+for p in logs["processors"]: assert p in c["processors"], p
+print("ok")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", check])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -39,6 +39,22 @@ pub fn cors(config: &crate::config::Config) -> CorsLayer {
     }
 }
 
+/// Answers, the page's assets and long-polling bodies compressed (gzip or brotli) for a
+/// client that accepts it, past [`COMPRESS_ABOVE`] bytes (smaller ones gain nothing).
+pub fn compression() -> tower_http::compression::CompressionLayer<
+    tower_http::compression::predicate::And<
+        tower_http::compression::predicate::DefaultPredicate,
+        tower_http::compression::predicate::SizeAbove,
+    >,
+> {
+    use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
+    tower_http::compression::CompressionLayer::new()
+        .compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE)))
+}
+
+/// Bodies smaller than this are sent as they are.
+pub const COMPRESS_ABOVE: u16 = 1024;
+
 /// Health, admin and plugin routes.
 pub fn routes() -> Router<HttpState> {
     Router::new()

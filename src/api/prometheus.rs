@@ -168,6 +168,14 @@ impl Collector for Scrape {
             "Connections closed at accept: their address had max_unauthenticated_per_ip.",
             app.edge.refused(),
         )?;
+        labelled_counters(
+            &mut e,
+            "ingest_decode_refused",
+            "Ingest bodies refused while decoding their Content-Encoding, by reason.",
+            "reason",
+            crate::ingest::decode::DecodeRefusal::ALL
+                .map(|r| (r.as_str(), load(&m.decode_refused[r as usize]))),
+        )?;
         counter(
             &mut e,
             "unauthenticated_sessions_refused",

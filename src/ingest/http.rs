@@ -64,7 +64,7 @@ fn parse_body(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Value, AppError> {
     require_json(headers)?;
-    let body = body.map_err(|r| AppError::body(r, app.config.ingest.max_body_bytes))?;
+    let body = super::decode::request_body(app, headers, body)?;
     serde_json::from_slice(&body).map_err(|e| {
         AppError::new(
             StatusCode::BAD_REQUEST,

@@ -5,6 +5,7 @@
 //! counters.
 
 pub mod accept;
+pub mod decode;
 pub mod http;
 pub mod otlp;
 pub mod seed_channel;

@@ -91,18 +91,7 @@ pub async fn post_logs(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
     let encoding = Encoding::of(&headers)?;
-    if let Some(coding) = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .filter(|c| !c.eq_ignore_ascii_case("identity"))
-    {
-        return Err(AppError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Code::BadBody,
-            format!("Content-Encoding {coding:?} is not supported; send uncompressed OTLP"),
-        ));
-    }
-    let body = body.map_err(|r| AppError::body(r, app.config.ingest.max_body_bytes))?;
+    let body = super::decode::request_body(&app, &headers, body)?;
     let request = match encoding {
         Encoding::Protobuf => ExportLogsServiceRequest::decode(body.as_ref()).map_err(|e| {
             AppError::new(

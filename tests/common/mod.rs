@@ -316,6 +316,20 @@ impl Server {
     }
 
     /// SIGKILL: the process dies at once, as in a crash.
+    /// The server's resident and peak resident memory, in bytes (from /proc).
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+                .unwrap_or_else(|| panic!("{name} in /proc status"))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
     /// Send a signal (`-HUP`, `-STOP`, …) with `kill`.
     pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")

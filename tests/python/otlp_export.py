@@ -2,12 +2,17 @@
 (protobuf), the way an instrumented service would: standard `logging` calls through the
 SDK's LoggingHandler. Exits non-zero if the export failed.
 
-Usage: python3 otlp_export.py BASE_URL INGEST_KEY
+Usage: python3 otlp_export.py BASE_URL INGEST_KEY [gzip]
+
+With `gzip`, the exporter compresses its requests (`Content-Encoding: gzip`, as the
+Collector's otlphttp exporter does by default) and the logs come from device
+`otel-device-gzip`.
 """
 
 import logging
 import sys
 
+from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
@@ -16,13 +21,16 @@ from opentelemetry.sdk.resources import Resource
 
 def main() -> int:
     base, key = sys.argv[1], sys.argv[2]
+    gzip = len(sys.argv) > 3 and sys.argv[3] == "gzip"
+    device = "otel-device-gzip" if gzip else "otel-device-1"
     provider = LoggerProvider(
-        resource=Resource.create({"service.name": "checkout", "device.id": "otel-device-1"})
+        resource=Resource.create({"service.name": "checkout", "device.id": device})
     )
     exporter = OTLPLogExporter(
         endpoint=f"{base}/v1/logs",
         headers={"Authorization": f"Bearer {key}"},
         timeout=10,
+        compression=Compression.Gzip if gzip else Compression.NoCompression,
     )
     results = []
 
