@@ -93,13 +93,17 @@ enum Command {
 
 #[derive(Args)]
 struct TailArgs {
-    /// The server (http://host:port).
+    /// The server (http://host:port, or https://host:port).
     #[arg(
         long,
         env = "LOGSTREAM_SERVER",
         default_value = "http://localhost:3000"
     )]
     server: String,
+    /// Trust only the CAs of this PEM file for an https:// server (a private CA), instead of
+    /// the public ones.
+    #[arg(long, env = "LOGSTREAM_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// A client token (JWT).
     #[arg(long, env = "LOGSTREAM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -158,13 +162,17 @@ struct ShipArgs {
     /// The device these lines come from.
     #[arg(long)]
     device: String,
-    /// The server (http://host:port).
+    /// The server (http://host:port, or https://host:port).
     #[arg(
         long,
         env = "LOGSTREAM_SERVER",
         default_value = "http://localhost:3000"
     )]
     server: String,
+    /// Trust only the CAs of this PEM file for an https:// server (a private CA), instead of
+    /// the public ones.
+    #[arg(long, env = "LOGSTREAM_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
     /// An ingest key.
     #[arg(long, env = "LOGSTREAM_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -288,6 +296,8 @@ fn init_logging(format: &str) {
 
 /// Exit status of a client that was refused its credentials.
 const EXIT_AUTH: u8 = 2;
+/// Exit status of a client that could not trust the server's TLS certificate.
+const EXIT_TLS: u8 = 3;
 
 /// A failure that ends the command with a particular status.
 #[derive(Debug)]
@@ -302,6 +312,9 @@ impl std::fmt::Display for Exit {
 impl std::error::Error for Exit {}
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS client and server of the process (rustls' builders
+    // here name it anyway; this covers any that would look for a default).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -363,11 +376,13 @@ fn tail(args: TailArgs) -> anyhow::Result<()> {
         },
         color,
         timestamps: args.timestamps,
+        ca_file: args.ca_file,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(logstream::cli::tail::run(opts, interrupted())) {
         Ok(()) => Ok(()),
         Err(TailError::Auth(why)) => Err(Exit(EXIT_AUTH, why).into()),
+        Err(TailError::Tls(why)) => Err(Exit(EXIT_TLS, why).into()),
         Err(TailError::Fatal(why)) => Err(anyhow::anyhow!(why)),
     }
 }
@@ -401,11 +416,13 @@ fn ship(args: ShipArgs) -> anyhow::Result<()> {
         },
         batch_lines: args.batch_lines,
         batch_ms: args.batch_ms,
+        ca_file: args.ca_file,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(logstream::cli::ship::run(opts, interrupted())) {
         Ok(_) => Ok(()),
         Err(ShipError::Auth(why)) => Err(Exit(EXIT_AUTH, why).into()),
+        Err(ShipError::Tls(why)) => Err(Exit(EXIT_TLS, why).into()),
         Err(ShipError::Fatal(why)) => Err(anyhow::anyhow!(why)),
     }
 }

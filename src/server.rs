@@ -104,6 +104,11 @@ pub async fn start(
     reload: Option<Reload>,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    // TLS first: a certificate that does not load stops the start, naming the file.
+    let tls = match (&config.edge.tls_cert, &config.edge.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(crate::edge::tls::Tls::load(cert, key)?)),
+        _ => None,
+    };
     let (config, dev) = crate::devmode::fill(config);
     let (keys, _) = Keys::from_config(&config)?;
     let access = Access::from_config(&config)?;
@@ -240,12 +245,17 @@ pub async fn start(
         .layer(crate::api::compression())
         .layer(crate::api::cors(&config));
 
+    let tls_for_listener = tls.clone();
     let tasks = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     let stop = stop_tasks.clone();
     tasks.spawn(async move {
         let served = axum::serve(
-            crate::edge::EdgeListener::new(listener, edge),
+            crate::edge::EdgeListener::new(
+                listener,
+                edge,
+                tls_for_listener.map(|t| t.acceptor.clone()),
+            ),
             http.into_make_service_with_connect_info::<crate::edge::Peer>(),
         )
         .with_graceful_shutdown(stop.cancelled_owned())
@@ -261,7 +271,12 @@ pub async fn start(
         stop_tasks.clone(),
     ));
     if let Some(reload) = reload {
-        tasks.spawn(reload_on_hangup(app.clone(), reload, stop_tasks.clone()));
+        tasks.spawn(reload_on_hangup(
+            app.clone(),
+            reload,
+            tls.clone(),
+            stop_tasks.clone(),
+        ));
     }
     if let Some(redis) = app.bus.redis() {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
@@ -295,7 +310,8 @@ pub async fn start(
         tracing::info!(%instance, "using the redis bus");
     }
 
-    let base_url = format!("http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base_url = format!("{scheme}://{addr}");
     if dev.active() {
         let token = app
             .keys
@@ -413,7 +429,12 @@ pub async fn serve(
 
 /// On SIGHUP, re-read the configuration and put its ingest keys and device scopes in force;
 /// a configuration that does not load keeps the old one, and the log says why.
-async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken) {
+async fn reload_on_hangup(
+    app: AppState,
+    reload: Reload,
+    tls: Option<Arc<crate::edge::tls::Tls>>,
+    stop: CancellationToken,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -443,6 +464,18 @@ async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken
                     RELOAD_WITHIN.as_secs()
                 )),
             };
+            if let (Some(tls), Ok(config)) = (&tls, &loaded)
+                && let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key)
+            {
+                match tls.reload(cert, key) {
+                    Ok(()) => {
+                        tracing::info!(target: "audit", cert = %cert.display(), "TLS certificate reloaded (SIGHUP): new handshakes get it")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "TLS certificate reload (SIGHUP) failed; the previous certificate stays in force")
+                    }
+                }
+            }
             match loaded.and_then(|c| Access::from_config(&c)) {
                 Ok(access) => {
                     tracing::info!(
@@ -462,7 +495,7 @@ async fn reload_on_hangup(app: AppState, reload: Reload, stop: CancellationToken
     }
     #[cfg(not(unix))]
     {
-        let _ = (app, reload);
+        let _ = (app, reload, tls);
         stop.cancelled().await;
     }
 }

@@ -5,3 +5,4 @@
 pub mod ship;
 pub mod sio;
 pub mod tail;
+pub mod tls;

@@ -40,12 +40,17 @@ pub struct ShipOptions {
     pub input: Input,
     pub batch_lines: usize,
     pub batch_ms: u64,
+    /// CAs to trust for an `https://` server instead of the public ones.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
     #[error("{0}")]
     Auth(String),
+    /// The server's TLS could not be trusted (exit code of its own).
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Fatal(String),
 }
@@ -221,8 +226,10 @@ async fn follow(
 
 /// Gather lines into batches and send each until it lands.
 async fn send(opts: &ShipOptions, mut rx: mpsc::Receiver<String>) -> Result<Totals, ShipError> {
+    let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(ShipError::Fatal)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .use_preconfigured_tls(rustls::ClientConfig::clone(&tls))
         .build()
         .map_err(|e| ShipError::Fatal(e.to_string()))?;
     let url = format!("{}/api/logs", opts.server.trim_end_matches('/'));
@@ -357,7 +364,11 @@ async fn post_until_landed(
                     "the server refused a batch ({status}): {text}"
                 )));
             }
-            Err(e) => format!("network error: {e}"),
+            // A certificate that cannot be trusted now will not be on a retry.
+            Err(e) => match super::tls::explain(&e) {
+                Some(why) => return Err(ShipError::Tls(format!("{}: {why}", opts.server))),
+                None => format!("network error: {e}"),
+            },
         };
         retries += 1;
         eprintln!(
@@ -384,6 +395,7 @@ mod tests {
             input: Input::Stdin,
             batch_lines: 10,
             batch_ms: 10,
+            ca_file: None,
         };
         let e = entry(&opts, "run", 7, "2025 ERROR upstream timed out".into());
         assert_eq!(

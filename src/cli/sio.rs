@@ -4,6 +4,7 @@
 //! (`40` connect with auth, `42` events, `44` refusal, engine.io ping/pong), and a WebSocket
 //! library we already build (the server's transport uses the same one) does the rest.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,6 +25,10 @@ pub enum ConnectError {
     /// Network or protocol trouble: worth retrying.
     #[error("{0}")]
     Transport(String),
+    /// The TLS handshake failed (an unknown CA, another name, an expired certificate):
+    /// retrying will not help.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What arrived.
@@ -39,35 +44,47 @@ pub struct SioClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
 }
 
-/// `http://host:port` (or `ws://`) → the Socket.IO WebSocket endpoint.
-pub fn endpoint(server: &str) -> Result<String, ConnectError> {
+/// `http://host:port` (or `ws://`, `https://`, `wss://`) → the Socket.IO WebSocket endpoint.
+pub fn endpoint(server: &str) -> String {
     let base = server.trim_end_matches('/');
     let ws = if let Some(rest) = base.strip_prefix("http://") {
         format!("ws://{rest}")
-    } else if base.starts_with("ws://") {
+    } else if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if base.starts_with("ws://") || base.starts_with("wss://") {
         base.to_owned()
-    } else if base.starts_with("https://") || base.starts_with("wss://") {
-        return Err(ConnectError::Refused(
-            "TLS (https/wss) is not built into the command-line tools; reach the server over http, e.g. through an SSH tunnel or a local proxy".into(),
-        ));
     } else {
         format!("ws://{base}")
     };
-    Ok(format!("{ws}/socket.io/?EIO=4&transport=websocket"))
+    format!("{ws}/socket.io/?EIO=4&transport=websocket")
 }
 
 impl SioClient {
-    /// Open the WebSocket and join the main namespace with `auth`.
-    pub async fn connect(server: &str, auth: &Value) -> Result<SioClient, ConnectError> {
-        let url = endpoint(server)?;
+    /// Open the WebSocket (over `tls` for a `wss://` server) and join the main namespace
+    /// with `auth`.
+    pub async fn connect(
+        server: &str,
+        auth: &Value,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<SioClient, ConnectError> {
+        let url = endpoint(server);
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let connecting = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
+        let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(config),
+            false,
+            Some(connector),
+        );
         let (ws, _) = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| ConnectError::Transport("connecting timed out".into()))?
-            .map_err(|e| ConnectError::Transport(e.to_string()))?;
+            .map_err(|e| match super::tls::explain(&e) {
+                Some(why) => ConnectError::Tls(why),
+                None => ConnectError::Transport(e.to_string()),
+            })?;
         let mut client = SioClient { ws };
         // engine.io open, then our CONNECT.
         match client.text().await? {
@@ -174,13 +191,20 @@ mod tests {
     #[test]
     fn endpoints_are_websocket_urls() {
         assert_eq!(
-            endpoint("http://localhost:3000/").unwrap(),
+            endpoint("http://localhost:3000/"),
             "ws://localhost:3000/socket.io/?EIO=4&transport=websocket"
         );
         assert_eq!(
-            endpoint("127.0.0.1:9").unwrap(),
+            endpoint("127.0.0.1:9"),
             "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
         );
-        assert!(endpoint("https://example.com").is_err());
+        assert_eq!(
+            endpoint("https://logs.example.com"),
+            "wss://logs.example.com/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(
+            endpoint("wss://logs.example.com:8443"),
+            "wss://logs.example.com:8443/socket.io/?EIO=4&transport=websocket"
+        );
     }
 }

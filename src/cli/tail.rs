@@ -41,6 +41,8 @@ pub struct TailOptions {
     pub output: Output,
     pub color: bool,
     pub timestamps: bool,
+    /// CAs to trust for an `https://` server instead of the public ones.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How `tail` ended badly.
@@ -48,6 +50,9 @@ pub struct TailOptions {
 pub enum TailError {
     #[error("{0}")]
     Auth(String),
+    /// The server's TLS could not be trusted (exit code of its own).
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Fatal(String),
 }
@@ -109,6 +114,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<(), TailError> {
     let base = opts.subscription()?;
     let auth = json!({ "token": opts.token });
+    let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(TailError::Fatal)?;
     let mut printer = Printer::new(&opts);
     let mut last_offset: Option<String> = None;
     let mut first = true;
@@ -117,7 +123,7 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
     loop {
         let connected = tokio::select! {
             () = &mut stop => return Ok(()),
-            c = SioClient::connect(&opts.server, &auth) => c,
+            c = SioClient::connect(&opts.server, &auth, &tls) => c,
         };
         let mut client = match connected {
             Ok(c) => c,
@@ -125,6 +131,9 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                 return Err(TailError::Auth(format!(
                     "the server refused the connection: {why}"
                 )));
+            }
+            Err(ConnectError::Tls(why)) => {
+                return Err(TailError::Tls(format!("{}: {why}", opts.server)));
             }
             Err(ConnectError::Transport(why)) => {
                 eprintln!(
@@ -391,6 +400,7 @@ mod tests {
             output: Output::Text,
             color: false,
             timestamps: false,
+            ca_file: None,
         }
     }
 

@@ -1,10 +1,17 @@
 //! Connections before and around authentication: how many, how large, how long, from where.
 
+use std::path::PathBuf;
+
 use super::group::{config_group, positive};
 
 config_group! {
     /// Connections and the Socket.IO transport.
     pub struct EdgeConfig {
+        /// PEM certificate chain (the server's own certificate first) to serve HTTPS and WSS
+        /// on the port; with `tls_key`. Re-read on SIGHUP.
+        tls_cert: Option<PathBuf> = None;
+        /// PEM private key of `tls_cert`.
+        tls_key: Option<PathBuf> = None;
         /// Socket.IO connections accepted by this instance.
         max_connections: usize = 10_000, positive;
         /// Connections one user (JWT `sub`) may hold at once.

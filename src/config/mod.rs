@@ -199,12 +199,15 @@ impl Config {
         for check in checks {
             check.map_err(anyhow::Error::msg)?;
         }
+        if self.edge.tls_cert.is_some() != self.edge.tls_key.is_some() {
+            bail!("config keys `tls_cert` and `tls_key` go together: set both, or neither");
+        }
         Ok(())
     }
 }
 
 /// Keys whose relative paths, given in a config file, are relative to that file.
-const RELATIVE_TO_FILE: [&str; 2] = ["plugins_dir", "jwt_public_key"];
+const RELATIVE_TO_FILE: [&str; 4] = ["plugins_dir", "jwt_public_key", "tls_cert", "tls_key"];
 
 /// `None` if `key` is a configuration key, else a hint naming the closest one.
 fn unknown_key(key: &str) -> Option<String> {

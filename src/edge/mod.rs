@@ -20,14 +20,15 @@
 //!
 //! The files: this one (the shared state, connections and their counts), [`listener`] (the
 //! TCP listener and the metered stream), [`track`] (per request: Socket.IO requests of an
-//! established socket, long-polling bodies) and [`sessions`] (Engine.IO sessions opened
-//! without a token, bounded per address and in all).
+//! established socket, long-polling bodies), [`sessions`] (Engine.IO sessions opened
+//! without a token, bounded per address and in all) and [`tls`] (HTTPS and WSS).
 
 pub mod listener;
 pub mod sessions;
+pub mod tls;
 pub mod track;
 
-pub use listener::{EdgeListener, MeteredStream};
+pub use listener::{EdgeIo, EdgeListener, MeteredStream};
 pub use track::track;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod raw;
 pub mod redis;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -37,6 +38,8 @@ pub struct ServerBuilder {
     capture_stderr: bool,
     args: Option<Vec<String>>,
     cwd: Option<std::path::PathBuf>,
+    /// A CA the harness's HTTP client trusts (a server with TLS).
+    ca: Option<Vec<u8>>,
 }
 
 impl ServerBuilder {
@@ -74,6 +77,12 @@ impl ServerBuilder {
         self.args
             .get_or_insert_with(Vec::new)
             .extend(more.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Trust this CA (PEM) in the harness's own HTTP client, for a server with TLS.
+    pub fn trust_ca(mut self, ca: &std::path::Path) -> Self {
+        self.ca = Some(std::fs::read(ca).expect("the CA file"));
         self
     }
 
@@ -160,7 +169,13 @@ impl ServerBuilder {
             url,
             stdout_lines: lines,
             stderr,
-            http: reqwest::Client::new(),
+            http: match &self.ca {
+                None => reqwest::Client::new(),
+                Some(pem) => reqwest::Client::builder()
+                    .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("a PEM CA"))
+                    .build()
+                    .expect("http client"),
+            },
         }
     }
 }
@@ -199,6 +214,7 @@ impl Server {
             capture_stderr: false,
             args: None,
             cwd: None,
+            ca: None,
         }
     }
 
