@@ -27,7 +27,7 @@ pub struct Metrics {
     /// Ingest requests refused because the router queue was full (503).
     pub ingest_rejected: AtomicU64,
     /// Ingest bodies refused while decoding their `Content-Encoding`, by reason (indexed
-    /// like `ingest::decode::DecodeRefusal::ALL`).
+    /// like [`DecodeRefusal::ALL`]).
     pub decode_refused: [AtomicU64; 3],
     /// Client events refused by the per-socket event limit.
     pub events_rejected: AtomicU64,
@@ -178,5 +178,30 @@ impl Metrics {
     /// The rates as of the last sample.
     pub fn rates(&self) -> Rates {
         *self.rates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why a body was refused (`logstream_ingest_decode_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DecodeRefusal {
+    UnsupportedEncoding,
+    TooLarge,
+    Corrupt,
+}
+
+impl DecodeRefusal {
+    pub const ALL: [DecodeRefusal; 3] = [
+        DecodeRefusal::UnsupportedEncoding,
+        DecodeRefusal::TooLarge,
+        DecodeRefusal::Corrupt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeRefusal::UnsupportedEncoding => "unsupported_encoding",
+            DecodeRefusal::TooLarge => "too_large",
+            DecodeRefusal::Corrupt => "corrupt",
+        }
     }
 }

@@ -173,7 +173,7 @@ impl Collector for Scrape {
             "ingest_decode_refused",
             "Ingest bodies refused while decoding their Content-Encoding, by reason.",
             "reason",
-            crate::ingest::decode::DecodeRefusal::ALL
+            crate::metrics::DecodeRefusal::ALL
                 .map(|r| (r.as_str(), load(&m.decode_refused[r as usize]))),
         )?;
         counter(

@@ -75,35 +75,12 @@ fn loopback_host(host: &str) -> bool {
 /// Where the page gets the development token.
 pub const DEV_TOKEN_PATH: &str = "/api/dev/token";
 
-/// Whether a request comes from a page of this server (or from no page at all, like
-/// `curl`): no `Origin`, or one naming the request's own `Host`; and no `Sec-Fetch-Site`
-/// other than `same-origin` or `none` (browsers send it with every fetch).
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    let origin_ok = match headers.get(header::ORIGIN).map(|o| o.to_str()) {
-        None => true,
-        Some(Ok(origin)) => origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host)),
-        Some(Err(_)) => false,
-    };
-    let site_ok = match headers.get("sec-fetch-site").map(|s| s.to_str()) {
-        None => true,
-        Some(Ok(site)) => site == "same-origin" || site == "none",
-        Some(Err(_)) => false,
-    };
-    origin_ok && site_ok
-}
-
 /// `GET /api/dev/token`: a development token, for the server's own page on loopback in
 /// development mode; never across origins (no CORS header on this route, and a request from
 /// another origin's page is refused).
 pub async fn dev_token(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(tcp): ConnectInfo<crate::edge::Peer>,
     State(app): State<HttpState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
@@ -111,11 +88,13 @@ pub async fn dev_token(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
-    // Through a proxy the peer is loopback for everyone: a forwarded request gets nothing.
-    let proxied = ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
-        .iter()
-        .any(|h| headers.contains_key(*h));
-    if !same_origin(&headers) {
+    // Through a proxy the peer is loopback for everyone: a forwarded request gets nothing,
+    // unless the proxy is trusted (then `peer` is the client it names).
+    let proxied = !app.edge.trusted.contains(tcp.addr.ip())
+        && ["forwarded", "x-forwarded-for", "x-real-ip", "via"]
+            .iter()
+            .any(|h| headers.contains_key(*h));
+    if !crate::edge::origin::same_origin(&headers) {
         tracing::info!(target: "audit", %peer, origin = ?headers.get(header::ORIGIN), "development token refused to a page of another origin");
         return Err(AppError::new(
             StatusCode::FORBIDDEN,

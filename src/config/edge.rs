@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::group::{config_group, positive};
+use super::group::{Check, config_group, positive};
 
 config_group! {
     /// Connections and the Socket.IO transport.
@@ -24,6 +24,9 @@ config_group! {
         ping_timeout_ms: u64 = 60_000, positive;
         /// Allowed CORS origins; empty = any origin.
         cors_origins: Vec<String> = Vec::new();
+        /// Reverse proxies (addresses or CIDRs) whose `Forwarded` / `X-Forwarded-For` give
+        /// the client's address; from any other peer those headers are ignored.
+        trusted_proxies: Vec<String> = Vec::new(), cidrs;
         /// Client → server events per second one socket may send (burst: twice that).
         events_per_second: u32 = 20, positive;
         /// Connections from one IP address that have not (yet) authenticated; more are
@@ -40,4 +43,22 @@ config_group! {
         /// Engine.IO sessions not (yet) authenticated, for the whole instance.
         max_unauthenticated_sessions: usize = 10_000, positive;
     }
+}
+
+/// Each entry an address or a CIDR block.
+fn cidrs(list: &[String]) -> Check {
+    parse_cidrs(list).map(|_| ())
+}
+
+/// `trusted_proxies` as networks: CIDRs (`10.0.0.0/8`) or single addresses.
+pub fn parse_cidrs(list: &[String]) -> Result<Vec<ipnet::IpNet>, String> {
+    list.iter()
+        .map(|entry| {
+            let entry = entry.trim();
+            entry
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("has {entry:?}, not an address or a CIDR block"))
+        })
+        .collect()
 }

@@ -58,7 +58,9 @@ impl EdgeListener {
     fn wrap(&self, stream: TcpStream, addr: SocketAddr) -> (MeteredStream, Peer) {
         let conn = Arc::new(Conn {
             ip: addr.ip(),
-            authenticated: AtomicBool::new(false),
+            // A trusted proxy's connection was not counted (see `Edge::admit`): nothing to
+            // release, no deadline; its clients are counted per request.
+            authenticated: AtomicBool::new(self.edge.trusted.contains(addr.ip())),
             read: AtomicU64::new(0),
             read_budget: AtomicU64::new(u64::MAX),
             meter: OnceLock::new(),

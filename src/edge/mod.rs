@@ -23,7 +23,9 @@
 //! established socket, long-polling bodies), [`sessions`] (Engine.IO sessions opened
 //! without a token, bounded per address and in all) and [`tls`] (HTTPS and WSS).
 
+pub mod client_addr;
 pub mod listener;
+pub mod origin;
 pub mod sessions;
 pub mod tls;
 pub mod track;
@@ -86,6 +88,8 @@ pub struct Edge {
     refused: AtomicU64,
     /// Engine.IO sessions opened without a token.
     pub sessions: SessionLedger,
+    /// Reverse proxies whose forwarding headers name the client (`trusted_proxies`).
+    pub trusted: client_addr::TrustedProxies,
 }
 
 #[derive(Default)]
@@ -161,6 +165,8 @@ impl Edge {
             socket_read_budget: config.max_unauthenticated_bytes as u64,
             unauthenticated_timeout: Duration::from_millis(config.unauthenticated_timeout_ms),
             refused: AtomicU64::new(0),
+            trusted: client_addr::TrustedProxies::parse(&config.trusted_proxies)
+                .unwrap_or_default(),
             sessions: SessionLedger::new(SessionBounds {
                 per_address: config.max_unauthenticated_per_ip,
                 per_second: config.unauthenticated_sessions_per_second,
@@ -200,6 +206,11 @@ impl Edge {
 
     /// Count a new connection from `ip`; `false` when it is one too many.
     fn admit(&self, ip: IpAddr) -> bool {
+        // A trusted proxy carries many clients: each is counted by its own address, per
+        // request (see `track`).
+        if self.trusted.contains(ip) {
+            return true;
+        }
         let ip = address_block(ip);
         let mut state = self.lock();
         let count = state.unauthenticated.entry(ip).or_default();

@@ -19,16 +19,18 @@ use socketioxide::socket::Sid;
 use super::sessions::SessionRefusal;
 use super::{Edge, Meter, Peer};
 
-/// Per request: provide `ConnectInfo<SocketAddr>`, and for Socket.IO requests of an
-/// established socket (`?sid=`), mark the connection authenticated, make a WebSocket
-/// upgrade carry the socket's meter, and count long-polling response bodies into it.
+/// Per request: provide `ConnectInfo<SocketAddr>` (the client: the TCP peer, or behind a
+/// trusted proxy the address it forwards), and for Socket.IO requests of an established
+/// socket (`?sid=`), mark the connection authenticated, make a WebSocket upgrade carry the
+/// socket's meter, and count long-polling response bodies into it.
 pub async fn track(
     State((edge, io)): State<(Arc<Edge>, SocketIo)>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    req.extensions_mut().insert(ConnectInfo(peer.addr));
+    let client = edge.trusted.client(peer.addr, req.headers());
+    req.extensions_mut().insert(ConnectInfo(client));
     let mut polled = None;
     let socket_io = req.uri().path().starts_with("/socket.io");
     if socket_io {
@@ -38,9 +40,9 @@ pub async fn track(
         if opens_session(&req)
             && let Err(refusal) = edge
                 .sessions
-                .open_session(super::address_block(peer.addr.ip()), Instant::now())
+                .open_session(super::address_block(client.ip()), Instant::now())
         {
-            return session_refused(&edge, peer.addr, refusal);
+            return session_refused(&edge, client, refusal);
         }
     }
     if socket_io && let Some(query) = req.uri().query() {
@@ -56,8 +58,8 @@ pub async fn track(
         let own = |s: &socketioxide::extract::SocketRef| {
             s.req_parts()
                 .extensions
-                .get::<ConnectInfo<Peer>>()
-                .is_some_and(|ConnectInfo(p)| p.addr.ip() == peer.addr.ip())
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|ConnectInfo(a)| a.ip() == client.ip())
         };
         if let Some(sid) = sid
             && io.get_socket(sid).is_some_and(|s| own(&s))

@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::api::error::AppError;
 use crate::app::AppState;
+use crate::metrics::DecodeRefusal;
 use crate::protocol::Code;
 
 /// What the server decodes, as a 415 names it.
@@ -23,31 +24,6 @@ pub const SUPPORTED: &str = "gzip, deflate, zstd (or identity)";
 /// The largest zstd window accepted (2^23 = 8 MiB): a decoder allocates its window, and the
 /// format lets a sender ask for up to 2 GiB.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
-
-/// Why a body was refused (`logstream_ingest_decode_refused_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(usize)]
-pub enum DecodeRefusal {
-    UnsupportedEncoding,
-    TooLarge,
-    Corrupt,
-}
-
-impl DecodeRefusal {
-    pub const ALL: [DecodeRefusal; 3] = [
-        DecodeRefusal::UnsupportedEncoding,
-        DecodeRefusal::TooLarge,
-        DecodeRefusal::Corrupt,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecodeRefusal::UnsupportedEncoding => "unsupported_encoding",
-            DecodeRefusal::TooLarge => "too_large",
-            DecodeRefusal::Corrupt => "corrupt",
-        }
-    }
-}
 
 /// A refused body: why (for the counters) and the answer.
 #[derive(Debug)]

@@ -60,7 +60,7 @@ pub async fn authenticate(
     // development token.
     if app.dev_tokens
         && app.config.edge.cors_origins.is_empty()
-        && !crate::api::web::same_origin(&socket.req_parts().headers)
+        && !crate::edge::origin::same_origin(&socket.req_parts().headers)
     {
         return Err(refuse(&socket, "origin", "Origin not allowed".into()));
     }
