@@ -43,7 +43,7 @@ fn nginx(upstreams: &[&Server]) -> Nginx {
 worker_processes 1;
 user root;
 pid {d}/nginx.pid;
-error_log {d}/error.log;
+error_log {d}/error.log info;
 events {{ worker_connections 1024; }}
 http {{
     access_log off;
@@ -138,6 +138,17 @@ async fn websocket_from(
     ))
     .await
     .unwrap();
+    // As socket.io-client does: nothing is emitted before the namespace connect is answered
+    // (socketioxide ends an Engine.IO session whose events come for a socket not connected).
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) if t.starts_with("40") => break,
+            Message::Text(t) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await.unwrap();
+            }
+            _ => {}
+        }
+    }
     ws.send(Message::Text(
         format!("42{}", json!(["log:subscribe", { "deviceIds": [device] }])).into(),
     ))
@@ -206,7 +217,9 @@ async fn clients_behind_nginx_are_served_and_counted_by_their_own_address() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     a.ingest(json!([common::log("d", "INFO", "through nginx")]))
         .await;
+
     assert_eq!(next_log(&mut ws5).await["message"], "through nginx");
+
     assert_eq!(next_log(&mut ws6).await["message"], "through nginx");
 
     // A long-polling client: its requests stay on one instance.
@@ -227,7 +240,13 @@ async fn clients_behind_nginx_are_served_and_counted_by_their_own_address() {
         .send()
         .await
         .unwrap();
-    let connected = http.get(&url).send().await.unwrap().text().await.unwrap();
+    let mut connected = String::new();
+    for _ in 0..5 {
+        connected = http.get(&url).send().await.unwrap().text().await.unwrap();
+        if connected.contains("40{") {
+            break;
+        }
+    }
     assert!(connected.contains("40{"), "{connected}");
 
     // The connection list names each real client, not the proxy.

@@ -21,12 +21,13 @@ fn unix_now() -> u64 {
 /// during the handshake: it waits for the connection first, and gives up on a handshake that
 /// never completes.
 pub async fn watch(socket: SocketRef, session: Arc<Session>, notice: Duration) {
-    let deadline = tokio::time::Instant::now() + super::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
-    while !socket.connected() {
-        if session.is_closed() || tokio::time::Instant::now() > deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let within = super::HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+    if tokio::time::timeout(within, session.connected())
+        .await
+        .is_err()
+        || session.is_closed()
+    {
+        return;
     }
     // The `exp` already warned about, so a refresh to a later one warns again.
     let mut warned_for = 0;

@@ -125,12 +125,13 @@ pub async fn authenticate(
 /// there can miss an event the client sends right after `connect` (the seed's client
 /// subscribes exactly then).
 fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<(), Refusal> {
-    let ip = socket
+    // The client's address (behind a trusted proxy, the one it forwards).
+    let client = socket
         .req_parts()
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ci| ci.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
+        .map(|ci| ci.0.ip());
+    let ip = client.map_or_else(|| "unknown".into(), |ip| ip.to_string());
     let info = Arc::new(ConnectionInfo {
         id: socket.id.to_string(),
         user_id: session.user.clone(),
@@ -146,7 +147,8 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     let meter = app.edge.meter(socket.id);
     if let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>() {
         peer.conn.authenticate();
-        app.edge.session_authenticated(peer.addr.ip());
+        app.edge
+            .session_authenticated(client.unwrap_or_else(|| peer.addr.ip()));
         if socket.transport_type() == socketioxide::TransportType::Websocket {
             peer.conn.carry(meter.clone());
         }

@@ -72,8 +72,12 @@ async fn resume_session(
     }
 }
 
-pub async fn on_disconnect(socket: SocketRef, State(app): State<AppState>) {
-    tracing::info!(sid = %socket.id, "client disconnected");
+pub async fn on_disconnect(
+    socket: SocketRef,
+    reason: socketioxide::socket::DisconnectReason,
+    State(app): State<AppState>,
+) {
+    tracing::info!(sid = %socket.id, %reason, "client disconnected");
     if let Some(session) = socket.extensions.get::<Arc<Session>>() {
         session.close();
         if let Some(id) = session.resume_id() {
