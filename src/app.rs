@@ -28,6 +28,8 @@ pub struct AppInner {
     pub router: RouterHandle,
     /// Where the router's packets for sockets go (see `delivery::emitter`).
     pub emitter: Arc<crate::delivery::Emitter>,
+    /// `log:batch` compressed once for every client of `encoding: "gzip"`.
+    pub gzip_batches: Arc<crate::delivery::gzip_batches::GzipBatches>,
     /// `system:stats`: the latest figures and the rounds' clock.
     pub stats_feed: Arc<crate::system_stats::StatsFeed>,
     pub bus: Bus,
@@ -98,6 +100,7 @@ impl AppState {
             router: parts.router,
             emitter: parts.emitter,
             stats_feed,
+            gzip_batches: Arc::default(),
             bus: parts.bus,
             delivery,
             started: Instant::now(),

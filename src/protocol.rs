@@ -299,6 +299,9 @@ pub struct Subscribed {
     pub transform: Vec<TransformStep>,
     pub batch: bool,
     pub rate_limit: u32,
+    /// `"gzip"` when `log:batch` comes as the gzip of its array (a binary attachment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
     /// With `since` (or a session resumed): whether everything missed was replayed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,

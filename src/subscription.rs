@@ -31,6 +31,9 @@ pub struct SubscribeRequest {
     /// Transforms applied, in order, to what the filter matched.
     pub transform: Vec<TransformStep>,
     pub batch: bool,
+    /// `log:batch` as the gzip of its array, a binary attachment (`encoding: "gzip"`; needs
+    /// `batch: true`).
+    pub gzip: bool,
     /// Logs per second this client wants at most (clamped to the server's limit).
     pub rate_limit: Option<u32>,
     /// Offsets with every event, and a session to resume (`resume`, or implied by
@@ -61,6 +64,25 @@ impl SubscribeRequest {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => b,
             Some(_) => return Err(FieldError::new("batch", "must be true or false")),
+        };
+        let gzip = match obj.remove("encoding") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(e)) if e == "json" => false,
+            Some(Value::String(e)) if e == "gzip" => {
+                if !batch {
+                    return Err(FieldError::new(
+                        "encoding",
+                        "\"gzip\" compresses log:batch: it needs batch: true",
+                    ));
+                }
+                true
+            }
+            Some(_) => {
+                return Err(FieldError::new(
+                    "encoding",
+                    "must be \"gzip\" (log:batch as a gzip binary attachment) or \"json\"",
+                ));
+            }
         };
         let rate_limit = match obj.remove("rateLimit") {
             None | Some(Value::Null) => None,
@@ -144,6 +166,7 @@ impl SubscribeRequest {
             params,
             transform,
             batch,
+            gzip,
             rate_limit,
             resume,
             since,

@@ -16,6 +16,7 @@ use socketioxide::socket::Sid;
 use super::batch_outbox::BatchOutbox;
 use super::drops::DropCounts;
 use super::emitter::Refused;
+use super::gzip_batches::GzipBatches;
 use super::outlet::Outlet;
 use super::packet::{Data, Packet, Unsent, to_raw};
 use super::pause_buffer::PauseBuffer;
@@ -41,6 +42,8 @@ pub struct DeliveryOptions {
     pub with_offsets: bool,
     /// A lower rate limit than the server's (`rateLimit`).
     pub rate: Option<u32>,
+    /// `log:batch` as the gzip of its array, a binary attachment (`encoding: "gzip"`).
+    pub gzip: bool,
 }
 
 pub struct Client {
@@ -52,6 +55,8 @@ pub struct Client {
     metrics: Arc<Metrics>,
     /// `system:stats`, sent with this client's logs when its round is near.
     stats: Option<Arc<StatsFeed>>,
+    /// Compressed batches, shared by every client (see `gzip_batches`).
+    gzip_batches: Arc<GzipBatches>,
     /// The server's delivery keys (shared by every client).
     limits: Arc<DeliveryConfig>,
     options: DeliveryOptions,
@@ -88,6 +93,7 @@ impl Client {
             scope,
             info,
             stats: None,
+            gzip_batches: Arc::default(),
             limiter: TokenBucket::new(limits.rate_limit, limits.rate_limit, now),
             options: DeliveryOptions::default(),
             paused: false,
@@ -106,6 +112,12 @@ impl Client {
             limits,
             registered_at: now,
         }
+    }
+
+    /// Compress this client's gzip batches through `batches`, shared with the other clients.
+    pub fn with_gzip_batches(mut self, batches: Arc<GzipBatches>) -> Client {
+        self.gzip_batches = batches;
+        self
     }
 
     /// Send this client's `system:stats` with its logs when its round is near (see
@@ -363,7 +375,8 @@ impl Client {
         let mut refused = false;
         let refs: Vec<&Arc<LogRecord>> = logs.iter().collect();
         for chunk in refs.chunks(per_packet) {
-            let packet = Packet::logs(chunk, self.options.batch, self.options.with_offsets);
+            let gzip = self.options.gzip.then_some(&*self.gzip_batches);
+            let packet = Packet::logs(chunk, self.options.batch, self.options.with_offsets, gzip);
             let size = packet.bytes;
             let sent = if !self.meter.fits(size, &*self.outlet) {
                 Err(Unsent::Full)
@@ -526,6 +539,22 @@ mod tests {
         cut: Arc<AtomicBool>,
     }
 
+    /// A packet's first argument as text (a gzip batch decompressed).
+    fn json(packet: &Packet) -> String {
+        match &packet.data {
+            Data::Gzip(bytes) => {
+                let mut text = String::new();
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(&bytes[..]),
+                    &mut text,
+                )
+                .unwrap();
+                text
+            }
+            _ => packet.json().unwrap().get().to_owned(),
+        }
+    }
+
     impl Outlet for Recorder {
         fn send(&self, packet: Packet) -> Result<(), Unsent> {
             if self.closed.load(Ordering::Relaxed) {
@@ -536,8 +565,8 @@ mod tests {
                 return Err(Unsent::Full);
             }
             let data = match packet.offset() {
-                Some(offset) => format!("[{},{}]", packet.data().get(), offset.get()),
-                None => packet.data().get().to_owned(),
+                Some(offset) => format!("[{},{}]", json(&packet), offset.get()),
+                None => json(&packet),
             };
             sent.push((packet.event.to_owned(), data));
             Ok(())
@@ -689,6 +718,30 @@ mod tests {
                 reason: DropReason::PauseOverflow
             }]
         );
+    }
+
+    #[test]
+    fn gzip_batches_carry_the_same_array_compressed_and_are_shared_between_clients() {
+        let (rec_a, rec_b) = (Recorder::default(), Recorder::default());
+        let t0 = Instant::now();
+        let shared = Arc::new(GzipBatches::default());
+        let gzip = DeliveryOptions {
+            batch: true,
+            gzip: true,
+            ..Default::default()
+        };
+        let mut a = client(&rec_a, limits(100, 100), t0).with_gzip_batches(shared.clone());
+        let mut b = client(&rec_b, limits(100, 100), t0).with_gzip_batches(shared.clone());
+        a.configure(gzip, t0);
+        b.configure(gzip, t0);
+        let some = logs(3);
+        a.deliver(&some, t0);
+        b.deliver(&some, t0);
+        let (got_a, got_b) = (rec_a.messages(event::BATCH), rec_b.messages(event::BATCH));
+        assert_eq!(got_a, got_b);
+        let array: serde_json::Value = serde_json::from_str(&got_a[0]).unwrap();
+        assert_eq!(array.as_array().unwrap().len(), 3);
+        assert_eq!(shared.counts(), (1, 1), "compressed once, for both");
     }
 
     #[test]

@@ -60,7 +60,7 @@ mod tests {
         let packet = drops.report(DropReason::RateLimit).unwrap();
         assert_eq!(packet.event, event::DROPPED);
         assert_eq!(packet.report, Some((DropReason::RateLimit, 5)));
-        let shown: Dropped = serde_json::from_str(packet.data().get()).unwrap();
+        let shown: Dropped = serde_json::from_str(packet.json().unwrap().get()).unwrap();
         assert_eq!((shown.count, shown.reason), (5, DropReason::RateLimit));
         assert!(drops.any(), "not cleared until taken");
         drops.reported(DropReason::RateLimit);

@@ -330,7 +330,7 @@ impl EmitterTask {
                             }
                             let q = items.next()?;
                             packets += 1;
-                            bytes += q.packet.data().get().len();
+                            bytes += q.packet.payload_len();
                             Some(q)
                         });
                         self.shared.emit_all(chunk, &mut waiting);

@@ -21,6 +21,7 @@ pub mod batch_outbox;
 pub mod client;
 pub mod drops;
 pub mod emitter;
+pub mod gzip_batches;
 pub mod outlet;
 pub mod packet;
 pub mod pause_buffer;

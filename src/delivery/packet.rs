@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::{SendError, SocketError};
 
+use super::gzip_batches::GzipBatches;
 use crate::log_entry::LogRecord;
 use crate::protocol::{DropReason, event};
 
@@ -20,6 +22,9 @@ use crate::protocol::{DropReason, event};
 /// payload against a socket's byte bound. (The engine.io packet type and the WebSocket frame
 /// header come on top; the bound is a lower estimate of what the transport buffers.)
 pub const SOCKET_IO_FRAMING: usize = 6;
+
+/// What stands for a binary attachment in a Socket.IO packet's JSON.
+const BINARY_PLACEHOLDER: &str = r#"{"_placeholder":true,"num":0}"#;
 
 /// Why an event was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,9 @@ pub enum Data {
     Owned(Box<RawValue>),
     /// Serialized once for many clients (`system:stats`, device status, shared errors).
     Shared(Arc<RawValue>),
+    /// A binary attachment: the gzip of a `log:batch` array (`encoding: "gzip"`), shared by
+    /// every client sent the same batch.
+    Gzip(Bytes),
 }
 
 /// One event for one client, with what its delivery means for the client's accounting.
@@ -69,15 +77,20 @@ impl Packet {
         }
     }
 
-    /// `logs` as one packet: a `log:batch` array when `batch`, else `log:new` of the one
-    /// log; with `with_offset`, the last log's offset as the last argument. Its `bytes` are
-    /// what it carries at least.
-    pub fn logs(logs: &[&Arc<LogRecord>], batch: bool, with_offset: bool) -> Packet {
+    /// `logs` as one packet: a `log:batch` array when `batch` (gzip-compressed by `gzip`
+    /// when given), else `log:new` of the one log; with `with_offset`, the last log's offset
+    /// as the last argument. Its `bytes` are what it carries at least.
+    pub fn logs(
+        logs: &[&Arc<LogRecord>],
+        batch: bool,
+        with_offset: bool,
+        gzip: Option<&GzipBatches>,
+    ) -> Packet {
         debug_assert!(!logs.is_empty() && (batch || logs.len() == 1));
-        let (event, data) = if batch {
-            (event::BATCH, Data::Owned(json_array(logs)))
-        } else {
-            (event::NEW, Data::Log(Arc::clone(logs[0])))
+        let (event, data) = match (batch, gzip) {
+            (true, Some(gzip)) => (event::BATCH, Data::Gzip(gzip.compress(logs))),
+            (true, None) => (event::BATCH, Data::Owned(json_array(logs))),
+            (false, _) => (event::NEW, Data::Log(Arc::clone(logs[0]))),
         };
         let offset_of = match logs.last() {
             Some(last) if with_offset => Some(Arc::clone(last)),
@@ -91,11 +104,19 @@ impl Packet {
             bytes: 0,
             report: None,
         };
-        packet.bytes = (packet.data().get().len()
+        packet.bytes = (packet.payload_len()
             + event.len()
             + SOCKET_IO_FRAMING
             + packet.offset().map_or(0, |o| o.get().len() + 1)) as u64;
         packet
+    }
+
+    /// Bytes of its first argument (JSON text, or a binary attachment and its placeholder).
+    pub fn payload_len(&self) -> usize {
+        match &self.data {
+            Data::Gzip(bytes) => bytes.len() + BINARY_PLACEHOLDER.len(),
+            _ => self.json().map_or(0, |j| j.get().len()),
+        }
     }
 
     /// An answer or notice rather than logs: when the socket's queue is full it waits for
@@ -105,11 +126,13 @@ impl Packet {
         self.logs == 0 && self.report.is_none()
     }
 
-    pub fn data(&self) -> &RawValue {
+    /// Its first argument as JSON (`None` for a binary attachment).
+    pub fn json(&self) -> Option<&RawValue> {
         match &self.data {
-            Data::Log(log) => &log.json,
-            Data::Owned(raw) => raw,
-            Data::Shared(raw) => raw,
+            Data::Log(log) => Some(&log.json),
+            Data::Owned(raw) => Some(raw),
+            Data::Shared(raw) => Some(raw),
+            Data::Gzip(_) => None,
         }
     }
 
@@ -128,11 +151,16 @@ fn unsent(e: SendError) -> Unsent {
 
 /// Put `packet` in `socket`'s queue.
 pub fn emit(socket: &SocketRef, packet: &Packet) -> Result<(), Unsent> {
-    let data = packet.data();
-    let sent = match packet.offset() {
-        // A tuple is sent as that many arguments.
-        Some(offset) => socket.emit(packet.event, &(data, offset)),
-        None => socket.emit(packet.event, data),
+    // A tuple is sent as that many arguments; `Bytes` as a binary attachment.
+    let sent = match (&packet.data, packet.offset()) {
+        (Data::Gzip(bytes), Some(offset)) => socket.emit(packet.event, &(bytes, offset)),
+        (Data::Gzip(bytes), None) => socket.emit(packet.event, bytes),
+        (_, offset) => match (packet.json(), offset) {
+            (Some(data), Some(offset)) => socket.emit(packet.event, &(data, offset)),
+            (Some(data), None) => socket.emit(packet.event, data),
+            // Only a binary attachment has no JSON, and it is matched above.
+            (None, _) => return Ok(()),
+        },
     };
     sent.map_err(unsent)
 }
@@ -173,15 +201,15 @@ mod tests {
     #[test]
     fn a_batch_is_the_logs_own_json_joined_and_its_size_counts_the_framing() {
         let (a, b) = (log("a"), log("b"));
-        let packet = Packet::logs(&[&a, &b], true, false);
+        let packet = Packet::logs(&[&a, &b], true, false, None);
         let array = format!("[{},{}]", a.json.get(), b.json.get());
-        assert_eq!(packet.data().get(), array);
+        assert_eq!(packet.json().unwrap().get(), array);
         assert_eq!(packet.logs, 2);
         // What `2["log:batch",[…]]` carries.
         let framed = format!("2[\"{}\",{array}]", event::BATCH);
         assert_eq!(packet.bytes as usize, framed.len());
-        let single = Packet::logs(&[&a], false, false);
+        let single = Packet::logs(&[&a], false, false, None);
         assert_eq!(single.event, event::NEW);
-        assert_eq!(single.data().get(), a.json.get());
+        assert_eq!(single.json().unwrap().get(), a.json.get());
     }
 }

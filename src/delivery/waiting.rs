@@ -351,7 +351,7 @@ mod tests {
             self.taken
                 .lock()
                 .unwrap()
-                .push(packet.data().get().to_owned());
+                .push(packet.json().unwrap().get().to_owned());
             Ok(())
         }
     }
@@ -513,7 +513,11 @@ mod tests {
         let r = w.release(t0 + Duration::from_millis(2), WAIT);
         assert_eq!(s.taken(), ["1"], "the first log takes the one place");
         assert_eq!(r.delivered, 1);
-        let refused: Vec<&str> = r.refused.iter().map(|(_, p)| p.data().get()).collect();
+        let refused: Vec<&str> = r
+            .refused
+            .iter()
+            .map(|(_, p)| p.json().unwrap().get())
+            .collect();
         assert_eq!(
             refused,
             ["3", "5"],
@@ -570,7 +574,11 @@ mod tests {
             assert!(w.park(s.clone(), answer(n), t0).is_ok());
         }
         let refused = w.park(s.clone(), answer(0), t0).unwrap_err();
-        assert_eq!(refused.data().get(), "0", "given back, not lost here");
+        assert_eq!(
+            refused.json().unwrap().get(),
+            "0",
+            "given back, not lost here"
+        );
         s.connected.store(true, Ordering::Relaxed);
         w.release(t0, WAIT);
         assert_eq!(s.taken().len(), MAX_PARKED);

@@ -176,6 +176,7 @@ impl Router {
             batch: request.batch,
             with_offsets: resumable,
             rate: request.rate_limit,
+            gzip: request.gzip,
         };
         let rate_limit = client.configure(options, Instant::now());
         let mut subscribed = Subscribed {
@@ -185,6 +186,7 @@ impl Router {
             transform: request.transform,
             batch: request.batch,
             rate_limit,
+            encoding: request.gzip.then_some("gzip"),
             recovered: None,
             replayed: None,
             session: request.session,

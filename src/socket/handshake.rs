@@ -166,7 +166,8 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         app.delivery.clone(),
         Instant::now(),
     )
-    .with_stats(app.stats_feed.clone());
+    .with_stats(app.stats_feed.clone())
+    .with_gzip_batches(app.gzip_batches.clone());
     let connect = Control::Client(ClientCommand::Connect(Box::new(client)));
     if app.control(connect).is_err() {
         app.edge.forget(socket.id);
