@@ -138,6 +138,16 @@ async fn tail_follows_filters_and_resumes_after_a_disconnect_without_a_gap() {
         ]))
         .await;
     assert_eq!(messages(&tail.lines(1)), ["live-1"]);
+    // It asked for gzip batches, and the server compressed them.
+    let metrics = server
+        .get_text("/metrics", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    let compressed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("logstream_gzip_batches_compressed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(compressed >= 2, "backfill and live batch: {compressed}");
 
     // The server drops the connection; logs arrive while tail is away.
     let (_, conns) = server

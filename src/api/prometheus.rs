@@ -194,6 +194,19 @@ impl Collector for Scrape {
             "Bytes queued for clients (socket queues and pause buffers), as last accounted.",
             load(&m.queued_bytes) as i64,
         )?;
+        let (compressed, shared) = app.gzip_batches.counts();
+        counter(
+            &mut e,
+            "gzip_batches_compressed",
+            "log:batch payloads compressed for encoding: \"gzip\" subscriptions.",
+            compressed,
+        )?;
+        counter(
+            &mut e,
+            "gzip_batches_shared",
+            "gzip log:batch payloads served from one already compressed for another client.",
+            shared,
+        )?;
         counter(&mut e, "batches", "Evaluation batches.", load(&m.batches))?;
         histogram(
             &mut e,

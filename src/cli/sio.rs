@@ -1,8 +1,9 @@
 //! A small Socket.IO v4 client over one WebSocket, for the command-line tools.
 //!
-//! Why not a client crate: the tools speak a handful of text packets to our own server
-//! (`40` connect with auth, `42` events, `44` refusal, engine.io ping/pong), and a WebSocket
-//! library we already build (the server's transport uses the same one) does the rest.
+//! Why not a client crate: the tools speak a handful of packets to our own server (`40`
+//! connect with auth, `42` events, `45` events with binary attachments, `44` refusal,
+//! engine.io ping/pong), and a WebSocket library we already build (the server's transport
+//! uses the same one) does the rest.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,20 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Largest message the tools accept from the server.
 const MAX_MESSAGE: usize = 64 << 20;
+
+/// Binary attachments of one event, at most (ours carry one).
+const MAX_ATTACHMENTS: usize = 8;
+
+/// The attachment `value` stands for, if it is a placeholder.
+pub fn attachment<'a>(value: &Value, attachments: &'a [Vec<u8>]) -> Option<&'a [u8]> {
+    if value.get("_placeholder") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let num = value.get("num")?.as_u64()?;
+    attachments
+        .get(usize::try_from(num).ok()?)
+        .map(Vec::as_slice)
+}
 
 /// Why a connection did not come up.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +49,9 @@ pub enum ConnectError {
 /// What arrived.
 #[derive(Debug)]
 pub enum Incoming {
-    /// An event and its arguments.
-    Event(String, Vec<Value>),
+    /// An event, its arguments, and its binary attachments (an argument that is one is the
+    /// placeholder `{"_placeholder":true,"num":i}`, see [`attachment`]).
+    Event(String, Vec<Value>, Vec<Vec<u8>>),
     /// The server ended the namespace (`disconnect`), or the connection closed.
     Closed(String),
 }
@@ -154,6 +170,25 @@ impl SioClient {
         self.send(format!("42{packet}")).await
     }
 
+    /// The next binary frame (an attachment), answering pings on the way.
+    async fn binary(&mut self) -> Result<Vec<u8>, ConnectError> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                    self.send("3".into())
+                        .await
+                        .map_err(ConnectError::Transport)?;
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    return Err(ConnectError::Transport("the connection closed".into()));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(ConnectError::Transport(e.to_string())),
+            }
+        }
+    }
+
     /// The next event (pings are answered on the way).
     pub async fn next(&mut self) -> Incoming {
         loop {
@@ -164,16 +199,31 @@ impl SioClient {
             if packet.starts_with("41") {
                 return Incoming::Closed("the server ended the session".into());
             }
-            let Some(body) = packet.strip_prefix("42") else {
+            // `42[…]`, or `45<n>-[…]` followed by n binary frames; an event may carry an ack
+            // id before its array.
+            let (body, attachments) = if let Some(body) = packet.strip_prefix("42") {
+                (body.to_owned(), 0)
+            } else if let Some(rest) = packet.strip_prefix("45")
+                && let Some((count, body)) = rest.split_once('-')
+                && let Ok(count) = count.parse::<usize>()
+            {
+                (body.to_owned(), count.min(MAX_ATTACHMENTS))
+            } else {
                 continue;
             };
-            // An event may carry an ack id before its array: `2<id>[...]`.
+            let mut binaries = Vec::with_capacity(attachments);
+            for _ in 0..attachments {
+                match self.binary().await {
+                    Ok(b) => binaries.push(b),
+                    Err(e) => return Incoming::Closed(e.to_string()),
+                }
+            }
             let body = body.trim_start_matches(|c: char| c.is_ascii_digit());
             if let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(body)
                 && let Some(Value::String(name)) = items.first().cloned()
             {
                 items.remove(0);
-                return Incoming::Event(name, items);
+                return Incoming::Event(name, items, binaries);
             }
         }
     }

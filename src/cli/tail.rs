@@ -5,6 +5,10 @@
 //! the last offset it printed: nothing is missed and nothing printed twice, as long as the
 //! server's history still holds the gap (if not, it says so). Drops and errors go to stderr,
 //! logs to stdout. An authentication failure ends it with exit code 2; Ctrl-C with 0.
+//!
+//! It asks for gzip batches (`batch: true, encoding: "gzip"`: each `log:batch` a compressed
+//! binary attachment), a fraction of the bytes over a slow link; a server that refuses the
+//! field (one from before it) gets the plain subscription on the same connection.
 
 use std::future::Future;
 use std::io::Write;
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
-use super::sio::{ConnectError, Incoming, SioClient};
+use super::sio::{ConnectError, Incoming, SioClient, attachment};
 
 /// How logs are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,43 @@ impl TailOptions {
     }
 }
 
+/// `sub` asking for gzip batches.
+fn with_gzip(mut sub: Map<String, Value>) -> Map<String, Value> {
+    sub.insert("batch".into(), json!(true));
+    sub.insert("encoding".into(), json!("gzip"));
+    sub
+}
+
+/// Whether an `error` refuses the subscription's `encoding` field.
+fn refuses_encoding(error: &Value) -> bool {
+    error["field"] == json!("encoding")
+        || error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("encoding"))
+}
+
+/// Largest batch `tail` inflates (the server's batches are far smaller).
+const MAX_INFLATED: u64 = 256 << 20;
+
+/// The entries of a `log:batch` argument: a JSON array, or the gzip of one as an attachment.
+fn batch_entries(arg: Option<&Value>, attachments: &[Vec<u8>]) -> Result<Vec<Value>, String> {
+    use std::io::Read;
+    match arg {
+        Some(Value::Array(entries)) => Ok(entries.clone()),
+        Some(placeholder) => {
+            let gz = attachment(placeholder, attachments)
+                .ok_or("log:batch without its entries or their attachment")?;
+            let mut json = Vec::new();
+            flate2::read::GzDecoder::new(gz)
+                .take(MAX_INFLATED)
+                .read_to_end(&mut json)
+                .map_err(|e| format!("a gzip batch that does not inflate: {e}"))?;
+            serde_json::from_slice(&json).map_err(|e| format!("a gzip batch that is not JSON: {e}"))
+        }
+        None => Err("log:batch without its entries".into()),
+    }
+}
+
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -165,11 +206,16 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
             (None, false) => {}
         }
         let resumed = last_offset.is_some();
-        if let Err(e) = client.emit("log:subscribe", &Value::Object(sub)).await {
+        let plain = sub.clone();
+        if let Err(e) = client
+            .emit("log:subscribe", &Value::Object(with_gzip(sub)))
+            .await
+        {
             eprintln!("logstream tail: {e}; reconnecting");
             continue;
         }
         let mut subscribed = false;
+        let mut asked_gzip = true;
         loop {
             let event = tokio::select! {
                 () = &mut stop => {
@@ -179,7 +225,7 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                 e = client.next() => e,
             };
             match event {
-                Incoming::Event(name, args) => match name.as_str() {
+                Incoming::Event(name, args, attachments) => match name.as_str() {
                     "log:new" => {
                         if let Some(entry) = args.first() {
                             printer.print(entry)?;
@@ -189,10 +235,13 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                         }
                     }
                     "log:batch" => {
-                        if let Some(Value::Array(entries)) = args.first() {
-                            for entry in entries {
-                                printer.print(entry)?;
+                        match batch_entries(args.first(), &attachments) {
+                            Ok(entries) => {
+                                for entry in &entries {
+                                    printer.print(entry)?;
+                                }
                             }
+                            Err(why) => eprintln!("logstream tail: {}", printable(&why)),
                         }
                         if let Some(Value::String(o)) = args.get(1) {
                             last_offset = Some(o.clone());
@@ -225,6 +274,19 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                         let e = args.first().cloned().unwrap_or_default();
                         let code = e["code"].as_str().unwrap_or("error");
                         let message = e["message"].as_str().unwrap_or("");
+                        if !subscribed && asked_gzip && refuses_encoding(&e) {
+                            // A server from before gzip batches (its default filter calls
+                            // `encoding` an unknown param): ask as it understands.
+                            asked_gzip = false;
+                            if let Err(e) = client
+                                .emit("log:subscribe", &Value::Object(plain.clone()))
+                                .await
+                            {
+                                eprintln!("logstream tail: {e}; reconnecting");
+                                break;
+                            }
+                            continue;
+                        }
                         if !subscribed {
                             client.close().await;
                             return Err(TailError::Fatal(format!(
@@ -425,6 +487,40 @@ mod tests {
         );
         o.devices = vec!["a".into()];
         assert!(o.subscription().is_err(), "-d with --filter is refused");
+    }
+
+    #[test]
+    fn batches_are_read_plain_or_gzip_and_garbage_is_an_error() {
+        use std::io::Write;
+        let entries = json!([{ "message": "a" }, { "message": "b" }]);
+        assert_eq!(
+            batch_entries(Some(&entries), &[]).unwrap(),
+            entries.as_array().unwrap().clone()
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(entries.to_string().as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let placeholder = json!({ "_placeholder": true, "num": 0 });
+        assert_eq!(
+            batch_entries(Some(&placeholder), &[gz]).unwrap(),
+            entries.as_array().unwrap().clone()
+        );
+        assert!(batch_entries(Some(&placeholder), &[]).is_err());
+        assert!(batch_entries(Some(&placeholder), &[b"not gzip".to_vec()]).is_err());
+        assert!(batch_entries(Some(&json!({ "num": 0 })), &[vec![]]).is_err());
+    }
+
+    #[test]
+    fn a_server_from_before_gzip_batches_is_recognised_by_its_refusal() {
+        // As logstream 0.1 (before `encoding`) answers: its default filter names the param.
+        let old = json!({ "code": "invalid_params", "message": "filter `default` rejected the params: encoding: unknown field; expected deviceIds, levels, tags or keywords" });
+        assert!(refuses_encoding(&old));
+        assert!(refuses_encoding(
+            &json!({ "code": "invalid_subscription", "field": "encoding", "message": "x" })
+        ));
+        assert!(!refuses_encoding(
+            &json!({ "code": "unknown_filter", "message": "no filter named `x`" })
+        ));
     }
 
     #[test]

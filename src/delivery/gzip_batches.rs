@@ -4,7 +4,9 @@
 //! by every client sent the same logs in the same order: clients of one subscription whose
 //! batch windows line up get identical batches. The last [`KEPT`] batches are kept, keyed by
 //! the identity of their records (the `Arc`s every client shares), so a lookup costs a
-//! comparison of pointers, never of text.
+//! comparison of pointers, never of text. The key holds the `Arc`s themselves: a record kept
+//! alive cannot be freed and its address reused by another, which would make a new batch
+//! look like an old one.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -23,22 +25,22 @@ const LEVEL: u32 = 1;
 
 #[derive(Default)]
 pub struct GzipBatches {
-    recent: Mutex<VecDeque<(Vec<usize>, Bytes)>>,
+    recent: Mutex<VecDeque<(Vec<Arc<LogRecord>>, Bytes)>>,
     compressed: std::sync::atomic::AtomicU64,
     shared: std::sync::atomic::AtomicU64,
 }
 
-fn identity(logs: &[&Arc<LogRecord>]) -> Vec<usize> {
-    logs.iter().map(|l| Arc::as_ptr(l) as usize).collect()
+/// Whether `kept` holds the very records of `logs`, in order.
+fn same_records(kept: &[Arc<LogRecord>], logs: &[&Arc<LogRecord>]) -> bool {
+    kept.len() == logs.len() && kept.iter().zip(logs).all(|(k, l)| Arc::ptr_eq(k, l))
 }
 
 impl GzipBatches {
     /// The gzip of `[log, log, …]` (the logs' own JSON joined), compressed once for every
     /// client sent these logs.
     pub fn compress(&self, logs: &[&Arc<LogRecord>]) -> Bytes {
-        let key = identity(logs);
         let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, bytes)) = recent.iter().find(|(k, _)| *k == key) {
+        if let Some((_, bytes)) = recent.iter().find(|(k, _)| same_records(k, logs)) {
             self.shared
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return bytes.clone();
@@ -63,7 +65,7 @@ impl GzipBatches {
         if recent.len() == KEPT {
             recent.pop_front();
         }
-        recent.push_back((key, bytes.clone()));
+        recent.push_back((logs.iter().map(|l| Arc::clone(l)).collect(), bytes.clone()));
         bytes
     }
 
@@ -106,5 +108,22 @@ mod tests {
         let (a2, b2) = (log("a"), log("b"));
         g.compress(&[&a2, &b2]);
         assert_eq!(g.counts(), (3, 1));
+    }
+
+    #[test]
+    fn a_new_record_is_never_taken_for_a_freed_one() {
+        let g = GzipBatches::default();
+        for i in 0..1000 {
+            // Each record is dropped by the caller right after; were the cache keyed by bare
+            // addresses, the allocator's reuse of one would serve another log's bytes.
+            let r = log(&format!("m{i}"));
+            let gz = g.compress(&[&r]);
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            assert_eq!(text, format!("[{}]", r.json.get()), "batch {i}");
+        }
+        assert_eq!(g.counts(), (1000, 0));
     }
 }

@@ -37,6 +37,11 @@ test('the live-tail page, end to end', async (t) => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
+  // Frames the page receives: its batches come as gzip binary attachments.
+  const frames = { text: [], binary: 0 };
+  page.on('websocket', (ws) => ws.on('framereceived', (f) => {
+    if (typeof f.payload === 'string') frames.text.push(f.payload); else frames.binary++;
+  }));
 
   // Sign in.
   await page.goto(server.url);
@@ -50,6 +55,9 @@ test('the live-tail page, end to end', async (t) => {
   await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'overheated'));
   assert.deepStrictEqual(await messages(page), ['hello-0', 'hello-1', 'hello-2', 'overheated']);
   assert.strictEqual(await page.textContent('#rows .r:last-child .l'), 'ERROR');
+  assert.ok(frames.binary >= 1, 'the logs came as a gzip attachment');
+  assert.ok(frames.text.some((t) => /^451-\["log:batch",\{"_placeholder":true,"num":0\}/.test(t)), frames.text.join('\n'));
+  assert.ok(!frames.text.some((t) => t.includes('hello-0')), 'and not as JSON text');
 
   // The filter bar re-subscribes: one device, ERROR and WARN only.
   await page.fill('#f-devices', 'pump-2');
