@@ -52,7 +52,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -60,9 +60,17 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+mod support;
+use support::{Server, now_us, percentile, rss_kb};
+
 const SECRET: &str = "attack-secret-0123456789abcdef";
 const API_KEY: &str = "attack-api-key";
 const ADMIN_KEY: &str = "attack-admin-key";
+const KEYS: support::Keys = support::Keys {
+    secret: SECRET,
+    api_key: API_KEY,
+    admin_key: ADMIN_KEY,
+};
 /// Where the witness and its producer connect from: not the attacker's address (127.0.0.1),
 /// so per-address limits aimed at the attacker do not reach them.
 const WITNESS_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -159,7 +167,7 @@ fn main() {
 
 async fn sessions(a: &Args) {
     let seconds = a.seconds.unwrap_or(15);
-    let server = Server::start(&a.bin, &[], &[]);
+    let server = start_server(&a.bin, &[], &[]);
     let witness = Witness::start(server.addr);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline_from = now_us();
@@ -173,7 +181,7 @@ async fn sessions(a: &Args) {
     let pollers: Vec<_> = (0..POLLERS)
         .map(|_| {
             tokio::spawn(open_sessions(
-                server.url(),
+                server.url.clone(),
                 until,
                 rss.capped(),
                 created.clone(),
@@ -405,7 +413,7 @@ async fn resume(a: &Args) {
         .iter()
         .map(|r| ("LOGSTREAM_REDIS_URL", r.url.clone()))
         .collect();
-    let server = Server::start(&a.bin, &env, &[]);
+    let server = start_server(&a.bin, &env, &[]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let redis_before = match &redis {
         Some(r) => Some(r.memory().await),
@@ -555,8 +563,8 @@ impl Pair {
             "history_max_logs=1000000".to_owned(),
             format!("redis_stream={STREAM}"),
         ];
-        let a = Server::start(bin, &env, &sets);
-        let b = Server::start(bin, &env, &sets);
+        let a = start_server(bin, &env, &sets);
+        let b = start_server(bin, &env, &sets);
         tokio::time::sleep(Duration::from_millis(500)).await;
         Pair { a, b, redis }
     }
@@ -578,7 +586,7 @@ async fn idempotency(a: &Args) {
         .map(|_| {
             let (http, url, killed, next, first) = (
                 http.clone(),
-                pair.a.url(),
+                pair.a.url.clone(),
                 killed.clone(),
                 next.clone(),
                 first.clone(),
@@ -618,7 +626,7 @@ async fn idempotency(a: &Args) {
     while !pending.is_empty() && killed_at.elapsed() < RETRY_FOR {
         let answers: Vec<(String, Answer)> = futures_util::stream::iter(pending.drain(..))
             .map(|key| {
-                let (http, url) = (&http, pair.b.url());
+                let (http, url) = (&http, pair.b.url.clone());
                 async move {
                     let answer = post_batch(http, &url, &key).await;
                     (key, answer)
@@ -694,7 +702,7 @@ async fn concurrent_duplicates(a: &Args) {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let (url_a, url_b) = (pair.a.url(), pair.b.url());
+    let (url_a, url_b) = (pair.a.url.clone(), pair.b.url.clone());
     let answers = Tally::default();
     for round in 0..ROUNDS {
         let key = format!("dup{round}");
@@ -822,80 +830,14 @@ async fn landed(redis: &Redis) -> (u64, HashMap<String, u64>) {
 // Servers, Redis, memory
 
 /// A logstream process, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    /// `bin serve` on 127.0.0.1 and a free port, with the bench's keys, the repository's
-    /// plugins, no state directory, `env` and `--set sets`; nothing else from the caller's
-    /// `LOGSTREAM_*` environment.
-    fn start(bin: &str, env: &[(&str, String)], sets: &[String]) -> Server {
-        use std::io::{BufRead, BufReader};
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]);
-        for kv in sets {
-            cmd.arg("--set").arg(kv);
-        }
-        for (k, _) in std::env::vars() {
-            if k.starts_with("LOGSTREAM_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("LOGSTREAM_JWT_SECRET", SECRET)
-            .env("LOGSTREAM_API_KEY", API_KEY)
-            .env("LOGSTREAM_ADMIN_KEY", ADMIN_KEY)
-            .env("LOGSTREAM_DATA_DIR", "")
-            .env(
-                "LOGSTREAM_PLUGINS_DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/plugins"),
-            )
-            .env("RUST_LOG", "warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        for (k, v) in EXTRA_ENV.lock().unwrap().iter() {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("logstream exited").unwrap();
-            if let Some(u) = line.strip_prefix("logstream listening on ") {
-                break u.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let addr = url
-            .strip_prefix("http://")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("listening on {url:?}"));
-        Server { child, addr }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `bin serve` with the attack's keys, `env`, `--env` from the command line and `sets`.
+fn start_server(bin: &str, env: &[(&str, String)], sets: &[String]) -> Server {
+    let mut all: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    all.extend(EXTRA_ENV.lock().unwrap().iter().cloned());
+    Server::start(bin, &KEYS, &all, sets)
 }
 
 /// A redis-server on a free port, without persistence, killed when dropped.
@@ -962,15 +904,6 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// The summed VmRSS of some processes (0 for one that has exited), sampled every 200 ms on a
@@ -1113,11 +1046,7 @@ fn transport_error(e: &reqwest::Error) -> &'static str {
 }
 
 fn token(sub: &str) -> String {
-    let mut config = logstream::config::Config::default();
-    config.auth.jwt_secret = Some(SECRET.into());
-    let (keys, _) = logstream::auth::Keys::from_config(&config).unwrap();
-    keys.mint(sub, Duration::from_secs(3600), &Default::default())
-        .unwrap()
+    support::token(SECRET, sub)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1146,20 +1075,4 @@ impl std::fmt::Display for Tally {
         let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{k}: {n}")).collect();
         f.write_str(&parts.join(", "))
     }
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// The `p` quantile of sorted µs, in ms.
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
 }

@@ -41,11 +41,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+
+mod support;
+use support::{cpu_seconds, median, now_us, percentile, rss_kb, stat_cpu_seconds};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
 const API_KEY: &str = "bench-api-key";
@@ -114,24 +117,8 @@ fn parse_args() -> Args {
     a
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
 fn token(sub: &str) -> String {
-    let mut config = logstream::config::Config::default();
-    config.auth.jwt_secret = Some(SECRET.into());
-    let (keys, _) = logstream::auth::Keys::from_config(&config).unwrap();
-    keys.mint(sub, Duration::from_secs(3600), &Default::default())
-        .unwrap()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+    support::token(SECRET, sub)
 }
 
 /// utime + stime of the thread of `pid` named `name` (0 if none).
@@ -146,24 +133,6 @@ fn thread_cpu_seconds(pid: u32, name: &str) -> f64 {
         }
     }
     0.0
-}
-
-fn stat_cpu_seconds(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
 }
 
 struct Target {
@@ -656,14 +625,6 @@ fn history_memory(n: usize, sets: &[String]) {
     );
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
-}
-
 /// One row of the table (without its last column), and the server CPU per delivered log in µs.
 /// One target's figures under one load.
 struct Measured {
@@ -1014,13 +975,6 @@ type Round = (f64, Option<f64>, f64);
 /// run's CPU per delivery moves by up to 20%; each ratio is taken against the floor of the
 /// same round before the median, so a slow round moves both sides.
 fn print_medians(rounds: &[(String, Vec<Round>)]) {
-    fn median(mut v: Vec<f64>) -> Option<f64> {
-        v.retain(|x| x.is_finite());
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        // Of an even count, the mean of the middle two.
-        (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
-    }
     fn spread(v: &[f64]) -> String {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);

@@ -9,7 +9,6 @@
 //! look like an old one.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -19,15 +18,44 @@ use crate::log_entry::LogRecord;
 /// Batches kept for sharing.
 const KEPT: usize = 32;
 
-/// gzip level: the fastest, which on log lines with repeated structure still gives a fifth
-/// to a quarter of the JSON's size (BENCHMARKS.md §10).
-const LEVEL: u32 = 1;
+/// gzip level 2 (zlib-rs): level 1 there is "quick" deflate with fixed Huffman codes, a
+/// quarter more bytes on log batches; above 2 the gain is 1–3% for up to twice the time
+/// (BENCHMARKS.md §10).
+const LEVEL: u32 = 2;
 
 #[derive(Default)]
 pub struct GzipBatches {
-    recent: Mutex<VecDeque<(Vec<Arc<LogRecord>>, Bytes)>>,
+    state: Mutex<State>,
     compressed: std::sync::atomic::AtomicU64,
     shared: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    recent: VecDeque<(Vec<Arc<LogRecord>>, Bytes)>,
+    /// One compressor, reset for each batch: setting one up allocates and clears ~256 KiB
+    /// of tables, several times the cost of compressing a batch of ten logs.
+    compressor: Option<flate2::Compress>,
+    /// The JSON array being compressed (reused).
+    json: Vec<u8>,
+}
+
+/// The gzip of `input`, with `compressor` reset first.
+fn gzip(compressor: &mut flate2::Compress, input: &[u8]) -> Vec<u8> {
+    compressor.reset();
+    let mut out = Vec::with_capacity(input.len() / 2 + 64);
+    let start = compressor.total_in();
+    loop {
+        let consumed = (compressor.total_in() - start) as usize;
+        match compressor.compress_vec(&input[consumed..], &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => return out,
+            // Out of room: more, and go on.
+            Ok(_) => out.reserve(out.capacity().max(64)),
+            // Compressing into memory does not fail; were it to, an empty gzip would
+            // not inflate and the client would say so.
+            Err(_) => return Vec::new(),
+        }
+    }
 }
 
 /// Whether `kept` holds the very records of `logs`, in order.
@@ -39,27 +67,33 @@ impl GzipBatches {
     /// The gzip of `[log, log, …]` (the logs' own JSON joined), compressed once for every
     /// client sent these logs.
     pub fn compress(&self, logs: &[&Arc<LogRecord>]) -> Bytes {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State {
+            recent,
+            compressor,
+            json,
+        } = &mut *state;
         if let Some((_, bytes)) = recent.iter().find(|(k, _)| same_records(k, logs)) {
             self.shared
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return bytes.clone();
         }
-        let json_len: usize = logs.iter().map(|l| l.json.get().len() + 1).sum();
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(json_len / 4 + 64),
-            flate2::Compression::new(LEVEL),
-        );
-        // Writing to a Vec cannot fail.
-        let _ = gz.write_all(b"[");
+        json.clear();
+        json.push(b'[');
         for (i, log) in logs.iter().enumerate() {
             if i > 0 {
-                let _ = gz.write_all(b",");
+                json.push(b',');
             }
-            let _ = gz.write_all(log.json.get().as_bytes());
+            json.extend_from_slice(log.json.get().as_bytes());
         }
-        let _ = gz.write_all(b"]");
-        let bytes = Bytes::from(gz.finish().unwrap_or_default());
+        json.push(b']');
+        let compressor = compressor
+            .get_or_insert_with(|| flate2::Compress::new_gzip(flate2::Compression::new(LEVEL), 15));
+        let bytes = Bytes::from(gzip(compressor, json));
+        // A rare huge batch does not keep its buffer.
+        if json.capacity() > 1 << 20 {
+            *json = Vec::new();
+        }
         self.compressed
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if recent.len() == KEPT {
@@ -108,6 +142,40 @@ mod tests {
         let (a2, b2) = (log("a"), log("b"));
         g.compress(&[&a2, &b2]);
         assert_eq!(g.counts(), (3, 1));
+    }
+
+    #[test]
+    fn a_batch_that_hardly_compresses_comes_out_whole() {
+        // Random text compresses to more than the first guess of room (half the input).
+        let mut seed = 7u64;
+        let noise: String = (0..60_000)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'!' + (seed >> 58) as u8 + ((seed >> 40) % 30) as u8)
+            })
+            .collect();
+        let logs: Vec<_> = noise
+            .as_bytes()
+            .chunks(3000)
+            .map(|c| log(std::str::from_utf8(c).unwrap()))
+            .collect();
+        let refs: Vec<_> = logs.iter().collect();
+        let g = GzipBatches::default();
+        for _ in 0..2 {
+            let gz = g.compress(&refs);
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&gz[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.as_array().unwrap().len(), 20);
+            let last: serde_json::Value = serde_json::from_str(logs[19].json.get()).unwrap();
+            assert_eq!(back[19], last);
+            // Again with a new batch of the same logs, on the reset compressor.
+            g.state.lock().unwrap().recent.clear();
+        }
     }
 
     #[test]
