@@ -588,7 +588,9 @@ async fn handshakes(pki: &support::tls::Pki, a: &Args) {
         "handshakes: {} loops for {} s each (TCP + TLS + WebSocket + Socket.IO connect answered, then close)",
         a.concurrency, a.seconds
     );
-    println!("| transport | handshakes/s | server CPU per handshake | TLS sessions resumed | failed |");
+    println!(
+        "| transport | handshakes/s | server CPU per handshake | TLS sessions resumed | failed |"
+    );
     println!("| --- | ---: | ---: | ---: | ---: |");
     for (name, tls, resume) in [
         ("WS", false, false),

@@ -46,6 +46,7 @@ pub mod log_entry;
 pub mod metrics;
 pub mod plugins;
 pub mod protocol;
+pub mod publish_key;
 pub mod rate_limit;
 pub mod router;
 pub mod server;

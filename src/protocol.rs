@@ -100,6 +100,7 @@ pub enum Code {
     Overloaded,
     ShuttingDown,
     BusUnavailable,
+    HistoryUnavailable,
     BroadcastFailed,
     DisconnectFailed,
 }
@@ -138,6 +139,7 @@ impl Code {
             Code::Overloaded => "overloaded",
             Code::ShuttingDown => "shutting_down",
             Code::BusUnavailable => "bus_unavailable",
+            Code::HistoryUnavailable => "history_unavailable",
             Code::BroadcastFailed => "broadcast_failed",
             Code::DisconnectFailed => "disconnect_failed",
         }

@@ -41,12 +41,17 @@ const RELOAD_WITHIN: Duration = Duration::from_secs(5);
 /// waits (and Redis buffers what the channel brings meanwhile).
 const SEED_CHANNEL_QUEUE: usize = 64;
 
+/// The sessions' file in the history directory.
+const SESSIONS_FILE: &str = "sessions.jsonl";
+
 /// A started server.
 pub struct Running {
     app: AppState,
     io: SocketIo,
     router: RouterHandle,
     router_thread: JoinHandle<()>,
+    /// The history's writer on disk, and its thread.
+    history_writer: Option<(crate::history::disk::writer::Writer, JoinHandle<()>)>,
     /// Every background task: HTTP server, stats, Redis reader, heartbeat, cluster admin.
     tasks: TaskTracker,
     /// Stops the background tasks (after the data path has drained).
@@ -138,6 +143,26 @@ pub async fn start(
         config.edge.unauthenticated_timeout_ms,
     ));
     let edge = crate::edge::Edge::new(&config.edge, handshake_within);
+    // The embedded bus's history on disk, opened (and repaired) before anything is accepted.
+    let disk = match (
+        &config.redis.redis_url,
+        config.history.dir(&config.server.data_dir),
+    ) {
+        (None, Some(dir)) => {
+            let started = std::time::Instant::now();
+            let keys_since = crate::history::disk::now_ms()
+                .saturating_sub(crate::publish_key::IDEMPOTENCY_TTL.as_millis() as u64);
+            let opened = crate::history::disk::DiskLog::open(&dir, keys_since)?;
+            let (logs, bytes, _) = opened.log.totals();
+            tracing::info!(
+                dir = %dir.display(), logs, bytes, epoch = opened.log.epoch(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "history on disk opened"
+            );
+            Some(opened)
+        }
+        _ => None,
+    };
     let (emitter, emitter_task) = crate::delivery::Emitter::new(
         metrics.clone(),
         Duration::from_millis(config.delivery.slow_consumer_timeout_ms),
@@ -146,9 +171,13 @@ pub async fn start(
         registry,
         RouterSettings {
             config: Arc::new(config.clone()),
-            // With Redis the stream's epoch arrives from the bus once connected.
-            epoch: crate::history::new_epoch(),
+            // With Redis the stream's epoch arrives from the bus once connected; on disk the
+            // history keeps its own.
+            epoch: disk
+                .as_ref()
+                .map_or_else(crate::history::new_epoch, |d| d.log.epoch().to_owned()),
             offsets_may_lead: config.redis.redis_url.is_some(),
+            disk: disk.as_ref().map(|d| d.log.clone()),
         },
         metrics.clone(),
         connections.clone(),
@@ -165,8 +194,39 @@ pub async fn start(
     } else {
         config.redis.instance_id.clone()
     };
+    let history_writer = match disk {
+        Some(opened) => {
+            let log = opened.log.clone();
+            let inbound = router.inbound.clone();
+            let (writer, thread) = crate::history::disk::writer::spawn(
+                opened.log,
+                opened.active,
+                opened.keys,
+                crate::history::disk::writer::WriterSettings {
+                    fsync: config.history.fsync(),
+                    limits: crate::history::HistoryLimits::from(&config.history),
+                    segment_bytes: crate::history::disk::writer::segment_bytes(
+                        config.history.history_max_bytes,
+                    ),
+                    queue: config.ingest.ingest_queue,
+                },
+                // Blocks while the router's queue is full (see the writer's doc).
+                move |logs| inbound.send(router::Inbound::Logs(logs)).is_ok(),
+            )
+            .context("starting the history writer")?;
+            Some((writer, thread, log))
+        }
+        None => None,
+    };
     let bus = match &config.redis.redis_url {
-        None => Bus::Embedded(crate::bus::EmbeddedBus::new(router.inbound.clone())),
+        None => Bus::Embedded(match &history_writer {
+            Some((writer, _, log)) => crate::bus::EmbeddedBus::durable(
+                router.inbound.clone(),
+                writer.clone(),
+                log.clone(),
+            ),
+            None => crate::bus::EmbeddedBus::new(router.inbound.clone()),
+        }),
         Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
     };
     let session_limits = crate::sessions::SessionLimits::from_config(&config);
@@ -184,7 +244,23 @@ pub async fn start(
         access,
         sessions: match &bus {
             Bus::Redis(redis) => crate::sessions::Sessions::redis(redis.clone(), session_limits),
-            Bus::Embedded(_) => crate::sessions::Sessions::memory(session_limits),
+            Bus::Embedded(embedded) => match embedded.disk() {
+                Some(disk) => {
+                    let path = disk.dir().join(SESSIONS_FILE);
+                    let (journal, kept) = crate::sessions::journal::Journal::open(&path)
+                        .with_context(|| format!("sessions file {}", path.display()))?;
+                    if !kept.is_empty() {
+                        tracing::info!(sessions = kept.len(), "sessions kept across the restart");
+                    }
+                    crate::sessions::Sessions::durable(
+                        session_limits,
+                        journal,
+                        kept,
+                        Duration::from_millis(config.history.session_ttl_ms),
+                    )
+                }
+                None => crate::sessions::Sessions::memory(session_limits),
+            },
         },
         edge: edge.clone(),
         dev_tokens: dev.supplied.contains(&"jwt_secret"),
@@ -329,6 +405,7 @@ pub async fn start(
         io,
         router,
         router_thread,
+        history_writer: history_writer.map(|(writer, thread, _)| (writer, thread)),
         tasks,
         stop_tasks,
         _hot_reload: hot_reload,
@@ -349,6 +426,19 @@ impl Running {
         // 1. Refuse handshakes and ingest; wait for the publishes under way.
         self.app.stopping.cancel();
         self.app.close_ingest(deadline).await;
+        // 1b. Nothing more will be written: the history syncs and its writer ends.
+        if let Some((writer, thread)) = self.history_writer {
+            let joined = tokio::task::spawn_blocking(move || {
+                writer.stop();
+                thread.join()
+            });
+            if tokio::time::timeout_at(deadline.into(), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the history writer did not stop before the shutdown deadline");
+            }
+        }
         // 2. With Redis, what this instance published must come back before the drain.
         if let Some(redis) = self.app.bus.redis() {
             let left = deadline.saturating_duration_since(Instant::now());

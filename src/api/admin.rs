@@ -26,7 +26,22 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
     let max = app.connections.max_total();
     let (bus, bus_ok) = match app.bus.redis() {
-        None => (json!({ "kind": "embedded" }), true),
+        None => match app.bus.disk() {
+            None => (json!({ "kind": "embedded", "history": "memory" }), true),
+            Some(disk) => {
+                let failure = disk.failure();
+                (
+                    json!({
+                        "kind": "embedded",
+                        "history": "disk",
+                        "historyDir": disk.dir().display().to_string(),
+                        "state": if failure.is_some() { "failing" } else { "ok" },
+                        "lastError": failure,
+                    }),
+                    failure.is_none(),
+                )
+            }
+        },
         Some(r) => {
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             let connected = r.connected();

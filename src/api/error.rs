@@ -55,6 +55,7 @@ impl AppError {
             PublishError::Overloaded => Code::Overloaded,
             PublishError::Closed => Code::ShuttingDown,
             PublishError::Unavailable(_) => Code::BusUnavailable,
+            PublishError::HistoryUnavailable(_) => Code::HistoryUnavailable,
         };
         AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }

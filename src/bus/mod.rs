@@ -2,15 +2,17 @@
 //!
 //! - Embedded (default): the router's bounded inbound queue. A publish lands whole or is
 //!   refused whole (`Overloaded`), so ingest can answer 503 and nothing accepted is lost.
+//!   With `history_dir` (the default), a publish goes to the history's writer first
+//!   ([`crate::history::disk::writer`]): it is answered once on disk, and the writer hands
+//!   it to the router.
 //! - Redis ([`redis::RedisBus`]): ingest appends to a Redis Stream ([`stream`]) and every
 //!   instance, this one included, delivers what it reads from the stream to its own clients.
 //!   So each log reaches each client of the cluster once, wherever it came in, and survives
 //!   the death of the instance that took it. A publish Redis did not confirm answers 503,
 //!   never a silent 202.
 //!
-//! A publish may carry a key that is published at most once ([`publish_key`]).
+//! A publish may carry a key that is published at most once ([`crate::publish_key`]).
 
-pub mod publish_key;
 pub mod redis;
 pub mod stream;
 
@@ -19,10 +21,12 @@ use std::time::Instant;
 
 use crossbeam_channel::{Sender, TrySendError};
 
+use crate::history::disk::DiskLog;
+use crate::history::disk::writer::{WriteError, Writer};
 use crate::log_entry::LogRecord;
 use crate::protocol::DeviceStatus;
+pub use crate::publish_key::{PublishKey, Published, PublishedKeys};
 use crate::router::Inbound;
-pub use publish_key::{PublishKey, Published, PublishedKeys};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PublishError {
@@ -32,13 +36,31 @@ pub enum PublishError {
     Closed,
     #[error("the bus is unavailable: {0}")]
     Unavailable(String),
+    /// The history on disk could not be written (a full disk, an I/O error).
+    #[error("{0}")]
+    HistoryUnavailable(String),
 }
 
-/// The in-process bus: the router's queue, and the keys published through it.
+impl From<WriteError> for PublishError {
+    fn from(e: WriteError) -> PublishError {
+        match e {
+            WriteError::Busy => PublishError::Overloaded,
+            WriteError::Closed => PublishError::Closed,
+            WriteError::Failed(why) => {
+                PublishError::HistoryUnavailable(format!("the history could not be written: {why}"))
+            }
+        }
+    }
+}
+
+/// The in-process bus: the router's queue, and the keys published through it; or, with a
+/// history on disk, its writer (which keeps the keys itself, on disk too).
 #[derive(Clone)]
 pub struct EmbeddedBus {
     pub router: Sender<Inbound>,
     keys: Arc<PublishedKeys>,
+    writer: Option<Writer>,
+    disk: Option<Arc<DiskLog>>,
 }
 
 impl EmbeddedBus {
@@ -46,7 +68,24 @@ impl EmbeddedBus {
         EmbeddedBus {
             router,
             keys: Arc::default(),
+            writer: None,
+            disk: None,
         }
+    }
+
+    /// Publishes go through the writer of the history on disk `disk`.
+    pub fn durable(router: Sender<Inbound>, writer: Writer, disk: Arc<DiskLog>) -> EmbeddedBus {
+        EmbeddedBus {
+            router,
+            keys: Arc::default(),
+            writer: Some(writer),
+            disk: Some(disk),
+        }
+    }
+
+    /// The history on disk, if the bus writes one.
+    pub fn disk(&self) -> Option<&Arc<DiskLog>> {
+        self.disk.as_ref()
     }
 }
 
@@ -66,13 +105,20 @@ pub fn send_to_router(router: &Sender<Inbound>, msg: Inbound) -> Result<(), Publ
 
 impl Bus {
     /// Publish `logs`, all or none; with `key`, only if the key was not published before
-    /// (see [`publish_key`]).
+    /// (see [`crate::publish_key`]).
     pub async fn publish_logs(
         &self,
         logs: Vec<Arc<LogRecord>>,
         key: Option<&PublishKey>,
     ) -> Result<Published, PublishError> {
         match (self, key) {
+            (
+                Bus::Embedded(EmbeddedBus {
+                    writer: Some(writer),
+                    ..
+                }),
+                key,
+            ) => Ok(writer.append(logs, key).await?),
             (Bus::Embedded(bus), None) => {
                 send_to_router(&bus.router, Inbound::Logs(logs)).map(|()| Published::Appended)
             }
@@ -87,6 +133,14 @@ impl Bus {
         match self {
             Bus::Embedded(bus) => send_to_router(&bus.router, Inbound::DeviceStatus(status)),
             Bus::Redis(bus) => bus.publish_status(&status).await,
+        }
+    }
+
+    /// The embedded bus's history on disk, if any.
+    pub fn disk(&self) -> Option<&Arc<DiskLog>> {
+        match self {
+            Bus::Embedded(bus) => bus.disk(),
+            Bus::Redis(_) => None,
         }
     }
 

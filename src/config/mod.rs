@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use auth::{AuthConfig, IngestKeyConfig};
 pub use delivery::DeliveryConfig;
 pub use edge::EdgeConfig;
-pub use history::HistoryConfig;
+pub use history::{Fsync, HistoryConfig};
 pub use ingest::IngestConfig;
 pub use plugins::PluginsConfig;
 pub use redis::RedisConfig;
@@ -207,7 +207,13 @@ impl Config {
 }
 
 /// Keys whose relative paths, given in a config file, are relative to that file.
-const RELATIVE_TO_FILE: [&str; 4] = ["plugins_dir", "jwt_public_key", "tls_cert", "tls_key"];
+const RELATIVE_TO_FILE: [&str; 5] = [
+    "plugins_dir",
+    "jwt_public_key",
+    "tls_cert",
+    "tls_key",
+    "history_dir",
+];
 
 /// `None` if `key` is a configuration key, else a hint naming the closest one.
 fn unknown_key(key: &str) -> Option<String> {

@@ -2,15 +2,19 @@
 //! (`since`), for the last few logs (`tail`), or resume a session after a reconnect.
 //!
 //! Every accepted log gets a [`Position`] in one history and an offset text
-//! `"<epoch>:<major>-<minor>"`. The epoch names the history: a new one for each process start on
-//! the embedded bus, one per Redis stream (kept in Redis) with Redis. An offset from another
-//! epoch, or older than what is kept, cannot be replayed exactly: the client is told
+//! `"<epoch>:<major>-<minor>"`. The epoch names the history: kept on disk with the history on
+//! the embedded bus ([`disk`]; a new one for each process start when the history is only in
+//! memory), one per Redis stream (kept in Redis) with Redis. An offset from another epoch, or
+//! older than what is kept, cannot be replayed exactly: the client is told
 //! (`recovered: false`), never given a wrong replay.
 //!
-//! The history itself is a [`ring::Ring`] owned by the router thread: appended as logs pass
-//! through, read in bounded slices by replays.
+//! The router reads the history through a [`store::History`]: a [`ring::Ring`] it owns
+//! (appended as logs pass through), alone or as the cache in front of the files of [`disk`];
+//! replays read it in bounded slices.
 
+pub mod disk;
 pub mod ring;
+pub mod store;
 
 use crate::log_entry::Position;
 

@@ -3,7 +3,7 @@
 //! A request is all or nothing: every entry is validated before any is published, a bad one
 //! answers 400 naming its field (`[3].level`), and a full router queue answers 503 with
 //! nothing accepted, counted in `ingest_rejected`. An `Idempotency-Key` is published at most
-//! once (see `bus::publish_key`): a repeat answers 202 with `duplicate: true`.
+//! once (see `publish_key`): a repeat answers 202 with `duplicate: true`.
 
 use std::net::SocketAddr;
 
@@ -19,9 +19,9 @@ use crate::api::auth::Ingester;
 use crate::api::error::AppError;
 use crate::app::HttpState;
 use crate::bus::PublishKey;
-use crate::bus::publish_key::{IDEMPOTENCY_TTL, MAX_KEY_LEN};
 use crate::log_entry::{FieldError, device_status, parse_entries, random_id};
 use crate::protocol::Code;
+use crate::publish_key::{IDEMPOTENCY_TTL, MAX_KEY_LEN};
 
 /// A scoped key wrote a device outside its patterns: the whole request is refused (403),
 /// naming the entry, and the refusal goes to the audit trail.

@@ -10,7 +10,7 @@ use super::replay::{Cancel, Plan, Replay};
 use super::{Router, SubscribeError};
 use crate::auth::Scope;
 use crate::delivery::{Client, DeliveryOptions};
-use crate::history::ring::Since;
+use crate::history::store::After;
 use crate::protocol::{ClientError, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
 
@@ -200,12 +200,10 @@ impl Router {
             (Some(since), _) => {
                 let exact = crate::history::parse(since)
                     .filter(|(epoch, _)| *epoch == self.epoch)
-                    .map(|(_, after)| (after, self.history.since(after)));
+                    .map(|(_, after)| (after, self.history.after(after)));
                 match exact {
-                    Some((after, Since::From(i))) if i < self.history.end() => {
-                        Some(Plan::Since { after, end })
-                    }
-                    Some((_, Since::From(_))) => {
+                    Some((after, After::Replay)) => Some(Plan::Since { after, end }),
+                    Some((_, After::UpToDate)) => {
                         subscribed.recovered = Some(true);
                         subscribed.replayed = Some(0);
                         None
@@ -213,7 +211,7 @@ impl Router {
                     // Another instance delivered up to there and this one has not read that
                     // far yet: nothing to replay, and what it reads up to there the client
                     // already has.
-                    Some((after, Since::Ahead)) if self.offsets_may_lead => {
+                    Some((after, After::Ahead)) if self.offsets_may_lead => {
                         if let Some(client) = self.clients.get_mut(&sid) {
                             client.skip_through(after);
                         }
@@ -221,7 +219,8 @@ impl Router {
                         subscribed.replayed = Some(0);
                         None
                     }
-                    // Another epoch (a restart), or older than what is kept.
+                    // Another epoch (a restart of an in-memory history), or older than what
+                    // is kept.
                     _ => {
                         self.metrics.replay_served(false);
                         subscribed.recovered = Some(false);

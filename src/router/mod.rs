@@ -58,7 +58,8 @@ use crate::config::Config;
 use crate::delivery::{Client, Emitter, to_raw};
 use crate::engine::{EngineError, Matches, RegistrationId, Triage};
 use crate::history::HistoryLimits;
-use crate::history::ring::Ring;
+use crate::history::disk::DiskLog;
+use crate::history::store::History;
 use crate::log_entry::LogRecord;
 use crate::log_entry::{Position, Stamp};
 use crate::metrics::Metrics;
@@ -104,6 +105,8 @@ pub struct RouterSettings {
     /// Offsets may be ahead of this router's history (several readers of one stream: the
     /// one that delivered may be ahead of this one).
     pub offsets_may_lead: bool,
+    /// The history on disk (`history_dir`), whose writer stamps and hands on every log.
+    pub disk: Option<Arc<DiskLog>>,
 }
 
 /// The senders into the router thread.
@@ -130,7 +133,7 @@ pub struct Router {
     /// Reused across batches.
     matches: Vec<Matches>,
     /// Recent logs, for replays.
-    history: Ring,
+    history: History,
     /// The history's epoch (part of every offset).
     epoch: String,
     /// The last position the router gave a log (embedded bus).
@@ -171,7 +174,26 @@ pub fn spawn(
         edge,
         followups: Followups::default(),
         matches: Vec::new(),
-        history: Ring::new(HistoryLimits::from(&config.history)),
+        history: match settings.disk {
+            Some(disk) => {
+                let mut history =
+                    History::on_disk(disk.clone(), HistoryLimits::from(&config.history));
+                // The cache starts with the newest logs on disk.
+                let newest = disk.newest(crate::history::store::CACHE_LOGS);
+                if let Some(first) = newest.first().and_then(|l| l.stamp.get()) {
+                    history.mark_unknown_before(first.position);
+                }
+                let now = Instant::now();
+                for log in newest {
+                    if let Some(stamp) = log.stamp.get() {
+                        let position = stamp.position;
+                        history.push(position, log, now);
+                    }
+                }
+                history
+            }
+            None => History::memory(HistoryLimits::from(&config.history)),
+        },
         epoch: settings.epoch,
         next_seq: 0,
         replays: VecDeque::new(),
@@ -337,7 +359,7 @@ impl Router {
                     } else {
                         tracing::info!(old = %self.epoch, new = %epoch, "history epoch changed; older offsets can no longer be replayed");
                     }
-                    self.history = Ring::new(self.history.limits());
+                    self.history.reset();
                     self.epoch = epoch;
                 }
             }
@@ -525,15 +547,9 @@ impl Router {
             }
         }
         self.history.expire(now);
-        self.metrics.set_history(
-            self.history.len(),
-            self.history.bytes(),
-            self.history.oldest().and_then(|(r, at)| {
-                r.stamp
-                    .get()
-                    .map(|s| (s.offset.get().trim_matches('"').to_owned(), at))
-            }),
-        );
+        let (logs, bytes) = self.history.totals();
+        self.metrics
+            .set_history(logs, bytes, self.history.oldest(&self.epoch, now));
         while let Some((at, sid)) = self.handshakes.front().copied() {
             if now.saturating_duration_since(at) <= crate::delivery::client::HANDSHAKE_GRACE {
                 break;

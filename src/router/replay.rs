@@ -16,7 +16,6 @@ use tokio::sync::oneshot;
 
 use super::Router;
 use crate::engine::RegistrationId;
-use crate::history::ring::Since;
 use crate::log_entry::{LogRecord, Position};
 use crate::protocol::{ClientError, Subscribed, event};
 
@@ -158,22 +157,12 @@ impl Router {
             replay.recovered = false;
             return Step::Done;
         }
-        let start = match self.history.since(after) {
-            Since::From(i) => i,
-            // The history dropped what was left to replay.
-            Since::Gone => {
-                replay.recovered = false;
-                return Step::Done;
-            }
-            // Past everything kept: nothing left.
-            Since::Ahead => return Step::Done,
+        // The history dropped what was left to replay: not exact.
+        let Ok(slice) = self.history.read_after(after, SLICE) else {
+            replay.recovered = false;
+            return Step::Done;
         };
-        let slice: Vec<Arc<LogRecord>> = self
-            .history
-            .slice(start, SLICE)
-            .into_iter()
-            .filter(|r| position(r) <= end)
-            .collect();
+        let slice: Vec<Arc<LogRecord>> = slice.into_iter().filter(|r| position(r) <= end).collect();
         let Some(last) = slice.last().map(|r| position(r)) else {
             return Step::Done;
         };

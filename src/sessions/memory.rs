@@ -4,11 +4,15 @@
 //! `session_ttl_ms` later. When a new one would pass a bound (sessions per user, subscription
 //! bytes per user, sessions or bytes of the instance), the idle sessions nearest their expiry
 //! end first; if only attached ones are left, the new session is refused.
+//!
+//! With the history on disk, every change also goes to a [`Journal`] beside it, so sessions
+//! survive a restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::journal::Journal;
 use super::{Saved, SessionLimits, SessionRefused, SessionTotals};
 
 struct Entry {
@@ -34,6 +38,7 @@ struct Store {
     /// Every idle session, the first to expire first.
     idle: BTreeSet<(Instant, String)>,
     bytes: usize,
+    journal: Option<Journal>,
 }
 
 pub struct MemorySessions {
@@ -44,6 +49,9 @@ pub struct MemorySessions {
 impl Store {
     fn remove(&mut self, id: &str) -> Option<Entry> {
         let entry = self.entries.remove(id)?;
+        if let Some(journal) = &mut self.journal {
+            journal.del(id);
+        }
         self.bytes -= entry.bytes;
         if let Some(user) = self.users.get_mut(&entry.saved.user) {
             user.count -= 1;
@@ -62,6 +70,17 @@ impl Store {
     }
 
     fn insert(&mut self, id: &str, entry: Entry) {
+        if let Some(journal) = &mut self.journal {
+            journal.put(id, &entry.saved);
+            let live = self.entries.len() + 1;
+            journal.compact_if_long(
+                live,
+                self.entries
+                    .iter()
+                    .map(|(id, e)| (id.as_str(), &e.saved))
+                    .chain(std::iter::once((id, &entry.saved))),
+            );
+        }
         self.bytes += entry.bytes;
         let user = self.users.entry(entry.saved.user.clone()).or_default();
         user.count += 1;
@@ -103,6 +122,44 @@ impl MemorySessions {
     pub fn new(limits: SessionLimits) -> MemorySessions {
         MemorySessions {
             store: Mutex::default(),
+            limits,
+        }
+    }
+
+    /// Sessions kept in `journal` as well, starting with the ones it held (idle for `ttl`
+    /// from `now`, as far as the bounds allow).
+    pub fn durable(
+        limits: SessionLimits,
+        journal: Journal,
+        sessions: Vec<(String, Saved)>,
+        ttl: Duration,
+        now: Instant,
+    ) -> MemorySessions {
+        let mut store = Store::default();
+        let until = now + ttl;
+        for (id, saved) in sessions {
+            let bytes = saved.weight(&id);
+            let user = store.users.get(&saved.user);
+            let (count, user_bytes) = user.map_or((0, 0), |u| (u.count, u.bytes));
+            if count >= limits.per_user
+                || user_bytes + bytes > limits.user_bytes
+                || store.entries.len() >= limits.total
+                || store.bytes + bytes > limits.total_bytes
+            {
+                continue;
+            }
+            store.insert(
+                &id,
+                Entry {
+                    saved,
+                    bytes,
+                    idle_until: Some(until),
+                },
+            );
+        }
+        store.journal = Some(journal);
+        MemorySessions {
+            store: Mutex::new(store),
             limits,
         }
     }

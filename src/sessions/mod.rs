@@ -14,6 +14,7 @@
 //! session that would pass one ends the idle sessions nearest their expiry (the user's first);
 //! if only attached sessions are left, the new one is refused (`too_many_sessions`).
 
+pub mod journal;
 pub mod memory;
 pub mod redis;
 
@@ -99,6 +100,23 @@ pub fn new_id() -> String {
 impl Sessions {
     pub fn memory(limits: SessionLimits) -> Sessions {
         Sessions::Memory(Arc::new(MemorySessions::new(limits)))
+    }
+
+    /// In this process, and in `journal` (beside the history on disk) with the sessions it
+    /// held at start.
+    pub fn durable(
+        limits: SessionLimits,
+        journal: journal::Journal,
+        sessions: Vec<(String, Saved)>,
+        ttl: Duration,
+    ) -> Sessions {
+        Sessions::Memory(Arc::new(MemorySessions::durable(
+            limits,
+            journal,
+            sessions,
+            ttl,
+            Instant::now(),
+        )))
     }
 
     pub fn redis(bus: Arc<RedisBus>, limits: SessionLimits) -> Sessions {

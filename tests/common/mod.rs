@@ -7,6 +7,7 @@ pub mod client;
 pub mod raw;
 pub mod redis;
 pub mod tls;
+pub mod tool;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -37,6 +38,8 @@ pub struct ServerBuilder {
     configured_keys: bool,
     capture_stderr: bool,
     args: Option<Vec<String>>,
+    /// Run this instead of the binary (which it is given to run, in `args`).
+    program: Option<String>,
     cwd: Option<std::path::PathBuf>,
     /// A CA the harness's HTTP client trusts (a server with TLS).
     ca: Option<Vec<u8>>,
@@ -86,6 +89,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Run `program` with [`ServerBuilder::args`] instead of the binary itself (a wrapper
+    /// such as `unshare`, which is handed the binary's path among its arguments).
+    pub fn program(mut self, program: &str) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
     /// Working directory of the server process.
     pub fn cwd(mut self, dir: &std::path::Path) -> Self {
         self.cwd = Some(dir.to_owned());
@@ -94,7 +104,11 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         warm_compile_cache();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_logstream"));
+        let mut cmd = Command::new(
+            self.program
+                .as_deref()
+                .unwrap_or(env!("CARGO_BIN_EXE_logstream")),
+        );
         match &self.args {
             Some(args) => cmd.args(args),
             None => cmd.args(["serve", "--host", "127.0.0.1", "--port", "0"]),
@@ -213,6 +227,7 @@ impl Server {
             configured_keys: true,
             capture_stderr: false,
             args: None,
+            program: None,
             cwd: None,
             ca: None,
         }

@@ -4,6 +4,8 @@ const { spawn } = require('node:child_process');
 const path = require('node:path');
 const readline = require('node:readline');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
+const os = require('node:os');
 
 const SECRET = 'js-test-secret-0123456789abcdef';
 const API_KEY = 'js-api-key';
@@ -24,15 +26,19 @@ function token(sub, extra = {}) {
 }
 
 // `dev: true` starts it in development mode (it makes its own keys, kept in `dataDir`).
-function startServer(sets = {}, { dev = false, dataDir } = {}) {
-  const args = ['serve', '--host', '127.0.0.1', '--port', '0'];
+// Each server keeps its state (history, sessions) in `dataDir`, a new directory unless given:
+// a restart with the same `dataDir` (and `port`) is the same server again.
+function startServer(sets = {}, { dev = false, dataDir, port = 0 } = {}) {
+  const args = ['serve', '--host', '127.0.0.1', '--port', String(port)];
   for (const [k, v] of Object.entries(sets)) args.push('--set', `${k}=${v}`);
+  const dir = dataDir || fs.mkdtempSync(path.join(os.tmpdir(), 'logstream-js-'));
   const keys = dev
-    ? { LOGSTREAM_DATA_DIR: dataDir }
+    ? {}
     : { LOGSTREAM_JWT_SECRET: SECRET, LOGSTREAM_API_KEY: API_KEY, LOGSTREAM_ADMIN_KEY: ADMIN_KEY };
   const env = {
     ...process.env,
     ...keys,
+    LOGSTREAM_DATA_DIR: dir,
     LOGSTREAM_PLUGINS_DIR: path.join(__dirname, '..', '..', 'plugins'),
     RUST_LOG: 'warn',
   };
@@ -51,6 +57,8 @@ function startServer(sets = {}, { dev = false, dataDir } = {}) {
           url,
           child,
           exited,
+          dataDir: dir,
+          port: Number(new URL(url).port),
           async status(deviceId, status, key = API_KEY) {
             const r = await fetch(`${url}/api/devices/${encodeURIComponent(deviceId)}/status`, {
               method: 'POST',
@@ -68,6 +76,8 @@ function startServer(sets = {}, { dev = false, dataDir } = {}) {
             return { status: r.status, body: await r.json() };
           },
           stop() { child.kill('SIGKILL'); },
+          // SIGTERM, resolved once it has exited.
+          async terminate() { child.kill('SIGTERM'); return exited; },
         });
       }
     });

@@ -253,3 +253,37 @@ test('a page of another origin gets neither the development token nor a socket',
   }), { url: target, token: devToken });
   assert.match(answer, /^44.*Origin not allowed/, answer);
 });
+
+test('the server crashes and restarts: the page resumes with nothing missed', async (t) => {
+  const first = await startServer({});
+  const browser = await launch();
+  t.after(() => browser.close());
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(first.url);
+  await page.waitForSelector('#signin:not([hidden])');
+  await page.fill('#token', token('restart-user'));
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForSelector('#status[data-state=live]');
+  await first.ingest(logs('pump-1', 'INFO', 'before', 3));
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'before-2'));
+
+  // SIGKILL, as in a crash; then the same server again (port and data directory), which
+  // takes logs before the page is back.
+  first.stop();
+  await first.exited;
+  await page.waitForSelector('#status[data-state=offline]');
+  const second = await startServer({}, { dataDir: first.dataDir, port: first.port });
+  t.after(() => second.stop());
+  await second.ingest(logs('pump-1', 'WARN', 'while-down', 2));
+  await page.waitForFunction(() => /reconnected/.test(document.querySelector('#notices').textContent), null, { timeout: 20000 });
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'while-down-1'), null, { timeout: 10000 });
+  const notices = await page.textContent('#notices');
+  assert.doesNotMatch(notices, /no longer/, notices);
+  assert.match(notices, /reconnected; \d+ missed logs replayed/, notices);
+  await second.ingest(logs('pump-1', 'INFO', 'after', 1));
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'after-0'));
+  assert.deepStrictEqual(await messages(page), ['before-0', 'before-1', 'before-2', 'while-down-0', 'while-down-1', 'after-0']);
+  assert.deepStrictEqual(errors, []);
+});

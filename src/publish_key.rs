@@ -5,7 +5,9 @@
 //!
 //! The key and the logs land together or not at all: on Redis one script checks the key,
 //! appends the logs and records the key (atomic in Redis); on the embedded bus one lock covers
-//! the check, the hand-off to the router and the record. So there is no "being published"
+//! the check, the hand-off to the router and the record; with the history on disk the writer
+//! thread checks and records keys between writes, and writes each key in the frame of its
+//! logs, so a retry after a restart is recognised too. So there is no "being published"
 //! state that a dead instance could leave behind: a retry either finds the key (its logs are
 //! in the bus: 202 `duplicate: true`) or publishes them itself.
 
@@ -97,10 +99,40 @@ impl PublishedKeys {
             return Ok(Published::AlreadyPublished);
         }
         publish()?;
-        let until = now + key.ttl;
-        owner.until.insert(key.key.clone(), until);
-        owner.order.push_back((key.key.clone(), until));
+        owner.record(&key.key, now + key.ttl);
         Ok(Published::Appended)
+    }
+
+    /// Whether `key` was published and is still remembered (for a caller that serializes
+    /// publishes itself: the history writer).
+    pub fn is_published(&self, key: &PublishKey, now: Instant) -> bool {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(owner) = owners.get_mut(&key.owner) else {
+            return false;
+        };
+        owner.forget_expired(now);
+        owner.until.get(&key.key).is_some_and(|until| *until > now)
+    }
+
+    /// Remember `key` as published now, for its lifetime.
+    pub fn record(&self, key: &PublishKey, now: Instant) {
+        self.record_until(key, now + key.ttl);
+    }
+
+    /// Remember `key` as published until `until` (a key read back from disk at start).
+    pub fn record_until(&self, key: &PublishKey, until: Instant) {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners
+            .entry(key.owner.clone())
+            .or_default()
+            .record(&key.key, until);
+    }
+}
+
+impl Owner {
+    fn record(&mut self, key: &str, until: Instant) {
+        self.until.insert(key.to_owned(), until);
+        self.order.push_back((key.to_owned(), until));
     }
 }
 
