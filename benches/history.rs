@@ -425,7 +425,15 @@ async fn restart_part() {
                 empty_kb / 1024
             );
         }
-        rows.push((mode, empty_kb, at_n_kb, at_3n_kb, marginal, replay_took, restart));
+        rows.push((
+            mode,
+            empty_kb,
+            at_n_kb,
+            at_3n_kb,
+            marginal,
+            replay_took,
+            restart,
+        ));
         let _ = std::fs::remove_dir_all(&data);
     }
     println!(
@@ -434,7 +442,9 @@ async fn restart_part() {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (mode, empty, at_n, at_3n, marginal, replay_took, restart) in rows {
         let ms = |d: Option<Duration>| {
-            d.map_or("–".to_owned(), |d| format!("{:.0} ms", d.as_secs_f64() * 1000.0))
+            d.map_or("–".to_owned(), |d| {
+                format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+            })
         };
         println!(
             "| {} | {} MB | {} MB | {} MB | {marginal:.0} bytes | {} | {} |",

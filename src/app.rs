@@ -33,8 +33,8 @@ pub struct AppInner {
     /// `system:stats`: the latest figures and the rounds' clock.
     pub stats_feed: Arc<crate::system_stats::StatsFeed>,
     pub bus: Bus,
-    /// The delivery keys every client shares.
-    pub delivery: Arc<DeliveryConfig>,
+    /// The delivery keys every new client gets; the rates change on SIGHUP.
+    delivery: RwLock<Arc<DeliveryConfig>>,
     pub started: Instant,
     pub plugins: crate::plugins::SharedCatalog,
     /// This instance's name in cluster views.
@@ -102,7 +102,7 @@ impl AppState {
             stats_feed,
             gzip_batches: Arc::default(),
             bus: parts.bus,
-            delivery,
+            delivery: RwLock::new(delivery),
             started: Instant::now(),
             plugins: parts.plugins,
             instance: parts.instance,
@@ -121,6 +121,20 @@ impl AppState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The delivery keys a client connecting now gets.
+    pub fn delivery(&self) -> Arc<DeliveryConfig> {
+        self.delivery
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// New delivery keys for clients that connect from now on (the router updates those
+    /// connected).
+    pub fn set_delivery(&self, delivery: Arc<DeliveryConfig>) {
+        *self.delivery.write().unwrap_or_else(|p| p.into_inner()) = delivery;
     }
 
     /// Put a re-read configuration's keys and scopes in force.

@@ -145,8 +145,13 @@ pub fn banner(state: &DevState, config: &Config, token: Option<&str>, base_url: 
         }
     }
     out.push('\n');
+    out.push_str(&format!(
+        "  the page: {base_url}/   (its \"development token\" button works on this address)\n"
+    ));
     if let Some(token) = token {
-        out.push_str(&format!("  client token (sub=dev, 24h): {token}\n"));
+        out.push_str(&format!(
+            "  a client token (sub=dev, 24 h), for logstream tail:\n    export LOGSTREAM_TOKEN={token}\n    logstream tail --server {base_url}\n"
+        ));
         out.push_str("  more tokens: logstream token --sub alice --ttl 1h\n");
     }
     if let Some(k) = config.auth.api_key.as_deref() {
@@ -155,7 +160,12 @@ pub fn banner(state: &DevState, config: &Config, token: Option<&str>, base_url: 
         ));
     }
     if let Some(k) = config.auth.admin_key.as_deref() {
-        out.push_str(&format!("  admin key  : {k}   (X-API-Key for /api/ws/*)\n"));
+        out.push_str(&format!(
+            "  admin key  : {k}   (X-API-Key or Authorization: Bearer, for /api/ws/* and /metrics)\n"
+        ));
+        out.push_str(&format!(
+            "  metrics    : curl -H 'Authorization: Bearer {k}' {base_url}/metrics\n"
+        ));
     }
     if let Some(k) = config.auth.api_key.as_deref() {
         out.push_str(&format!(

@@ -60,6 +60,32 @@ impl Level {
             .into_iter()
             .find(|l| l.as_str().eq_ignore_ascii_case(s))
     }
+
+    /// What producers write for a level, any case: the six names, the common aliases, the
+    /// syslog severities (RFC 5424 keywords) and OpenTelemetry's severity texts (`WARN2`,
+    /// `ERROR4`, ...). The README's level table lists them.
+    pub fn parse_alias(s: &str) -> Option<Level> {
+        if let Some(level) = Level::parse(s) {
+            return Some(level);
+        }
+        let lower = s.trim().to_ascii_lowercase();
+        // OpenTelemetry: a name followed by 2, 3 or 4.
+        let base = match lower.strip_suffix(['2', '3', '4']) {
+            Some(base) if Level::parse(base).is_some() => base,
+            _ => lower.as_str(),
+        };
+        Some(match base {
+            "trace" | "trc" | "finest" | "finer" | "verbose" => Level::Trace,
+            "debug" | "dbg" | "fine" => Level::Debug,
+            "info" | "inf" | "information" | "informational" | "notice" | "ok" => Level::Info,
+            "warn" | "warning" | "wrn" => Level::Warn,
+            "error" | "err" | "severe" => Level::Error,
+            "fatal" | "crit" | "critical" | "alert" | "emerg" | "emergency" | "panic" => {
+                Level::Fatal
+            }
+            _ => return None,
+        })
+    }
 }
 
 impl fmt::Display for Level {
@@ -204,10 +230,10 @@ impl LogRecord {
         };
         let level = match obj.remove("level") {
             None | Some(Value::Null) => Level::Info,
-            Some(Value::String(s)) => Level::parse(&s).ok_or_else(|| {
+            Some(Value::String(s)) => Level::parse_alias(&s).ok_or_else(|| {
                 FieldError::new(
                     "level",
-                    format!("unknown level {s:?}; expected one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL"),
+                    format!("unknown level {s:?}; expected one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL (or an alias such as warning, err, critical)"),
                 )
             })?,
             Some(_) => return Err(FieldError::new("level", "must be a string")),
@@ -442,6 +468,40 @@ mod tests {
         assert_eq!(v["deviceId"], "device-001");
         assert!(!v["id"].as_str().unwrap().is_empty());
         assert_eq!(r.extra_json, r#"{"region":"eu"}"#);
+    }
+
+    #[test]
+    fn level_aliases_of_syslog_and_opentelemetry_are_accepted_and_emitted_as_the_six() {
+        for (given, level) in [
+            ("warning", Level::Warn),
+            ("Warning", Level::Warn),
+            ("err", Level::Error),
+            ("CRITICAL", Level::Fatal),
+            ("crit", Level::Fatal),
+            ("emerg", Level::Fatal),
+            ("fatal", Level::Fatal),
+            ("notice", Level::Info),
+            ("informational", Level::Info),
+            ("WARN2", Level::Warn),
+            ("error4", Level::Error),
+            ("TRACE3", Level::Trace),
+            ("verbose", Level::Trace),
+        ] {
+            let r = LogRecord::from_value(json!({
+                "deviceId": "d", "message": "m", "level": given
+            }))
+            .unwrap_or_else(|e| panic!("{given}: {e:?}"));
+            assert_eq!(r.level, level, "{given}");
+            let v: Value = serde_json::from_str(r.json.get()).unwrap();
+            assert_eq!(v["level"], level.as_str());
+        }
+        for unknown in ["warn5", "2", "", "loud", "infos"] {
+            let e = LogRecord::from_value(json!({
+                "deviceId": "d", "message": "m", "level": unknown
+            }))
+            .unwrap_err();
+            assert_eq!(e.field, "level", "{unknown}");
+        }
     }
 
     #[test]

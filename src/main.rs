@@ -136,10 +136,11 @@ struct TailArgs {
         conflicts_with = "since"
     )]
     tail: Option<usize>,
-    /// Start after this offset (what a previous run printed with --output json's offsets).
+    /// Start after this offset: take it from the "offset" field of a line printed with
+    /// `--output json`.
     #[arg(long, value_name = "OFFSET")]
     since: Option<String>,
-    /// text, json (one entry per line) or raw (the message only).
+    /// text, json (one entry per line, with its "offset") or raw (the message only).
     #[arg(long, value_enum, default_value = "text")]
     output: OutputArg,
     /// No colours (also when stdout is not a terminal, or NO_COLOR is set).
@@ -189,6 +190,13 @@ struct ShipArgs {
     /// Longest wait, in ms, for a batch to fill.
     #[arg(long, default_value_t = 200)]
     batch_ms: u64,
+    /// Where the place in each followed file is kept (`<dir>/ship/`), so that running ship
+    /// again resumes after the last line that landed. Default: the server's `data_dir`.
+    #[arg(long, env = "LOGSTREAM_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Read the file from its start, whatever its checkpoint says.
+    #[arg(long)]
+    from_start: bool,
     /// The file to follow, or - for stdin (the default).
     #[arg(default_value = "-")]
     file: String,
@@ -417,6 +425,11 @@ fn ship(args: ShipArgs) -> anyhow::Result<()> {
         batch_lines: args.batch_lines,
         batch_ms: args.batch_ms,
         ca_file: args.ca_file,
+        data_dir: Some(
+            args.data_dir
+                .unwrap_or_else(|| logstream::config::ServerConfig::default().data_dir),
+        ),
+        from_start: args.from_start,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(logstream::cli::ship::run(opts, interrupted())) {

@@ -25,10 +25,14 @@ impl TokenBucket {
     }
 
     /// Change the rate, keeping the tokens already earned (capped to the new burst).
+    /// A new rate and burst. A larger burst adds its increase to the tokens held (a client
+    /// granted 2000/s can take a burst of 2000 at once, as a new one could); a smaller one
+    /// caps them.
     pub fn set_rate(&mut self, rate: u32, burst: u32) {
+        let burst = f64::from(burst.max(1));
+        self.tokens = (self.tokens + (burst - self.burst).max(0.0)).min(burst);
         self.rate = f64::from(rate);
-        self.burst = f64::from(burst.max(1));
-        self.tokens = self.tokens.min(self.burst);
+        self.burst = burst;
     }
 
     fn refill(&mut self, now: Instant) {

@@ -129,11 +129,13 @@ pub async fn start(
             dir = %config.plugins.plugins_dir.display(),
             cwd = %std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default(),
             "the plugins directory does not exist: only the built-in `default` filter is available \
-             (set plugins_dir; relative paths are relative to the working directory, or to the config file)"
+             until it is created (set plugins_dir; relative paths are relative to the working directory, or to the config file)"
         );
     }
     let loaded = crate::plugins::load(&config)?;
     let mut registry = Registry::default();
+    let mut plugin_names: Vec<String> = loaded.plugins.iter().map(|(n, _)| n.clone()).collect();
+    plugin_names.sort();
     for (name, plugin) in loaded.plugins {
         registry.install(&name, plugin);
     }
@@ -285,20 +287,17 @@ pub async fn start(
         .build_layer();
     crate::socket::register(&io);
 
-    let hot_reload = if config.plugins.plugins_dir.is_dir() {
-        crate::plugins::reload::watch(
-            &config.plugins.plugins_dir,
-            loaded.runtime,
-            config.plugins.plugin_max_failures,
-            config.plugins.plugins_follow_symlinks,
-            RouterPlugins(router.control.clone()),
-            loaded.catalog,
-        )
-        .map_err(|e| tracing::warn!(error = %e, "plugins directory not watched; hot reload is off"))
-        .ok()
-    } else {
-        None
-    };
+    // Watched even before it exists: its plugins load when it is created.
+    let hot_reload = crate::plugins::reload::watch(
+        &config.plugins.plugins_dir,
+        loaded.runtime,
+        config.plugins.plugin_max_failures,
+        config.plugins.plugins_follow_symlinks,
+        RouterPlugins(router.control.clone()),
+        loaded.catalog.clone(),
+    )
+    .map_err(|e| tracing::warn!(error = %e, "plugins directory not watched; hot reload is off"))
+    .ok();
 
     let http = crate::ingest::routes()
         .merge(crate::api::routes())
@@ -388,6 +387,13 @@ pub async fn start(
 
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base_url = format!("{scheme}://{addr}");
+    // What a person on this machine opens: `0.0.0.0` is not an address a browser can use
+    // (and the page offers the development token only to its own origin).
+    let local_url = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        format!("{scheme}://localhost:{}", addr.port())
+    } else {
+        base_url.clone()
+    };
     if dev.active() {
         let token = app
             .keys
@@ -395,8 +401,21 @@ pub async fn start(
             .ok();
         print!(
             "{}",
-            crate::devmode::banner(&dev, &config, token.as_deref(), &base_url)
+            crate::devmode::banner(&dev, &config, token.as_deref(), &local_url)
         );
+    }
+    println!(
+        "plugins: {} ({}){}",
+        plugin_names.join(", "),
+        config.plugins.plugins_dir.display(),
+        if config.plugins.plugins_dir.is_dir() {
+            ""
+        } else {
+            ": the directory does not exist yet; its plugins load when it is created"
+        }
+    );
+    if !dev.active() {
+        println!("the page: {local_url}/");
     }
     println!("logstream listening on {base_url}");
     tracing::info!(%addr, "listening");
@@ -517,8 +536,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// On SIGHUP, re-read the configuration and put its ingest keys and device scopes in force;
-/// a configuration that does not load keeps the old one, and the log says why.
+/// On SIGHUP, re-read the configuration and put in force what can change live (the
+/// [`crate::config::RELOADABLE`] keys: ingest keys, device scopes, the TLS certificate, the
+/// delivery rates); the log names the changed keys that wait for a restart. A configuration
+/// that does not load keeps the old one, and the log says why.
 async fn reload_on_hangup(
     app: AppState,
     reload: Reload,
@@ -535,6 +556,8 @@ async fn reload_on_hangup(
                 return;
             }
         };
+        // What is in force: the start's configuration, plus what reloads applied.
+        let mut in_force = app.config.clone();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -566,20 +589,21 @@ async fn reload_on_hangup(
                     }
                 }
             }
-            match loaded.and_then(|c| Access::from_config(&c)) {
-                Ok(access) => {
-                    tracing::info!(
-                        target: "audit",
-                        ingest_keys = access.ingest_keys.len(),
-                        default_device_scope = %access.default_scope,
-                        "configuration reloaded (SIGHUP): ingest keys and scopes"
+            let config = match loaded {
+                Ok(config) => config,
+                Err(e) => {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "configuration reload (SIGHUP) failed; the previous configuration stays in force"
                     );
-                    app.set_access(access);
+                    continue;
                 }
-                Err(e) => tracing::warn!(
+            };
+            if let Err(e) = apply_reload(&app, &mut in_force, config).await {
+                tracing::warn!(
                     error = %format!("{e:#}"),
                     "configuration reload (SIGHUP) failed; the previous keys and scopes stay in force"
-                ),
+                );
             }
         }
     }
@@ -588,6 +612,60 @@ async fn reload_on_hangup(
         let _ = (app, reload, tls);
         stop.cancelled().await;
     }
+}
+
+/// Put a re-read configuration in force: the ingest keys and scopes, and the delivery rates
+/// (for clients that connect and those connected); say which changed keys wait for a
+/// restart.
+async fn apply_reload(
+    app: &AppState,
+    in_force: &mut Config,
+    mut config: Config,
+) -> anyhow::Result<()> {
+    // Development mode generated the keys the layers leave unset: they stay.
+    for (key, kept) in [
+        (&mut config.auth.jwt_secret, &in_force.auth.jwt_secret),
+        (&mut config.auth.api_key, &in_force.auth.api_key),
+        (&mut config.auth.admin_key, &in_force.auth.admin_key),
+    ] {
+        if key.is_none() {
+            key.clone_from(kept);
+        }
+    }
+    let access = Access::from_config(&config)?;
+    let changed = in_force.changed_keys(&config);
+    let (applied, need_restart): (Vec<String>, Vec<String>) = changed
+        .into_iter()
+        .partition(|k| crate::config::RELOADABLE.contains(&k.as_str()));
+    app.set_access(access);
+    let rates_changed = applied
+        .iter()
+        .any(|k| k == "rate_limit" || k == "max_client_rate_limit");
+    in_force.take_reloadable(&config);
+    if rates_changed {
+        let delivery = Arc::new(in_force.delivery.clone());
+        app.set_delivery(delivery.clone());
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let command =
+            Control::Client(crate::router::ClientCommand::SetDelivery { delivery, reply });
+        if app.control(command).is_ok() {
+            let _ = answer.await;
+        }
+    }
+    tracing::info!(
+        target: "audit",
+        applied = %applied.join(","),
+        ingest_keys = config.auth.ingest_keys.len(),
+        rate_limit = in_force.delivery.rate_limit,
+        "configuration reloaded (SIGHUP): ingest keys, scopes, TLS certificate and rates in force"
+    );
+    if !need_restart.is_empty() {
+        tracing::warn!(
+            keys = %need_restart.join(","),
+            "configuration reload (SIGHUP): these changed keys take effect only after a restart; their old values stay in force until then"
+        );
+    }
+    Ok(())
 }
 
 /// Keep the sessions of live connections from expiring (Redis), and drop expired ones

@@ -57,17 +57,12 @@ async fn tail_follows_filters_and_resumes_after_a_disconnect_without_a_gap() {
             log("d1", "WARN", "live-1")
         ]))
         .await;
-    assert_eq!(messages(&tail.lines(1)), ["live-1"]);
-    // It asked for gzip batches, and the server compressed them.
-    let metrics = server
-        .get_text("/metrics", &[("x-api-key", ADMIN_KEY)])
-        .await;
-    let compressed: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("logstream_gzip_batches_compressed_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(compressed >= 2, "backfill and live batch: {compressed}");
+    let live: Value = serde_json::from_str(&tail.lines(1)[0]).unwrap();
+    assert_eq!(live["message"], "live-1");
+    assert!(
+        live["offset"].is_string(),
+        "JSON lines carry their offset: {live}"
+    );
 
     // The server drops the connection; logs arrive while tail is away.
     let (_, conns) = server
@@ -109,7 +104,11 @@ async fn tail_follows_filters_and_resumes_after_a_disconnect_without_a_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_text_and_reports_drops_and_fails_on_a_bad_token() {
-    let server = Server::builder().set("rate_limit", 3).start();
+    // A live rate the tool cannot raise (it asks for the most the server grants).
+    let server = Server::builder()
+        .set("rate_limit", 3)
+        .set("max_client_rate_limit", 3)
+        .start();
     let token = Server::token("cli");
     let tail = Tool::start(
         &[
@@ -147,6 +146,170 @@ async fn tail_prints_text_and_reports_drops_and_fails_on_a_bad_token() {
     let status = wait(&mut bad.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "auth failure: {}", bad.stderr());
     assert!(bad.stderr().contains("refused"), "{}", bad.stderr());
+}
+
+/// `tail` on a server with the seed's default rate (100/s): a burst of 400 in one request,
+/// then `-n 1000` of them, print every line; JSON lines carry offsets `--since` takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_every_line_of_a_burst_and_of_history_at_the_default_rate() {
+    let server = Server::start();
+    let token = Server::token("cli");
+    let live = Tool::start(
+        &[
+            "tail",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "-d",
+            "burst",
+            "--output",
+            "raw",
+        ],
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let burst: Vec<Value> = (0..400)
+        .map(|i| log("burst", "INFO", &format!("b{i}")))
+        .collect();
+    server.ingest(Value::Array(burst)).await;
+    let lines = live.lines(400);
+    assert_eq!(lines[399], "b399");
+    assert!(!live.stderr().contains("dropped"), "{}", live.stderr());
+    // Text and raw output ask for gzip batches, and the server compressed them.
+    let metrics = server
+        .get_text("/metrics", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    let compressed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("logstream_gzip_batches_compressed_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(compressed >= 1, "{compressed}");
+    assert!(live.interrupt().success());
+
+    let history = Tool::start(
+        &[
+            "tail",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "-d",
+            "burst",
+            "-n",
+            "1000",
+            "--output",
+            "json",
+        ],
+        false,
+    );
+    let lines: Vec<Value> = history
+        .lines(400)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["message"], "b0");
+    assert_eq!(lines[399]["message"], "b399");
+    let offsets: Vec<&str> = lines
+        .iter()
+        .map(|l| l["offset"].as_str().unwrap())
+        .collect();
+    let mut distinct = offsets.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 400, "each entry its own offset");
+    assert!(
+        !history.stderr().contains("dropped"),
+        "{}",
+        history.stderr()
+    );
+    assert!(history.interrupt().success());
+
+    // An offset from that output starts a new run right after its entry.
+    let after = Tool::start(
+        &[
+            "tail",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "-d",
+            "burst",
+            "--since",
+            offsets[396],
+            "--output",
+            "raw",
+        ],
+        false,
+    );
+    assert_eq!(after.lines(3), ["b397", "b398", "b399"]);
+    assert!(after.interrupt().success());
+}
+
+/// The named filter `tail` follows is removed from the server: it exits non-zero, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_exits_with_the_message_when_its_filter_is_removed() {
+    let dir = common::scratch_dir("tail-plugins");
+    std::fs::copy(
+        std::path::PathBuf::from(env!("LOGSTREAM_BUILT_PLUGINS")).join("regex.wasm"),
+        dir.join("gone.wasm"),
+    )
+    .unwrap();
+    let server = Server::builder()
+        .env("LOGSTREAM_PLUGINS_DIR", dir.display())
+        .start();
+    let token = Server::token("cli");
+    let mut tail = Tool::start(
+        &[
+            "tail",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--filter",
+            "gone",
+            "--params",
+            r#"{"pattern": "^x"}"#,
+            "--output",
+            "raw",
+        ],
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server
+        .ingest(json!([log("d", "INFO", "y"), log("d", "INFO", "x1")]))
+        .await;
+    assert_eq!(tail.lines(1), ["x1"]);
+    std::fs::remove_file(dir.join("gone.wasm")).unwrap();
+    let status = wait(&mut tail.child, T);
+    assert_eq!(status.code(), Some(1), "{}", tail.stderr());
+    assert!(
+        tail.stderr().contains("filter_removed") && tail.stderr().contains("gone"),
+        "{}",
+        tail.stderr()
+    );
+}
+
+/// On a terminal `tail` says where it connected, what it follows and the rate granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_on_a_terminal_says_where_it_connected_and_what_it_follows() {
+    let server = Server::start();
+    let token = Server::token("cli");
+    // `script` gives the command a pseudo-terminal (util-linux).
+    let command = format!(
+        "{} tail --server {} --token {token} -d web-1 -l ERROR",
+        env!("CARGO_BIN_EXE_logstream"),
+        server.url
+    );
+    let mut tool = Tool::start_program("script", &["-qfec", &command, "/dev/null"]);
+    let line = tool
+        .lines_until(|l| l.contains("connected to"))
+        .unwrap_or_else(|| panic!("{}", tool.stderr()));
+    assert!(line.contains(&server.url), "{line}");
+    assert!(line.contains("devices web-1 · levels ERROR"), "{line}");
+    assert!(line.contains("up to 2000 logs/s"), "{line}");
+    let _ = tool.child.kill();
+    let _ = tool.child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,4 +450,134 @@ async fn a_request_sent_again_with_its_idempotency_key_is_published_once() {
         )
         .await;
     assert_eq!(s, 400, "{e}");
+}
+
+/// `ship` keeps its place in a followed file: run again, it sends only what is new; after a
+/// crash between a batch's 202 and its checkpoint, it sends that batch again under the same
+/// key, and the server answers it as a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_once() {
+    let server = Server::start();
+    let mut c = server.client("watcher").await;
+    c.subscribe(json!({ "deviceIds": ["web-1"] })).await;
+    let dir = common::scratch_dir("ship-ckpt");
+    let state = dir.join("state");
+    let file = dir.join("app.log");
+    std::fs::write(&file, "one\ntwo\n").unwrap();
+    let ship = |from_start: bool| {
+        let mut args = vec![
+            "ship",
+            "--server",
+            &server.url,
+            "--api-key",
+            API_KEY,
+            "--device",
+            "web-1",
+            "--batch-ms",
+            "50",
+            "--data-dir",
+            state.to_str().unwrap(),
+            file.to_str().unwrap(),
+        ];
+        if from_start {
+            args.push("--from-start");
+        }
+        Tool::start(&args, false)
+    };
+    let texts = |logs: Vec<Value>| -> Vec<String> {
+        logs.iter()
+            .map(|l| l["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = ship(false);
+    assert_eq!(texts(c.logs(2, T).await), ["one", "two"]);
+    assert!(
+        first
+            .stderr()
+            .contains("from its start; its place is kept in"),
+        "{}",
+        first.stderr()
+    );
+    assert!(first.interrupt().success());
+
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"three\n")
+        .unwrap();
+    let second = ship(false);
+    assert_eq!(texts(c.logs(1, T).await), ["three"]);
+    assert!(second.stderr().contains("resuming"), "{}", second.stderr());
+    assert!(second.interrupt().success());
+    assert!(
+        c.drain("log:new", Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "nothing again"
+    );
+
+    // A batch in flight when ship died: its lines landed, its checkpoint says "pending".
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"four\nfive\n")
+        .unwrap();
+    let (s, _) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY), ("idempotency-key", "in-flight-1")],
+            &json!([log("web-1", "INFO", "four"), log("web-1", "INFO", "five")]).to_string(),
+        )
+        .await;
+    assert_eq!(s, 202);
+    assert_eq!(texts(c.logs(2, T).await), ["four", "five"]);
+    let checkpoint = std::fs::read_dir(state.join("ship"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let mut kept: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+    assert_eq!(kept["offset"], "one\ntwo\nthree\n".len());
+    kept["pending"] =
+        json!({ "until": std::fs::metadata(&file).unwrap().len(), "key": "in-flight-1" });
+    std::fs::write(&checkpoint, kept.to_string()).unwrap();
+    let third = ship(false);
+    eventually(T, "the batch in flight sent again", || async {
+        let now: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+        if now["pending"].is_null() && now["offset"] == kept["pending"]["until"] {
+            Ok(())
+        } else {
+            Err(now.to_string())
+        }
+    })
+    .await;
+    assert!(
+        c.drain("log:new", Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "four and five once"
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(b"six\n")
+        .unwrap();
+    assert_eq!(texts(c.logs(1, T).await), ["six"]);
+    assert!(third.interrupt().success());
+
+    // --from-start sends the whole file again, on request.
+    let again = ship(true);
+    assert_eq!(
+        texts(c.logs(6, T).await),
+        ["one", "two", "three", "four", "five", "six"]
+    );
+    assert!(
+        again.stderr().contains("--from-start"),
+        "{}",
+        again.stderr()
+    );
+    assert!(again.interrupt().success());
 }

@@ -130,17 +130,52 @@ async fn development_keys_survive_a_restart_and_the_token_command_uses_them() {
     };
     let mut first = start();
     let find = |server: &Server, label: &str| server.printed(label);
-    let token = find(&first, "client token (sub=dev, 24h): ");
+    let token = find(&first, "export LOGSTREAM_TOKEN=");
     let secret = find(&first, "export LOGSTREAM_JWT_SECRET=");
     let api_key = find(&first, "export LOGSTREAM_API_KEY=");
+    let admin_key = find(&first, "export LOGSTREAM_ADMIN_KEY=");
+    // Addresses a browser and curl on this machine can use (not 0.0.0.0).
+    let port = first.url.rsplit(':').next().unwrap().to_owned();
+    let local = format!("http://localhost:{port}");
+    let printed = |what: &str| first.stdout_lines.iter().any(|l| l.contains(what));
     assert!(
         first
             .stdout_lines
             .iter()
-            .any(|l| l.contains("curl -X POST") && l.contains(&api_key) && l.contains(&first.url)),
+            .any(|l| l.contains("curl -X POST") && l.contains(&api_key) && l.contains(&local)),
         "a working curl: {:?}",
         first.stdout_lines
     );
+    assert!(
+        printed(&format!("the page: {local}/")),
+        "{:?}",
+        first.stdout_lines
+    );
+    assert!(printed(&format!("logstream tail --server {local}")));
+    assert!(
+        first
+            .stdout_lines
+            .iter()
+            .any(|l| l.starts_with("plugins: ") && l.contains("default")),
+        "where the plugins come from: {:?}",
+        first.stdout_lines
+    );
+    assert!(
+        first
+            .stdout_lines
+            .iter()
+            .any(|l| l.contains(&format!("Bearer {admin_key}")) && l.contains("/metrics")),
+        "the /metrics line: {:?}",
+        first.stdout_lines
+    );
+    // ... and the /metrics line works as printed.
+    let metrics = reqwest::Client::new()
+        .get(format!("{local}/metrics"))
+        .header("authorization", format!("Bearer {admin_key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
     assert!(
         first
             .stdout_lines
@@ -346,6 +381,71 @@ async fn small_things_a_newcomer_trips_over() {
         "{body}"
     );
 
+    // A mistyped key on the command line is refused with the closest one, as in a file.
+    let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args(["--set", "rate_limt=5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("did you mean `rate_limit`"), "{err}");
+
+    // Levels as producers write them.
+    let (s, body) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY)],
+            &json!([
+                {"deviceId": "d", "message": "w", "level": "warning"},
+                {"deviceId": "d", "message": "c", "level": "Critical"},
+                {"deviceId": "d", "message": "e", "level": "err"}
+            ])
+            .to_string(),
+        )
+        .await;
+    assert_eq!(s, 202, "{body}");
+    let levels: Vec<Value> = c
+        .logs(3, T)
+        .await
+        .iter()
+        .map(|l| l["level"].clone())
+        .collect();
+    assert_eq!(levels, [json!("WARN"), json!("FATAL"), json!("ERROR")]);
+
+    // The plugins directory, created after the start, is picked up.
+    std::fs::create_dir_all(elsewhere.join("plugins")).unwrap();
+    std::fs::copy(built("regex"), elsewhere.join("plugins/regex.wasm")).unwrap();
+    eventually(
+        T,
+        "the plugin of a directory created later loads",
+        || async {
+            let (_, list) = server
+                .get("/api/plugins", &[("x-api-key", ADMIN_KEY)])
+                .await;
+            let names: Vec<&str> = list["data"]["plugins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            if names.contains(&"regex") {
+                Ok(())
+            } else {
+                Err(list.to_string())
+            }
+        },
+    )
+    .await;
+    c.subscribe(json!({ "filter": "regex", "params": { "pattern": "^late" } }))
+        .await;
+    server
+        .ingest(json!([
+            log("d", "INFO", "no"),
+            log("d", "INFO", "late one")
+        ]))
+        .await;
+    assert_eq!(c.logs(1, T).await[0]["message"], "late one");
+
     // A bad value names the flag and says what it expects, in words.
     let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
         .args(["--set", "rate_limit=-1"])
@@ -453,4 +553,71 @@ async fn the_development_token_is_offered_to_a_loopback_page_only() {
     let configured = Server::start();
     let (status, _) = configured.get("/api/dev/token", &[]).await;
     assert_eq!(status, 404);
+}
+
+/// SIGHUP puts the delivery rates in force for connected clients, and names the changed keys
+/// that wait for a restart (it used to log "configuration reloaded" and ignore both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_rates_live_and_names_the_keys_that_need_a_restart() {
+    let dir = scratch_dir("sighup");
+    let config = dir.join("logstream.toml");
+    std::fs::write(&config, "rate_limit = 5\n").unwrap();
+    let server = Server::builder()
+        .args(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .capture_stderr()
+        .start();
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "deviceIds": ["d"] })).await;
+    let burst = |tag: &str| {
+        Value::Array(
+            (0..30)
+                .map(|i| log("d", "INFO", &format!("{tag}{i}")))
+                .collect(),
+        )
+    };
+    server.ingest(burst("a")).await;
+    assert_eq!(c.logs(5, T).await.len(), 5);
+    assert!(
+        c.drain("log:new", Duration::from_millis(400))
+            .await
+            .is_empty(),
+        "5/s"
+    );
+
+    // (The port comes from a flag here, which wins over the file: another key that needs a
+    // restart stands for it.)
+    std::fs::write(&config, "rate_limit = 50\nmax_body_bytes = 100\n").unwrap();
+    server.signal("-HUP");
+    eventually(T, "the reload names what waits for a restart", || async {
+        let text = server.stderr().join("\n");
+        if text.contains("take effect only after a restart") && text.contains("keys=max_body_bytes")
+        {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    // The connected client now gets 50/s: the whole burst of 30.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.ingest(burst("b")).await;
+    let got = c.logs(30, T).await;
+    assert_eq!(got[29]["message"], "b29");
+    // And the body limit did not move (a 100-byte limit would refuse this).
+    let (s, _) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY)],
+            &log("d", "INFO", &"x".repeat(300)).to_string(),
+        )
+        .await;
+    assert_eq!(s, 202);
 }

@@ -124,4 +124,6 @@ async fn metrics_parse_with_prometheus_and_follow_the_traffic() {
     assert_eq!(status, 401);
     let admin = scrape(&server, &format!("admin:{ADMIN_KEY}"));
     assert!(admin.len() > 20, "the admin key reads the metrics too");
+    let bearer = scrape(&server, &format!("bearer-admin:{ADMIN_KEY}"));
+    assert!(bearer.len() > 20, "the admin key as a bearer token too");
 }

@@ -24,8 +24,8 @@ pub struct Ingester {
     pub scope: Option<Arc<Scope>>,
 }
 
-/// The caller is an administrator: `X-API-Key: <admin key>`, or `Authorization: Bearer`
-/// with a token whose `role` is `admin`.
+/// The caller is an administrator: `X-API-Key: <admin key>`, `Authorization: Bearer <admin
+/// key>`, or `Authorization: Bearer` with a token whose `role` is `admin`.
 pub struct Admin {
     /// `admin_key`, or `token:<sub>` (for the audit trail).
     pub who: String,
@@ -125,6 +125,13 @@ impl Admin {
             };
         }
         let bearer = header(parts, "authorization").and_then(|v| v.strip_prefix("Bearer "));
+        // The admin key as a bearer token (what Prometheus' `authorization` and most HTTP
+        // tools send), as well as an admin JWT.
+        if bearer.is_some_and(|b| secrets_equal(b, &app.keys.admin_key)) {
+            return Ok(Admin {
+                who: "admin_key".into(),
+            });
+        }
         match bearer.map(|t| app.keys.verify(t)) {
             Some(Ok(claims)) if claims.is_admin() => Ok(Admin {
                 who: format!("token:{}", claims.sub),

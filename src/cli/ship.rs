@@ -7,15 +7,20 @@
 //! unchanged, with back-off, until it lands: the server publishes a key once, so a retry
 //! after a lost answer does not duplicate lines, and nothing read is dropped. Reading waits
 //! while a batch is being retried (a bounded queue between the two), so memory stays flat.
+//!
+//! A followed file keeps its place in a checkpoint (`cli::checkpoint`, in `data_dir`):
+//! running `ship` again resumes after the last line that landed, and says so at start.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncSeekExt, BufReader};
 use tokio::sync::mpsc;
+
+use super::checkpoint::{Checkpoint, CheckpointFile, Identity, Pending};
 
 /// Longest line shipped; longer ones are cut (and say so).
 const MAX_LINE: usize = 64 << 10;
@@ -31,6 +36,10 @@ pub enum Input {
 }
 
 pub struct ShipOptions {
+    /// Where checkpoints of followed files are kept (`<data_dir>/ship/`); `None`: none.
+    pub data_dir: Option<PathBuf>,
+    /// Ignore a kept checkpoint: read the file from its start.
+    pub from_start: bool,
     pub server: String,
     pub api_key: String,
     pub device: String,
@@ -61,18 +70,23 @@ pub async fn run(
     opts: ShipOptions,
     stop_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<Totals, ShipError> {
-    let (tx, rx) = mpsc::channel::<String>(4096);
+    let (tx, rx) = mpsc::channel::<Line>(4096);
     let stop = tokio_util::sync::CancellationToken::new();
+    let mut place = Place::default();
+    if let (Input::File(path), Some(data_dir)) = (&opts.input, &opts.data_dir) {
+        place = find_place(path, &opts.device, data_dir, opts.from_start);
+    }
     let reading = {
         let stop_reading = stop.clone();
         let input = match &opts.input {
             Input::Stdin => None,
             Input::File(p) => Some(p.clone()),
         };
+        let start = place.start;
         tokio::spawn(async move {
             let result = match input {
                 None => read_stdin(tx, stop_reading).await,
-                Some(path) => follow(path, tx, stop_reading).await,
+                Some(path) => follow(path, start, tx, stop_reading).await,
             };
             if let Err(e) = result {
                 eprintln!("logstream ship: {e}");
@@ -84,7 +98,7 @@ pub async fn run(
         stop_signal.await;
         cancel.cancel();
     });
-    let totals = send(&opts, rx).await;
+    let totals = send(&opts, rx, place).await;
     stop.cancel();
     let _ = reading.await;
     totals
@@ -98,8 +112,86 @@ pub struct Totals {
     pub retries: u64,
 }
 
+/// One line read, and (from a file) where it ends.
+struct Line {
+    text: String,
+    end: Option<(Identity, u64)>,
+}
+
+/// Where a followed file is read from, and what is kept about it.
+#[derive(Default)]
+struct Place {
+    /// The file (by identity) and the offset to start at.
+    start: Option<(Identity, u64)>,
+    checkpoints: Option<CheckpointFile>,
+    /// A batch the last run sent without knowing whether it landed.
+    pending: Option<Pending>,
+}
+
+/// Read the checkpoint of `path` and say at start where `ship` resumes.
+fn find_place(path: &Path, device: &str, data_dir: &Path, from_start: bool) -> Place {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let file = CheckpointFile::new(data_dir, device, &absolute);
+    let shown = path.display();
+    let kept = match file.load() {
+        Ok(kept) => kept,
+        Err(why) => {
+            eprintln!("logstream ship: {why}; reading {shown} from its start");
+            None
+        }
+    };
+    let current = std::fs::metadata(path).ok();
+    let start = match (kept, current) {
+        (Some(_), _) if from_start => {
+            eprintln!("logstream ship: --from-start: reading {shown} from its start");
+            None
+        }
+        (Some(c), Some(meta)) if c.identity() == identity(&meta) && meta.len() >= c.offset => {
+            eprintln!(
+                "logstream ship: resuming {shown} at byte {} (checkpoint {})",
+                c.offset,
+                file.path().display()
+            );
+            // A batch in flight whose lines the file no longer holds is not sent again.
+            let (identity, offset) = (c.identity(), c.offset);
+            let pending = c.pending.filter(|p| p.until <= meta.len());
+            Some((identity, offset, pending))
+        }
+        (Some(c), Some(meta)) if c.identity() == identity(&meta) => {
+            eprintln!(
+                "logstream ship: {shown} is shorter than its checkpoint ({} < {} bytes): truncated; reading it from its start",
+                meta.len(),
+                c.offset
+            );
+            None
+        }
+        (Some(_), _) => {
+            eprintln!(
+                "logstream ship: {shown} is not the file of its checkpoint (rotated or replaced); reading it from its start"
+            );
+            None
+        }
+        (None, _) => {
+            eprintln!(
+                "logstream ship: reading {shown} from its start; its place is kept in {}",
+                file.path().display()
+            );
+            None
+        }
+    };
+    let (start, pending) = match start {
+        Some((id, offset, pending)) => (Some((id, offset)), pending),
+        None => (None, None),
+    };
+    Place {
+        start,
+        checkpoints: Some(file),
+        pending,
+    }
+}
+
 async fn read_stdin(
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Line>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -109,8 +201,8 @@ async fn read_stdin(
             l = lines.next_line() => l.map_err(|e| format!("reading stdin: {e}"))?,
         };
         match line {
-            Some(l) => {
-                if tx.send(l).await.is_err() {
+            Some(text) => {
+                if tx.send(Line { text, end: None }).await.is_err() {
                     return Ok(());
                 }
             }
@@ -120,17 +212,18 @@ async fn read_stdin(
 }
 
 /// The file's identity, to notice it was replaced (rotated).
-fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+fn identity(meta: &std::fs::Metadata) -> Identity {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
 }
 
-/// Read `path` from its start and keep reading what is appended; when the file is replaced
-/// (rotation) finish the old one and continue with the new from its start; when it is
-/// truncated, start over.
+/// Read `path` from its start (or from `start`'s offset, if it is still that file) and keep
+/// reading what is appended; when the file is replaced (rotation) finish the old one and
+/// continue with the new from its start; when it is truncated, start over.
 async fn follow(
     path: PathBuf,
-    tx: mpsc::Sender<String>,
+    mut start: Option<(Identity, u64)>,
+    tx: mpsc::Sender<Line>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     let mut warned = false;
@@ -155,6 +248,15 @@ async fn follow(
         let mut reader = BufReader::new(file);
         let mut pending = Vec::new();
         let mut offset: u64 = 0;
+        if let Some((id, at)) = start.take()
+            && id == opened
+        {
+            reader
+                .seek(std::io::SeekFrom::Start(at))
+                .await
+                .map_err(|e| format!("seeking in {}: {e}", path.display()))?;
+            offset = at;
+        }
         loop {
             let mut chunk = Vec::new();
             // At most a line's worth per read, so a file without newlines is read in pieces.
@@ -178,7 +280,8 @@ async fn follow(
                         .trim_end_matches(['\n', '\r'])
                         .to_owned();
                     pending.clear();
-                    if tx.send(line).await.is_err() {
+                    let end = Some((opened, offset));
+                    if tx.send(Line { text: line, end }).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -194,15 +297,29 @@ async fn follow(
                     // Rotated: what the old file still had was read above (it reached EOF);
                     // a last partial line goes out as it is.
                     if !pending.is_empty() {
-                        let line = String::from_utf8_lossy(&pending).into_owned();
+                        let text = String::from_utf8_lossy(&pending).into_owned();
                         pending.clear();
-                        let _ = tx.send(line).await;
+                        let _ = tx
+                            .send(Line {
+                                text,
+                                end: Some((opened, offset)),
+                            })
+                            .await;
                     }
                     // Drain anything appended to the old file meanwhile.
                     let mut rest = Vec::new();
                     let _ = reader.read_to_end(&mut rest).await;
-                    for line in String::from_utf8_lossy(&rest).lines() {
-                        let _ = tx.send(line.to_owned()).await;
+                    for line in rest.split_inclusive(|b| *b == b'\n') {
+                        offset += line.len() as u64;
+                        let text = String::from_utf8_lossy(line)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned();
+                        let _ = tx
+                            .send(Line {
+                                text,
+                                end: Some((opened, offset)),
+                            })
+                            .await;
                     }
                     continue 'open;
                 }
@@ -224,8 +341,13 @@ async fn follow(
     }
 }
 
-/// Gather lines into batches and send each until it lands.
-async fn send(opts: &ShipOptions, mut rx: mpsc::Receiver<String>) -> Result<Totals, ShipError> {
+/// Gather lines into batches and send each until it lands; a followed file's checkpoint
+/// names each batch before it is sent and moves past it once it landed.
+async fn send(
+    opts: &ShipOptions,
+    mut rx: mpsc::Receiver<Line>,
+    place: Place,
+) -> Result<Totals, ShipError> {
     let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(ShipError::Fatal)?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -235,26 +357,57 @@ async fn send(opts: &ShipOptions, mut rx: mpsc::Receiver<String>) -> Result<Tota
     let url = format!("{}/api/logs", opts.server.trim_end_matches('/'));
     let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let progress = std::io::stderr().is_terminal();
+    let mut keeper = Keeper::new(opts, place.checkpoints, place.start);
+    // The last run's batch in flight goes first, whole, under its key.
+    let mut resend = place.pending;
     let mut totals = Totals::default();
     let mut line_no: u64 = 0;
     let mut open = true;
+    // A line of another file than its batch's (after a rotation) starts the next batch.
+    let mut carried: Option<Line> = None;
     while open {
         // The first line of a batch waits as long as it takes; the rest up to batch_ms.
-        let Some(first) = rx.recv().await else {
-            break;
+        let first = match carried.take() {
+            Some(line) => line,
+            None => match rx.recv().await {
+                Some(line) => line,
+                None => break,
+            },
         };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
+        let mut end: Option<(Identity, u64)> = None;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(opts.batch_ms);
         let mut next = Some(first);
         loop {
             if let Some(line) = next.take() {
+                if let (Some((batch_file, _)), Some((line_file, _))) = (end, line.end)
+                    && batch_file != line_file
+                {
+                    carried = Some(line);
+                    break;
+                }
                 line_no += 1;
-                if !line.trim().is_empty() {
-                    let entry = entry(opts, &run, line_no, line);
+                end = line.end.or(end);
+                if !line.text.trim().is_empty() {
+                    let entry = entry(opts, &run, line_no, line.text);
                     bytes += entry.to_string().len();
                     batch.push(entry);
                 }
+            }
+            if let Some(p) = &resend {
+                // Exactly the lines the last run sent: same key, same lines.
+                if end.is_some_and(|(_, at)| at >= p.until) {
+                    break;
+                }
+                match rx.recv().await {
+                    Some(line) => next = Some(line),
+                    None => {
+                        open = false;
+                        break;
+                    }
+                }
+                continue;
             }
             if batch.len() >= opts.batch_lines || bytes >= BATCH_BYTES {
                 break;
@@ -268,11 +421,18 @@ async fn send(opts: &ShipOptions, mut rx: mpsc::Receiver<String>) -> Result<Tota
                 Err(_) => break,
             }
         }
+        let key = match resend.take() {
+            Some(p) => p.key,
+            None => format!("{run}-{}", totals.batches + 1),
+        };
         if batch.is_empty() {
+            // Blank lines only: read, nothing to send.
+            keeper.landed(end);
             continue;
         }
-        let key = format!("{run}-{}", totals.batches + 1);
+        keeper.sending(end, &key);
         totals.retries += post_until_landed(&http, &url, opts, &key, &batch).await?;
+        keeper.landed(end);
         totals.lines += batch.len() as u64;
         totals.batches += 1;
         if progress {
@@ -294,6 +454,77 @@ async fn send(opts: &ShipOptions, mut rx: mpsc::Receiver<String>) -> Result<Tota
     Ok(totals)
 }
 
+/// Keeps a followed file's checkpoint up to date (a failed write is said once, and shipping
+/// goes on: the checkpoint only saves work on the next run).
+struct Keeper {
+    file: Option<CheckpointFile>,
+    path: PathBuf,
+    device: String,
+    /// The file and offset up to which lines landed.
+    landed: Option<(Identity, u64)>,
+    warned: bool,
+}
+
+impl Keeper {
+    fn new(
+        opts: &ShipOptions,
+        file: Option<CheckpointFile>,
+        landed: Option<(Identity, u64)>,
+    ) -> Keeper {
+        let path = match &opts.input {
+            Input::File(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
+            Input::Stdin => PathBuf::new(),
+        };
+        Keeper {
+            file,
+            path,
+            device: opts.device.clone(),
+            landed,
+            warned: false,
+        }
+    }
+
+    /// A batch of lines ending at `end` is about to be sent under `key`.
+    fn sending(&mut self, end: Option<(Identity, u64)>, key: &str) {
+        let Some((id, until)) = end else { return };
+        // It starts where the last landed batch of the same file ended (a new file: at 0).
+        let from = match self.landed {
+            Some((landed_id, at)) if landed_id == id => at,
+            _ => 0,
+        };
+        let pending = Pending {
+            until,
+            key: key.to_owned(),
+        };
+        self.save(id, from, Some(pending));
+    }
+
+    /// The lines up to `end` landed.
+    fn landed(&mut self, end: Option<(Identity, u64)>) {
+        let Some((id, at)) = end else { return };
+        self.landed = Some((id, at));
+        self.save(id, at, None);
+    }
+
+    fn save(&mut self, (dev, inode): Identity, offset: u64, pending: Option<Pending>) {
+        let Some(file) = &self.file else { return };
+        let checkpoint = Checkpoint {
+            path: self.path.clone(),
+            device: self.device.clone(),
+            dev,
+            inode,
+            offset,
+            pending,
+        };
+        if let Err(why) = file.save(&checkpoint)
+            && !self.warned
+        {
+            eprintln!("\nlogstream ship: {why}; the next run may send lines again");
+            self.warned = true;
+        }
+    }
+}
+
 /// One line as a log entry.
 fn entry(opts: &ShipOptions, run: &str, line_no: u64, mut line: String) -> Value {
     if line.len() > MAX_LINE {
@@ -309,7 +540,7 @@ fn entry(opts: &ShipOptions, run: &str, line_no: u64, mut line: String) -> Value
         .as_ref()
         .and_then(|re| re.captures(&line))
         .and_then(|c| c.get(1).or_else(|| c.get(0)))
-        .and_then(|m| crate::log_entry::Level::parse(m.as_str()))
+        .and_then(|m| crate::log_entry::Level::parse_alias(m.as_str()))
         .map_or("INFO", crate::log_entry::Level::as_str);
     let mut e = json!({
         "id": format!("{run}-{line_no}"),
@@ -393,6 +624,8 @@ mod tests {
             level_from: Some(Regex::new(r"\b(DEBUG|INFO|WARN|ERROR)\b").unwrap()),
             tags: vec!["nginx".into()],
             input: Input::Stdin,
+            data_dir: None,
+            from_start: false,
             batch_lines: 10,
             batch_ms: 10,
             ca_file: None,

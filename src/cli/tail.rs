@@ -8,7 +8,14 @@
 //!
 //! It asks for gzip batches (`batch: true, encoding: "gzip"`: each `log:batch` a compressed
 //! binary attachment), a fraction of the bytes over a slow link; a server that refuses the
-//! field (one from before it) gets the plain subscription on the same connection.
+//! field (one from before it) gets the plain subscription on the same connection. With
+//! `--output json` it asks for one `log:new` per log instead, so that each printed entry
+//! carries its own offset (a batch has one, its last log's).
+//!
+//! A person who runs `tail` wants every line: it asks for the highest live rate the server
+//! grants (`rateLimit`, clamped by `max_client_rate_limit`); replays are not rate-limited.
+//! On a terminal it says where it connected and what it follows. If the named filter it
+//! follows is removed from the server, it exits non-zero with the server's message.
 
 use std::future::Future;
 use std::io::Write;
@@ -107,9 +114,37 @@ impl TailOptions {
             sub.insert("transform".into(), Value::Array(steps));
         }
         sub.insert("resume".into(), json!(true));
+        sub.insert("rateLimit".into(), json!(ASK_RATE));
         Ok(sub)
     }
+
+    /// What this run follows, in words (for the terminal).
+    pub fn describe(&self) -> String {
+        if let Some(name) = &self.filter {
+            let params = self.params.clone().unwrap_or_else(|| json!({}));
+            return format!("filter {name} {params}");
+        }
+        let parts: Vec<String> = [
+            ("devices", &self.devices),
+            ("levels", &self.levels),
+            ("tags", &self.tags),
+            ("keywords", &self.keywords),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| format!("{k} {}", v.join(",")))
+        .collect();
+        if parts.is_empty() {
+            "every log the token may see".into()
+        } else {
+            parts.join(" · ")
+        }
+    }
 }
+
+/// The live rate `tail` asks for: more than any server grants, so it gets the most
+/// (`max_client_rate_limit`; the ack says how much).
+const ASK_RATE: u32 = 1_000_000;
 
 /// `sub` asking for gzip batches.
 fn with_gzip(mut sub: Map<String, Value>) -> Map<String, Value> {
@@ -157,6 +192,7 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
     let auth = json!({ "token": opts.token });
     let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(TailError::Fatal)?;
     let mut printer = Printer::new(&opts);
+    let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_offset: Option<String> = None;
     let mut first = true;
     let mut backoff = BACKOFF_MIN;
@@ -207,15 +243,17 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
         }
         let resumed = last_offset.is_some();
         let plain = sub.clone();
+        // JSON output prints each entry's offset: one `log:new` per log has one each.
+        let mut asked_gzip = opts.output != Output::Json;
+        let first_ask = if asked_gzip { with_gzip(sub) } else { sub };
         if let Err(e) = client
-            .emit("log:subscribe", &Value::Object(with_gzip(sub)))
+            .emit("log:subscribe", &Value::Object(first_ask))
             .await
         {
             eprintln!("logstream tail: {e}; reconnecting");
             continue;
         }
         let mut subscribed = false;
-        let mut asked_gzip = true;
         loop {
             let event = tokio::select! {
                 () = &mut stop => {
@@ -227,18 +265,19 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
             match event {
                 Incoming::Event(name, args, attachments) => match name.as_str() {
                     "log:new" => {
+                        let offset = args.get(1).and_then(Value::as_str);
                         if let Some(entry) = args.first() {
-                            printer.print(entry)?;
+                            printer.print(entry, offset)?;
                         }
-                        if let Some(Value::String(o)) = args.get(1) {
-                            last_offset = Some(o.clone());
+                        if let Some(o) = offset {
+                            last_offset = Some(o.to_owned());
                         }
                     }
                     "log:batch" => {
                         match batch_entries(args.first(), &attachments) {
                             Ok(entries) => {
                                 for entry in &entries {
-                                    printer.print(entry)?;
+                                    printer.print(entry, None)?;
                                 }
                             }
                             Err(why) => eprintln!("logstream tail: {}", printable(&why)),
@@ -254,6 +293,17 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                         first = false;
                         backoff = BACKOFF_MIN;
                         let s = args.first().cloned().unwrap_or_default();
+                        if on_terminal && !resumed {
+                            eprintln!(
+                                "logstream tail: connected to {}; following {}{}",
+                                opts.server,
+                                printable(&opts.describe()),
+                                s["rateLimit"]
+                                    .as_u64()
+                                    .map(|r| format!(" (live: up to {r} logs/s)"))
+                                    .unwrap_or_default()
+                            );
+                        }
                         if resumed && s["recovered"] == json!(false) {
                             eprintln!(
                                 "logstream tail: reconnected, but the server no longer holds every log since the last one shown: some were missed"
@@ -291,6 +341,16 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                             client.close().await;
                             return Err(TailError::Fatal(format!(
                                 "subscription refused [{}]: {}",
+                                printable(code),
+                                printable(message)
+                            )));
+                        }
+                        if code == "filter_removed" {
+                            // The subscription is over; following something else instead
+                            // would print logs the user did not ask for.
+                            client.close().await;
+                            return Err(TailError::Fatal(format!(
+                                "[{}] {}",
                                 printable(code),
                                 printable(message)
                             )));
@@ -343,8 +403,16 @@ impl Printer {
         }
     }
 
-    fn print(&mut self, entry: &Value) -> Result<(), TailError> {
-        let line = format_line(entry, self.output, self.color, self.timestamps);
+    /// Print one entry; `offset` (where known) goes into `--output json`'s line.
+    fn print(&mut self, entry: &Value, offset: Option<&str>) -> Result<(), TailError> {
+        let line = match (self.output, offset, entry) {
+            (Output::Json, Some(offset), Value::Object(fields)) => {
+                let mut with_offset = fields.clone();
+                with_offset.insert("offset".into(), json!(offset));
+                format_line(&Value::Object(with_offset), self.output, false, false)
+            }
+            _ => format_line(entry, self.output, self.color, self.timestamps),
+        };
         let mut out = self.out.lock();
         match writeln!(out, "{line}").and_then(|()| out.flush()) {
             Ok(()) => Ok(()),
@@ -475,7 +543,7 @@ mod tests {
         let sub = Value::Object(o.subscription().unwrap());
         assert_eq!(
             sub,
-            json!({ "deviceIds": ["a", "b"], "levels": ["ERROR"], "transform": [{ "name": "redact" }], "resume": true })
+            json!({ "deviceIds": ["a", "b"], "levels": ["ERROR"], "transform": [{ "name": "redact" }], "resume": true, "rateLimit": ASK_RATE })
         );
         let mut o = opts();
         o.filter = Some("regex".into());
@@ -483,7 +551,7 @@ mod tests {
         let sub = Value::Object(o.subscription().unwrap());
         assert_eq!(
             sub,
-            json!({ "filter": "regex", "params": { "pattern": "x" }, "resume": true })
+            json!({ "filter": "regex", "params": { "pattern": "x" }, "resume": true, "rateLimit": ASK_RATE })
         );
         o.devices = vec!["a".into()];
         assert!(o.subscription().is_err(), "-d with --filter is refused");

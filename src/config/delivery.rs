@@ -7,8 +7,12 @@ use super::group::{at_most, between, config_group, positive};
 config_group! {
     /// What each client is sent, and how fast.
     pub struct DeliveryConfig {
-        /// Logs per second delivered to one client; a subscription may ask for less.
+        /// Logs per second delivered live to one client whose subscription does not ask for
+        /// a rate (`rateLimit`). Replays of history are not counted against it.
         rate_limit: u32 = 100, positive;
+        /// The most a subscription's `rateLimit` may ask for; a larger ask is clamped and the
+        /// ack says what was granted (below `rate_limit`, `rate_limit` is the most).
+        max_client_rate_limit: u32 = 2000, positive;
         /// Logs held for a paused client before the overflow is dropped and reported.
         pause_buffer: usize = 1000;
         /// Bytes of logs held for a paused client (with `pause_buffer`, whichever is hit
@@ -40,6 +44,12 @@ config_group! {
 }
 
 impl DeliveryConfig {
+    /// The most a subscription may ask for: `max_client_rate_limit`, and never less than
+    /// `rate_limit` (what it gets without asking).
+    pub fn max_client_rate(&self) -> u32 {
+        self.max_client_rate_limit.max(self.rate_limit)
+    }
+
     pub fn slow_consumer_timeout(&self) -> Duration {
         Duration::from_millis(self.slow_consumer_timeout_ms)
     }

@@ -111,6 +111,9 @@ impl Config {
             }
         }
         for (key, value) in overrides {
+            if let Some(closest) = unknown_key(key) {
+                bail!("--set {key}={value:?}: unknown key `{key}`{closest}");
+            }
             layered.push((key.clone(), value.clone(), format!("--set {key}")));
         }
         for (key, raw, origin) in layered {
@@ -203,6 +206,42 @@ impl Config {
             bail!("config keys `tls_cert` and `tls_key` go together: set both, or neither");
         }
         Ok(())
+    }
+}
+
+/// Keys a SIGHUP puts in force while the server runs; a change to any other key is reported
+/// as waiting for a restart.
+pub const RELOADABLE: [&str; 6] = [
+    "ingest_keys",
+    "default_device_scope",
+    "tls_cert",
+    "tls_key",
+    "rate_limit",
+    "max_client_rate_limit",
+];
+
+impl Config {
+    /// The keys whose values differ between `self` and `other`, in key order.
+    pub fn changed_keys(&self, other: &Config) -> Vec<String> {
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+            (serde_json::to_value(self), serde_json::to_value(other))
+        else {
+            return Vec::new();
+        };
+        Config::keys()
+            .into_iter()
+            .filter(|k| a.get(k) != b.get(k))
+            .collect()
+    }
+
+    /// Take the values of the [`RELOADABLE`] keys from `newer` (what a SIGHUP applied).
+    pub fn take_reloadable(&mut self, newer: &Config) {
+        self.auth.ingest_keys = newer.auth.ingest_keys.clone();
+        self.auth.default_device_scope = newer.auth.default_device_scope.clone();
+        self.edge.tls_cert = newer.edge.tls_cert.clone();
+        self.edge.tls_key = newer.edge.tls_key.clone();
+        self.delivery.rate_limit = newer.delivery.rate_limit;
+        self.delivery.max_client_rate_limit = newer.delivery.max_client_rate_limit;
     }
 }
 
@@ -394,6 +433,46 @@ mod tests {
             Some("; did you mean `rate_limit`?")
         );
         assert_eq!(unknown_key("zzzzzzzzzzzzzzzzzz").as_deref(), Some(""));
+    }
+
+    #[test]
+    fn changed_keys_are_named_and_the_reloadable_ones_taken() {
+        let old = Config::default();
+        let mut new = Config::default();
+        new.server.port = 3099;
+        new.delivery.rate_limit = 5;
+        new.auth.default_device_scope = vec!["plant-a/*".into()];
+        assert_eq!(
+            old.changed_keys(&new),
+            ["port", "default_device_scope", "rate_limit"]
+        );
+        new.delivery.max_client_rate_limit = 7;
+        new.edge.tls_cert = Some("c.pem".into());
+        new.edge.tls_key = Some("k.pem".into());
+        new.auth.ingest_keys = vec![IngestKeyConfig {
+            name: "a".into(),
+            key_sha256: "0".repeat(64),
+            devices: vec!["a/*".into()],
+        }];
+        let mut changed = old.changed_keys(&new);
+        changed.sort();
+        let mut expected: Vec<String> = RELOADABLE.iter().map(|k| k.to_string()).collect();
+        expected.push("port".into());
+        expected.sort();
+        assert_eq!(changed, expected, "each reloadable key changed");
+        let mut in_force = old.clone();
+        in_force.take_reloadable(&new);
+        assert_eq!(in_force.changed_keys(&new), ["port"], "and each taken");
+    }
+
+    #[test]
+    fn a_mistyped_set_is_refused_with_the_closest_key() {
+        let err = Config::load(None, &[("rate_limt".into(), "5".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `rate_limit`"), "{err}");
+        let ok = Config::load(None, &[("rate_limit".into(), "5".into())]).unwrap();
+        assert_eq!(ok.delivery.rate_limit, 5);
     }
 
     #[test]

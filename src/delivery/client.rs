@@ -139,13 +139,27 @@ impl Client {
     /// the previous subscription already admitted are sent first.
     pub fn configure(&mut self, options: DeliveryOptions, now: Instant) -> u32 {
         self.flush_outbox(now, true);
-        let rate = options
-            .rate
-            .unwrap_or(self.limits.rate_limit)
-            .clamp(1, self.limits.rate_limit);
         self.options = options;
+        let rate = self.granted_rate();
         self.limiter.set_rate(rate, rate);
         rate
+    }
+
+    /// New delivery rates (SIGHUP): the subscription's ask is granted again under them.
+    /// (The other keys of `limits` were sized into this client's parts and stay.)
+    pub fn set_limits(&mut self, limits: Arc<DeliveryConfig>) {
+        self.limits = limits;
+        let rate = self.granted_rate();
+        self.limiter.set_rate(rate, rate);
+    }
+
+    /// The live rate this client gets: what its subscription asked for (else `rate_limit`),
+    /// at most `max_client_rate_limit`.
+    fn granted_rate(&self) -> u32 {
+        self.options
+            .rate
+            .unwrap_or(self.limits.rate_limit)
+            .clamp(1, self.limits.max_client_rate())
     }
 
     pub fn scope(&self) -> &Arc<Scope> {
@@ -239,16 +253,13 @@ impl Client {
         }
     }
 
-    /// Deliver logs a replay of history found, ahead of the live logs kept meanwhile:
-    /// rate-limited like live ones, then sent (kept if the client is paused). A replay can
-    /// outrun the socket: what its queue cannot take now is returned, to be sent later with
-    /// [`Client::send_replayed`], rather than dropped.
-    pub fn deliver_replay(
-        &mut self,
-        logs: &[Arc<LogRecord>],
-        now: Instant,
-    ) -> (usize, Vec<Arc<LogRecord>>) {
-        let mut admitted = self.admit(logs, now);
+    /// Deliver logs a replay of history found, ahead of the live logs kept meanwhile (kept
+    /// if the client is paused). A replay is not charged to the live rate limit: the client
+    /// asked for these logs, and a replay is bounded by `replay_max_logs` and by the socket's
+    /// byte queue instead. It can outrun the socket: what the queue cannot take now is
+    /// returned, to be sent later with [`Client::send_replayed`], rather than dropped.
+    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>]) -> (usize, Vec<Arc<LogRecord>>) {
+        let mut admitted = logs.to_vec();
         if self.paused {
             let n = admitted.len();
             self.keep(admitted);
@@ -691,6 +702,42 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_is_not_charged_to_the_rate_limit() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(5, 100), t0);
+        c.start_replay();
+        let (sent, unsent) = c.deliver_replay(&logs(40));
+        c.finish_replay();
+        assert_eq!((sent, unsent.len()), (40, 0));
+        assert_eq!(rec.messages(event::NEW).len(), 40);
+        // The live budget is whole afterwards.
+        c.deliver(&logs(8), t0);
+        assert_eq!(rec.messages(event::NEW).len(), 45);
+        c.report_periodic_drops();
+        assert_eq!(dropped(&rec)[0].count, 3);
+    }
+
+    #[test]
+    fn a_subscription_may_ask_up_to_max_client_rate_limit() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut config = limits(5, 100);
+        config.max_client_rate_limit = 20;
+        let mut c = client(&rec, config, t0);
+        let ask = |rate| DeliveryOptions {
+            rate,
+            ..DeliveryOptions::default()
+        };
+        assert_eq!(c.configure(ask(None), t0), 5);
+        assert_eq!(c.configure(ask(Some(3)), t0), 3);
+        assert_eq!(c.configure(ask(Some(15)), t0), 15);
+        assert_eq!(c.configure(ask(Some(1_000_000)), t0), 20, "clamped");
+        c.deliver(&logs(30), t0);
+        assert_eq!(rec.messages(event::NEW).len(), 20);
+    }
+
+    #[test]
     fn pause_keeps_in_order_and_reports_overflow_on_resume() {
         let rec = Recorder::default();
         let t0 = Instant::now();
@@ -797,7 +844,7 @@ mod tests {
         c.start_replay();
         c.deliver(&all[2..], t0); // live, during the replay
         assert!(rec.events().is_empty());
-        assert!(c.deliver_replay(&all[..2], t0).1.is_empty());
+        assert!(c.deliver_replay(&all[..2]).1.is_empty());
         c.finish_replay();
         let sent = rec.messages(event::NEW);
         let offsets: Vec<String> = sent

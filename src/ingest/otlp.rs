@@ -291,7 +291,7 @@ fn level(record: &OtlpRecord) -> &'static str {
         13..=16 => "WARN",
         17..=20 => "ERROR",
         21..=24 => "FATAL",
-        _ => crate::log_entry::Level::parse(&record.severity_text)
+        _ => crate::log_entry::Level::parse_alias(&record.severity_text)
             .map_or("INFO", crate::log_entry::Level::as_str),
     }
 }

@@ -19,6 +19,9 @@
 //! file whose size and modification time are those already processed is not read again, so
 //! an idle server does no plugin I/O and a refused file is reported once per change.
 //!
+//! A directory that does not exist yet is waited for: its nearest existing ancestor is
+//! watched until it appears, then the directory itself, and the plugins already in it load.
+//!
 //! This module does not know the router: the server hands it a [`LiveSet`].
 
 use std::collections::HashMap;
@@ -52,7 +55,54 @@ pub trait LiveSet: Send + 'static {
 
 /// Keeps the watch alive; dropping it stops hot reload (the thread ends with it).
 pub struct HotReload {
-    _watcher: notify::RecommendedWatcher,
+    _watcher: SharedWatcher,
+}
+
+type SharedWatcher = Arc<std::sync::Mutex<notify::RecommendedWatcher>>;
+
+/// What is watched until the plugins directory exists.
+struct Awaited {
+    dir: PathBuf,
+    watcher: SharedWatcher,
+    /// The ancestor watched now; `None` once the directory itself is watched.
+    watching_ancestor: Option<PathBuf>,
+}
+
+impl Awaited {
+    /// The nearest existing ancestor of `dir`.
+    fn nearest_ancestor(dir: &Path) -> Option<PathBuf> {
+        dir.ancestors()
+            .skip(1)
+            .find(|a| a.is_dir())
+            .map(Path::to_owned)
+    }
+
+    /// Check again after an event: the directory may exist now (then watch it and answer
+    /// the plugin files already in it), or a nearer ancestor may.
+    fn check(&mut self) -> Vec<PathBuf> {
+        let Some(current) = self.watching_ancestor.clone() else {
+            return Vec::new();
+        };
+        let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+        if self.dir.is_dir() {
+            if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "the plugins directory appeared but cannot be watched");
+                return Vec::new();
+            }
+            let _ = watcher.unwatch(&current);
+            self.watching_ancestor = None;
+            tracing::info!(dir = %self.dir.display(), "the plugins directory appeared: watching it");
+            return super::plugin_files(&self.dir);
+        }
+        if let Some(nearer) = Self::nearest_ancestor(&self.dir)
+            && nearer != current
+            && watcher.watch(&nearer, RecursiveMode::NonRecursive).is_ok()
+        {
+            let _ = watcher.unwatch(&current);
+            self.watching_ancestor = Some(nearer);
+        }
+        Vec::new()
+    }
 }
 
 struct Reloader<L> {
@@ -77,7 +127,8 @@ fn is_change(kind: &EventKind) -> bool {
     }
 }
 
-/// Watch `dir`. Fails (and the caller logs it) if the directory cannot be watched.
+/// Watch `dir` (or, until it exists, its nearest existing ancestor). Fails (and the caller
+/// logs it) if neither can be watched.
 pub fn watch(
     dir: &Path,
     runtime: Arc<Runtime>,
@@ -96,7 +147,22 @@ pub fn watch(
             }
         }
     })?;
-    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    let watching_ancestor = if dir.is_dir() {
+        watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        None
+    } else {
+        let ancestor = Awaited::nearest_ancestor(dir)
+            .ok_or_else(|| anyhow::anyhow!("no parent of {} exists", dir.display()))?;
+        watcher.watch(&ancestor, RecursiveMode::NonRecursive)?;
+        tracing::info!(dir = %dir.display(), watching = %ancestor.display(), "the plugins directory does not exist yet: its plugins load when it is created");
+        Some(ancestor)
+    };
+    let watcher = Arc::new(std::sync::Mutex::new(watcher));
+    let awaited = Awaited {
+        dir: dir.to_owned(),
+        watcher: watcher.clone(),
+        watching_ancestor,
+    };
     let mut reloader = Reloader {
         runtime,
         max_failures,
@@ -111,7 +177,7 @@ pub fn watch(
     }
     std::thread::Builder::new()
         .name("logstream-reload".into())
-        .spawn(move || reloader.run(rx))?;
+        .spawn(move || reloader.run(rx, awaited))?;
     tracing::info!(dir = %dir.display(), "watching the plugins directory for changes");
     Ok(HotReload { _watcher: watcher })
 }
@@ -127,7 +193,7 @@ fn fingerprint(path: &Path) -> (u64, Option<SystemTime>) {
 struct Retry;
 
 impl<L: LiveSet> Reloader<L> {
-    fn run(mut self, rx: std::sync::mpsc::Receiver<PathBuf>) {
+    fn run(mut self, rx: std::sync::mpsc::Receiver<PathBuf>, mut awaited: Awaited) {
         let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
         loop {
             // Sleep until the next pending file settles, or indefinitely when none is.
@@ -143,7 +209,11 @@ impl<L: LiveSet> Reloader<L> {
             };
             match received {
                 Ok(path) => {
-                    if path.extension().is_some_and(|e| e == "wasm") {
+                    if awaited.watching_ancestor.is_some() {
+                        for file in awaited.check() {
+                            pending.insert(file, Instant::now());
+                        }
+                    } else if path.extension().is_some_and(|e| e == "wasm") {
                         pending.insert(path, Instant::now());
                     }
                     continue;

@@ -47,6 +47,12 @@ pub enum ClientCommand {
         scope: Arc<Scope>,
         reply: oneshot::Sender<Option<ClientError>>,
     },
+    /// New delivery rates (`rate_limit`, `max_client_rate_limit`, SIGHUP) for every
+    /// connected client; answers how many.
+    SetDelivery {
+        delivery: Arc<crate::config::DeliveryConfig>,
+        reply: oneshot::Sender<usize>,
+    },
 }
 
 impl Router {
@@ -125,6 +131,13 @@ impl Router {
             ClientCommand::Rescope { sid, scope, reply } => {
                 let error = self.rescope(sid, scope);
                 self.answer(reply, error);
+            }
+            ClientCommand::SetDelivery { delivery, reply } => {
+                // Once per SIGHUP: every client's rate is worked out again.
+                for client in self.clients.values_mut() {
+                    client.set_limits(delivery.clone());
+                }
+                let _ = reply.send(self.clients.len());
             }
         }
     }

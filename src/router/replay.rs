@@ -226,7 +226,7 @@ impl Router {
             return;
         }
         if let Some(client) = self.clients.get_mut(&replay.sid) {
-            let (sent, unsent) = client.deliver_replay(logs, Instant::now());
+            let (sent, unsent) = client.deliver_replay(logs);
             replay.sent += sent;
             self.followups.note(client);
             replay.backlog.extend(unsent);

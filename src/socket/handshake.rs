@@ -163,7 +163,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         session.grant().scope,
         info.clone(),
         app.metrics.clone(),
-        app.delivery.clone(),
+        app.delivery(),
         Instant::now(),
     )
     .with_stats(app.stats_feed.clone())

@@ -17,7 +17,16 @@ pub struct Tool {
 
 impl Tool {
     pub fn start(args: &[&str], stdin: bool) -> Tool {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_logstream"))
+        Tool::spawn(env!("CARGO_BIN_EXE_logstream"), args, stdin)
+    }
+
+    /// Another program (e.g. `script`, to give ours a terminal).
+    pub fn start_program(program: &str, args: &[&str]) -> Tool {
+        Tool::spawn(program, args, false)
+    }
+
+    fn spawn(program: &str, args: &[&str], stdin: bool) -> Tool {
+        let mut child = Command::new(program)
             .args(args)
             .env_remove("LOGSTREAM_TOKEN")
             .env_remove("LOGSTREAM_API_KEY")
@@ -60,6 +69,19 @@ impl Tool {
                 })
             })
             .collect()
+    }
+
+    /// Read stdout lines until one satisfies `pred` (within the timeout).
+    pub fn lines_until(&self, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let until = std::time::Instant::now() + T;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if pred(&line) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
     }
 
     pub fn stderr(&self) -> String {

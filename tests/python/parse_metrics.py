@@ -2,7 +2,8 @@
 (prometheus_client, from PyPI) and print every sample as one JSON object per line:
 {"name": ..., "labels": {...}, "value": ...}. Exits non-zero if the text does not parse.
 
-Usage: python3 parse_metrics.py URL KEY   (KEY: a metrics_key, or admin:<admin key>)
+Usage: python3 parse_metrics.py URL KEY   (KEY: a metrics_key, admin:<admin key> sent as
+X-API-Key, or bearer-admin:<admin key> sent as a bearer token)
 """
 
 import json
@@ -17,6 +18,8 @@ def main() -> int:
     # A scraper's bearer token (metrics_key), or the admin key as X-API-Key.
     if key.startswith("admin:"):
         headers = {"X-API-Key": key.removeprefix("admin:")}
+    elif key.startswith("bearer-admin:"):
+        headers = {"Authorization": "Bearer " + key.removeprefix("bearer-admin:")}
     else:
         headers = {"Authorization": f"Bearer {key}"}
     request = urllib.request.Request(url, headers=headers)
