@@ -1,7 +1,8 @@
 // logstream live tail. Plain JavaScript, no dependencies: a small Socket.IO v4 client over
-// one WebSocket (the handful of packets this page needs), a bounded buffer of entries, and a
-// virtualized list that renders only the rows in view. Log data is only ever set as text,
-// never as HTML.
+// one WebSocket (the handful of packets this page needs), a bounded buffer of entries, a
+// virtualized list that renders only the rows in view, a volume histogram, the filter kept
+// in the URL, keyboard shortcuts, and for an admin token an operator's view. Log data is only
+// ever set as text, never as HTML.
 'use strict';
 
 const MAX_ENTRIES = 100000;      // kept in the buffer; the oldest go first
@@ -89,9 +90,16 @@ const state = {
   selected: -1,
   include: '', exclude: '', highlight: null,
   levels: new Set(),
-  devices: new Map(),   // deviceId → status
+  devices: new Map(),   // deviceId → status ('' for a device seen only in logs)
   backoff: 500,
+  // Logs received per second by level, and drops reported, for the last VOLUME_SECONDS.
+  volume: new Map(),    // second → { TRACE: n, …, dropped: n }
 };
+
+const VOLUME_SECONDS = 300;
+const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+// More than any server grants: the page gets the most (`max_client_rate_limit`).
+const ASK_RATE = 1000000;
 
 // ---- Connection --------------------------------------------------------------------------
 function setStatus(s, text) { const el = $('status'); el.dataset.state = s; el.textContent = text || s; }
@@ -123,7 +131,7 @@ function listOf(id) { return $(id).value.split(',').map((s) => s.trim()).filter(
 
 function subscription() {
   const filter = $('f-filter').value;
-  const sub = { resume: true };
+  const sub = { resume: true, rateLimit: ASK_RATE };
   // Batches as gzip: a fifth of the bytes on a slow link.
   if (GZIP) { sub.batch = true; sub.encoding = 'gzip'; }
   if (filter === 'default') {
@@ -163,6 +171,7 @@ function onEvent(name, args) {
     case 'log:batch': addLogs(args[0] || [], args[1]); break;
     case 'log:subscribed': {
       state.subscribed = true;
+      schedule();
       const s = args[0] || {};
       if (state.resuming) {
         notice(s.recovered === false ? 'reconnected, but some logs were no longer in the server\'s history' : `reconnected; ${s.replayed || 0} missed logs replayed`, s.recovered === false);
@@ -172,6 +181,7 @@ function onEvent(name, args) {
     case 'log:dropped': {
       const d = args[0] || {};
       const text = `${d.count} logs dropped: ${String(d.reason || '').replace(/_/g, ' ')}`;
+      countVolume('dropped', Number(d.count) || 0);
       note(text);
       notice(text);
       break;
@@ -191,7 +201,7 @@ function onEvent(name, args) {
     case 'system:stats': {
       const s = args[0] || {};
       const fmt = (x) => (typeof x === 'number' ? x.toFixed(0) : '?');
-      $('stats').textContent = `${s.total ?? '?'} clients · ${fmt(s.logsInPerSec)} logs/s in · ${fmt(s.deliveriesPerSec)} out/s`;
+      $('stats').textContent = `${s.connections ?? '?'} clients · ${fmt(s.logsInPerSec)} logs/s in · ${fmt(s.deliveriesPerSec)} out/s`;
       break;
     }
     case 'auth:expired': notice('the token expires soon: sign in again with a fresh one', true); break;
@@ -222,10 +232,65 @@ function addLogs(logs, offset) {
   for (const log of logs) {
     if (!log || typeof log !== 'object') continue;
     push({ kind: 'log', log, search: searchText(log) });
+    countVolume(LEVELS.includes(log.level) ? log.level : 'INFO', 1);
+    seeDevice(log.deviceId);
   }
   if (typeof offset === 'string') state.offset = offset;
   schedule();
 }
+
+// A device seen in a log joins the panel (bounded, as for statuses).
+function seeDevice(id) {
+  if (typeof id !== 'string' || state.devices.has(id) || state.devices.size >= 2000) return;
+  state.devices.set(id, '');
+  if (!state.devicesFrame) state.devicesFrame = requestAnimationFrame(() => { state.devicesFrame = 0; renderDevices(); });
+}
+
+function countVolume(key, n) {
+  const second = Math.floor(Date.now() / 1000);
+  let bucket = state.volume.get(second);
+  if (!bucket) {
+    bucket = {};
+    state.volume.set(second, bucket);
+    for (const s of state.volume.keys()) { if (s <= second - VOLUME_SECONDS) state.volume.delete(s); else break; }
+  }
+  bucket[key] = (bucket[key] || 0) + n;
+}
+
+// Stacked bars, one per second, by level; drops in grey above them.
+function renderVolume() {
+  const canvas = $('histogram');
+  if (!canvas || $('app').hidden) return;
+  const width = canvas.clientWidth;
+  if (canvas.width !== width) canvas.width = width;
+  const height = canvas.height;
+  const ctx = canvas.getContext('2d');
+  ctx.clearRect(0, 0, width, height);
+  const now = Math.floor(Date.now() / 1000);
+  let max = 1;
+  const total = (b) => LEVELS.reduce((n, l) => n + (b[l] || 0), 0) + (b.dropped || 0);
+  for (const b of state.volume.values()) max = Math.max(max, total(b));
+  const css = getComputedStyle(document.documentElement);
+  const colour = (name) => css.getPropertyValue(`--${name}`).trim() || '#888';
+  const bar = width / VOLUME_SECONDS;
+  for (const [second, b] of state.volume) {
+    const x = width - (now - second + 1) * bar;
+    if (x + bar < 0) continue;
+    let y = height;
+    for (const key of [...LEVELS, 'dropped']) {
+      const n = b[key] || 0;
+      if (!n) continue;
+      const h = Math.max(1, (n / max) * (height - 2));
+      ctx.fillStyle = colour(key === 'dropped' ? 'dim' : key.toLowerCase());
+      ctx.fillRect(x, y - h, Math.max(1, bar - 0.5), h);
+      y -= h;
+    }
+  }
+  const last = state.volume.get(now - 1) || {};
+  const drops = last.dropped ? ` · ${last.dropped} dropped` : '';
+  $('volume-now').textContent = `${total(last) - (last.dropped || 0)} logs/s${drops} · peak ${max}/s`;
+}
+setInterval(renderVolume, 1000);
 
 function note(text) { push({ kind: 'note', text, search: text.toLowerCase() }); schedule(); }
 
@@ -267,6 +332,7 @@ function render() {
   for (let v = first; v < last; v++) frag.appendChild(row(state.view[v]));
   rows.replaceChildren(frag);
   $('counts').textContent = `${state.view.length} shown · ${state.entries.length} kept${state.dropped ? ` · ${state.dropped} oldest discarded` : ''}`;
+  $('empty').hidden = !(state.subscribed && state.view.length === 0);
   const badge = $('newbadge');
   badge.hidden = !state.paused;
   badge.textContent = `${state.newSincePause} new`;
@@ -320,7 +386,8 @@ function renderDevices() {
   const items = [...state.devices.entries()].sort((a, b) => a[0].localeCompare(b[0])).slice(0, 500);
   ul.replaceChildren(...items.map(([id, status]) => {
     const li = document.createElement('li');
-    li.append(cell('', id), cell(status === 'online' ? 'online' : 'offline', String(status)));
+    const shown = status === '' ? 'seen' : String(status);
+    li.append(cell('', id), cell(status === 'online' ? 'online' : status === '' ? 'seen' : 'offline', shown));
     return li;
   }));
 }
@@ -367,9 +434,126 @@ function start() {
   $('signin').hidden = true;
   $('app').hidden = false;
   $('signout').hidden = false;
-  loadFilters();
+  $('operator-toggle').hidden = !isAdmin(state.token);
+  loadFilters().then(readUrl);
+  readUrl();
   connect();
 }
+
+// ---- The filter in the URL: /?devices=a,b&levels=ERROR&tags=db&q=timeout&filter=regex&params={…}
+function readUrl() {
+  const q = new URLSearchParams(location.search);
+  const set = (id, key) => { if (q.has(key)) $(id).value = q.get(key); };
+  set('f-devices', 'devices'); set('f-tags', 'tags'); set('f-keywords', 'q'); set('f-params', 'params');
+  if (q.has('levels')) {
+    state.levels = new Set(q.get('levels').split(',').map((l) => l.trim().toUpperCase()).filter((l) => LEVELS.includes(l)));
+    for (const b of document.querySelectorAll('#f-levels .chip')) b.classList.toggle('on', state.levels.has(b.dataset.level));
+  }
+  const filter = q.get('filter');
+  if (filter && [...$('f-filter').options].some((o) => o.value === filter)) $('f-filter').value = filter;
+  filterChanged();
+}
+
+function writeUrl() {
+  const q = new URLSearchParams();
+  const filter = $('f-filter').value;
+  if (filter === 'default') {
+    if ($('f-devices').value.trim()) q.set('devices', $('f-devices').value.trim());
+    if (state.levels.size) q.set('levels', [...state.levels].join(','));
+    if ($('f-tags').value.trim()) q.set('tags', $('f-tags').value.trim());
+    if ($('f-keywords').value.trim()) q.set('q', $('f-keywords').value.trim());
+  } else {
+    q.set('filter', filter);
+    if ($('f-params').value.trim()) q.set('params', $('f-params').value.trim());
+  }
+  const text = q.toString();
+  history.replaceState(null, '', text ? `/?${text}` : '/');
+}
+
+// The built-in filter's fields mean nothing to a named filter: shown disabled, not lit.
+function filterChanged() {
+  const named = $('f-filter').value !== 'default';
+  $('f-params-label').hidden = !named;
+  $('f-default').classList.toggle('off', named);
+  for (const el of $('f-default').querySelectorAll('input, button')) el.disabled = named;
+}
+
+// ---- The operator's view (an admin token) -------------------------------------------------
+function isAdmin(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(part)).role === 'admin';
+  } catch (_) { return false; }
+}
+
+async function api(path, init) {
+  const r = await fetch(path, { ...init, headers: { Authorization: `Bearer ${state.token}` } });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${r.status}`);
+  return body.data;
+}
+
+function tableRows(id, rows) { $(id).querySelector('tbody').replaceChildren(...rows); }
+function tr(cells, action) {
+  const row = document.createElement('tr');
+  for (const c of cells) { const td = document.createElement('td'); td.textContent = c == null ? '' : String(c); row.append(td); }
+  const td = document.createElement('td');
+  if (action) td.append(action);
+  row.append(td);
+  return row;
+}
+function button(text, onClick) { const b = document.createElement('button'); b.type = 'button'; b.textContent = text; b.addEventListener('click', onClick); return b; }
+
+async function refreshOperator() {
+  if ($('operator').hidden) return;
+  try {
+    const [conns, plugins, stats] = await Promise.all([api('/api/ws/connections'), api('/api/plugins'), api('/api/ws/stats')]);
+    const list = conns.connections || conns;
+    tableRows('op-connections', list.map((c) => tr([
+      c.userId, ((c.subscription || {}).deviceIds || ['all']).join(', '), c.ip, c.instance, c.messageCount,
+      String(c.connectedAt || '').replace('T', ' ').replace(/\..*$/, ''),
+    ], button('disconnect', async () => { await api(`/api/ws/connections/${encodeURIComponent(c.id)}`, { method: 'DELETE' }).catch(opError); refreshOperator(); }))));
+    tableRows('op-plugins', (plugins.plugins || []).map((p) => tr([
+      p.name, p.kind, p.status, p.subscriptions, p.calls, p.failures,
+    ], p.status === 'disabled' ? button('enable', async () => {
+      // A plugin the server disabled after failures serves again (a fresh instance).
+      await api(`/api/plugins/${encodeURIComponent(p.name)}/enable`, { method: 'POST' }).catch(opError);
+      refreshOperator();
+    }) : null)));
+    $('op-stats').textContent = JSON.stringify(stats, null, 1).slice(0, 4000);
+    $('op-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+    $('op-error').hidden = true;
+  } catch (e) { opError(e); }
+}
+function opError(e) { $('op-error').hidden = false; $('op-error').textContent = String(e && e.message || e); }
+setInterval(refreshOperator, 2000);
+
+// ---- Keyboard ----------------------------------------------------------------------------
+function move(by) {
+  if (!state.view.length) return;
+  const at = state.view.indexOf(state.selected);
+  const next = at < 0 ? (by > 0 ? 0 : state.view.length - 1) : Math.min(state.view.length - 1, Math.max(0, at + by));
+  if (!state.paused) pause(true);
+  select(state.view[next]);
+  const list = $('list');
+  const top = next * ROW;
+  if (top < list.scrollTop || top + ROW > list.scrollTop + list.clientHeight) list.scrollTop = top - list.clientHeight / 2;
+}
+
+document.addEventListener('keydown', (e) => {
+  const field = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
+  if (e.key === 'Escape') { if (field) e.target.blur(); $('help').hidden = true; document.body.classList.remove('detail-open'); return; }
+  if (field || e.ctrlKey || e.metaKey || e.altKey || $('app').hidden) return;
+  switch (e.key) {
+    case '/': e.preventDefault(); $('f-keywords').focus(); break;
+    case ' ': e.preventDefault(); pause(!state.paused); break;
+    case 'j': move(1); break;
+    case 'k': move(-1); break;
+    case 'Enter': if (state.selected >= 0) { document.body.classList.add('detail-open'); $('detail').scrollIntoView({ block: 'nearest' }); } break;
+    case '?': $('help').hidden = !$('help').hidden; break;
+    default: return;
+  }
+});
 
 $('signin-form').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -392,8 +576,12 @@ $('signout').addEventListener('click', () => signOut(''));
 $('filters').addEventListener('submit', (e) => {
   e.preventDefault();
   if (!state.sio) return;
-  // A new subscription: start over from its backfill.
+  // A new subscription: start over from its backfill, following, with a clean slate.
   state.entries = []; state.view = []; state.dropped = 0; state.offset = null; state.selected = -1;
+  state.paused = false; state.newSincePause = 0; state.subscribed = false;
+  $('notices').replaceChildren();
+  $('detail').textContent = 'click a row';
+  writeUrl();
   subscribe(false);
   schedule();
 });
@@ -405,7 +593,9 @@ $('f-levels').addEventListener('click', (e) => {
   if (b.classList.contains('on')) state.levels.add(b.dataset.level); else state.levels.delete(b.dataset.level);
 });
 
-$('f-filter').addEventListener('change', () => { $('f-params-label').hidden = $('f-filter').value === 'default'; });
+$('f-filter').addEventListener('change', filterChanged);
+$('help-toggle').addEventListener('click', () => { $('help').hidden = !$('help').hidden; });
+$('operator-toggle').addEventListener('click', () => { $('operator').hidden = !$('operator').hidden; refreshOperator(); });
 
 $('v-include').addEventListener('input', (e) => { state.include = e.target.value.toLowerCase(); refilter(); });
 $('v-exclude').addEventListener('input', (e) => { state.exclude = e.target.value.toLowerCase(); refilter(); });
@@ -428,8 +618,13 @@ $('list').addEventListener('scroll', () => {
 });
 $('list').addEventListener('click', (e) => {
   const r = e.target.closest('.r');
-  if (r) select(parseInt(r.dataset.index, 10) - state.dropped);
+  if (r) {
+    select(parseInt(r.dataset.index, 10) - state.dropped);
+    // On a narrow screen the detail is a sheet over the list.
+    document.body.classList.add('detail-open');
+  }
 });
+$('detail-close').addEventListener('click', () => document.body.classList.remove('detail-open'));
 window.addEventListener('resize', schedule);
 
 // ---- Start -------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ async function messages(page) {
 }
 
 test('the live-tail page, end to end', async (t) => {
-  const server = await startServer({ rate_limit: 50 });
+  // A live rate the page cannot raise (it asks for the most the server grants).
+  const server = await startServer({ rate_limit: 50, max_client_rate_limit: 50 });
   t.after(() => server.stop());
   const browser = await launch();
   t.after(() => browser.close());
@@ -285,5 +286,184 @@ test('the server crashes and restarts: the page resumes with nothing missed', as
   await second.ingest(logs('pump-1', 'INFO', 'after', 1));
   await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'after-0'));
   assert.deepStrictEqual(await messages(page), ['before-0', 'before-1', 'before-2', 'while-down-0', 'while-down-1', 'after-0']);
+  assert.deepStrictEqual(errors, []);
+});
+
+// Each state is saved for docs/ (README's screenshots): DOCS_SHOTS=docs/screenshots to refresh.
+const DOCS = process.env.DOCS_SHOTS || SHOTS;
+async function shoot(page, name) {
+  fs.mkdirSync(DOCS, { recursive: true });
+  const file = path.join(DOCS, `${name}.png`);
+  await page.screenshot({ path: file });
+  assert.ok(fs.statSync(file).size > 5000, file);
+}
+
+async function signIn(page, url, tok) {
+  await page.goto(url);
+  await page.waitForSelector('#signin:not([hidden])');
+  await page.fill('#token', tok);
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForSelector('#status[data-state=live]');
+}
+
+test('the page, round 2: every line of a burst, the defects people saw, histogram, URL, keys', async (t) => {
+  // The seed's default live rate (100/s): the page asks for more.
+  const server = await startServer({ stats_interval_ms: 200 });
+  t.after(() => server.stop());
+  const browser = await launch();
+  t.after(() => browser.close());
+  const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await signIn(page, server.url, token('people'));
+
+  // Nothing yet: a hint, not a blank area.
+  await page.waitForSelector('#empty:not([hidden])');
+  assert.match(await page.textContent('#empty'), /waiting for matching logs/);
+
+  // 400 logs in one request: all 400 shown (81 were, at 100/s), none dropped.
+  await server.ingest(logs('burst', 'INFO', 'b', 400));
+  await page.waitForFunction(() => /^400 shown/.test(document.querySelector('#counts').textContent), null, { timeout: 10000 });
+  assert.strictEqual(await page.$$eval('#rows .r.note', (els) => els.length), 0, 'no drop notes');
+  assert.ok(await page.isHidden('#empty'));
+
+  // The header counts clients ("? clients" before).
+  await page.waitForFunction(() => /^\d+ clients/.test(document.querySelector('#stats').textContent), null, { timeout: 5000 });
+  // Devices seen in logs are listed, not only those that sent a status.
+  await page.waitForFunction(() => /burst\s*seen/.test(document.querySelector('#devices').textContent));
+  // The volume histogram drew the burst.
+  await page.waitForFunction(() => /\d+ logs\/s/.test(document.querySelector('#volume-now').textContent), null, { timeout: 5000 });
+  const painted = await page.evaluate(() => {
+    const c = document.querySelector('#histogram');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++;
+    return n;
+  });
+  assert.ok(painted > 0, 'bars drawn');
+  await shoot(page, 'burst-and-histogram');
+
+  // Keyboard: j selects (and pauses), Enter shows the detail, space resumes, ? helps.
+  await page.click('#top .brand');
+  await page.keyboard.press('j');
+  await page.waitForFunction(() => /"message": "b-0"/.test(document.querySelector('#detail').textContent));
+  await page.keyboard.press('j');
+  await page.waitForFunction(() => /"message": "b-1"/.test(document.querySelector('#detail').textContent));
+  await page.keyboard.press('k');
+  await page.waitForFunction(() => /"message": "b-0"/.test(document.querySelector('#detail').textContent));
+  assert.strictEqual(await page.textContent('#pause'), 'resume', 'moving pauses the follow');
+  await page.keyboard.press(' ');
+  await page.waitForFunction(() => document.querySelector('#pause').textContent === 'pause');
+  await page.keyboard.press('?');
+  await page.waitForSelector('#help:not([hidden])');
+  await shoot(page, 'keyboard-help');
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#help', { state: 'hidden' });
+  await page.keyboard.press('/');
+  assert.strictEqual(await page.evaluate(() => document.activeElement.id), 'f-keywords');
+  await page.keyboard.press('Escape');
+
+  // A bad params text leaves an error notice; apply while paused, with a detail open: the
+  // next successful apply follows again, clears the notice and the detail, counts no "new".
+  await page.selectOption('#f-filter', 'regex');
+  assert.ok(await page.isDisabled('#f-levels [data-level=ERROR]'), 'chips mean nothing to a named filter');
+  await page.fill('#f-params', '{not json');
+  await page.click('#apply');
+  await page.waitForFunction(() => /params are not JSON/.test(document.querySelector('#notices').textContent));
+  await page.selectOption('#f-filter', 'default');
+  assert.ok(!(await page.isDisabled('#f-levels [data-level=ERROR]')));
+  await page.click('#pause');
+  await page.fill('#f-devices', 'pump-2');
+  await page.click('#f-levels [data-level=ERROR]');
+  await page.fill('#f-keywords', 'timeout');
+  await page.fill('#f-tail', '100');
+  await page.click('#apply');
+  await page.waitForFunction(() => document.querySelector('#pause').textContent === 'pause');
+  assert.strictEqual(await page.textContent('#notices'), '', 'old notices gone');
+  assert.strictEqual(await page.textContent('#detail'), 'click a row', 'old detail gone');
+  assert.ok(await page.isHidden('#newbadge'));
+  await page.waitForSelector('#empty:not([hidden])');
+  await shoot(page, 'waiting-for-matching-logs');
+
+  // The filter is in the URL; reloaded, the view is the same.
+  const query = new URL(page.url()).searchParams;
+  assert.deepStrictEqual([query.get('devices'), query.get('levels'), query.get('q')], ['pump-2', 'ERROR', 'timeout']);
+  await page.reload();
+  await page.waitForSelector('#status[data-state=live]');
+  assert.strictEqual(await page.inputValue('#f-devices'), 'pump-2');
+  assert.ok(await page.$eval('#f-levels [data-level=ERROR]', (b) => b.classList.contains('on')));
+  await new Promise((r) => setTimeout(r, 300));
+  await server.ingest([
+    { deviceId: 'pump-2', level: 'ERROR', message: 'modbus timeout' },
+    { deviceId: 'pump-2', level: 'INFO', message: 'modbus timeout but info' },
+    { deviceId: 'pump-1', level: 'ERROR', message: 'timeout elsewhere' },
+  ]);
+  await page.waitForFunction(() => [...document.querySelectorAll('#rows .m')].some((e) => e.textContent === 'modbus timeout'));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepStrictEqual(await messages(page), ['modbus timeout']);
+
+  // A shared link opens the same view.
+  const shared = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  await shared.goto(`${server.url}/?devices=burst&levels=INFO`);
+  await shared.fill('#token', token('colleague'));
+  await shared.click('#signin-form button[type=submit]');
+  await shared.waitForSelector('#status[data-state=live]');
+  assert.strictEqual(await shared.inputValue('#f-devices'), 'burst');
+  await shared.close();
+
+  // A phone: the message column is readable and a tapped row's detail shows.
+  await page.setViewportSize({ width: 390, height: 760 });
+  await page.click('#f-levels [data-level=ERROR]');
+  await page.fill('#f-devices', '');
+  await page.fill('#f-keywords', '');
+  await page.click('#apply');
+  await page.waitForFunction(() => document.querySelectorAll('#rows .r').length > 5);
+  const widths = await page.$$eval('#rows .r:not(.note) .m', (els) => els.map((e) => e.getBoundingClientRect().width));
+  assert.ok(widths.length && Math.min(...widths) > 120, `message column ${widths.join(',')}px wide at 390px`);
+  await page.click('#rows .r:last-child');
+  await page.waitForSelector('#detail', { state: 'visible' });
+  await shoot(page, 'phone');
+  await page.click('#detail-close');
+
+  // Light theme, following the browser.
+  await page.setViewportSize({ width: 1280, height: 760 });
+  await page.emulateMedia({ colorScheme: 'light' });
+  const bg = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+  assert.strictEqual(bg, 'rgb(255, 255, 255)');
+  await shoot(page, 'light');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  assert.notStrictEqual(await page.evaluate(() => getComputedStyle(document.body).backgroundColor), 'rgb(255, 255, 255)');
+  assert.deepStrictEqual(errors, []);
+});
+
+test('the operator view: connections, plugins, instances, refreshed live, for an admin token only', async (t) => {
+  const server = await startServer({});
+  t.after(() => server.stop());
+  const browser = await launch();
+  t.after(() => browser.close());
+  // Not an admin: no operator button.
+  const user = await browser.newPage();
+  await signIn(user, server.url, token('plain-user'));
+  assert.ok(await user.isHidden('#operator-toggle'));
+  const admin = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  const errors = [];
+  admin.on('pageerror', (e) => errors.push(String(e)));
+  await signIn(admin, server.url, token('ops', { role: 'admin' }));
+  await admin.click('#operator-toggle');
+  await admin.waitForFunction(() => document.querySelectorAll('#op-connections tbody tr').length >= 2, null, { timeout: 10000 });
+  const users = await admin.$$eval('#op-connections tbody tr td:first-child', (els) => els.map((e) => e.textContent).sort());
+  assert.deepStrictEqual(users, ['ops', 'plain-user']);
+  const plugins = await admin.$$eval('#op-plugins tbody tr td:first-child', (els) => els.map((e) => e.textContent));
+  assert.ok(plugins.includes('default') && plugins.includes('regex'), plugins.join(','));
+  assert.match(await admin.textContent('#op-stats'), /byUser/);
+  await shoot(admin, 'operator');
+  // Refreshed live: a third connection shows without a click.
+  const third = await browser.newPage();
+  await signIn(third, server.url, token('late-comer'));
+  await admin.waitForFunction(() => [...document.querySelectorAll('#op-connections tbody tr')].some((r) => /late-comer/.test(r.textContent)), null, { timeout: 10000 });
+  // Disconnect the other user from the view: its page goes offline, then comes back.
+  const plainRow = admin.locator('#op-connections tbody tr', { hasText: 'plain-user' });
+  await plainRow.locator('button').click();
+  await user.waitForSelector('#status:not([data-state=live])', { timeout: 10000 });
+  await user.waitForSelector('#status[data-state=live]', { timeout: 15000 });
   assert.deepStrictEqual(errors, []);
 });
