@@ -507,7 +507,7 @@ function button(text, onClick) { const b = document.createElement('button'); b.t
 async function refreshOperator() {
   if ($('operator').hidden) return;
   try {
-    const [conns, plugins, stats] = await Promise.all([api('/api/ws/connections'), api('/api/plugins'), api('/api/ws/stats')]);
+    const [conns, plugins, stats, health] = await Promise.all([api('/api/ws/connections'), api('/api/plugins'), api('/api/ws/stats'), api('/api/ws/health')]);
     const list = conns.connections || conns;
     tableRows('op-connections', list.map((c) => tr([
       c.userId, ((c.subscription || {}).deviceIds || ['all']).join(', '), c.ip, c.instance, c.messageCount,
@@ -520,11 +520,29 @@ async function refreshOperator() {
       await api(`/api/plugins/${encodeURIComponent(p.name)}/enable`, { method: 'POST' }).catch(opError);
       refreshOperator();
     }) : null)));
-    $('op-stats').textContent = JSON.stringify(stats, null, 1).slice(0, 4000);
+    renderFigures({ ...stats, bus: (health || {}).bus });
     $('op-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     $('op-error').hidden = true;
   } catch (e) { opError(e); }
 }
+// `/api/ws/stats` (and the health's bus and history) as name / value pairs, one level of
+// nesting flattened ("drops rateLimit"); per-user counts are the connections table's.
+function renderFigures(figures) {
+  const items = [];
+  const add = (name, value) => {
+    if (value && typeof value === 'object' && !Array.isArray(value)) {
+      for (const [k, v] of Object.entries(value)) if (typeof v !== 'object' || v === null) items.push([`${name} ${k}`, v]);
+    } else items.push([name, Array.isArray(value) ? value.length : value]);
+  };
+  for (const [k, v] of Object.entries(figures)) if (k !== 'byUser' && v !== undefined) add(k, v);
+  const fmt = (v) => (typeof v === 'number' && !Number.isInteger(v) ? v.toFixed(1) : String(v));
+  $('op-stats').replaceChildren(...items.slice(0, 80).map(([k, v]) => {
+    const div = document.createElement('div');
+    div.append(cell('k', k), cell('v', fmt(v)));
+    return div;
+  }));
+}
+
 function opError(e) { $('op-error').hidden = false; $('op-error').textContent = String(e && e.message || e); }
 setInterval(refreshOperator, 2000);
 

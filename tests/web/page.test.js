@@ -313,6 +313,7 @@ test('the page, round 2: every line of a burst, the defects people saw, histogra
   const browser = await launch();
   t.after(() => browser.close());
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  await page.emulateMedia({ colorScheme: 'dark' });
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await signIn(page, server.url, token('people'));
@@ -417,8 +418,15 @@ test('the page, round 2: every line of a burst, the defects people saw, histogra
   await page.fill('#f-keywords', '');
   await page.click('#apply');
   await page.waitForFunction(() => document.querySelectorAll('#rows .r').length > 5);
-  const widths = await page.$$eval('#rows .r:not(.note) .m', (els) => els.map((e) => e.getBoundingClientRect().width));
-  assert.ok(widths.length && Math.min(...widths) > 120, `message column ${widths.join(',')}px wide at 390px`);
+  const layout = () => page.evaluate(() => {
+    const rect = (e) => (e ? Math.round(e.getBoundingClientRect().width) : -1);
+    const rows = [...document.querySelectorAll('#rows .r:not(.note)')];
+    return { m: rows.map((r) => rect(r.querySelector('.m'))), r: rect(rows[0]), list: rect(document.querySelector('#list')), body: document.body.className, w: innerWidth };
+  });
+  await page.waitForFunction(() => {
+    const w = [...document.querySelectorAll('#rows .r:not(.note) .m')].map((e) => e.getBoundingClientRect().width);
+    return w.length && Math.min(...w) > 120;
+  }, null, { timeout: 5000 }).catch(async () => assert.fail(`message column at 390px: ${JSON.stringify(await layout())}`));
   await page.click('#rows .r:last-child');
   await page.waitForSelector('#detail', { state: 'visible' });
   await shoot(page, 'phone');
@@ -445,6 +453,7 @@ test('the operator view: connections, plugins, instances, refreshed live, for an
   await signIn(user, server.url, token('plain-user'));
   assert.ok(await user.isHidden('#operator-toggle'));
   const admin = await browser.newPage({ viewport: { width: 1280, height: 760 } });
+  await admin.emulateMedia({ colorScheme: 'dark' });
   const errors = [];
   admin.on('pageerror', (e) => errors.push(String(e)));
   await signIn(admin, server.url, token('ops', { role: 'admin' }));
@@ -454,7 +463,7 @@ test('the operator view: connections, plugins, instances, refreshed live, for an
   assert.deepStrictEqual(users, ['ops', 'plain-user']);
   const plugins = await admin.$$eval('#op-plugins tbody tr td:first-child', (els) => els.map((e) => e.textContent));
   assert.ok(plugins.includes('default') && plugins.includes('regex'), plugins.join(','));
-  assert.match(await admin.textContent('#op-stats'), /byUser/);
+  await admin.waitForFunction(() => /total\s*2/.test(document.querySelector("#op-stats").textContent) && /bus history\s*disk/.test(document.querySelector('#op-stats').textContent), null, { timeout: 10000 });
   await shoot(admin, 'operator');
   // Refreshed live: a third connection shows without a click.
   const third = await browser.newPage();
