@@ -1,7 +1,7 @@
 //! A token bucket: `rate` tokens per second, holding at most `burst`.
 //!
-//! Used for logs delivered to a client and for events a client sends. Time is passed in,
-//! so tests drive it without sleeping.
+//! Used for logs delivered to a client, for the logs its replays send, and for events a
+//! client sends. Time is passed in, so tests drive it without sleeping.
 
 use std::time::Instant;
 
@@ -24,13 +24,13 @@ impl TokenBucket {
         }
     }
 
-    /// Change the rate, keeping the tokens already earned (capped to the new burst).
-    /// A new rate and burst. A larger burst adds its increase to the tokens held (a client
-    /// granted 2000/s can take a burst of 2000 at once, as a new one could); a smaller one
-    /// caps them.
+    /// A new rate and burst. The tokens held keep their share of the burst: a full bucket
+    /// stays full (a client granted 2000/s can take a burst of 2000 at once, as a new one
+    /// could), an empty one stays empty, so asking for a low rate and then a high one again
+    /// (re-subscribing) earns nothing.
     pub fn set_rate(&mut self, rate: u32, burst: u32) {
         let burst = f64::from(burst.max(1));
-        self.tokens = (self.tokens + (burst - self.burst).max(0.0)).min(burst);
+        self.tokens = (self.tokens / self.burst * burst).min(burst);
         self.rate = f64::from(rate);
         self.burst = burst;
     }
@@ -39,6 +39,27 @@ impl TokenBucket {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
+    }
+
+    /// Whole tokens available now.
+    pub fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens.max(0.0) as usize
+    }
+
+    /// Take `n` tokens (at most those held; see [`TokenBucket::available`]).
+    pub fn take(&mut self, n: usize) {
+        self.tokens = (self.tokens - n as f64).max(0.0);
+    }
+
+    /// How long until `n` tokens (at most a burst) are held.
+    pub fn wait_for(&mut self, n: usize, now: Instant) -> std::time::Duration {
+        self.refill(now);
+        let missing = (n as f64).min(self.burst) - self.tokens;
+        if missing <= 0.0 || self.rate <= 0.0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(missing / self.rate)
     }
 
     /// Take one token if there is one.
@@ -70,5 +91,28 @@ mod tests {
         let much_later = t0 + Duration::from_secs(60);
         let third = (0..250).filter(|_| b.try_take(much_later)).count();
         assert_eq!(third, 100, "never more than the burst");
+    }
+
+    #[test]
+    fn changing_the_rate_keeps_the_share_held_so_oscillating_earns_nothing() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100, 100, t0);
+        b.set_rate(2000, 2000);
+        assert_eq!(
+            (0..5000).filter(|_| b.try_take(t0)).count(),
+            2000,
+            "full stays full"
+        );
+        for _ in 0..50 {
+            b.set_rate(1, 1);
+            b.set_rate(2000, 2000);
+        }
+        assert_eq!(
+            (0..5000).filter(|_| b.try_take(t0)).count(),
+            0,
+            "empty stays empty"
+        );
+        let half = t0 + Duration::from_millis(500);
+        assert_eq!((0..5000).filter(|_| b.try_take(half)).count(), 1000);
     }
 }

@@ -577,14 +577,19 @@ async fn reload_on_hangup(
                     RELOAD_WITHIN.as_secs()
                 )),
             };
+            // Whether the certificate was put in force (`None`: the server serves no TLS, so
+            // `tls_cert` and `tls_key` wait for a restart).
+            let mut tls_reloaded = None;
             if let (Some(tls), Ok(config)) = (&tls, &loaded)
                 && let (Some(cert), Some(key)) = (&config.edge.tls_cert, &config.edge.tls_key)
             {
                 match tls.reload(cert, key) {
                     Ok(()) => {
+                        tls_reloaded = Some(true);
                         tracing::info!(target: "audit", cert = %cert.display(), "TLS certificate reloaded (SIGHUP): new handshakes get it")
                     }
                     Err(e) => {
+                        tls_reloaded = Some(false);
                         tracing::warn!(error = %format!("{e:#}"), "TLS certificate reload (SIGHUP) failed; the previous certificate stays in force")
                     }
                 }
@@ -599,7 +604,7 @@ async fn reload_on_hangup(
                     continue;
                 }
             };
-            if let Err(e) = apply_reload(&app, &mut in_force, config).await {
+            if let Err(e) = apply_reload(&app, &mut in_force, config, tls_reloaded).await {
                 tracing::warn!(
                     error = %format!("{e:#}"),
                     "configuration reload (SIGHUP) failed; the previous keys and scopes stay in force"
@@ -621,6 +626,7 @@ async fn apply_reload(
     app: &AppState,
     in_force: &mut Config,
     mut config: Config,
+    tls_reloaded: Option<bool>,
 ) -> anyhow::Result<()> {
     // Development mode generated the keys the layers leave unset: they stay.
     for (key, kept) in [
@@ -634,14 +640,19 @@ async fn apply_reload(
     }
     let access = Access::from_config(&config)?;
     let changed = in_force.changed_keys(&config);
-    let (applied, need_restart): (Vec<String>, Vec<String>) = changed
-        .into_iter()
-        .partition(|k| crate::config::RELOADABLE.contains(&k.as_str()));
+    let tls_key = |k: &str| k == "tls_cert" || k == "tls_key";
+    let (applied, mut need_restart): (Vec<String>, Vec<String>) =
+        changed.into_iter().partition(|k| {
+            crate::config::RELOADABLE.contains(&k.as_str())
+                && (!tls_key(k) || tls_reloaded == Some(true))
+        });
+    // A failed certificate reload said so already; it is neither applied nor waiting.
+    need_restart.retain(|k| !(tls_key(k) && tls_reloaded == Some(false)));
     app.set_access(access);
     let rates_changed = applied
         .iter()
         .any(|k| k == "rate_limit" || k == "max_client_rate_limit");
-    in_force.take_reloadable(&config);
+    in_force.take_reloadable(&config, tls_reloaded == Some(true));
     if rates_changed {
         let delivery = Arc::new(in_force.delivery.clone());
         app.set_delivery(delivery.clone());

@@ -4,6 +4,7 @@
 mod common;
 
 use std::io::Write;
+use std::path::Path;
 use std::time::Duration;
 
 use common::tool::{Tool, wait};
@@ -11,6 +12,50 @@ use common::{ADMIN_KEY, API_KEY, Server, eventually, log};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
+
+/// `logstream ship` following `file` as `device`, its checkpoints in `state`.
+fn ship_file(server: &Server, device: &str, state: &Path, file: &Path, extra: &[&str]) -> Tool {
+    let mut args = vec![
+        "ship",
+        "--server",
+        &server.url,
+        "--api-key",
+        API_KEY,
+        "--device",
+        device,
+        "--batch-ms",
+        "50",
+        "--data-dir",
+        state.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Tool::start(&args, false)
+}
+
+fn texts(logs: Vec<Value>) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn append(file: &Path, text: &str) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap()
+}
+
+/// The one checkpoint file `ship` keeps in `state`.
+fn checkpoint_in(state: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(state.join("ship"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap()
+}
 
 fn messages(lines: &[String]) -> Vec<String> {
     lines
@@ -465,29 +510,8 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
     let file = dir.join("app.log");
     std::fs::write(&file, "one\ntwo\n").unwrap();
     let ship = |from_start: bool| {
-        let mut args = vec![
-            "ship",
-            "--server",
-            &server.url,
-            "--api-key",
-            API_KEY,
-            "--device",
-            "web-1",
-            "--batch-ms",
-            "50",
-            "--data-dir",
-            state.to_str().unwrap(),
-            file.to_str().unwrap(),
-        ];
-        if from_start {
-            args.push("--from-start");
-        }
-        Tool::start(&args, false)
-    };
-    let texts = |logs: Vec<Value>| -> Vec<String> {
-        logs.iter()
-            .map(|l| l["message"].as_str().unwrap().to_owned())
-            .collect()
+        let extra: &[&str] = if from_start { &["--from-start"] } else { &[] };
+        ship_file(&server, "web-1", &state, &file, extra)
     };
     let first = ship(false);
     assert_eq!(texts(c.logs(2, T).await), ["one", "two"]);
@@ -500,12 +524,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
     );
     assert!(first.interrupt().success());
 
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap()
-        .write_all(b"three\n")
-        .unwrap();
+    append(&file, "three\n");
     let second = ship(false);
     assert_eq!(texts(c.logs(1, T).await), ["three"]);
     assert!(second.stderr().contains("resuming"), "{}", second.stderr());
@@ -518,12 +537,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
     );
 
     // A batch in flight when ship died: its lines landed, its checkpoint says "pending".
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap()
-        .write_all(b"four\nfive\n")
-        .unwrap();
+    append(&file, "four\nfive\n");
     let (s, _) = server
         .post(
             "/api/logs",
@@ -533,11 +547,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
         .await;
     assert_eq!(s, 202);
     assert_eq!(texts(c.logs(2, T).await), ["four", "five"]);
-    let checkpoint = std::fs::read_dir(state.join("ship"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
+    let checkpoint = checkpoint_in(&state);
     let mut kept: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
     assert_eq!(kept["offset"], "one\ntwo\nthree\n".len());
     kept["pending"] =
@@ -559,12 +569,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
             .is_empty(),
         "four and five once"
     );
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap()
-        .write_all(b"six\n")
-        .unwrap();
+    append(&file, "six\n");
     assert_eq!(texts(c.logs(1, T).await), ["six"]);
     assert!(third.interrupt().success());
 
@@ -580,4 +585,63 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
         again.stderr()
     );
     assert!(again.interrupt().success());
+}
+
+/// The cases a checkpoint must not get wrong: a batch in flight that never reached the
+/// server, a rotation and a copytruncate while ship was not running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_checkpoints_survive_a_lost_batch_a_rotation_and_a_copytruncate() {
+    let server = Server::start();
+    let mut c = server.client("watcher").await;
+    c.subscribe(json!({ "deviceIds": ["web-2"] })).await;
+    let dir = common::scratch_dir("ship-ckpt2");
+    let state = dir.join("state");
+    let file = dir.join("app.log");
+    std::fs::write(&file, "one\n").unwrap();
+    let ship = || ship_file(&server, "web-2", &state, &file, &[]);
+    let append = |text: &str| append(&file, text);
+    let first = ship();
+    assert_eq!(texts(c.logs(1, T).await), ["one"]);
+    assert!(first.interrupt().success());
+    let checkpoint = checkpoint_in(&state);
+
+    // A batch named in flight that never reached the server: sent now, once.
+    append("two\nthree\n");
+    let mut kept: Value = serde_json::from_slice(&std::fs::read(&checkpoint).unwrap()).unwrap();
+    kept["pending"] =
+        json!({ "until": std::fs::metadata(&file).unwrap().len(), "key": "never-sent" });
+    std::fs::write(&checkpoint, kept.to_string()).unwrap();
+    let second = ship();
+    assert_eq!(texts(c.logs(2, T).await), ["two", "three"]);
+    assert!(second.interrupt().success());
+
+    // Rotated while ship was away, with lines the old file got last: those first.
+    append("four\n");
+    std::fs::rename(&file, dir.join("app.log.1")).unwrap();
+    std::fs::write(&file, "five\n").unwrap();
+    let third = ship();
+    assert_eq!(texts(c.logs(2, T).await), ["four", "five"]);
+    assert!(
+        third.stderr().contains("was rotated; finishing"),
+        "{}",
+        third.stderr()
+    );
+    assert!(third.interrupt().success());
+
+    // Truncated and written past the old offset again (copytruncate): from the start.
+    std::fs::write(&file, "six six six six\n").unwrap();
+    let fourth = ship();
+    assert_eq!(texts(c.logs(1, T).await), ["six six six six"]);
+    assert!(
+        fourth.stderr().contains("changed before byte"),
+        "{}",
+        fourth.stderr()
+    );
+    assert!(fourth.interrupt().success());
+    assert!(
+        c.drain("log:new", Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "nothing twice"
+    );
 }

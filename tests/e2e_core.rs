@@ -804,7 +804,7 @@ async fn runs_with_no_configuration_and_prints_usable_keys() {
             .iter()
             .any(|l| l.contains("WARNING") && l.contains("development"))
     );
-    let token = find("client token (sub=dev, 24h): ");
+    let token = find("export LOGSTREAM_TOKEN=");
     let api_key = find("api key    : ");
     let admin_key = find("admin key  : ");
     let mut c = TestClient::connect(&server.url, Some(&token))

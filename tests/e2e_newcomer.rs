@@ -382,8 +382,10 @@ async fn small_things_a_newcomer_trips_over() {
     );
 
     // A mistyped key on the command line is refused with the closest one, as in a file.
-    let out = Command::new(env!("CARGO_BIN_EXE_logstream"))
-        .args(["--set", "rate_limt=5"])
+    // (Bounded: were the typo accepted, the server would start and run.)
+    let out = Command::new("timeout")
+        .args(["10", env!("CARGO_BIN_EXE_logstream")])
+        .args(["--host", "127.0.0.1", "--port", "0", "--set", "rate_limt=5"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -34,6 +34,10 @@ pub struct Checkpoint {
     pub inode: u64,
     /// Every line before this byte has landed.
     pub offset: u64,
+    /// A fingerprint of the up to 64 bytes before `offset`: a file truncated and written
+    /// past the offset again (copytruncate while ship was away) does not match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Pending>,
 }
@@ -81,15 +85,32 @@ impl CheckpointFile {
     pub fn save(&self, checkpoint: &Checkpoint) -> Result<(), String> {
         let dir = self.file.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let tmp = self.file.with_extension("json.tmp");
+        // A name of this process's own, synced before the rename: a checkpoint is whole
+        // after a crash or a power loss.
+        let tmp = self
+            .file
+            .with_extension(format!("json.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec(checkpoint).map_err(|e| e.to_string())?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|()| std::fs::rename(&tmp, &self.file))
-            .map_err(|e| format!("writing checkpoint {}: {e}", self.file.display()))
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_data()?;
+            std::fs::rename(&tmp, &self.file)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("writing checkpoint {}: {e}", self.file.display())
+        })
     }
 }
 
-/// FNV-1a, 64 bits: a stable file name for a (device, path) pair.
+/// A fingerprint of `bytes` (see [`Checkpoint::before`]).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    fnv1a(bytes)
+}
+
+/// FNV-1a, 64 bits: a stable file name for a (device, path) pair, and fingerprints.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
@@ -114,6 +135,7 @@ mod tests {
             dev: 1,
             inode: 2,
             offset: 10,
+            before: Some(7),
             pending: Some(Pending {
                 until: 30,
                 key: "k".into(),

@@ -83,10 +83,18 @@ pub async fn run(
             Input::File(p) => Some(p.clone()),
         };
         let start = place.start;
+        let rotated = place.rotated.clone();
         tokio::spawn(async move {
             let result = match input {
                 None => read_stdin(tx, stop_reading).await,
-                Some(path) => follow(path, start, tx, stop_reading).await,
+                Some(path) => {
+                    if let Some(old) = rotated
+                        && let Err(e) = finish_rotated(old, &tx).await
+                    {
+                        eprintln!("logstream ship: {e}");
+                    }
+                    follow(path, start, tx, stop_reading).await
+                }
             };
             if let Err(e) = result {
                 eprintln!("logstream ship: {e}");
@@ -126,6 +134,9 @@ struct Place {
     checkpoints: Option<CheckpointFile>,
     /// A batch the last run sent without knowing whether it landed.
     pending: Option<Pending>,
+    /// The file of the checkpoint, rotated away while ship was not running: read from the
+    /// offset to its end first.
+    rotated: Option<(PathBuf, Identity, u64)>,
 }
 
 /// Read the checkpoint of `path` and say at start where `ship` resumes.
@@ -140,54 +151,101 @@ fn find_place(path: &Path, device: &str, data_dir: &Path, from_start: bool) -> P
             None
         }
     };
+    let mut place = Place {
+        checkpoints: Some(file.clone()),
+        ..Place::default()
+    };
+    let Some(c) = kept else {
+        eprintln!(
+            "logstream ship: reading {shown} from its start; its place is kept in {}",
+            file.path().display()
+        );
+        return place;
+    };
+    if from_start {
+        eprintln!("logstream ship: --from-start: reading {shown} from its start");
+        return place;
+    }
     let current = std::fs::metadata(path).ok();
-    let start = match (kept, current) {
-        (Some(_), _) if from_start => {
-            eprintln!("logstream ship: --from-start: reading {shown} from its start");
-            None
-        }
-        (Some(c), Some(meta)) if c.identity() == identity(&meta) && meta.len() >= c.offset => {
+    let same_file = current
+        .as_ref()
+        .is_some_and(|m| identity(m) == c.identity());
+    if same_file && current.as_ref().is_some_and(|m| m.len() < c.offset) {
+        eprintln!(
+            "logstream ship: {shown} is shorter than its checkpoint ({} < {} bytes): truncated; reading it from its start",
+            current.map_or(0, |m| m.len()),
+            c.offset
+        );
+        return place;
+    }
+    if same_file && c.before.is_some() && bytes_before(path, c.identity(), c.offset) != c.before {
+        eprintln!(
+            "logstream ship: {shown} changed before byte {} since its checkpoint (truncated and written again); reading it from its start",
+            c.offset
+        );
+        return place;
+    }
+    if same_file {
+        eprintln!(
+            "logstream ship: resuming {shown} at byte {} (checkpoint {})",
+            c.offset,
+            file.path().display()
+        );
+        // A batch in flight is sent again only if the file still holds exactly its lines'
+        // range after the checkpoint.
+        let len = current.map_or(0, |m| m.len());
+        place.start = Some((c.identity(), c.offset));
+        place.pending = c.pending.filter(|p| p.until >= c.offset && p.until <= len);
+        return place;
+    }
+    // Rotated while ship was not running: the file of the checkpoint may still be beside
+    // it (`app.log.1`); its rest goes first.
+    match rotated_file(path, c.identity()) {
+        Some((old, len)) if len >= c.offset => {
             eprintln!(
-                "logstream ship: resuming {shown} at byte {} (checkpoint {})",
-                c.offset,
-                file.path().display()
-            );
-            // A batch in flight whose lines the file no longer holds is not sent again.
-            let (identity, offset) = (c.identity(), c.offset);
-            let pending = c.pending.filter(|p| p.until <= meta.len());
-            Some((identity, offset, pending))
-        }
-        (Some(c), Some(meta)) if c.identity() == identity(&meta) => {
-            eprintln!(
-                "logstream ship: {shown} is shorter than its checkpoint ({} < {} bytes): truncated; reading it from its start",
-                meta.len(),
+                "logstream ship: {shown} was rotated; finishing {} from byte {} first",
+                old.display(),
                 c.offset
             );
-            None
+            let len = len.max(c.offset);
+            place.rotated = Some((old, c.identity(), c.offset));
+            place.pending = c.pending.filter(|p| p.until >= c.offset && p.until <= len);
         }
-        (Some(_), _) => {
-            eprintln!(
-                "logstream ship: {shown} is not the file of its checkpoint (rotated or replaced); reading it from its start"
-            );
-            None
-        }
-        (None, _) => {
-            eprintln!(
-                "logstream ship: reading {shown} from its start; its place is kept in {}",
-                file.path().display()
-            );
-            None
-        }
-    };
-    let (start, pending) = match start {
-        Some((id, offset, pending)) => (Some((id, offset)), pending),
-        None => (None, None),
-    };
-    Place {
-        start,
-        checkpoints: Some(file),
-        pending,
+        _ => eprintln!(
+            "logstream ship: {shown} is not the file of its checkpoint (rotated or replaced, the old one not found beside it); reading it from its start"
+        ),
     }
+    place
+}
+
+/// The file beside `path` (same directory) whose identity is `wanted`, and its length.
+fn rotated_file(path: &Path, wanted: Identity) -> Option<(PathBuf, u64)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let meta = std::fs::symlink_metadata(e.path()).ok()?;
+            (meta.is_file() && identity(&meta) == wanted).then(|| (e.path(), meta.len()))
+        })
+}
+
+/// A fingerprint of the up to 64 bytes before `offset` in `path`, if it is still the file
+/// `wanted`: a file truncated and written again past the checkpoint tells itself by them.
+fn bytes_before(path: &Path, wanted: Identity, offset: u64) -> Option<u64> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path).ok()?;
+    if identity(&file.metadata().ok()?) != wanted {
+        return None;
+    }
+    let from = offset.saturating_sub(64);
+    file.seek(std::io::SeekFrom::Start(from)).ok()?;
+    let mut bytes = vec![0; (offset - from) as usize];
+    file.read_exact(&mut bytes).ok()?;
+    Some(super::checkpoint::fingerprint(&bytes))
 }
 
 async fn read_stdin(
@@ -215,6 +273,105 @@ async fn read_stdin(
 fn identity(meta: &std::fs::Metadata) -> Identity {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
+}
+
+/// Send the lines of a rotated file from `offset` to its end.
+async fn finish_rotated(
+    (path, id, offset): (PathBuf, Identity, u64),
+    tx: &mpsc::Sender<Line>,
+) -> Result<(), String> {
+    let mut file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| format!("seeking in {}: {e}", path.display()))?;
+    let mut reader = BufReader::new(file);
+    let mut at = offset;
+    let mut line = LineBuffer::default();
+    loop {
+        let chunk = read_piece(&mut reader, &path).await?;
+        if chunk.is_empty() {
+            // A last line without its newline goes out as it is.
+            if let Some(text) = line.flush() {
+                let _ = tx
+                    .send(Line {
+                        text,
+                        end: Some((id, at)),
+                    })
+                    .await;
+            }
+            return Ok(());
+        }
+        at += chunk.len() as u64;
+        if let Some(text) = line.push(&chunk)
+            && tx
+                .send(Line {
+                    text,
+                    end: Some((id, at)),
+                })
+                .await
+                .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// At most a line's worth of `reader` (up to and with its newline), so a file without
+/// newlines is read in pieces; empty at the end.
+async fn read_piece(
+    reader: &mut BufReader<tokio::fs::File>,
+    path: &Path,
+) -> Result<Vec<u8>, String> {
+    let mut chunk = Vec::new();
+    reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut chunk)
+        .await
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(chunk)
+}
+
+/// Pieces read become lines. A line longer than `MAX_LINE` is cut there (the rest up to its
+/// newline is skipped): a file without newlines cannot grow this buffer without bound.
+#[derive(Default)]
+struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Add a piece; a line when it completes one.
+    fn push(&mut self, chunk: &[u8]) -> Option<String> {
+        let room = (MAX_LINE + 1).saturating_sub(self.pending.len());
+        let keep = chunk.len().min(room);
+        self.pending.extend_from_slice(&chunk[..keep]);
+        if keep < chunk.len() && chunk.ends_with(b"\n") {
+            self.pending.push(b'\n');
+        }
+        if !self.pending.ends_with(b"\n") {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&self.pending)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned();
+        self.pending.clear();
+        Some(line)
+    }
+
+    /// What is left (a last line without its newline), if anything.
+    fn flush(&mut self) -> Option<String> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        Some(line)
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+    }
 }
 
 /// Read `path` from its start (or from `start`'s offset, if it is still that file) and keep
@@ -246,7 +403,7 @@ async fn follow(
         warned = false;
         let opened = identity(&file.metadata().await.map_err(|e| e.to_string())?);
         let mut reader = BufReader::new(file);
-        let mut pending = Vec::new();
+        let mut pending = LineBuffer::default();
         let mut offset: u64 = 0;
         if let Some((id, at)) = start.take()
             && id == opened
@@ -258,30 +415,12 @@ async fn follow(
             offset = at;
         }
         loop {
-            let mut chunk = Vec::new();
-            // At most a line's worth per read, so a file without newlines is read in pieces.
-            let n = (&mut reader)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut chunk)
-                .await
-                .map_err(|e| format!("reading {}: {e}", path.display()))?;
-            if n > 0 {
-                offset += n as u64;
-                // A line longer than MAX_LINE is cut there (the rest up to its newline is
-                // skipped): a file without newlines cannot grow this buffer without bound.
-                let room = (MAX_LINE + 1).saturating_sub(pending.len());
-                let keep = chunk.len().min(room);
-                pending.extend_from_slice(&chunk[..keep]);
-                if keep < chunk.len() && chunk.ends_with(b"\n") {
-                    pending.push(b'\n');
-                }
-                if pending.ends_with(b"\n") {
-                    let line = String::from_utf8_lossy(&pending)
-                        .trim_end_matches(['\n', '\r'])
-                        .to_owned();
-                    pending.clear();
+            let chunk = read_piece(&mut reader, &path).await?;
+            if !chunk.is_empty() {
+                offset += chunk.len() as u64;
+                if let Some(text) = pending.push(&chunk) {
                     let end = Some((opened, offset));
-                    if tx.send(Line { text: line, end }).await.is_err() {
+                    if tx.send(Line { text, end }).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -296,9 +435,7 @@ async fn follow(
                 Ok(meta) if identity(&meta) != opened => {
                     // Rotated: what the old file still had was read above (it reached EOF);
                     // a last partial line goes out as it is.
-                    if !pending.is_empty() {
-                        let text = String::from_utf8_lossy(&pending).into_owned();
-                        pending.clear();
+                    if let Some(text) = pending.flush() {
                         let _ = tx
                             .send(Line {
                                 text,
@@ -357,7 +494,12 @@ async fn send(
     let url = format!("{}/api/logs", opts.server.trim_end_matches('/'));
     let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let progress = std::io::stderr().is_terminal();
-    let mut keeper = Keeper::new(opts, place.checkpoints, place.start);
+    // Where the lines read first start: the checkpoint's place in the file, or in the
+    // rotated file finished first.
+    let landed = place
+        .start
+        .or_else(|| place.rotated.as_ref().map(|(_, id, at)| (*id, *at)));
+    let mut keeper = Keeper::new(opts, place.checkpoints, landed);
     // The last run's batch in flight goes first, whole, under its key.
     let mut resend = place.pending;
     let mut totals = Totals::default();
@@ -422,7 +564,15 @@ async fn send(
             }
         }
         let key = match resend.take() {
-            Some(p) => p.key,
+            Some(p) if end.is_some_and(|(_, at)| at == p.until) => p.key,
+            Some(_) => {
+                // The file no longer holds the same lines there: under the old key the
+                // server would call them a duplicate and drop them.
+                eprintln!(
+                    "logstream ship: the lines of the batch in flight changed; sending them under a new key"
+                );
+                format!("{run}-{}", totals.batches + 1)
+            }
             None => format!("{run}-{}", totals.batches + 1),
         };
         if batch.is_empty() {
@@ -487,9 +637,10 @@ impl Keeper {
     /// A batch of lines ending at `end` is about to be sent under `key`.
     fn sending(&mut self, end: Option<(Identity, u64)>, key: &str) {
         let Some((id, until)) = end else { return };
-        // It starts where the last landed batch of the same file ended (a new file: at 0).
+        // It starts where the last landed batch of the same file ended (a new file, or one
+        // truncated since: at 0).
         let from = match self.landed {
-            Some((landed_id, at)) if landed_id == id => at,
+            Some((landed_id, at)) if landed_id == id && at <= until => at,
             _ => 0,
         };
         let pending = Pending {
@@ -514,6 +665,7 @@ impl Keeper {
             dev,
             inode,
             offset,
+            before: bytes_before(&self.path, (dev, inode), offset),
             pending,
         };
         if let Err(why) = file.save(&checkpoint)

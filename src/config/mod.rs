@@ -234,12 +234,15 @@ impl Config {
             .collect()
     }
 
-    /// Take the values of the [`RELOADABLE`] keys from `newer` (what a SIGHUP applied).
-    pub fn take_reloadable(&mut self, newer: &Config) {
+    /// Take the values of the [`RELOADABLE`] keys from `newer` (what a SIGHUP applied);
+    /// `tls_cert` and `tls_key` only `with_tls` (the certificate was put in force).
+    pub fn take_reloadable(&mut self, newer: &Config, with_tls: bool) {
         self.auth.ingest_keys = newer.auth.ingest_keys.clone();
         self.auth.default_device_scope = newer.auth.default_device_scope.clone();
-        self.edge.tls_cert = newer.edge.tls_cert.clone();
-        self.edge.tls_key = newer.edge.tls_key.clone();
+        if with_tls {
+            self.edge.tls_cert = newer.edge.tls_cert.clone();
+            self.edge.tls_key = newer.edge.tls_key.clone();
+        }
         self.delivery.rate_limit = newer.delivery.rate_limit;
         self.delivery.max_client_rate_limit = newer.delivery.max_client_rate_limit;
     }
@@ -461,7 +464,13 @@ mod tests {
         expected.sort();
         assert_eq!(changed, expected, "each reloadable key changed");
         let mut in_force = old.clone();
-        in_force.take_reloadable(&new);
+        in_force.take_reloadable(&new, false);
+        assert_eq!(
+            in_force.changed_keys(&new),
+            ["port", "tls_cert", "tls_key"],
+            "without TLS in force, the certificate keys wait"
+        );
+        in_force.take_reloadable(&new, true);
         assert_eq!(in_force.changed_keys(&new), ["port"], "and each taken");
     }
 

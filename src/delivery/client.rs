@@ -61,6 +61,10 @@ pub struct Client {
     limits: Arc<DeliveryConfig>,
     options: DeliveryOptions,
     limiter: TokenBucket,
+    /// What replays may send: a whole `replay_max_logs` at once, then that many per minute
+    /// (replays are not charged to `limiter`, but a client that asks for one after another
+    /// must not make the server read and send history without end).
+    replay_budget: TokenBucket,
     paused: bool,
     /// A replay of history is under way: live logs are kept until it ends.
     replaying: bool,
@@ -95,6 +99,7 @@ impl Client {
             stats: None,
             gzip_batches: Arc::default(),
             limiter: TokenBucket::new(limits.rate_limit, limits.rate_limit, now),
+            replay_budget: TokenBucket::new(u32::MAX, u32::MAX, now),
             options: DeliveryOptions::default(),
             paused: false,
             replaying: false,
@@ -118,6 +123,19 @@ impl Client {
     pub fn with_gzip_batches(mut self, batches: Arc<GzipBatches>) -> Client {
         self.gzip_batches = batches;
         self
+    }
+
+    /// Bound this client's replays to `max_logs` at once and `max_logs` a minute after that
+    /// (`replay_max_logs`).
+    pub fn with_replay_budget(mut self, max_logs: usize, now: Instant) -> Client {
+        let burst = u32::try_from(max_logs).unwrap_or(u32::MAX).max(1);
+        self.replay_budget = TokenBucket::new((burst / 60).max(1), burst, now);
+        self
+    }
+
+    /// How long until this client's replays may send `n` more logs.
+    pub fn replay_wait(&mut self, n: usize, now: Instant) -> Duration {
+        self.replay_budget.wait_for(n, now)
     }
 
     /// Send this client's `system:stats` with its logs when its round is near (see
@@ -258,15 +276,19 @@ impl Client {
     /// asked for these logs, and a replay is bounded by `replay_max_logs` and by the socket's
     /// byte queue instead. It can outrun the socket: what the queue cannot take now is
     /// returned, to be sent later with [`Client::send_replayed`], rather than dropped.
-    pub fn deliver_replay(&mut self, logs: &[Arc<LogRecord>]) -> (usize, Vec<Arc<LogRecord>>) {
-        let mut admitted = logs.to_vec();
+    pub fn deliver_replay(
+        &mut self,
+        logs: &[Arc<LogRecord>],
+        now: Instant,
+    ) -> (usize, Vec<Arc<LogRecord>>) {
         if self.paused {
-            let n = admitted.len();
-            self.keep(admitted);
-            return (n, Vec::new());
+            let n = logs.len().min(self.replay_budget.available(now));
+            self.replay_budget.take(n);
+            self.keep(logs[..n].to_vec());
+            return (n, logs[n..].to_vec());
         }
-        let sent = self.send_replayed(&admitted);
-        (sent, admitted.split_off(sent))
+        let sent = self.send_replayed(logs, now);
+        (sent, logs[sent..].to_vec())
     }
 
     /// Forget what is kept: a new subscription replays history that covers it.
@@ -275,10 +297,13 @@ impl Client {
         self.meter.account(&*self.outlet);
     }
 
-    /// Send already admitted replayed logs until the socket's queue is full; returns how many
-    /// went out.
-    pub fn send_replayed(&mut self, logs: &[Arc<LogRecord>]) -> usize {
-        self.emit_logs(logs, Emission::StopWhenFull)
+    /// Send replayed logs until the socket's queue is full or the replay budget is spent;
+    /// returns how many went out.
+    pub fn send_replayed(&mut self, logs: &[Arc<LogRecord>], now: Instant) -> usize {
+        let allowed = logs.len().min(self.replay_budget.available(now));
+        let sent = self.emit_logs(&logs[..allowed], Emission::StopWhenFull);
+        self.replay_budget.take(sent);
+        sent
     }
 
     /// A replay begins: live logs wait behind it.
@@ -707,7 +732,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = client(&rec, limits(5, 100), t0);
         c.start_replay();
-        let (sent, unsent) = c.deliver_replay(&logs(40));
+        let (sent, unsent) = c.deliver_replay(&logs(40), t0);
         c.finish_replay();
         assert_eq!((sent, unsent.len()), (40, 0));
         assert_eq!(rec.messages(event::NEW).len(), 40);
@@ -716,6 +741,32 @@ mod tests {
         assert_eq!(rec.messages(event::NEW).len(), 45);
         c.report_periodic_drops();
         assert_eq!(dropped(&rec)[0].count, 3);
+    }
+
+    #[test]
+    fn replays_spend_a_budget_of_replay_max_logs_refilled_per_minute() {
+        let rec = Recorder::default();
+        let t0 = Instant::now();
+        let mut c = client(&rec, limits(5, 100), t0).with_replay_budget(600, t0);
+        c.start_replay();
+        let (sent, unsent) = c.deliver_replay(&logs(500), t0);
+        assert_eq!((sent, unsent.len()), (500, 0), "a whole replay at once");
+        let (sent, unsent) = c.deliver_replay(&logs(500), t0);
+        assert_eq!(
+            (sent, unsent.len()),
+            (100, 400),
+            "the rest waits, it is not dropped"
+        );
+        assert_eq!(
+            c.replay_wait(10, t0),
+            Duration::from_secs(1),
+            "600 a minute: 10 a second"
+        );
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(c.send_replayed(&unsent, t1), 20);
+        c.finish_replay();
+        c.report_periodic_drops();
+        assert!(dropped(&rec).is_empty(), "nothing dropped");
     }
 
     #[test]
@@ -844,7 +895,7 @@ mod tests {
         c.start_replay();
         c.deliver(&all[2..], t0); // live, during the replay
         assert!(rec.events().is_empty());
-        assert!(c.deliver_replay(&all[..2]).1.is_empty());
+        assert!(c.deliver_replay(&all[..2], t0).1.is_empty());
         c.finish_replay();
         let sent = rec.messages(event::NEW);
         let offsets: Vec<String> = sent

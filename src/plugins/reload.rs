@@ -78,30 +78,39 @@ impl Awaited {
     }
 
     /// Check again after an event: the directory may exist now (then watch it and answer
-    /// the plugin files already in it), or a nearer ancestor may.
+    /// the plugin files already in it), or a nearer ancestor may. Checked again after each
+    /// new watch, so a directory created meanwhile is not missed.
     fn check(&mut self) -> Vec<PathBuf> {
-        let Some(current) = self.watching_ancestor.clone() else {
-            return Vec::new();
-        };
         let mut watcher = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
-        if self.dir.is_dir() {
-            if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "the plugins directory appeared but cannot be watched");
-                return Vec::new();
+        while let Some(current) = self.watching_ancestor.clone() {
+            if self.dir.is_dir() {
+                if let Err(e) = watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "the plugins directory appeared but cannot be watched");
+                    return Vec::new();
+                }
+                let _ = watcher.unwatch(&current);
+                self.watching_ancestor = None;
+                tracing::info!(dir = %self.dir.display(), "the plugins directory appeared: watching it");
+                return super::plugin_files(&self.dir);
             }
-            let _ = watcher.unwatch(&current);
-            self.watching_ancestor = None;
-            tracing::info!(dir = %self.dir.display(), "the plugins directory appeared: watching it");
-            return super::plugin_files(&self.dir);
-        }
-        if let Some(nearer) = Self::nearest_ancestor(&self.dir)
-            && nearer != current
-            && watcher.watch(&nearer, RecursiveMode::NonRecursive).is_ok()
-        {
-            let _ = watcher.unwatch(&current);
-            self.watching_ancestor = Some(nearer);
+            match Self::nearest_ancestor(&self.dir) {
+                Some(nearer)
+                    if nearer != current
+                        && watcher.watch(&nearer, RecursiveMode::NonRecursive).is_ok() =>
+                {
+                    let _ = watcher.unwatch(&current);
+                    self.watching_ancestor = Some(nearer);
+                }
+                _ => break,
+            }
         }
         Vec::new()
+    }
+
+    /// Whether an event's path is a file of the plugins directory itself (events from an
+    /// ancestor watched before it existed may still be queued).
+    fn owns(&self, path: &Path) -> bool {
+        path.parent() == Some(self.dir.as_path())
     }
 }
 
@@ -147,6 +156,8 @@ pub fn watch(
             }
         }
     })?;
+    // Absolute, so that the ancestors of a relative `plugins` end at `/`, not at "".
+    let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
     let watching_ancestor = if dir.is_dir() {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
         None
@@ -213,7 +224,7 @@ impl<L: LiveSet> Reloader<L> {
                         for file in awaited.check() {
                             pending.insert(file, Instant::now());
                         }
-                    } else if path.extension().is_some_and(|e| e == "wasm") {
+                    } else if path.extension().is_some_and(|e| e == "wasm") && awaited.owns(&path) {
                         pending.insert(path, Instant::now());
                     }
                     continue;

@@ -96,11 +96,12 @@ impl Router {
             self.replays.push_back(replay);
             return;
         }
-        // What the socket could not take last time goes first.
+        // What the socket (or the client's replay budget) could not take last time goes
+        // first.
         if !replay.backlog.is_empty() {
             let sent = match self.clients.get_mut(&replay.sid) {
                 Some(client) => {
-                    let sent = client.send_replayed(&replay.backlog);
+                    let sent = client.send_replayed(&replay.backlog, now);
                     self.followups.note(client);
                     sent
                 }
@@ -109,7 +110,7 @@ impl Router {
             replay.sent += sent;
             replay.backlog.drain(..sent);
             if !replay.backlog.is_empty() {
-                replay.retry_at = Some(now + FULL_BACKOFF);
+                replay.retry_at = Some(now + self.replay_backoff(&replay, now));
                 self.replays.push_back(replay);
                 return;
             }
@@ -125,11 +126,22 @@ impl Router {
             Step::More => self.replays.push_back(replay),
             Step::Done if !replay.backlog.is_empty() => {
                 replay.finished = true;
-                replay.retry_at = Some(now + FULL_BACKOFF);
+                replay.retry_at = Some(now + self.replay_backoff(&replay, now));
                 self.replays.push_back(replay);
             }
             Step::Done => self.finish_replay(replay),
         }
+    }
+
+    /// How long `replay` waits with a backlog: until its client's budget holds a slice's
+    /// worth (or what is left), at least `FULL_BACKOFF` (the socket was full).
+    fn replay_backoff(&mut self, replay: &Replay, now: Instant) -> std::time::Duration {
+        let wanted = replay.backlog.len().min(SLICE);
+        let budget = self
+            .clients
+            .get_mut(&replay.sid)
+            .map_or(std::time::Duration::ZERO, |c| c.replay_wait(wanted, now));
+        budget.max(FULL_BACKOFF)
     }
 
     /// What `replay`'s registration receives of `slice`: its filter's matches, narrowed to
@@ -226,7 +238,7 @@ impl Router {
             return;
         }
         if let Some(client) = self.clients.get_mut(&replay.sid) {
-            let (sent, unsent) = client.deliver_replay(logs);
+            let (sent, unsent) = client.deliver_replay(logs, Instant::now());
             replay.sent += sent;
             self.followups.note(client);
             replay.backlog.extend(unsent);

@@ -167,6 +167,7 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         Instant::now(),
     )
     .with_stats(app.stats_feed.clone())
+    .with_replay_budget(app.config.history.replay_max_logs, Instant::now())
     .with_gzip_batches(app.gzip_batches.clone());
     let connect = Control::Client(ClientCommand::Connect(Box::new(client)));
     if app.control(connect).is_err() {
