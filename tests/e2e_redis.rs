@@ -348,3 +348,87 @@ async fn graceful_shutdown_with_redis_delivers_what_was_accepted() {
     let status = stopping.await.unwrap().expect("exited in time");
     assert!(status.success(), "{status:?}");
 }
+
+/// `redis_min_replicas = 1`: a 202 means a replica has the logs too; with the replica gone
+/// ingest answers 503 within `redis_min_replicas_timeout_ms`, never a silent 202, and 202
+/// again once it is back. Every 202'd log reaches the client once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_min_replicas_a_202_waits_for_a_replica_and_without_one_is_a_503() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&primary);
+    let server = instance_builder(&primary.url(), "acked")
+        .set("redis_min_replicas", 1)
+        .set("redis_min_replicas_timeout_ms", 300)
+        .start();
+    ready(&server).await;
+    let mut c = server.client("watcher").await;
+    c.subscribe(json!({ "deviceIds": ["r"] })).await;
+    // The replica's first sync takes a moment: until then a 503 is the right answer.
+    eventually(T, "a 202 once the replica is in sync", || async {
+        match server
+            .post(
+                "/api/logs",
+                &[("x-api-key", API_KEY), ("idempotency-key", "first")],
+                &log("r", "INFO", "first").to_string(),
+            )
+            .await
+        {
+            (202, _) => Ok(()),
+            (s, b) => Err(format!("{s} {b}")),
+        }
+    })
+    .await;
+    let held: usize = replica
+        .query(redis::cmd("XLEN").arg("logstream:logs"))
+        .await;
+    assert_eq!(held, 1, "the replica has it");
+    assert_eq!(messages(&c.logs(1, T).await), ["first"]);
+
+    let short_before = health(&server).await["bus"]["replicasShort"]
+        .as_u64()
+        .unwrap();
+    replica.stop();
+    let started = std::time::Instant::now();
+    let (s, body) = server
+        .post(
+            "/api/logs",
+            &[("x-api-key", API_KEY), ("idempotency-key", "second")],
+            &log("r", "INFO", "second").to_string(),
+        )
+        .await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "bus_unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("0 of the 1 replicas"),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered within the timeout"
+    );
+    let h = health(&server).await;
+    assert_eq!(h["bus"]["replicasShort"], short_before + 1, "counted: {h}");
+
+    replica.restart();
+    eventually(T, "202 again with the replica back", || async {
+        match server
+            .post(
+                "/api/logs",
+                &[("x-api-key", API_KEY), ("idempotency-key", "second")],
+                &log("r", "INFO", "second").to_string(),
+            )
+            .await
+        {
+            (s, _) if (200..300).contains(&s) => Ok(()),
+            (s, b) => Err(format!("{s} {b}")),
+        }
+    })
+    .await;
+    // The 503'd request was on the primary already: its retry under the same key is not
+    // appended again, and each log reaches the client once.
+    assert_eq!(messages(&c.logs(1, T).await), ["second"]);
+    assert!(c.drain("log:new", QUIET).await.is_empty(), "nothing twice");
+}

@@ -54,6 +54,8 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
                     "malformedMessages": r.status.malformed.load(relaxed),
                     "overflowDropped": r.status.overflow_dropped.load(relaxed),
                     "bridgeFailed": r.status.bridge_failed.load(relaxed),
+                    "minReplicas": r.min_replicas(),
+                    "replicasShort": r.status.replicas_short.load(relaxed),
                 }),
                 connected,
             )

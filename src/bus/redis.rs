@@ -85,6 +85,8 @@ pub struct RedisStatus {
     /// Logs of seed-channel messages this instance could not put into the stream after its
     /// tries (another instance may have; if none could, they are lost).
     pub bridge_failed: AtomicU64,
+    /// Appends answered 503 because fewer than `redis_min_replicas` confirmed them in time.
+    pub replicas_short: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_malformed_log: Mutex<Option<Instant>>,
 }
@@ -118,6 +120,12 @@ impl RedisStatus {
 pub struct RedisBus {
     pub(super) client: redis::Client,
     publisher: ConnectionManager,
+    /// Appends go through a connection of their own when they wait for replicas: `WAIT`
+    /// holds its connection until the replicas answer, and must count only appends.
+    pub(super) appender: ConnectionManager,
+    /// `redis_min_replicas` and `redis_min_replicas_timeout_ms`.
+    pub(super) min_replicas: usize,
+    pub(super) replicas_timeout: Duration,
     pub channels: Channels,
     /// The Redis Stream of logs.
     pub(super) stream: String,
@@ -140,11 +148,26 @@ impl RedisBus {
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
-            .map_err(|e| anyhow::anyhow!("redis connection manager: {e}"))?;
+        let publisher =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
+                .map_err(|e| anyhow::anyhow!("redis connection manager: {e}"))?;
+        let min_replicas = config.redis.redis_min_replicas;
+        let replicas_timeout = Duration::from_millis(config.redis.redis_min_replicas_timeout_ms);
+        let appender = if min_replicas == 0 {
+            publisher.clone()
+        } else {
+            // The answer comes after the replicas' (up to the timeout).
+            let config = manager_config
+                .set_response_timeout(Some(Duration::from_secs(1) + replicas_timeout));
+            ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(|e| anyhow::anyhow!("redis connection manager: {e}"))?
+        };
         Ok(Arc::new(RedisBus {
             client,
             publisher,
+            appender,
+            min_replicas,
+            replicas_timeout,
             channels: Channels {
                 logs: config.redis.redis_log_channel.clone(),
                 status: config.redis.redis_status_channel.clone(),
@@ -157,6 +180,11 @@ impl RedisBus {
             published: Mutex::default(),
             read: watch::Sender::new(Position::default()),
         }))
+    }
+
+    /// `redis_min_replicas`: replicas that confirm each append before it is answered.
+    pub fn min_replicas(&self) -> usize {
+        self.min_replicas
     }
 
     /// A handle on the shared multiplexed connection (cheap to clone).

@@ -57,14 +57,28 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return ids
 ";
 
+/// Append logs: [`APPEND_ONCE`] without its key. `KEYS`: the stream; `ARGV`: its `MAXLEN`,
+/// then one log entry per argument. The new entries' ids.
+const APPEND_ALL: &str = r"
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+end
+return ids
+";
+
 impl RedisBus {
     /// Append `logs` to the stream, all or none; with `key`, only if the key was not
-    /// published before. Returns once Redis has them.
+    /// published before. Returns once Redis has them (and, with `redis_min_replicas`, that
+    /// many replicas too).
     pub async fn publish_logs(
         &self,
         logs: &[Arc<LogRecord>],
         key: Option<&PublishKey>,
     ) -> Result<Published, PublishError> {
+        if self.min_replicas > 0 {
+            return self.publish_replicated(logs, key).await;
+        }
         let Some(key) = key else {
             let mut pipe = redis::pipe();
             pipe.atomic();
@@ -102,6 +116,75 @@ impl RedisBus {
                 self.note_published(&ids);
                 Published::Appended
             }
+            None => Published::AlreadyPublished,
+        })
+    }
+
+    /// Append as [`Self::publish_logs`] does, then `WAIT` for `redis_min_replicas` in the
+    /// same pipeline on the appends' own connection (a script is atomic, so the wait covers
+    /// exactly the appends before it). Fewer confirmations in time: 503. The logs are on the
+    /// primary then and may still be delivered; a retry with the same `Idempotency-Key` does
+    /// not append them twice.
+    async fn publish_replicated(
+        &self,
+        logs: &[Arc<LogRecord>],
+        key: Option<&PublishKey>,
+    ) -> Result<Published, PublishError> {
+        let mut eval = redis::cmd("EVAL");
+        match key {
+            Some(key) => {
+                eval.arg(APPEND_ONCE)
+                    .arg(2)
+                    .arg(&self.stream)
+                    .arg(key.redis_name(&self.stream))
+                    .arg(self.max_len)
+                    .arg(key.ttl.as_millis() as u64);
+            }
+            None => {
+                eval.arg(APPEND_ALL)
+                    .arg(1)
+                    .arg(&self.stream)
+                    .arg(self.max_len);
+            }
+        }
+        for log in logs {
+            eval.arg(log.json.get());
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval)
+            .cmd("WAIT")
+            .arg(self.min_replicas)
+            .arg(self.replicas_timeout.as_millis() as u64);
+        let mut conn = self.appender.clone();
+        let reply = pipe.query_async::<(Option<Vec<String>>, usize)>(&mut conn);
+        let (ids, confirmed) =
+            match tokio::time::timeout(PUBLISH_TIMEOUT + self.replicas_timeout, reply).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => {
+                    self.status.set_error(&e);
+                    return Err(PublishError::Unavailable(format!("redis: {e}")));
+                }
+                Err(_) => {
+                    return Err(PublishError::Unavailable(
+                        "redis did not answer in time".into(),
+                    ));
+                }
+            };
+        if let Some(ids) = &ids {
+            self.note_published(ids);
+        }
+        if confirmed < self.min_replicas {
+            self.status
+                .replicas_short
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(PublishError::Unavailable(format!(
+                "only {confirmed} of the {} replicas (redis_min_replicas) confirmed the logs within {} ms; they may still be delivered, and a retry with the same Idempotency-Key will not append them twice",
+                self.min_replicas,
+                self.replicas_timeout.as_millis()
+            )));
+        }
+        Ok(match ids {
+            Some(_) => Published::Appended,
             None => Published::AlreadyPublished,
         })
     }

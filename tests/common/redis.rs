@@ -8,6 +8,8 @@ pub struct RedisServer {
     pub port: u16,
     /// With persistence: the directory of its append-only file.
     dir: Option<std::path::PathBuf>,
+    /// A replica: its primary's port.
+    primary: Option<u16>,
 }
 
 pub fn free_port() -> u16 {
@@ -24,21 +26,26 @@ impl RedisServer {
     }
 
     pub fn start_on(port: u16) -> RedisServer {
-        RedisServer::launch(port, None)
+        RedisServer::launch(port, None, None)
+    }
+
+    /// A replica of `primary` (`--replicaof`), on a free port.
+    pub fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        RedisServer::launch(free_port(), None, Some(primary.port))
     }
 
     /// A Redis that keeps its data across restarts (append-only file, fsync always).
     pub fn start_persistent() -> RedisServer {
-        RedisServer::launch(free_port(), Some(super::scratch_dir("redis")))
+        RedisServer::launch(free_port(), Some(super::scratch_dir("redis")), None)
     }
 
     /// Kill it and start it again on the same port (and data, if persistent).
     pub fn restart(&mut self) {
         self.stop();
-        *self = RedisServer::launch(self.port, self.dir.clone());
+        *self = RedisServer::launch(self.port, self.dir.clone(), self.primary);
     }
 
-    fn launch(port: u16, dir: Option<std::path::PathBuf>) -> RedisServer {
+    fn launch(port: u16, dir: Option<std::path::PathBuf>, primary: Option<u16>) -> RedisServer {
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
@@ -54,8 +61,15 @@ impl RedisServer {
                     .arg(d);
             }
             None => {
-                cmd.args(["--appendonly", "no"]);
+                // A directory of its own even without persistence: a replica writes the
+                // primary's snapshot there (`dump.rdb`), and a server started later in the
+                // same directory would load it.
+                cmd.args(["--appendonly", "no", "--dir"])
+                    .arg(super::scratch_dir("redis-mem"));
             }
+        }
+        if let Some(p) = primary {
+            cmd.args(["--replicaof", "127.0.0.1", &p.to_string()]);
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -76,6 +90,7 @@ impl RedisServer {
             child: Some(child),
             port,
             dir,
+            primary,
         }
     }
 
