@@ -375,6 +375,8 @@ pub async fn start(
                 .stream_reader(router.inbound.clone(), stop_tasks.clone()),
         );
         tasks.spawn(redis.clone().heartbeat(stop_tasks.clone()));
+        // Sentinel: follow the primary (a no-op for the other deployments).
+        tasks.spawn(redis.connector().clone().watch(stop_tasks.clone()));
         tasks.spawn(crate::cluster::serve_admin(
             app.clone(),
             io.clone(),

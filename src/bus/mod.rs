@@ -13,6 +13,7 @@
 //!
 //! A publish may carry a key that is published at most once ([`crate::publish_key`]).
 
+pub mod connector;
 pub mod redis;
 pub mod stream;
 

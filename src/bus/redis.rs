@@ -8,10 +8,12 @@
 //!   other ingest; `device:status` is delivered as it comes, and an admin channel carries
 //!   cluster-wide operations.
 //!
-//! Publishing goes through one multiplexed connection (`ConnectionManager`, created lazily,
-//! so a Redis that is down at start does not stop the server). Reading is a dedicated pub/sub
-//! connection in a task that reconnects with exponential backoff and resubscribes; while it is
-//! down the instance reports itself degraded (`/api/ws/health`) and keeps serving its sockets.
+//! Publishing goes through one multiplexed connection (created lazily, so a Redis that is
+//! down at start does not stop the server), on one server, the primary Sentinel names, or a
+//! Redis Cluster ([`super::connector`]). Reading is a dedicated pub/sub connection in a task
+//! that reconnects with exponential backoff and resubscribes (and when the primary moves);
+//! while it is down the instance reports itself degraded (`/api/ws/health`) and keeps
+//! serving its sockets.
 //!
 //! Everything read from a channel is validated like HTTP ingest (with the validators of
 //! [`crate::log_entry`]). A malformed message is counted ([`RedisStatus::malformed`]), logged
@@ -24,12 +26,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::PublishError;
+use super::connector::{BusConn, Connector, Role, Target, hash_tagged};
 use crate::config::Config;
 use crate::log_entry::{Position, device_status};
 use crate::protocol::{ClusterOp, DeviceStatus};
@@ -43,6 +46,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// `url` with any password replaced, for messages.
 fn without_password(url: &str) -> String {
@@ -118,11 +127,10 @@ impl RedisStatus {
 }
 
 pub struct RedisBus {
-    pub(super) client: redis::Client,
-    publisher: ConnectionManager,
-    /// Appends go through a connection of their own when they wait for replicas: `WAIT`
-    /// holds its connection until the replicas answer, and must count only appends.
-    pub(super) appender: ConnectionManager,
+    /// The way to Redis. Appends go through a connection of their own when they wait for
+    /// replicas: `WAIT` holds its connection until the replicas answer, and must count only
+    /// appends.
+    pub(super) connector: Arc<Connector>,
     /// `redis_min_replicas` and `redis_min_replicas_timeout_ms`.
     pub(super) min_replicas: usize,
     pub(super) replicas_timeout: Duration,
@@ -141,31 +149,30 @@ pub struct RedisBus {
 
 impl RedisBus {
     pub fn new(url: &str, config: &Config, instance: String) -> anyhow::Result<Arc<RedisBus>> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("redis_url {:?}: {e}", without_password(url)))?;
+        let shown = without_password(url);
+        let target = Target::parse(url).map_err(|e| anyhow::anyhow!("redis_url {shown:?}: {e}"))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(1)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let publisher =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
-                .map_err(|e| anyhow::anyhow!("redis connection manager: {e}"))?;
         let min_replicas = config.redis.redis_min_replicas;
         let replicas_timeout = Duration::from_millis(config.redis.redis_min_replicas_timeout_ms);
-        let appender = if min_replicas == 0 {
-            publisher.clone()
+        let connector = Connector::new(
+            &target,
+            manager_config,
+            (min_replicas > 0).then_some(replicas_timeout),
+        )
+        .map_err(|e| anyhow::anyhow!("redis_url {shown:?}: {e}"))?;
+        // In a cluster every key starts with the stream's name: one hash tag keeps them,
+        // and the scripts that touch several, in one slot.
+        let stream = if connector.is_cluster() {
+            hash_tagged(&config.redis.redis_stream)
         } else {
-            // The answer comes after the replicas' (up to the timeout).
-            let config = manager_config
-                .set_response_timeout(Some(Duration::from_secs(1) + replicas_timeout));
-            ConnectionManager::new_lazy_with_config(client.clone(), config)
-                .map_err(|e| anyhow::anyhow!("redis connection manager: {e}"))?
+            config.redis.redis_stream.clone()
         };
         Ok(Arc::new(RedisBus {
-            client,
-            publisher,
-            appender,
+            connector: Arc::new(connector),
             min_replicas,
             replicas_timeout,
             channels: Channels {
@@ -173,7 +180,7 @@ impl RedisBus {
                 status: config.redis.redis_status_channel.clone(),
                 admin: config.redis.redis_admin_channel.clone(),
             },
-            stream: config.redis.redis_stream.clone(),
+            stream,
             max_len: config.history.history_max_logs,
             instance,
             status: RedisStatus::default(),
@@ -187,9 +194,14 @@ impl RedisBus {
         self.min_replicas
     }
 
-    /// A handle on the shared multiplexed connection (cheap to clone).
-    pub fn connection(&self) -> ConnectionManager {
-        self.publisher.clone()
+    /// A handle on the shared command connection (cheap to clone).
+    pub fn connection(&self) -> BusConn {
+        self.connector.commands(Role::Commands)
+    }
+
+    /// The way to Redis (the Sentinel watcher runs on it).
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.connector
     }
 
     /// The stream of logs, also the prefix of this cluster's other keys (sessions, epoch).
@@ -203,7 +215,7 @@ impl RedisBus {
 
     /// PUBLISH, bounded in time; any failure is `Unavailable`.
     pub async fn publish(&self, channel: &str, payload: String) -> Result<(), PublishError> {
-        let mut conn = self.publisher.clone();
+        let mut conn = self.connection();
         let publish = conn.publish::<_, _, i64>(channel, payload);
         match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
             Ok(Ok(_)) => Ok(()),
@@ -234,24 +246,31 @@ impl RedisBus {
 
     /// Instances that sent a heartbeat in the last few seconds.
     pub async fn instances(&self) -> Result<Vec<String>, PublishError> {
-        let mut conn = self.publisher.clone();
-        let pattern = self.instance_key("*");
-        let prefix = self.instance_key("");
-        let scan = async {
-            let mut iter: redis::AsyncIter<String> = conn.scan_match(&pattern).await?;
-            let mut found = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                found.push(key?.trim_start_matches(&prefix).to_owned());
-            }
-            Ok::<_, redis::RedisError>(found)
-        };
-        match tokio::time::timeout(PUBLISH_TIMEOUT, scan).await {
-            Ok(Ok(v)) => Ok(v),
+        let mut conn = self.connection();
+        let now = now_ms();
+        // One sorted set of instance → heartbeat expiry, which every deployment reads
+        // whole (a SCAN of a cluster sees one node's keys).
+        let mut pipe = redis::pipe();
+        pipe.zrembyscore(self.instances_key(), "-inf", now)
+            .ignore()
+            .zrangebyscore(self.instances_key(), now, "+inf");
+        match tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            pipe.query_async::<(Vec<String>,)>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok((v,))) => Ok(v),
             Ok(Err(e)) => Err(PublishError::Unavailable(format!("redis: {e}"))),
             Err(_) => Err(PublishError::Unavailable(
                 "redis did not answer in time".into(),
             )),
         }
+    }
+
+    /// The sorted set of live instances (member: id, score: when its heartbeat expires).
+    fn instances_key(&self) -> String {
+        format!("{}:instances", self.channels.admin)
     }
 
     /// Publish the admin request `make(reply_channel)` and collect the replies that parse as
@@ -264,7 +283,8 @@ impl RedisBus {
     ) -> Result<Vec<R>, PublishError> {
         let reply = format!("{}:reply:{}", self.channels.admin, uuid::Uuid::new_v4());
         let unavailable = |e: redis::RedisError| PublishError::Unavailable(format!("redis: {e}"));
-        let mut pubsub = tokio::time::timeout(PUBLISH_TIMEOUT, self.client.get_async_pubsub())
+        let client = self.connector.client().await.map_err(unavailable)?;
+        let mut pubsub = tokio::time::timeout(PUBLISH_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| PublishError::Unavailable("redis did not answer in time".into()))?
             .map_err(unavailable)?;
@@ -288,18 +308,34 @@ impl RedisBus {
     /// Announce this instance every [`HEARTBEAT`] so others can count replies, until
     /// `stop`; then withdraw the announcement.
     pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
+        // The key of its own is what instances from before the sorted set count.
         let key = self.instance_key(&self.instance);
         loop {
-            let mut conn = self.publisher.clone();
-            let set = conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS);
-            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, set).await;
+            // Two commands, not a pipeline: in a cluster the two keys are in two slots.
+            let mut conn = self.connection();
+            let beat = async {
+                conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS)
+                    .await?;
+                conn.zadd::<_, _, _, ()>(
+                    self.instances_key(),
+                    &self.instance,
+                    now_ms() + HEARTBEAT_TTL_MS,
+                )
+                .await
+            };
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, beat).await;
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = tokio::time::sleep(HEARTBEAT) => {}
             }
         }
-        let mut conn = self.publisher.clone();
+        let mut conn = self.connection();
         let _ = tokio::time::timeout(PUBLISH_TIMEOUT, conn.del::<_, ()>(&key)).await;
+        let _ = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            conn.zrem::<_, _, ()>(self.instances_key(), &self.instance),
+        )
+        .await;
     }
 
     /// Read the channels until `stop`, reconnecting with backoff, and hand what comes to
@@ -335,7 +371,8 @@ impl RedisBus {
         to: &ChannelReaders,
         first: &mut bool,
     ) -> redis::RedisResult<()> {
-        let connect = self.client.get_async_pubsub();
+        let client = self.connector.client().await?;
+        let connect = client.get_async_pubsub();
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
             .await
             .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
@@ -356,8 +393,19 @@ impl RedisBus {
             admin = %self.channels.admin,
             "subscribed to redis"
         );
+        let mut moved = self.connector.moved();
+        moved.mark_unchanged();
         let mut stream = pubsub.on_message();
-        while let Some(msg) = stream.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(msg) => msg,
+                    None => break,
+                },
+                // The primary moved (Sentinel): subscribe on the new one. (Elsewhere it
+                // never moves: the sender is gone and this waits for ever.)
+                Ok(()) = moved.changed() => break,
+            };
             let channel = msg.get_channel_name().to_owned();
             let payload = msg.get_payload_bytes();
             if channel == self.channels.logs {

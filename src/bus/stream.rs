@@ -18,6 +18,7 @@ use redis::AsyncCommands;
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
+use super::connector::BusConn;
 use super::redis::{BACKOFF_MAX, BACKOFF_MIN, PUBLISH_TIMEOUT, RedisBus};
 use super::{PublishError, PublishKey, Published};
 use crate::log_entry::{LogRecord, Position, Stamp};
@@ -25,6 +26,31 @@ use crate::router::Inbound;
 
 /// Entries per read.
 const READ_COUNT: usize = 1000;
+
+/// How often a reader on a replica checks that the replica is in sync with its primary.
+const IN_SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether the node behind `conn` may be read: a primary, or a replica whose link to its
+/// primary is up (`INFO replication`); an error otherwise, so the reader reconnects.
+async fn in_sync(conn: &mut BusConn) -> redis::RedisResult<()> {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await?;
+    let primary = info.lines().any(|l| l.trim() == "role:master");
+    let linked = info.lines().any(|l| l.trim() == "master_link_status:up")
+        && !info
+            .lines()
+            .any(|l| l.trim() == "master_sync_in_progress:1");
+    if primary || linked {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "the replica read is not in sync with its primary",
+        )))
+    }
+}
 
 /// A stream entry id (`1700000000000-3`) as a position.
 fn position(id: &str) -> Option<Position> {
@@ -155,7 +181,7 @@ impl RedisBus {
             .cmd("WAIT")
             .arg(self.min_replicas)
             .arg(self.replicas_timeout.as_millis() as u64);
-        let mut conn = self.appender.clone();
+        let mut conn = self.connector.commands(super::connector::Role::Appends);
         let reply = pipe.query_async::<(Option<Vec<String>>, usize)>(&mut conn);
         let (ids, confirmed) =
             match tokio::time::timeout(PUBLISH_TIMEOUT + self.replicas_timeout, reply).await {
@@ -250,10 +276,7 @@ impl RedisBus {
     }
 
     /// The stream's epoch, created if the stream has none (a new or wiped Redis).
-    async fn epoch(
-        &self,
-        conn: &mut redis::aio::MultiplexedConnection,
-    ) -> redis::RedisResult<String> {
+    async fn epoch(&self, conn: &mut BusConn) -> redis::RedisResult<String> {
         let key = format!("{}:epoch", self.stream);
         let _: bool = conn.set_nx(&key, crate::history::new_epoch()).await?;
         conn.get(&key).await
@@ -284,7 +307,7 @@ impl RedisBus {
     /// the last entry id loaded, from which live reading starts.
     async fn load_history(
         &self,
-        conn: &mut redis::aio::MultiplexedConnection,
+        conn: &mut BusConn,
         router: &Sender<Inbound>,
         epoch: &str,
     ) -> redis::RedisResult<String> {
@@ -347,14 +370,15 @@ impl RedisBus {
         epoch: &mut Option<String>,
         last: &mut Option<String>,
     ) -> redis::RedisResult<()> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let current = self.epoch(&mut conn).await?;
+        let mut conn = self.connector.dedicated(Duration::from_secs(10)).await?;
+        let on_replica = self.connector.reads_replicas();
+        if on_replica {
+            in_sync(&mut conn).await?;
+        }
+        let mut moved = self.connector.moved();
+        moved.mark_unchanged();
+        // From the primary (the reader may be on a replica, which takes no writes).
+        let current = self.epoch(&mut self.connection()).await?;
         if epoch.as_deref() != Some(current.as_str()) {
             let first_start = epoch.is_none();
             if !first_start {
@@ -375,7 +399,20 @@ impl RedisBus {
         self.status.reading.store(true, Ordering::Relaxed);
         tracing::info!(stream = %self.stream, epoch = %current, "reading the redis stream");
         let options = StreamReadOptions::default().block(1000).count(READ_COUNT);
+        let mut checked = std::time::Instant::now();
         loop {
+            // The primary moved (Sentinel): read from the new one (from the last entry read;
+            // the replica it was has everything the old one had confirmed).
+            if moved.has_changed().unwrap_or(false) {
+                tracing::info!("the redis primary moved; the stream reader reconnects");
+                return Ok(());
+            }
+            // A replica that lost its primary (or is loading a new one's data) still answers
+            // with what it has, which may be a demoted primary's unconfirmed appends.
+            if on_replica && checked.elapsed() >= IN_SYNC_EVERY {
+                in_sync(&mut conn).await?;
+                checked = std::time::Instant::now();
+            }
             let from = last.clone().unwrap_or_else(|| "0-0".into());
             let reply: Option<StreamReadReply> = conn
                 .xread_options(&[&self.stream], &[&from], &options)

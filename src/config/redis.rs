@@ -5,7 +5,8 @@ use super::group::{Check, at_most, between, config_group, non_empty};
 config_group! {
     /// Several instances through Redis.
     pub struct RedisConfig {
-        /// Redis URL; unset = embedded in-process bus.
+        /// Redis URL (`redis://`, `rediss://`, `unix://`, `redis+sentinel://s1:p1,s2:p2/name`,
+        /// `redis+cluster://h1:p1,h2:p2`); unset = embedded in-process bus.
         redis_url: Option<String> = None, redis_scheme;
         /// Channel carrying log entries (a JSON object or array), as the seed publishes them.
         redis_log_channel: String = "log:new".into(), non_empty;
@@ -28,13 +29,124 @@ config_group! {
 
 fn redis_scheme(url: &Option<String>) -> Check {
     match url {
-        Some(url)
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://")) =>
-        {
-            Err("must start with redis://, rediss:// or unix://".into())
+        Some(url) => Target::parse(url).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// A `redis_url`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One server: the URL as the `redis` crate reads it.
+    Single(String),
+    /// Sentinels (`redis://host:port` each), the monitored master's name, and the
+    /// password of the data nodes.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        password: Option<String>,
+    },
+    /// Cluster nodes to start from (`redis://[:password@]host:port` each).
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let (scheme, rest) = url.split_once("://").ok_or(
+            "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://",
+        )?;
+        match scheme {
+            "redis" | "rediss" | "unix" => Ok(Target::Single(url.to_owned())),
+            "redis+sentinel" | "redis+cluster" => {
+                let (auth, rest) = match rest.rsplit_once('@') {
+                    Some((auth, rest)) => (Some(auth), rest),
+                    None => (None, rest),
+                };
+                let password = auth
+                    .map(|a| a.split_once(':').map_or(a, |(_, p)| p))
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned);
+                let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+                if hosts.iter().any(|h| !valid_host_port(h)) || hosts.is_empty() {
+                    return Err(format!(
+                        "{scheme}:// needs a comma-separated list of host:port"
+                    ));
+                }
+                if scheme == "redis+sentinel" {
+                    let master = path.trim_matches('/');
+                    if master.is_empty() || master.contains('/') {
+                        return Err(
+                            "redis+sentinel:// needs the master's name after the hosts: redis+sentinel://s1:26379,s2:26379/mymaster".into(),
+                        );
+                    }
+                    Ok(Target::Sentinel {
+                        sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
+                        master: master.to_owned(),
+                        password,
+                    })
+                } else {
+                    if !path.is_empty() {
+                        return Err(
+                            "redis+cluster:// takes no path (a cluster has one database)".into()
+                        );
+                    }
+                    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+                    Ok(Target::Cluster(
+                        hosts.iter().map(|h| format!("redis://{auth}{h}")).collect(),
+                    ))
+                }
+            }
+            _ => Err("must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://".into()),
         }
-        _ => Ok(()),
+    }
+}
+
+fn valid_host_port(h: &str) -> bool {
+    h.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_of_the_three_deployments() {
+        assert_eq!(
+            Target::parse("redis://127.0.0.1:6379/0"),
+            Ok(Target::Single("redis://127.0.0.1:6379/0".into()))
+        );
+        assert_eq!(
+            Target::parse("redis+sentinel://:pw@s1:26379, s2:26380/mymaster"),
+            Ok(Target::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26380".into()],
+                master: "mymaster".into(),
+                password: Some("pw".into()),
+            })
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://h1:7000,h2:7001"),
+            Ok(Target::Cluster(vec![
+                "redis://h1:7000".into(),
+                "redis://h2:7001".into()
+            ]))
+        );
+        assert_eq!(
+            Target::parse("redis+cluster://:pw@h1:7000"),
+            Ok(Target::Cluster(vec!["redis://:pw@h1:7000".into()]))
+        );
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1/mymaster",
+            "redis+sentinel://s1:26379/a/b",
+            "redis+cluster://h1:7000/0",
+            "redis+cluster://h1:x",
+            "redis+cluster://",
+            "http://h:1",
+            "h:1",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
     }
 }

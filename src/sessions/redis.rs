@@ -161,8 +161,11 @@ impl RedisSessions {
 
     async fn script<T: redis::FromRedisValue>(&self, body: &str, args: &[String]) -> Option<T> {
         let mut eval = redis::cmd("EVAL");
+        // One key declared (every key the script touches shares its prefix, and so its
+        // hash tag in a cluster): the script runs where that slot lives.
         eval.arg(format!("{DROP}\n{body}"))
-            .arg(0)
+            .arg(1)
+            .arg(format!("{}sessions:all", self.prefix()))
             .arg(self.prefix());
         for a in args {
             eval.arg(a);

@@ -145,3 +145,238 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A Sentinel-watched pair: a primary, its replica and three sentinels (`redis-server
+/// --sentinel`, each with a config file of its own that it rewrites), master name
+/// `mymaster`, quorum 2.
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<Child>,
+    pub sentinel_ports: Vec<u16>,
+}
+
+impl SentinelSet {
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_replica_of(&primary);
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = super::scratch_dir("sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                    dir.display(),
+                    primary.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel");
+            wait_listening(port);
+            sentinels.push(child);
+            sentinel_ports.push(port);
+        }
+        let set = SentinelSet {
+            primary,
+            replica,
+            sentinels,
+            sentinel_ports,
+        };
+        // Ready when every sentinel knows the replica (it can fail over to it).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !set.sentinel_ports.iter().all(|p| {
+            sentinel_query(*p, &["SENTINEL", "REPLICAS", "mymaster"])
+                .contains(&set.replica.port.to_string())
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not find the replica"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        set
+    }
+
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/mymaster", hosts.join(","))
+    }
+
+    /// The port of the primary the sentinels name now.
+    pub fn primary_port(&self) -> u16 {
+        let answer = sentinel_query(
+            self.sentinel_ports[0],
+            &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"],
+        );
+        answer
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// `SENTINEL FAILOVER mymaster`, then wait until the sentinels name the replica.
+    pub fn failover(&self) {
+        let before = self.primary_port();
+        sentinel_query(
+            self.sentinel_ports[0],
+            &["SENTINEL", "FAILOVER", "mymaster"],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.primary_port() == before {
+            assert!(Instant::now() < deadline, "no failover");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for c in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `redis-cli -p port args…`, its output.
+fn sentinel_query(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A Redis Cluster of three primaries, each with a replica (`--cluster-enabled`, then
+/// `redis-cli --cluster create … --cluster-replicas 1`).
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            let port = free_port();
+            let dir = super::scratch_dir("redis-cluster");
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "no", "--cluster-enabled", "yes"])
+                .args(["--cluster-node-timeout", "2000", "--dir"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --cluster-enabled yes");
+            wait_listening(port);
+            nodes.push(child);
+            ports.push(port);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = RedisCluster { nodes, ports };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster
+            .ports
+            .iter()
+            .all(|p| sentinel_query(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.ports[0], self.ports[1]
+        )
+    }
+
+    /// Fail over the primary that holds `key`: `CLUSTER FAILOVER` on one of its replicas;
+    /// returns once that replica is a primary.
+    pub fn failover_of(&self, key: &str) {
+        let slot = sentinel_query(self.ports[0], &["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("a slot");
+        let nodes = sentinel_query(self.ports[0], &["CLUSTER", "NODES"]);
+        let owner = nodes
+            .lines()
+            .find(|l| {
+                l.contains("master")
+                    && l.split_whitespace().skip(8).any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        a.parse::<u16>().is_ok_and(|a| a <= slot)
+                            && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                    })
+            })
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the slot's primary")
+            .to_owned();
+        let replica_port: u16 = nodes
+            .lines()
+            .find(|l| l.contains("slave") && l.contains(&owner))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split(['@', ':']).nth(1))
+            .and_then(|p| p.parse().ok())
+            .expect("a replica of the slot's primary");
+        sentinel_query(replica_port, &["CLUSTER", "FAILOVER"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !sentinel_query(replica_port, &["ROLE"]).starts_with("master") {
+            assert!(Instant::now() < deadline, "the replica did not take over");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.nodes {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

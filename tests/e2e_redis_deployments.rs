@@ -1,0 +1,233 @@
+//! The Redis deployments people run, with real servers started here: a primary and replica
+//! watched by three sentinels (`redis+sentinel://`), and a Redis Cluster of three primaries
+//! with a replica each (`redis+cluster://`). A failover during ingest: with
+//! `redis_min_replicas = 1` every log answered 202 reaches every matching client once, in
+//! order, and a client that resumes recovers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::redis::{RedisCluster, SentinelSet};
+use common::{API_KEY, Server, TestClient, eventually, log};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+
+fn instance(url: &str, id: &str) -> Server {
+    Server::builder()
+        .env("LOGSTREAM_REDIS_URL", url)
+        .set("instance_id", id)
+        .set("rate_limit", 100_000)
+        .set("redis_min_replicas", 1)
+        .set("redis_min_replicas_timeout_ms", 500)
+        .start()
+}
+
+async fn ready(server: &Server) {
+    eventually(T, "the bus is connected", || async {
+        let h = server.get("/api/ws/health", &[]).await.1;
+        if h["data"]["bus"]["state"] == "connected" {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+}
+
+/// Post batch `i` (5 logs of device `dev`) under its own Idempotency-Key until a 2xx, for
+/// at most `T`.
+async fn post_until_accepted(server: &Server, dev: &str, i: usize) {
+    let body = Value::Array(
+        (0..5)
+            .map(|j| log(dev, "INFO", &format!("m{:05}", i * 5 + j)))
+            .collect(),
+    )
+    .to_string();
+    let key = format!("batch-{i}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (s, _) = server
+            .post(
+                "/api/logs",
+                &[("x-api-key", API_KEY), ("idempotency-key", &key)],
+                &body,
+            )
+            .await;
+        if (200..300).contains(&s) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "batch {i} never accepted ({s})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `batches` batches posted through `servers` in turn, one after another, while `during`
+/// runs (a failover) once `at` of them were accepted.
+async fn ingest_across(
+    servers: &[Arc<Server>],
+    dev: &str,
+    batches: usize,
+    at: usize,
+    during: impl FnOnce() + Send + 'static,
+) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let failing_over = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (accepted, failing_over) = (accepted.clone(), failing_over.clone());
+        tokio::task::spawn_blocking(move || {
+            while accepted.load(Ordering::Relaxed) < at {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            failing_over.store(true, Ordering::Relaxed);
+            during();
+        })
+    };
+    for i in 0..batches {
+        post_until_accepted(&servers[i % servers.len()], dev, i).await;
+        accepted.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    watcher.await.unwrap();
+    assert!(failing_over.load(Ordering::Relaxed));
+}
+
+fn expected(batches: usize) -> Vec<String> {
+    (0..batches * 5).map(|n| format!("m{n:05}")).collect()
+}
+
+/// `got` is `want`: else say what is missing, repeated or out of place.
+fn same(got: &[String], want: &[String], what: &str) {
+    if got == want {
+        return;
+    }
+    let mut seen = std::collections::HashMap::new();
+    for g in got {
+        *seen.entry(g.as_str()).or_insert(0) += 1;
+    }
+    let twice: Vec<&&str> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(m, _)| m)
+        .collect();
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|w| !seen.contains_key(w.as_str()))
+        .collect();
+    let first_off = got.iter().zip(want).position(|(g, w)| g != w);
+    panic!(
+        "{what}: {} got, {} wanted; twice {twice:?}; missing {missing:?}; first out of place at {first_off:?}",
+        got.len(),
+        want.len()
+    );
+}
+
+fn messages(logs: &[Value]) -> Vec<String> {
+    logs.iter()
+        .map(|l| l["message"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
+    let set = Arc::new(SentinelSet::start());
+    let a = Arc::new(instance(&set.url(), "a"));
+    let b = Arc::new(instance(&set.url(), "b"));
+    ready(&a).await;
+    ready(&b).await;
+    let mut on_a = a.client("watcher-a").await;
+    on_a.subscribe(json!({ "deviceIds": ["s"] })).await;
+    let mut on_b = b.client("watcher-b").await;
+    let ack = on_b
+        .subscribe(json!({ "deviceIds": ["s"], "resume": true }))
+        .await;
+    let session = ack["session"].as_str().unwrap().to_owned();
+    let first_primary = set.primary_port();
+
+    let batches = 120;
+    let failover = set.clone();
+    ingest_across(&[a.clone(), b.clone()], "s", batches, 40, move || {
+        failover.failover()
+    })
+    .await;
+    assert_ne!(
+        set.primary_port(),
+        first_primary,
+        "the sentinels moved the primary"
+    );
+
+    let want = expected(batches);
+    let mut got = messages(&on_a.logs(want.len(), T).await);
+    got.extend(messages(
+        &on_a.drain("log:new", Duration::from_millis(500)).await,
+    ));
+    same(&got, &want, "each once, in order");
+    // A client that resumes its session after the failover recovers (on the other
+    // instance), from the offset of the last log it got.
+    let got_b = on_b.logs(200, T).await;
+    let offset = on_b.offset_of(got_b.last().unwrap()).expect("offsets");
+    on_b.disconnect().await;
+    let auth = json!({ "token": Server::token("watcher-b"), "session": session, "offset": offset });
+    let mut resumed = TestClient::connect_auth(&a.url, Some(auth)).await.unwrap();
+    let event = resumed.next("log:subscribed").await;
+    assert_eq!(event["recovered"], true, "{event}");
+    let mut rest = messages(&resumed.logs(want.len() - 200, T).await);
+    rest.extend(messages(
+        &resumed.drain("log:new", Duration::from_millis(500)).await,
+    ));
+    same(&rest, &want[200..], "the rest, once, after resuming");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
+    let cluster = Arc::new(RedisCluster::start());
+    let a = Arc::new(instance(&cluster.url(), "a"));
+    let b = Arc::new(instance(&cluster.url(), "b"));
+    ready(&a).await;
+    ready(&b).await;
+    let mut on_a = a.client("watcher-a").await;
+    on_a.subscribe(json!({ "deviceIds": ["c"] })).await;
+    let mut on_b = b.client("watcher-b").await;
+    // Resumable: its session is saved by a script, in the stream's slot.
+    let ack = on_b
+        .subscribe(json!({ "deviceIds": ["c"], "resume": true }))
+        .await;
+    assert!(ack["session"].is_string(), "{ack}");
+
+    let batches = 120;
+    let failover = cluster.clone();
+    ingest_across(&[a.clone(), b.clone()], "c", batches, 40, move || {
+        // Every key of the bus carries the stream's hash tag: its primary holds them all.
+        failover.failover_of("{logstream:logs}")
+    })
+    .await;
+
+    let want = expected(batches);
+    for c in [&mut on_a, &mut on_b] {
+        let mut got = messages(&c.logs(want.len(), T).await);
+        got.extend(messages(
+            &c.drain("log:new", Duration::from_millis(500)).await,
+        ));
+        same(&got, &want, "each once, in order");
+    }
+    // Admin views span the cluster (heartbeats in one sorted set, not a SCAN of one node).
+    eventually(T, "both instances answer a cluster view", || async {
+        let (_, stats) = a
+            .get("/api/ws/stats", &[("x-api-key", common::ADMIN_KEY)])
+            .await;
+        if stats["data"]["instances"].as_array().map(Vec::len) == Some(2)
+            && stats["data"]["sessions"]["sessions"] == 1
+        {
+            Ok(())
+        } else {
+            Err(stats.to_string())
+        }
+    })
+    .await;
+}
