@@ -432,3 +432,85 @@ async fn with_min_replicas_a_202_waits_for_a_replica_and_without_one_is_a_503() 
     assert_eq!(messages(&c.logs(1, T).await), ["second"]);
     assert!(c.drain("log:new", QUIET).await.is_empty(), "nothing twice");
 }
+
+/// Two instances, a replica that stops answering (SIGSTOP): a request retried through the
+/// other instance under its Idempotency-Key is not answered 202 while no replica has its
+/// logs (the key found, nothing written, its WAIT used to count nothing and pass), and a
+/// burst of requests is answered by groups, each 503 saying why, none left to time out in a
+/// queue of waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_elsewhere_is_confirmed_by_a_replica_and_waits_are_grouped() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_replica_of(&primary);
+    let start = |id| {
+        instance_builder(&primary.url(), id)
+            .set("redis_min_replicas", 1)
+            .set("redis_min_replicas_timeout_ms", 300)
+            .start()
+    };
+    let (a, b) = (start("a"), start("b"));
+    ready(&a).await;
+    ready(&b).await;
+    let mut c = a.client("watcher").await;
+    c.subscribe(json!({ "deviceIds": ["k"] })).await;
+    let post = |server: &Server, key: &str, msg: &str| {
+        let body = log("k", "INFO", msg).to_string();
+        let key = key.to_owned();
+        let url = server.url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/api/logs"))
+                .header("content-type", "application/json")
+                .header("x-api-key", API_KEY)
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or_default())
+        }
+    };
+    // Both instances' append connections have written (and been confirmed) once.
+    for (server, key) in [(&a, "warm-a"), (&b, "warm-b")] {
+        eventually(T, "202 once the replica is in sync", || async {
+            match post(server, key, key).await {
+                (s, _) if (200..300).contains(&s) => Ok(()),
+                (s, b) => Err(format!("{s} {b}")),
+            }
+        })
+        .await;
+    }
+    assert_eq!(c.logs(2, T).await.len(), 2);
+
+    replica.freeze();
+    let (s, body) = post(&a, "k1", "once").await;
+    assert_eq!(s, 503, "{body}");
+    let (s, body) = post(&b, "k1", "once").await;
+    assert_eq!(
+        s, 503,
+        "no replica has it yet, through either instance: {body}"
+    );
+
+    // A burst: every request answered with the reason, none timed out behind the others.
+    let burst: Vec<_> = (0..16)
+        .map(|i| tokio::spawn(post(&a, &format!("burst-{i}"), "burst")))
+        .collect();
+    for r in burst {
+        let (s, body) = r.await.unwrap();
+        assert_eq!(s, 503, "{body}");
+        let why = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(why.contains("only 0 of the 1 replicas"), "{why}");
+    }
+
+    replica.thaw();
+    eventually(T, "202 for the retry once the replica has it", || async {
+        match post(&b, "k1", "once").await {
+            (s, _) if (200..300).contains(&s) => Ok(()),
+            (s, b) => Err(format!("{s} {b}")),
+        }
+    })
+    .await;
+    let got = c.logs(17, T).await;
+    assert_eq!(got.iter().filter(|l| l["message"] == "once").count(), 1);
+}

@@ -58,6 +58,11 @@ struct Primary {
 /// The primary as the sentinels last said, and how to ask them again.
 pub struct SentinelLink {
     sentinel: tokio::sync::Mutex<SentinelClient>,
+    /// The monitored master's name.
+    master: String,
+    /// A connection to a sentinel kept for the watch (asking through `sentinel` opens new
+    /// connections to the primary each time, to check its role).
+    watching: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// With `redis_min_replicas`, the stream is read from a replica (see
     /// [`Connector::dedicated`]).
     replicas: Option<tokio::sync::Mutex<SentinelClient>>,
@@ -98,6 +103,55 @@ impl SentinelLink {
         }
         self.moved.send_modify(|n| *n += 1);
         Ok(fresh)
+    }
+
+    /// Where the sentinels say the primary is (`host:port`), on the kept connection.
+    async fn primary_addr(&self) -> RedisResult<String> {
+        let mut kept = self.watching.lock().await;
+        let conn = match kept.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let client = self
+                    .sentinel
+                    .lock()
+                    .await
+                    .async_get_sentinel_client()
+                    .await?;
+                kept.insert(client.get_multiplexed_async_connection().await?)
+            }
+        };
+        let asked = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(&self.master)
+            .query_async::<Vec<String>>(conn)
+            .await;
+        match asked {
+            Ok(addr) if addr.len() == 2 => Ok(format!("{}:{}", addr[0], addr[1])),
+            Ok(_) => Err(redis::RedisError::from((
+                ErrorKind::Client,
+                "the sentinel does not know the master",
+            ))),
+            Err(e) => {
+                // Another sentinel next time.
+                *kept = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The watch's step: ask where the primary is, and follow it if it moved.
+    async fn follow(&self) -> RedisResult<()> {
+        let addr = self.primary_addr().await?;
+        let known = self
+            .primary
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|p| p.addr.clone());
+        if known.as_deref() != Some(addr.as_str()) {
+            self.resolve().await?;
+        }
+        Ok(())
     }
 
     async fn current(&self) -> RedisResult<Arc<Primary>> {
@@ -276,9 +330,13 @@ impl Connector {
             Target::Sentinel {
                 sentinels,
                 master,
+                username,
                 password,
             } => {
                 let mut node = redis::RedisConnectionInfo::default();
+                if let Some(u) = username {
+                    node = node.set_username(u.clone());
+                }
                 if let Some(p) = password {
                     node = node.set_password(p.clone());
                 }
@@ -298,6 +356,8 @@ impl Connector {
                 };
                 Kind::Sentinel(Arc::new(SentinelLink {
                     sentinel: tokio::sync::Mutex::new(sentinel),
+                    master: master.clone(),
+                    watching: tokio::sync::Mutex::default(),
                     replicas,
                     primary: Mutex::default(),
                     commands_config: config,
@@ -307,9 +367,14 @@ impl Connector {
             }
             Target::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    // An append is not idempotent: the crate retries only what it knows
-                    // was not run (MOVED, ASK, TRYAGAIN); keep the rest to a few.
                     .retries(3)
+                    .build()?;
+                // An append is not idempotent, and the crate also sends a command again
+                // after a dropped connection (when it may have run): appends are never
+                // retried here; a failed one is a 503, which a client retries under its
+                // Idempotency-Key.
+                let appends_client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .retries(0)
                     .build()?;
                 let cluster_config = |timeout: Duration| {
                     redis::cluster::ClusterConfig::new()
@@ -319,8 +384,8 @@ impl Connector {
                 let commands = client.get_pending_async_connection_with_config(cluster_config(
                     Duration::from_secs(1),
                 ));
-                let appends =
-                    client.get_pending_async_connection_with_config(cluster_config(long_reply));
+                let appends = appends_client
+                    .get_pending_async_connection_with_config(cluster_config(long_reply));
                 let seeds = nodes
                     .iter()
                     .map(|n| redis::Client::open(n.as_str()))
@@ -334,10 +399,7 @@ impl Connector {
                 }))
             }
         };
-        Ok(Connector {
-            kind,
-            moved,
-        })
+        Ok(Connector { kind, moved })
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -424,7 +486,6 @@ impl Connector {
         self.moved.clone()
     }
 
-
     /// Sentinel: ask where the primary is every [`WATCH_EVERY`] until `stop` (a failover
     /// is followed within that, not when the old primary is demoted ~10 s later).
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
@@ -432,7 +493,7 @@ impl Connector {
             return;
         };
         loop {
-            if let Err(e) = link.resolve().await {
+            if let Err(e) = link.follow().await {
                 tracing::debug!(error = %e, "the sentinels did not say where the primary is");
             }
             tokio::select! {

@@ -15,6 +15,7 @@
 
 pub mod connector;
 pub mod redis;
+pub mod replicated;
 pub mod stream;
 
 use std::sync::Arc;

@@ -47,19 +47,34 @@ const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// Record instance `ARGV[1]` alive for `ARGV[2]` ms in the sorted set `KEYS[1]`, by Redis's
+/// clock (so the instances' clocks need not agree).
+const HEARTBEAT_SCRIPT: &str = concat!(
+    "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+",
+    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1"
+);
 
-/// `url` with any password replaced, for messages.
+/// The live instances of the sorted set `KEYS[1]`, the expired ones dropped.
+const LIVE_INSTANCES: &str = concat!(
+    "local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+",
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')"
+);
+
+/// `url` with its credentials (everything before the last `@`, after the scheme) replaced,
+/// for messages; also when the scheme is mistyped.
 fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-        }
-        _ => url.to_owned(),
+    let Some(at) = url.rfind('@') else {
+        return url.to_owned();
+    };
+    match url.find("://").filter(|s| *s < at) {
+        Some(scheme) => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        None => format!("***@{}", &url[at + 1..]),
     }
 }
 
@@ -131,6 +146,8 @@ pub struct RedisBus {
     /// replicas: `WAIT` holds its connection until the replicas answer, and must count only
     /// appends.
     pub(super) connector: Arc<Connector>,
+    /// With `redis_min_replicas`: the appends' group commit (see `replicated`).
+    pub(super) replicated: Option<super::replicated::ReplicatedAppends>,
     /// `redis_min_replicas` and `redis_min_replicas_timeout_ms`.
     pub(super) min_replicas: usize,
     pub(super) replicas_timeout: Duration,
@@ -171,7 +188,16 @@ impl RedisBus {
         } else {
             config.redis.redis_stream.clone()
         };
+        let replicated = (min_replicas > 0).then(|| {
+            super::replicated::ReplicatedAppends::start(
+                connector.commands(Role::Appends),
+                min_replicas,
+                replicas_timeout,
+                PUBLISH_TIMEOUT + replicas_timeout,
+            )
+        });
         Ok(Arc::new(RedisBus {
+            replicated,
             connector: Arc::new(connector),
             min_replicas,
             replicas_timeout,
@@ -247,20 +273,14 @@ impl RedisBus {
     /// Instances that sent a heartbeat in the last few seconds.
     pub async fn instances(&self) -> Result<Vec<String>, PublishError> {
         let mut conn = self.connection();
-        let now = now_ms();
-        // One sorted set of instance → heartbeat expiry, which every deployment reads
-        // whole (a SCAN of a cluster sees one node's keys).
-        let mut pipe = redis::pipe();
-        pipe.zrembyscore(self.instances_key(), "-inf", now)
-            .ignore()
-            .zrangebyscore(self.instances_key(), now, "+inf");
-        match tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            pipe.query_async::<(Vec<String>,)>(&mut conn),
-        )
-        .await
+        // One sorted set of instance → heartbeat expiry (Redis's clock, not the instances'),
+        // which every deployment reads whole (a SCAN of a cluster sees one node's keys).
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(LIVE_INSTANCES).arg(1).arg(self.instances_key());
+        match tokio::time::timeout(PUBLISH_TIMEOUT, eval.query_async::<Vec<String>>(&mut conn))
+            .await
         {
-            Ok(Ok((v,))) => Ok(v),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(PublishError::Unavailable(format!("redis: {e}"))),
             Err(_) => Err(PublishError::Unavailable(
                 "redis did not answer in time".into(),
@@ -313,15 +333,16 @@ impl RedisBus {
         loop {
             // Two commands, not a pipeline: in a cluster the two keys are in two slots.
             let mut conn = self.connection();
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(HEARTBEAT_SCRIPT)
+                .arg(1)
+                .arg(self.instances_key())
+                .arg(&self.instance)
+                .arg(HEARTBEAT_TTL_MS);
             let beat = async {
                 conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS)
                     .await?;
-                conn.zadd::<_, _, _, ()>(
-                    self.instances_key(),
-                    &self.instance,
-                    now_ms() + HEARTBEAT_TTL_MS,
-                )
-                .await
+                eval.query_async::<()>(&mut conn).await
             };
             let _ = tokio::time::timeout(PUBLISH_TIMEOUT, beat).await;
             tokio::select! {
@@ -371,6 +392,9 @@ impl RedisBus {
         to: &ChannelReaders,
         first: &mut bool,
     ) -> redis::RedisResult<()> {
+        // Watched from before the lookup, so a move meanwhile is not missed.
+        let mut moved = self.connector.moved();
+        moved.mark_unchanged();
         let client = self.connector.client().await?;
         let connect = client.get_async_pubsub();
         let mut pubsub = tokio::time::timeout(Duration::from_secs(2), connect)
@@ -393,8 +417,6 @@ impl RedisBus {
             admin = %self.channels.admin,
             "subscribed to redis"
         );
-        let mut moved = self.connector.moved();
-        moved.mark_unchanged();
         let mut stream = pubsub.on_message();
         loop {
             let msg = tokio::select! {
@@ -491,6 +513,11 @@ mod tests {
         assert_eq!(
             super::without_password("redis://host:6379"),
             "redis://host:6379"
+        );
+        assert_eq!(super::without_password("redis:/:pw@h:1"), "***@h:1");
+        assert_eq!(
+            super::without_password("redis+sentinel://u:p@s1:1,s2:2/m"),
+            "redis+sentinel://***@s1:1,s2:2/m"
         );
     }
 }

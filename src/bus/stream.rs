@@ -73,6 +73,9 @@ fn position(id: &str) -> Option<Position> {
 /// also read, is in the stream already.
 const APPEND_ONCE: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then
+  -- A write, so that a WAIT after this covers the first append of the key (WAIT counts the
+  -- writes of its own connection, and that one may have come through another).
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return false
 end
 local ids = {}
@@ -146,11 +149,12 @@ impl RedisBus {
         })
     }
 
-    /// Append as [`Self::publish_logs`] does, then `WAIT` for `redis_min_replicas` in the
-    /// same pipeline on the appends' own connection (a script is atomic, so the wait covers
-    /// exactly the appends before it). Fewer confirmations in time: 503. The logs are on the
-    /// primary then and may still be delivered; a retry with the same `Idempotency-Key` does
-    /// not append them twice.
+    /// Append as [`Self::publish_logs`] does, then `WAIT` for `redis_min_replicas`: the
+    /// script goes into the next group of `replicated` (one pipeline of scripts and one
+    /// `WAIT` on the appends' own connection). Fewer confirmations in time: 503. The logs are
+    /// on the primary then and may still be delivered; a retry with the same
+    /// `Idempotency-Key` does not append them twice, and its `WAIT` covers the first append
+    /// too (the script renews the key: a write).
     async fn publish_replicated(
         &self,
         logs: &[Arc<LogRecord>],
@@ -176,26 +180,19 @@ impl RedisBus {
         for log in logs {
             eval.arg(log.json.get());
         }
-        let mut pipe = redis::pipe();
-        pipe.add_command(eval)
-            .cmd("WAIT")
-            .arg(self.min_replicas)
-            .arg(self.replicas_timeout.as_millis() as u64);
-        let mut conn = self.connector.commands(super::connector::Role::Appends);
-        let reply = pipe.query_async::<(Option<Vec<String>>, usize)>(&mut conn);
-        let (ids, confirmed) =
-            match tokio::time::timeout(PUBLISH_TIMEOUT + self.replicas_timeout, reply).await {
-                Ok(Ok(answer)) => answer,
-                Ok(Err(e)) => {
-                    self.status.set_error(&e);
-                    return Err(PublishError::Unavailable(format!("redis: {e}")));
-                }
-                Err(_) => {
-                    return Err(PublishError::Unavailable(
-                        "redis did not answer in time".into(),
-                    ));
-                }
-            };
+        let Some(appends) = &self.replicated else {
+            return Err(PublishError::Closed);
+        };
+        // The group before this one may be waiting too: two waits, and Redis's answer.
+        let within = PUBLISH_TIMEOUT + self.replicas_timeout * 2;
+        let (ids, confirmed) = match tokio::time::timeout(within, appends.append(eval)).await {
+            Ok(answer) => answer.inspect_err(|e| self.status.set_error(e))?,
+            Err(_) => {
+                return Err(PublishError::Unavailable(
+                    "redis did not answer in time".into(),
+                ));
+            }
+        };
         if let Some(ids) = &ids {
             self.note_published(ids);
         }
@@ -370,13 +367,14 @@ impl RedisBus {
         epoch: &mut Option<String>,
         last: &mut Option<String>,
     ) -> redis::RedisResult<()> {
+        // Watched from before the lookup, so a move meanwhile is not missed.
+        let mut moved = self.connector.moved();
+        moved.mark_unchanged();
         let mut conn = self.connector.dedicated(Duration::from_secs(10)).await?;
         let on_replica = self.connector.reads_replicas();
         if on_replica {
             in_sync(&mut conn).await?;
         }
-        let mut moved = self.connector.moved();
-        moved.mark_unchanged();
         // From the primary (the reader may be on a replica, which takes no writes).
         let current = self.epoch(&mut self.connection()).await?;
         if epoch.as_deref() != Some(current.as_str()) {

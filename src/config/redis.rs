@@ -40,10 +40,11 @@ pub enum Target {
     /// One server: the URL as the `redis` crate reads it.
     Single(String),
     /// Sentinels (`redis://host:port` each), the monitored master's name, and the
-    /// password of the data nodes.
+    /// credentials of the data nodes.
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        username: Option<String>,
         password: Option<String>,
     },
     /// Cluster nodes to start from (`redis://[:password@]host:port` each).
@@ -62,10 +63,14 @@ impl Target {
                     Some((auth, rest)) => (Some(auth), rest),
                     None => (None, rest),
                 };
-                let password = auth
-                    .map(|a| a.split_once(':').map_or(a, |(_, p)| p))
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_owned);
+                // `user:password`, percent-encoded as in any URL.
+                let (username, password) = match auth {
+                    Some(a) => {
+                        let (u, p) = a.split_once(':').unwrap_or(("", a));
+                        (decoded(u)?, decoded(p)?)
+                    }
+                    None => (None, None),
+                };
                 let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
                 let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
                 if hosts.iter().any(|h| !valid_host_port(h)) || hosts.is_empty() {
@@ -83,6 +88,7 @@ impl Target {
                     Ok(Target::Sentinel {
                         sentinels: hosts.iter().map(|h| format!("redis://{h}")).collect(),
                         master: master.to_owned(),
+                        username,
                         password,
                     })
                 } else {
@@ -91,7 +97,8 @@ impl Target {
                             "redis+cluster:// takes no path (a cluster has one database)".into()
                         );
                     }
-                    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+                    // As given (still encoded): each node's URL is read like any other.
+                    let auth = auth.map(|a| format!("{a}@")).unwrap_or_default();
                     Ok(Target::Cluster(
                         hosts.iter().map(|h| format!("redis://{auth}{h}")).collect(),
                     ))
@@ -100,6 +107,17 @@ impl Target {
             _ => Err("must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://".into()),
         }
     }
+}
+
+/// A percent-encoded part of a URL, decoded; `None` if empty.
+fn decoded(part: &str) -> Result<Option<String>, String> {
+    if part.is_empty() {
+        return Ok(None);
+    }
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(|s| Some(s.into_owned()))
+        .map_err(|_| "its user or password is not valid percent-encoded UTF-8".to_owned())
 }
 
 fn valid_host_port(h: &str) -> bool {
@@ -122,7 +140,17 @@ mod tests {
             Ok(Target::Sentinel {
                 sentinels: vec!["redis://s1:26379".into(), "redis://s2:26380".into()],
                 master: "mymaster".into(),
+                username: None,
                 password: Some("pw".into()),
+            })
+        );
+        assert_eq!(
+            Target::parse("redis+sentinel://app:p%40ss%2Fw@s1:26379/m"),
+            Ok(Target::Sentinel {
+                sentinels: vec!["redis://s1:26379".into()],
+                master: "m".into(),
+                username: Some("app".into()),
+                password: Some("p@ss/w".into()),
             })
         );
         assert_eq!(
@@ -133,8 +161,8 @@ mod tests {
             ]))
         );
         assert_eq!(
-            Target::parse("redis+cluster://:pw@h1:7000"),
-            Ok(Target::Cluster(vec!["redis://:pw@h1:7000".into()]))
+            Target::parse("redis+cluster://:p%2Fw@h1:7000"),
+            Ok(Target::Cluster(vec!["redis://:p%2Fw@h1:7000".into()]))
         );
         for bad in [
             "redis+sentinel://s1:26379",

@@ -98,6 +98,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Freeze it (SIGSTOP): its connections stay open, it answers nothing.
+    pub fn freeze(&self) {
+        let _ = Command::new("kill")
+            .args(["-STOP", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Let it run again (SIGCONT).
+    pub fn thaw(&self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Its process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// Kill the server (as a crash would).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -214,6 +233,13 @@ impl SentinelSet {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect();
         format!("redis+sentinel://{}/mymaster", hosts.join(","))
+    }
+
+    /// The process ids of the data nodes and the sentinels.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.primary.pid(), self.replica.pid()];
+        pids.extend(self.sentinels.iter().map(Child::id));
+        pids
     }
 
     /// The port of the primary the sentinels name now.
@@ -335,6 +361,11 @@ impl RedisCluster {
             "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
             self.ports[0], self.ports[1]
         )
+    }
+
+    /// The process ids of its nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().map(Child::id).collect()
     }
 
     /// Fail over the primary that holds `key`: `CLUSTER FAILOVER` on one of its replicas;

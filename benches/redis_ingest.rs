@@ -1,0 +1,272 @@
+//! Ingest through the Redis deployments of issue 24: what a replicated acknowledgement
+//! (`redis_min_replicas`), Sentinel and a Redis Cluster cost, on this machine.
+//!
+//! `cargo bench --bench redis_ingest -- [--seconds 10] [--posters 4]`
+//!
+//! For each deployment, real `redis-server`s started here and one release logstream server
+//! on it (`LOGSTREAM_REDIS_URL`): `--posters` loops POST batches of 50 fleet log lines
+//! (~300 bytes each) back to back for `--seconds`, each with its own `Idempotency-Key` (as
+//! `logstream ship` sends). Reported: logs/s answered 202, p50 / p99 of a POST, CPU per log
+//! of logstream and of all the Redis processes together. Everything shares two cores, so
+//! the ratios between rows say more than the absolute figures.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod support;
+use support::{Server, cpu_seconds, percentile, scratch_dir};
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis_servers;
+use redis_servers::{RedisCluster, RedisServer, SentinelSet};
+
+const KEYS: support::Keys = support::Keys {
+    secret: "bench-secret-0123456789abcdef",
+    api_key: "bench-api-key",
+    admin_key: "bench-admin-key",
+};
+
+struct Args {
+    seconds: u64,
+    posters: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 10,
+        posters: 4,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut n = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match flag.as_str() {
+            "--seconds" => a.seconds = n().max(1),
+            "--posters" => a.posters = n().max(1) as usize,
+            _ => {}
+        }
+    }
+    a
+}
+
+/// A deployment and the processes to charge its CPU to.
+enum Deployment {
+    Single(RedisServer),
+    Replicated(RedisServer, RedisServer),
+    Sentinel(SentinelSet),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    fn url(&self) -> String {
+        match self {
+            Deployment::Single(r) | Deployment::Replicated(r, _) => r.url(),
+            Deployment::Sentinel(s) => s.url(),
+            Deployment::Cluster(c) => c.url(),
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Deployment::Single(r) => vec![r.pid()],
+            Deployment::Replicated(p, r) => vec![p.pid(), r.pid()],
+            Deployment::Sentinel(s) => s.pids(),
+            Deployment::Cluster(c) => c.pids(),
+        }
+    }
+}
+
+/// Batch `k` of 50 fleet log lines.
+fn batch(k: u64) -> Value {
+    Value::Array(
+        (0..50u64)
+            .map(|i| {
+                let n = k * 50 + i;
+                json!({
+                    "deviceId": format!("dev-{:03}", n % 100),
+                    "level": "INFO",
+                    "message": format!("GET /api/v1/items/{n} 200 in {} ms from 10.0.0.{} user agent fleet-agent/2.4.1", n % 900, n % 250),
+                })
+            })
+            .collect(),
+    )
+}
+
+struct Figures {
+    logs_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    server_us: f64,
+    redis_us: f64,
+    refused: u64,
+}
+
+async fn run(name: &str, deployment: &Deployment, min_replicas: usize, a: &Args) -> Figures {
+    let bin = env!("CARGO_BIN_EXE_logstream");
+    let env = vec![("LOGSTREAM_REDIS_URL".to_owned(), deployment.url())];
+    let sets = vec![
+        format!("redis_min_replicas={min_replicas}"),
+        "stats_interval_ms=3600000".to_owned(),
+        "history_max_logs=200000".to_owned(),
+    ];
+    let server = Server::start(bin, &KEYS, &env, &sets);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    // Ready: the bus is connected and a first batch is accepted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ok = http
+            .post(format!("{}/api/logs", server.url))
+            .header("x-api-key", KEYS.api_key)
+            .header("idempotency-key", format!("{name}-warm"))
+            .json(&batch(u64::MAX / 100))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{name}: never ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cpu0 = cpu_seconds(server.pid());
+    let redis0: f64 = deployment.pids().iter().map(|p| cpu_seconds(*p)).sum();
+    let t0 = Instant::now();
+    let mut posters = Vec::new();
+    for p in 0..a.posters {
+        let (stop, accepted, refused, latencies, http, url) = (
+            stop.clone(),
+            accepted.clone(),
+            refused.clone(),
+            latencies.clone(),
+            http.clone(),
+            server.url.clone(),
+        );
+        let name = name.to_owned();
+        posters.push(tokio::spawn(async move {
+            let mut k = (p as u64) << 32;
+            while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
+                let ok = http
+                    .post(format!("{url}/api/logs"))
+                    .header("x-api-key", KEYS.api_key)
+                    .header("idempotency-key", format!("{name}-{k}"))
+                    .json(&batch(k))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                let us = sent.elapsed().as_micros() as u64;
+                if ok {
+                    accepted.fetch_add(50, Ordering::Relaxed);
+                    latencies.lock().unwrap().push(us);
+                    k += 1;
+                } else {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in posters {
+        let _ = p.await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let logs = accepted.load(Ordering::Relaxed).max(1) as f64;
+    let server_cpu = cpu_seconds(server.pid()) - cpu0;
+    let redis_cpu: f64 = deployment
+        .pids()
+        .iter()
+        .map(|p| cpu_seconds(*p))
+        .sum::<f64>()
+        - redis0;
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_unstable();
+    drop(server);
+    Figures {
+        logs_per_s: logs / elapsed,
+        p50_ms: percentile(&lat, 0.50) / 1000.0,
+        p99_ms: percentile(&lat, 0.99) / 1000.0,
+        server_us: server_cpu * 1e6 / logs,
+        redis_us: redis_cpu * 1e6 / logs,
+        refused: refused.load(Ordering::Relaxed),
+    }
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "redis ingest: {} posters of batches of 50 (each with an Idempotency-Key) for {} s",
+        a.posters, a.seconds
+    );
+    let mut rows = Vec::new();
+    type Make = fn() -> Deployment;
+    let plans: [(&str, Make, usize); 5] = [
+        ("one Redis", || Deployment::Single(RedisServer::start()), 0),
+        (
+            "primary + replica, redis_min_replicas = 1",
+            || {
+                let p = RedisServer::start();
+                let r = RedisServer::start_replica_of(&p);
+                Deployment::Replicated(p, r)
+            },
+            1,
+        ),
+        (
+            "Sentinel (primary, replica, 3 sentinels), redis_min_replicas = 1",
+            || Deployment::Sentinel(SentinelSet::start()),
+            1,
+        ),
+        (
+            "Cluster, 3 primaries + 3 replicas",
+            || Deployment::Cluster(RedisCluster::start()),
+            0,
+        ),
+        (
+            "Cluster, 3 primaries + 3 replicas, redis_min_replicas = 1",
+            || Deployment::Cluster(RedisCluster::start()),
+            1,
+        ),
+    ];
+    for (i, (name, make, min_replicas)) in plans.into_iter().enumerate() {
+        let deployment = make();
+        let f = rt.block_on(run(&format!("d{i}"), &deployment, min_replicas, &a));
+        println!(
+            "{name:<64} {:>8.0} logs/s  p50 {:>6.1} ms  p99 {:>6.1} ms  logstream {:>5.2} µs/log  redis {:>5.2} µs/log  refused {}",
+            f.logs_per_s, f.p50_ms, f.p99_ms, f.server_us, f.redis_us, f.refused
+        );
+        rows.push((name, f));
+        drop(deployment);
+    }
+    let base = rows[0].1.logs_per_s;
+    println!();
+    println!(
+        "| deployment | logs/s (batches of 50) | vs one Redis | POST p50 | p99 | logstream CPU per log | Redis CPU per log |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, f) in rows {
+        println!(
+            "| {name} | {:.0} | {:.2}× | {:.1} ms | {:.1} ms | {:.2} µs | {:.2} µs |",
+            f.logs_per_s,
+            f.logs_per_s / base,
+            f.p50_ms,
+            f.p99_ms,
+            f.server_us,
+            f.redis_us
+        );
+    }
+}
