@@ -194,8 +194,8 @@ async fn run(name: &str, deployment: &Deployment, min_replicas: usize, a: &Args)
     drop(server);
     Figures {
         logs_per_s: logs / elapsed,
-        p50_ms: percentile(&lat, 0.50) / 1000.0,
-        p99_ms: percentile(&lat, 0.99) / 1000.0,
+        p50_ms: percentile(&lat, 0.50),
+        p99_ms: percentile(&lat, 0.99),
         server_us: server_cpu * 1e6 / logs,
         redis_us: redis_cpu * 1e6 / logs,
         refused: refused.load(Ordering::Relaxed),

@@ -22,6 +22,12 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
     /// Logs delivered to this client (updated by the router).
     pub message_count: AtomicU64,
+    /// Logs meant for this client and dropped, every reason (updated by the router).
+    pub dropped: AtomicU64,
+    /// Bytes waiting in its socket's queue, as the router last accounted them.
+    pub queued_bytes: AtomicU64,
+    /// 0: not known yet, 1: long-polling, 2: WebSocket (as the router last saw it).
+    pub transport: std::sync::atomic::AtomicU8,
     /// Its place in the `system:stats` rounds (see `system_stats`).
     pub stats: crate::system_stats::StatsTicket,
     /// The client's current subscription as accepted, for display. Written by the router
@@ -36,7 +42,17 @@ impl ConnectionInfo {
         *self.subscription.lock().unwrap_or_else(|p| p.into_inner()) = subscription;
     }
 
+    /// What the router saw of its socket's queue and transport.
+    pub fn show_queue(&self, queued: u64, websocket: Option<bool>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued_bytes.store(queued, Relaxed);
+        if let Some(ws) = websocket {
+            self.transport.store(if ws { 2 } else { 1 }, Relaxed);
+        }
+    }
+
     pub fn view(&self, instance: &str) -> ConnectionView {
+        use std::sync::atomic::Ordering::Relaxed;
         let at: time::OffsetDateTime = self.connected_at.into();
         ConnectionView {
             id: self.id.clone(),
@@ -49,9 +65,14 @@ impl ConnectionInfo {
                 s.as_ref()
                     .and_then(|raw| serde_json::from_str(raw.get()).ok())
             }),
-            message_count: self
-                .message_count
-                .load(std::sync::atomic::Ordering::Relaxed),
+            message_count: self.message_count.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            queued_bytes: self.queued_bytes.load(Relaxed),
+            transport: match self.transport.load(Relaxed) {
+                1 => Some("polling".to_owned()),
+                2 => Some("websocket".to_owned()),
+                _ => None,
+            },
             instance: instance.to_owned(),
         }
     }

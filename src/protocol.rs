@@ -390,6 +390,16 @@ pub struct ConnectionView {
     pub connected_at: String,
     pub subscription: Option<Value>,
     pub message_count: u64,
+    /// Logs dropped for it (every reason). (Defaulted: instances of an older release do not
+    /// send the last three.)
+    #[serde(default)]
+    pub dropped: u64,
+    /// Bytes waiting in its socket's queue.
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// `websocket` or `polling`, once known.
+    #[serde(default)]
+    pub transport: Option<String>,
     pub instance: String,
 }
 

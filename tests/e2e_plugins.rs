@@ -667,3 +667,61 @@ async fn an_oversized_plugin_answer_is_a_failure_not_a_delivery() {
         "two failures, then a success: not disabled"
     );
 }
+
+/// An operator disables a plugin through the API: its subscribers are told
+/// (`filter_disabled`) and lose their subscription; enabled again, it serves; the built-in
+/// filter cannot be disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_disables_and_enables_a_plugin() {
+    let dir = plugins_dir(&["regex"], &[]);
+    let server = server_with(&dir).start();
+    let mut c = server.client("u").await;
+    c.subscribe(json!({ "filter": "regex", "params": { "pattern": "^a" } }))
+        .await;
+    let admin = [("x-api-key", ADMIN_KEY)];
+    let (s, body) = server.post("/api/plugins/regex/disable", &admin, "").await;
+    assert_eq!(
+        (s, &body["data"]["wasServing"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+    let e = c.next("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["filter"].as_str()),
+        (Some("filter_disabled"), Some("regex")),
+        "{e}"
+    );
+    assert!(
+        e["message"].as_str().unwrap().contains("by an operator"),
+        "{e}"
+    );
+    let list = plugins(&server).await;
+    assert_eq!(
+        find(&list, "regex").unwrap()["status"],
+        "disabled",
+        "{list}"
+    );
+    server
+        .ingest(json!([log("d", "INFO", "a-while-disabled")]))
+        .await;
+    assert!(
+        c.drain("log:new", QUIET).await.is_empty(),
+        "its subscription ended"
+    );
+
+    let (s, _) = server.post("/api/plugins/regex/enable", &admin, "").await;
+    assert_eq!(s, 200);
+    c.subscribe(json!({ "filter": "regex", "params": { "pattern": "^a" } }))
+        .await;
+    server.ingest(json!([log("d", "INFO", "a-again")])).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["a-again"]);
+
+    let (s, body) = server
+        .post("/api/plugins/default/disable", &admin, "")
+        .await;
+    assert_eq!(s, 403, "{body}");
+    let (s, _) = server.post("/api/plugins/nope/disable", &admin, "").await;
+    assert_eq!(s, 404);
+    let (s, _) = server.post("/api/plugins/regex/disable", &[], "").await;
+    assert_eq!(s, 401);
+}

@@ -493,6 +493,11 @@ async function api(path, init) {
   return body.data;
 }
 
+function bytes(n) {
+  if (typeof n !== 'number') return '?';
+  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
+}
+
 function tableRows(id, rows) { $(id).querySelector('tbody').replaceChildren(...rows); }
 function tr(cells, action) {
   const row = document.createElement('tr');
@@ -510,16 +515,17 @@ async function refreshOperator() {
     const [conns, plugins, stats, health] = await Promise.all([api('/api/ws/connections'), api('/api/plugins'), api('/api/ws/stats'), api('/api/ws/health')]);
     const list = conns.connections || conns;
     tableRows('op-connections', list.map((c) => tr([
-      c.userId, ((c.subscription || {}).deviceIds || ['all']).join(', '), c.ip, c.instance, c.messageCount,
+      c.userId, ((c.subscription || {}).deviceIds || ['all']).join(', '), c.transport || '?', c.ip, c.instance, c.messageCount,
+      bytes(c.queuedBytes), c.dropped ?? 0,
       String(c.connectedAt || '').replace('T', ' ').replace(/\..*$/, ''),
     ], button('disconnect', async () => { await api(`/api/ws/connections/${encodeURIComponent(c.id)}`, { method: 'DELETE' }).catch(opError); refreshOperator(); }))));
     tableRows('op-plugins', (plugins.plugins || []).map((p) => tr([
       p.name, p.kind, p.status, p.subscriptions, p.calls, p.failures,
-    ], p.status === 'disabled' ? button('enable', async () => {
-      // A plugin the server disabled after failures serves again (a fresh instance).
-      await api(`/api/plugins/${encodeURIComponent(p.name)}/enable`, { method: 'POST' }).catch(opError);
+    ], p.name === 'default' ? null : button(p.status === 'disabled' ? 'enable' : 'disable', async () => {
+      // Disabling ends its subscriptions (they are told); enabling serves again, fresh.
+      await api(`/api/plugins/${encodeURIComponent(p.name)}/${p.status === 'disabled' ? 'enable' : 'disable'}`, { method: 'POST' }).catch(opError);
       refreshOperator();
-    }) : null)));
+    }))));
     renderFigures({ ...stats, bus: (health || {}).bus });
     $('op-updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
     $('op-error').hidden = true;

@@ -251,6 +251,44 @@ pub async fn disconnect(
     ))
 }
 
+/// `POST /api/plugins/:name/disable`: stop a plugin (an operator's decision) until it is
+/// enabled again: its subscribers get `filter_disabled` and lose their subscription. The
+/// built-in filter `default` is refused (every subscription without a filter uses it).
+pub async fn disable_plugin(
+    admin: Admin,
+    State(app): State<HttpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    if name == crate::subscription::DEFAULT_FILTER {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            Code::Forbidden,
+            "the built-in filter `default` cannot be disabled",
+        ));
+    }
+    let busy = |what: &str| AppError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Busy, what);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.control(Control::Plugin(PluginCommand::Disable {
+        name: name.clone(),
+        reply: tx,
+    }))
+    .map_err(|_| busy("router busy"))?;
+    match rx.await.map_err(|_| busy("router stopped"))? {
+        None => Err(AppError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            format!("no plugin {name:?}"),
+        )),
+        Some(was_serving) => {
+            tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_serving, "plugin disabled");
+            Ok(Json(
+                json!({ "success": true, "data": { "name": name, "wasServing": was_serving } }),
+            ))
+        }
+    }
+}
+
 /// `POST /api/plugins/:name/enable`: a disabled plugin serves again (fresh instance, failure
 /// count from zero).
 pub async fn enable_plugin(

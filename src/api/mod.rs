@@ -71,4 +71,5 @@ pub fn routes() -> Router<HttpState> {
         .route("/api/ws/broadcast", post(admin::broadcast))
         .route("/api/plugins", get(admin::plugins))
         .route("/api/plugins/{name}/enable", post(admin::enable_plugin))
+        .route("/api/plugins/{name}/disable", post(admin::disable_plugin))
 }

@@ -191,7 +191,7 @@ impl Client {
         let removed = self.kept.retain_scope(&scope) + self.outbox.retain_scope(&scope);
         self.count_drops(DropReason::ScopeChanged, removed as u64);
         self.scope = scope;
-        self.meter.account(&*self.outlet);
+        self.account_queue();
         self.report_drops(&[DropReason::ScopeChanged]);
     }
 
@@ -204,11 +204,19 @@ impl Client {
         self.paused
     }
 
+    /// Bring the queued bytes up to date (the instance's total, and the admin view's).
+    fn account_queue(&mut self) {
+        self.meter.account(&*self.outlet);
+        self.info
+            .show_queue(self.meter.accounted(), self.outlet.is_websocket());
+    }
+
     /// Count `count` logs of this client dropped for `reason` (reported later).
     fn count_drops(&mut self, reason: DropReason, count: u64) {
         if count == 0 {
             return;
         }
+        self.info.dropped.fetch_add(count, Ordering::Relaxed);
         self.drops.add(reason, count);
         self.metrics.dropped(reason, count);
     }
@@ -294,7 +302,7 @@ impl Client {
     /// Forget what is kept: a new subscription replays history that covers it.
     pub fn discard_kept(&mut self) {
         self.kept.clear();
-        self.meter.account(&*self.outlet);
+        self.account_queue();
     }
 
     /// Send replayed logs until the socket's queue is full or the replay budget is spent;
@@ -332,13 +340,15 @@ impl Client {
     fn keep(&mut self, logs: Vec<Arc<LogRecord>>) {
         let overflow = self.kept.keep(logs);
         self.count_drops(DropReason::PauseOverflow, overflow);
-        self.meter.account(&*self.outlet);
+        self.account_queue();
     }
 
     /// Bring this client's share of the instance's queued bytes up to date from the
     /// transport's count (see [`QueueMeter::account_exactly`]).
     pub fn account_exactly(&mut self) {
         self.meter.account_exactly(&*self.outlet);
+        self.info
+            .show_queue(self.meter.accounted(), self.outlet.is_websocket());
     }
 
     /// Whether this client has been refused packets and not caught up since.
@@ -446,7 +456,7 @@ impl Client {
             // The socket took it (a packet only handed on may still be refused).
             self.meter.taken();
         }
-        self.meter.account(&*self.outlet);
+        self.account_queue();
         self.info
             .message_count
             .fetch_add(delivered as u64, Ordering::Relaxed);
@@ -539,7 +549,7 @@ impl Client {
         if let Some((reason, count)) = refused.report {
             self.drops.add(reason, count);
         }
-        self.meter.account(&*self.outlet);
+        self.account_queue();
     }
 
     /// Emit `error`.
@@ -655,6 +665,9 @@ mod tests {
             ip: "127.0.0.1".into(),
             connected_at: std::time::SystemTime::now(),
             message_count: Default::default(),
+            dropped: Default::default(),
+            queued_bytes: Default::default(),
+            transport: Default::default(),
             stats: Default::default(),
             subscription: Default::default(),
         });
@@ -724,6 +737,11 @@ mod tests {
         );
         c.report_periodic_drops();
         assert_eq!(dropped(&rec).len(), 1, "a count is reported once");
+        assert_eq!(
+            c.info.dropped.load(Ordering::Relaxed),
+            3,
+            "the admin view counts them"
+        );
     }
 
     #[test]

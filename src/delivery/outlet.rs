@@ -30,6 +30,10 @@ pub trait Outlet: Send + Sync {
     }
     /// End the connection now, even when its queue is too full for a disconnect packet.
     fn cut(&self) {}
+    /// Whether it is a WebSocket (else long-polling), when the transport says.
+    fn is_websocket(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// A socket, the meter of bytes its connection has written (see `edge`), and the emitter
@@ -61,6 +65,10 @@ impl Outlet for SocketOutlet {
 
     fn written(&self) -> Option<u64> {
         Some(self.meter.written())
+    }
+
+    fn is_websocket(&self) -> Option<bool> {
+        Some(self.socket.transport_type() == socketioxide::TransportType::Websocket)
     }
 
     fn cut(&self) {

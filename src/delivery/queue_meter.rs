@@ -157,6 +157,11 @@ impl QueueMeter {
         self.set_accounted(now);
     }
 
+    /// This client's bytes in its socket's queue, as last accounted.
+    pub fn accounted(&self) -> u64 {
+        self.accounted
+    }
+
     /// [`QueueMeter::account`] from the transport's count, not an estimate.
     pub fn account_exactly(&mut self, transport: &dyn Outlet) {
         let now = self.queued_bytes(transport);

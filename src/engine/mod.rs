@@ -80,6 +80,12 @@ pub trait FilterEngine: Send {
     fn enable(&mut self) -> bool {
         false
     }
+    /// Stop serving until enabled (an operator's decision); returns whether it served.
+    /// `None`: this engine cannot be disabled.
+    fn disable(&mut self, reason: &str) -> Option<bool> {
+        let _ = reason;
+        None
+    }
 }
 
 /// What [`FilterEngine::triage`] found out about a failed batch.
@@ -117,6 +123,12 @@ pub trait TransformEngine: Send {
     /// Serve again after being disabled; returns whether it was disabled.
     fn enable(&mut self) -> bool {
         false
+    }
+    /// Stop serving until enabled (an operator's decision); returns whether it served.
+    /// `None`: this engine cannot be disabled.
+    fn disable(&mut self, reason: &str) -> Option<bool> {
+        let _ = reason;
+        None
     }
 }
 

@@ -216,6 +216,10 @@ impl FilterEngine for WasmFilter {
     fn enable(&mut self) -> bool {
         self.guard.enable()
     }
+
+    fn disable(&mut self, reason: &str) -> Option<bool> {
+        Some(self.guard.disable(reason))
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,19 @@ impl<P> Guarded<P> {
         was
     }
 
+    /// Stop serving (an operator's decision) until enabled again: no restart on its own.
+    /// Returns whether it was serving.
+    pub fn disable(&mut self, reason: &str) -> bool {
+        let was = self.disabled.is_none();
+        self.live = None;
+        if let Some(recovery) = &mut self.recovery {
+            recovery.at = None;
+        }
+        self.stats.set_disabled(reason);
+        self.disabled = Some(reason.to_owned());
+        was
+    }
+
     pub fn is_live(&self) -> bool {
         self.live.is_some()
     }

@@ -82,6 +82,10 @@ impl TransformEngine for WasmTransform {
         self.guard.enable()
     }
 
+    fn disable(&mut self, reason: &str) -> Option<bool> {
+        Some(self.guard.disable(reason))
+    }
+
     /// Check params for one step of a chain.
     fn validate(&mut self, params: &str) -> Result<(), AddError> {
         self.ensure_live()

@@ -36,6 +36,13 @@ pub enum PluginCommand {
         name: String,
         reply: oneshot::Sender<Option<bool>>,
     },
+    /// Stop a plugin (an operator's decision): its subscribers get an `error`
+    /// (`filter_disabled`) and lose their subscription. Answers `None` for an unknown plugin
+    /// or one that cannot be disabled (the built-in filter), else whether it was serving.
+    Disable {
+        name: String,
+        reply: oneshot::Sender<Option<bool>>,
+    },
 }
 
 impl Router {
@@ -55,6 +62,28 @@ impl Router {
             }
             PluginCommand::Enable { name, reply } => {
                 let _ = reply.send(self.registry.enable(&name));
+            }
+            PluginCommand::Disable { name, reply } => {
+                let answer = self.registry.disable(&name, "disabled by an operator");
+                if answer.is_some() {
+                    let (sids, error) = if self.registry.filter_disabled(&name).is_some() {
+                        let error = ClientError::new(
+                            Code::FilterDisabled,
+                            format!("filter `{name}` was disabled by an operator; subscribe again with another filter"),
+                        )
+                        .for_filter(&name);
+                        (self.registry.end_filter(&name), error)
+                    } else {
+                        let error = ClientError::new(
+                            Code::FilterDisabled,
+                            format!("transform `{name}` was disabled by an operator; subscribe again without it"),
+                        )
+                        .for_transform(&name);
+                        (self.registry.end_transform_users(&name), error)
+                    };
+                    self.end_subscriptions(&sids, &error);
+                }
+                let _ = reply.send(answer);
             }
             PluginCommand::Remove { name, reply } => {
                 let sids = self.registry.remove_plugin(&name);

@@ -509,6 +509,17 @@ impl Registry {
         self.transforms.get_mut(name).map(|t| t.enable())
     }
 
+    /// Disable plugin `name` (an operator's decision): `None` if there is no such plugin or
+    /// it cannot be disabled, else whether it was serving.
+    pub fn disable(&mut self, name: &str, reason: &str) -> Option<bool> {
+        if let Some(f) = self.filters.get_mut(name) {
+            return f.disable(reason);
+        }
+        self.transforms
+            .get_mut(name)
+            .and_then(|t| t.disable(reason))
+    }
+
     pub fn filter_disabled(&self, name: &str) -> Option<String> {
         self.filters
             .get(name)

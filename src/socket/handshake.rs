@@ -138,6 +138,9 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
         ip,
         connected_at: SystemTime::now(),
         message_count: Default::default(),
+        dropped: Default::default(),
+        queued_bytes: Default::default(),
+        transport: Default::default(),
         stats: StatsTicket::new(stats_slice(socket.id.as_str())),
         subscription: Default::default(),
     });
@@ -145,6 +148,11 @@ fn attach(socket: &SocketRef, app: &AppState, session: &Arc<Session>) -> Result<
     // this socket's bytes from here on (a long-polling one is metered per response, and an
     // upgrade later, by `edge::track`).
     let meter = app.edge.meter(socket.id);
+    // The transport as it connected (the router keeps it up to date after an upgrade).
+    info.show_queue(
+        0,
+        Some(socket.transport_type() == socketioxide::TransportType::Websocket),
+    );
     if let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>() {
         peer.conn.authenticate();
         app.edge

@@ -465,6 +465,19 @@ test('the operator view: connections, plugins, instances, refreshed live, for an
   assert.ok(plugins.includes('default') && plugins.includes('regex'), plugins.join(','));
   await admin.waitForFunction(() => /total\s*2/.test(document.querySelector("#op-stats").textContent) && /bus history\s*disk/.test(document.querySelector('#op-stats').textContent), null, { timeout: 10000 });
   await shoot(admin, 'operator');
+  // Disable a plugin from the view, and enable it again; the built-in filter cannot be.
+  const regexRow = () => admin.locator('#op-plugins tbody tr', { hasText: 'regex' });
+  await regexRow().locator('button', { hasText: 'disable' }).click();
+  await admin.waitForFunction(() => [...document.querySelectorAll('#op-plugins tbody tr')].some((r) => /^regex/.test(r.textContent) && /disabled/.test(r.textContent)), null, { timeout: 10000 });
+  await regexRow().locator('button', { hasText: 'enable' }).click();
+  await admin.waitForFunction(() => [...document.querySelectorAll('#op-plugins tbody tr')].some((r) => /^regex/.test(r.textContent) && /active/.test(r.textContent)), null, { timeout: 10000 });
+  const refused = await fetch(`${server.url}/api/plugins/default/disable`, { method: 'POST', headers: { 'x-api-key': ADMIN_KEY } });
+  assert.strictEqual(refused.status, 403);
+  // Each connection shows its transport, queued bytes and drops.
+  const cells = await admin.$$eval('#op-connections thead th', (els) => els.map((e) => e.textContent));
+  assert.deepStrictEqual(cells.slice(0, 8), ['user', 'devices', 'transport', 'address', 'instance', 'delivered', 'queued', 'dropped']);
+  await admin.waitForFunction(() => [...document.querySelectorAll('#op-connections tbody tr')].some((r) => /websocket/.test(r.textContent)), null, { timeout: 10000 });
+
   // Refreshed live: a third connection shows without a click.
   const third = await browser.newPage();
   await signIn(third, server.url, token('late-comer'));
