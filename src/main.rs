@@ -149,6 +149,10 @@ struct TailArgs {
     /// Show each log's timestamp.
     #[arg(long)]
     timestamps: bool,
+    /// If the named filter is removed or disabled on the server, follow every log the token
+    /// may see instead of exiting (exit status 1, with the server's message).
+    #[arg(long, requires = "filter")]
+    fallback_all: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -385,6 +389,7 @@ fn tail(args: TailArgs) -> anyhow::Result<()> {
         color,
         timestamps: args.timestamps,
         ca_file: args.ca_file,
+        fallback_all: args.fallback_all,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match runtime.block_on(logstream::cli::tail::run(opts, interrupted())) {

@@ -325,6 +325,25 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
         .ingest(json!([log("d", "INFO", "y"), log("d", "INFO", "x1")]))
         .await;
     assert_eq!(tail.lines(1), ["x1"]);
+    // The same, asked to fall back: it goes on with every log.
+    let fallback = Tool::start(
+        &[
+            "tail",
+            "--server",
+            &server.url,
+            "--token",
+            &token,
+            "--filter",
+            "gone",
+            "--params",
+            r#"{"pattern": "^x"}"#,
+            "--output",
+            "raw",
+            "--fallback-all",
+        ],
+        false,
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
     std::fs::remove_file(dir.join("gone.wasm")).unwrap();
     let status = wait(&mut tail.child, T);
     assert_eq!(status.code(), Some(1), "{}", tail.stderr());
@@ -333,6 +352,29 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
         "{}",
         tail.stderr()
     );
+    // Logs of any device reach it now (a few tries: it subscribes again first).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        server.ingest(json!([log("d", "INFO", "y-after")])).await;
+        if fallback
+            .stdout
+            .recv_timeout(Duration::from_millis(500))
+            .is_ok_and(|l| l == "y-after")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            fallback.stderr()
+        );
+    }
+    assert!(
+        fallback.stderr().contains("--fallback-all"),
+        "{}",
+        fallback.stderr()
+    );
+    assert!(fallback.interrupt().success());
 }
 
 /// On a terminal `tail` says where it connected, what it follows and the rate granted.

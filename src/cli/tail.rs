@@ -54,6 +54,9 @@ pub struct TailOptions {
     pub timestamps: bool,
     /// CAs to trust for an `https://` server instead of the public ones.
     pub ca_file: Option<std::path::PathBuf>,
+    /// When the named filter is removed or disabled, follow every log the token may see
+    /// instead of exiting.
+    pub fallback_all: bool,
 }
 
 /// How `tail` ended badly.
@@ -188,7 +191,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Follow until `stop` resolves (Ctrl-C), reconnecting as needed.
 pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<(), TailError> {
-    let base = opts.subscription()?;
+    let mut base = opts.subscription()?;
     let auth = json!({ "token": opts.token });
     let tls = super::tls::client_config(opts.ca_file.as_deref()).map_err(TailError::Fatal)?;
     let mut printer = Printer::new(&opts);
@@ -345,9 +348,30 @@ pub async fn run(opts: TailOptions, stop: impl Future<Output = ()>) -> Result<()
                                 printable(message)
                             )));
                         }
-                        if code == "filter_removed" {
+                        if matches!(code, "filter_removed" | "filter_disabled") && opts.fallback_all
+                        {
+                            eprintln!(
+                                "logstream tail: {}; following every log the token may see (--fallback-all)",
+                                printable(message)
+                            );
+                            base = Map::new();
+                            base.insert("resume".into(), json!(true));
+                            base.insert("rateLimit".into(), json!(ASK_RATE));
+                            let all = if opts.output == Output::Json {
+                                base.clone()
+                            } else {
+                                with_gzip(base.clone())
+                            };
+                            if let Err(e) = client.emit("log:subscribe", &Value::Object(all)).await
+                            {
+                                eprintln!("logstream tail: {e}; reconnecting");
+                                break;
+                            }
+                            continue;
+                        }
+                        if matches!(code, "filter_removed" | "filter_disabled") {
                             // The subscription is over; following something else instead
-                            // would print logs the user did not ask for.
+                            // would print logs the user did not ask for (unless asked).
                             client.close().await;
                             return Err(TailError::Fatal(format!(
                                 "[{}] {}",
@@ -528,6 +552,7 @@ mod tests {
             tail: None,
             since: None,
             output: Output::Text,
+            fallback_all: false,
             color: false,
             timestamps: false,
             ca_file: None,
