@@ -190,7 +190,7 @@ async fn tail_prints_text_and_reports_drops_and_fails_on_a_bad_token() {
     let mut bad = Tool::start(&["tail", "--server", &server.url, "--token", "nope"], false);
     let status = wait(&mut bad.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(2), "auth failure: {}", bad.stderr());
-    assert!(bad.stderr().contains("refused"), "{}", bad.stderr());
+    bad.assert_said("refused");
 }
 
 /// `tail` on a server with the seed's default rate (100/s): a burst of 400 in one request,
@@ -369,11 +369,7 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
             fallback.stderr()
         );
     }
-    assert!(
-        fallback.stderr().contains("--fallback-all"),
-        "{}",
-        fallback.stderr()
-    );
+    fallback.assert_said("--fallback-all");
     assert!(fallback.interrupt().success());
 }
 
@@ -501,11 +497,7 @@ async fn ship_follows_a_file_across_rotation_and_waits_for_the_server() {
             .collect::<Vec<_>>(),
         ["four", "five"]
     );
-    assert!(
-        ship.stderr().contains("sending the batch again"),
-        "{}",
-        ship.stderr()
-    );
+    ship.assert_said("sending the batch again");
     assert!(ship.interrupt().success());
     let extra = c.drain("log:new", Duration::from_millis(300)).await;
     assert!(extra.is_empty(), "nothing twice: {extra:?}");
@@ -569,7 +561,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
     append(&file, "three\n");
     let second = ship(false);
     assert_eq!(texts(c.logs(1, T).await), ["three"]);
-    assert!(second.stderr().contains("resuming"), "{}", second.stderr());
+    second.assert_said("resuming");
     assert!(second.interrupt().success());
     assert!(
         c.drain("log:new", Duration::from_millis(300))
@@ -621,11 +613,7 @@ async fn ship_resumes_a_file_from_its_checkpoint_and_resends_a_batch_in_flight_o
         texts(c.logs(6, T).await),
         ["one", "two", "three", "four", "five", "six"]
     );
-    assert!(
-        again.stderr().contains("--from-start"),
-        "{}",
-        again.stderr()
-    );
+    again.assert_said("--from-start");
     assert!(again.interrupt().success());
 }
 
@@ -663,22 +651,14 @@ async fn ship_checkpoints_survive_a_lost_batch_a_rotation_and_a_copytruncate() {
     std::fs::write(&file, "five\n").unwrap();
     let third = ship();
     assert_eq!(texts(c.logs(2, T).await), ["four", "five"]);
-    assert!(
-        third.stderr().contains("was rotated; finishing"),
-        "{}",
-        third.stderr()
-    );
+    third.assert_said("was rotated; finishing");
     assert!(third.interrupt().success());
 
     // Truncated and written past the old offset again (copytruncate): from the start.
     std::fs::write(&file, "six six six six\n").unwrap();
     let fourth = ship();
     assert_eq!(texts(c.logs(1, T).await), ["six six six six"]);
-    assert!(
-        fourth.stderr().contains("changed before byte"),
-        "{}",
-        fourth.stderr()
-    );
+    fourth.assert_said("changed before byte");
     assert!(fourth.interrupt().success());
     assert!(
         c.drain("log:new", Duration::from_millis(300))

@@ -564,18 +564,7 @@ async fn sighup_applies_rates_live_and_names_the_keys_that_need_a_restart() {
     let dir = scratch_dir("sighup");
     let config = dir.join("logstream.toml");
     std::fs::write(&config, "rate_limit = 5\n").unwrap();
-    let server = Server::builder()
-        .args(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .capture_stderr()
-        .start();
+    let server = Server::builder().config_file(&config).start();
     let mut c = server.client("u").await;
     c.subscribe(json!({ "deviceIds": ["d"] })).await;
     let burst = |tag: &str| {

@@ -128,6 +128,19 @@ fn same(got: &[String], want: &[String], what: &str) {
     );
 }
 
+/// Instances `a` and `b` on `url`, ready; a client of `a` subscribed to `dev`, and one of
+/// `b` connected (the test subscribes it).
+async fn two_instances(url: &str, dev: &str) -> (Arc<Server>, Arc<Server>, TestClient, TestClient) {
+    let a = Arc::new(instance(url, "a"));
+    let b = Arc::new(instance(url, "b"));
+    ready(&a).await;
+    ready(&b).await;
+    let mut on_a = a.client("watcher-a").await;
+    on_a.subscribe(json!({ "deviceIds": [dev] })).await;
+    let on_b = b.client("watcher-b").await;
+    (a, b, on_a, on_b)
+}
+
 fn messages(logs: &[Value]) -> Vec<String> {
     logs.iter()
         .map(|l| l["message"].as_str().unwrap().to_owned())
@@ -137,13 +150,7 @@ fn messages(logs: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
     let set = Arc::new(SentinelSet::start());
-    let a = Arc::new(instance(&set.url(), "a"));
-    let b = Arc::new(instance(&set.url(), "b"));
-    ready(&a).await;
-    ready(&b).await;
-    let mut on_a = a.client("watcher-a").await;
-    on_a.subscribe(json!({ "deviceIds": ["s"] })).await;
-    let mut on_b = b.client("watcher-b").await;
+    let (a, b, mut on_a, mut on_b) = two_instances(&set.url(), "s").await;
     let ack = on_b
         .subscribe(json!({ "deviceIds": ["s"], "resume": true }))
         .await;
@@ -187,13 +194,7 @@ async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
     let cluster = Arc::new(RedisCluster::start());
-    let a = Arc::new(instance(&cluster.url(), "a"));
-    let b = Arc::new(instance(&cluster.url(), "b"));
-    ready(&a).await;
-    ready(&b).await;
-    let mut on_a = a.client("watcher-a").await;
-    on_a.subscribe(json!({ "deviceIds": ["c"] })).await;
-    let mut on_b = b.client("watcher-b").await;
+    let (a, b, mut on_a, mut on_b) = two_instances(&cluster.url(), "c").await;
     // Resumable: its session is saved by a script, in the stream's slot.
     let ack = on_b
         .subscribe(json!({ "deviceIds": ["c"], "resume": true }))

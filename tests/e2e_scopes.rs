@@ -46,18 +46,7 @@ async fn scoped_ingest_keys_refuse_whole_requests_and_sighup_adds_keys() {
     let config = dir.join("logstream.toml");
     let (plant_a, entry_a) = new_key("plant-a", &["plant-a/*"]);
     std::fs::write(&config, &entry_a).unwrap();
-    let server = Server::builder()
-        .args(&[
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            config.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .capture_stderr()
-        .start();
+    let server = Server::builder().config_file(&config).start();
     let mut c = server.client("watcher").await;
     c.subscribe(json!({})).await;
 

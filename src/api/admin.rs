@@ -267,26 +267,37 @@ pub async fn disable_plugin(
             "the built-in filter `default` cannot be disabled",
         ));
     }
+    let was_serving = plugin_switch(&app, &name, |reply| PluginCommand::Disable {
+        name: name.clone(),
+        reply,
+    })
+    .await?;
+    tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_serving, "plugin disabled");
+    Ok(Json(
+        json!({ "success": true, "data": { "name": name, "wasServing": was_serving } }),
+    ))
+}
+
+/// Ask the router to switch plugin `name` (`make` builds the command around its reply):
+/// its answer, 404 for an unknown plugin, 503 when the router cannot be asked.
+async fn plugin_switch(
+    app: &HttpState,
+    name: &str,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<Option<bool>>) -> PluginCommand,
+) -> Result<bool, AppError> {
     let busy = |what: &str| AppError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Busy, what);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    app.control(Control::Plugin(PluginCommand::Disable {
-        name: name.clone(),
-        reply: tx,
-    }))
-    .map_err(|_| busy("router busy"))?;
-    match rx.await.map_err(|_| busy("router stopped"))? {
-        None => Err(AppError::new(
-            StatusCode::NOT_FOUND,
-            Code::NotFound,
-            format!("no plugin {name:?}"),
-        )),
-        Some(was_serving) => {
-            tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_serving, "plugin disabled");
-            Ok(Json(
-                json!({ "success": true, "data": { "name": name, "wasServing": was_serving } }),
-            ))
-        }
-    }
+    app.control(Control::Plugin(make(tx)))
+        .map_err(|_| busy("router busy"))?;
+    rx.await
+        .map_err(|_| busy("router stopped"))?
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                format!("no plugin {name:?}"),
+            )
+        })
 }
 
 /// `POST /api/plugins/:name/enable`: a disabled plugin serves again (fresh instance, failure
@@ -297,26 +308,15 @@ pub async fn enable_plugin(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let busy = |what: &str| AppError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Busy, what);
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    app.control(Control::Plugin(PluginCommand::Enable {
+    let was_disabled = plugin_switch(&app, &name, |reply| PluginCommand::Enable {
         name: name.clone(),
-        reply: tx,
-    }))
-    .map_err(|_| busy("router busy"))?;
-    match rx.await.map_err(|_| busy("router stopped"))? {
-        None => Err(AppError::new(
-            StatusCode::NOT_FOUND,
-            Code::NotFound,
-            format!("no plugin {name:?}"),
-        )),
-        Some(was_disabled) => {
-            tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_disabled, "plugin enabled");
-            Ok(Json(
-                json!({ "success": true, "data": { "name": name, "wasDisabled": was_disabled } }),
-            ))
-        }
-    }
+        reply,
+    })
+    .await?;
+    tracing::info!(target: "audit", who = %admin.who, %peer, plugin = %name, was_disabled, "plugin enabled");
+    Ok(Json(
+        json!({ "success": true, "data": { "name": name, "wasDisabled": was_disabled } }),
+    ))
 }
 
 pub async fn plugins(_: Admin, State(app): State<HttpState>) -> Result<Json<Value>, AppError> {

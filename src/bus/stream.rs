@@ -127,16 +127,7 @@ impl RedisBus {
             self.note_published(&ids);
             return Ok(Published::Appended);
         };
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(APPEND_ONCE)
-            .arg(2)
-            .arg(&self.stream)
-            .arg(key.redis_name(&self.stream))
-            .arg(self.max_len)
-            .arg(key.ttl.as_millis() as u64);
-        for log in logs {
-            eval.arg(log.json.get());
-        }
+        let eval = self.append_script(logs, Some(key));
         let ids = self
             .appended(eval.query_async::<Option<Vec<String>>>(&mut self.connection()))
             .await?;
@@ -160,26 +151,7 @@ impl RedisBus {
         logs: &[Arc<LogRecord>],
         key: Option<&PublishKey>,
     ) -> Result<Published, PublishError> {
-        let mut eval = redis::cmd("EVAL");
-        match key {
-            Some(key) => {
-                eval.arg(APPEND_ONCE)
-                    .arg(2)
-                    .arg(&self.stream)
-                    .arg(key.redis_name(&self.stream))
-                    .arg(self.max_len)
-                    .arg(key.ttl.as_millis() as u64);
-            }
-            None => {
-                eval.arg(APPEND_ALL)
-                    .arg(1)
-                    .arg(&self.stream)
-                    .arg(self.max_len);
-            }
-        }
-        for log in logs {
-            eval.arg(log.json.get());
-        }
+        let eval = self.append_script(logs, key);
         let Some(appends) = &self.replicated else {
             return Err(PublishError::Closed);
         };
@@ -210,6 +182,31 @@ impl RedisBus {
             Some(_) => Published::Appended,
             None => Published::AlreadyPublished,
         })
+    }
+
+    /// The script that appends `logs`: [`APPEND_ONCE`] under `key`, else [`APPEND_ALL`].
+    fn append_script(&self, logs: &[Arc<LogRecord>], key: Option<&PublishKey>) -> redis::Cmd {
+        let mut eval = redis::cmd("EVAL");
+        match key {
+            Some(key) => {
+                eval.arg(APPEND_ONCE)
+                    .arg(2)
+                    .arg(&self.stream)
+                    .arg(key.redis_name(&self.stream))
+                    .arg(self.max_len)
+                    .arg(key.ttl.as_millis() as u64);
+            }
+            None => {
+                eval.arg(APPEND_ALL)
+                    .arg(1)
+                    .arg(&self.stream)
+                    .arg(self.max_len);
+            }
+        }
+        for log in logs {
+            eval.arg(log.json.get());
+        }
+        eval
     }
 
     /// The answer to an append, within [`PUBLISH_TIMEOUT`].

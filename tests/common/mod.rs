@@ -75,6 +75,21 @@ impl ServerBuilder {
         self
     }
 
+    /// Read the configuration file `path` (and SIGHUP reads it again), logging at info to a
+    /// captured stderr.
+    pub fn config_file(self, path: &std::path::Path) -> Self {
+        self.args(&[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .capture_stderr()
+    }
+
     /// More command-line arguments after those of [`ServerBuilder::args`].
     pub fn args_more(mut self, more: &[&str]) -> Self {
         self.args

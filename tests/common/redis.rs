@@ -78,14 +78,7 @@ impl RedisServer {
             .unwrap_or_else(|e| {
                 panic!("cannot start redis-server ({e}): install it (apt-get install redis-server) or run .ci/run")
             });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port);
         RedisServer {
             child: Some(child),
             port,
@@ -212,17 +205,17 @@ impl SentinelSet {
             sentinel_ports,
         };
         // Ready when every sentinel knows the replica (it can fail over to it).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !set.sentinel_ports.iter().all(|p| {
-            sentinel_query(*p, &["SENTINEL", "REPLICAS", "mymaster"])
-                .contains(&set.replica.port.to_string())
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "the sentinels did not find the replica"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(
+            "the sentinels did not find the replica",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                set.sentinel_ports.iter().all(|p| {
+                    sentinel_query(*p, &["SENTINEL", "REPLICAS", "mymaster"])
+                        .contains(&set.replica.port.to_string())
+                })
+            },
+        );
         set
     }
 
@@ -262,20 +255,26 @@ impl SentinelSet {
             self.sentinel_ports[0],
             &["SENTINEL", "FAILOVER", "mymaster"],
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.primary_port() == before {
-            assert!(Instant::now() < deadline, "no failover");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            "no failover",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || self.primary_port() != before,
+        );
     }
 }
 
 impl Drop for SentinelSet {
     fn drop(&mut self) {
-        for c in &mut self.sentinels {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_all(&mut self.sentinels);
+    }
+}
+
+/// Kill and reap `children`.
+fn kill_all(children: &mut [Child]) {
+    for c in children {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -290,11 +289,12 @@ fn sentinel_query(port: u16, args: &[&str]) -> String {
 }
 
 fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(
+        &format!("nothing listens on {port}"),
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
 }
 
 /// A Redis Cluster of three primaries, each with a replica (`--cluster-enabled`, then
@@ -344,15 +344,17 @@ impl RedisCluster {
             String::from_utf8_lossy(&created.stdout)
         );
         let cluster = RedisCluster { nodes, ports };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster
-            .ports
-            .iter()
-            .all(|p| sentinel_query(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
-            assert!(Instant::now() < deadline, "the cluster did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            "the cluster did not come up",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                cluster
+                    .ports
+                    .iter()
+                    .all(|p| sentinel_query(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            },
+        );
         cluster
     }
 
@@ -395,19 +397,26 @@ impl RedisCluster {
             .and_then(|p| p.parse().ok())
             .expect("a replica of the slot's primary");
         sentinel_query(replica_port, &["CLUSTER", "FAILOVER"]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !sentinel_query(replica_port, &["ROLE"]).starts_with("master") {
-            assert!(Instant::now() < deadline, "the replica did not take over");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(
+            "the replica did not take over",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || sentinel_query(replica_port, &["ROLE"]).starts_with("master"),
+        );
     }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.nodes {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_all(&mut self.nodes);
+    }
+}
+
+/// Poll `done` every `every` until it holds; fail with `what` after `within`.
+fn wait_until(what: &str, within: Duration, every: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(every);
     }
 }

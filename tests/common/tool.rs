@@ -84,6 +84,12 @@ impl Tool {
         None
     }
 
+    /// Assert that it said `what` on stderr (showing all it said otherwise).
+    pub fn assert_said(&self, what: &str) {
+        let said = self.stderr();
+        assert!(said.contains(what), "expected {what:?} on stderr: {said}");
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }
