@@ -13,6 +13,14 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
 
+/// `logstream tail --server <server> --token <token>` and `args`.
+fn run_tail(server: &Server, token: &str, args: &[&str]) -> Tool {
+    Tool::start(
+        &[&["tail", "--server", &server.url, "--token", token], args].concat(),
+        false,
+    )
+}
+
 /// `logstream ship` following `file` as `device`, its checkpoints in `state`.
 fn ship_file(server: &Server, device: &str, state: &Path, file: &Path, extra: &[&str]) -> Tool {
     let mut args = vec![
@@ -79,21 +87,10 @@ async fn tail_follows_filters_and_resumes_after_a_disconnect_without_a_gap() {
         ]))
         .await;
     let token = Server::token("cli");
-    let tail = Tool::start(
-        &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
-            "-d",
-            "d1",
-            "-n",
-            "2",
-            "--output",
-            "json",
-        ],
-        false,
+    let tail = run_tail(
+        &server,
+        &token,
+        &["-d", "d1", "-n", "2", "--output", "json"],
     );
     assert_eq!(messages(&tail.lines(2)), ["old-2", "old-3"]);
     server
@@ -155,17 +152,7 @@ async fn tail_prints_text_and_reports_drops_and_fails_on_a_bad_token() {
         .set("max_client_rate_limit", 3)
         .start();
     let token = Server::token("cli");
-    let tail = Tool::start(
-        &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
-            "--timestamps",
-        ],
-        false,
-    );
+    let tail = run_tail(&server, &token, &["--timestamps"]);
     // Give it time to subscribe (nothing to replay), then 5 logs at 3/s: 2 dropped.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let logs: Vec<Value> = (0..5)
@@ -199,20 +186,7 @@ async fn tail_prints_text_and_reports_drops_and_fails_on_a_bad_token() {
 async fn tail_prints_every_line_of_a_burst_and_of_history_at_the_default_rate() {
     let server = Server::start();
     let token = Server::token("cli");
-    let live = Tool::start(
-        &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
-            "-d",
-            "burst",
-            "--output",
-            "raw",
-        ],
-        false,
-    );
+    let live = run_tail(&server, &token, &["-d", "burst", "--output", "raw"]);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let burst: Vec<Value> = (0..400)
         .map(|i| log("burst", "INFO", &format!("b{i}")))
@@ -233,21 +207,10 @@ async fn tail_prints_every_line_of_a_burst_and_of_history_at_the_default_rate() 
     assert!(compressed >= 1, "{compressed}");
     assert!(live.interrupt().success());
 
-    let history = Tool::start(
-        &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
-            "-d",
-            "burst",
-            "-n",
-            "1000",
-            "--output",
-            "json",
-        ],
-        false,
+    let history = run_tail(
+        &server,
+        &token,
+        &["-d", "burst", "-n", "1000", "--output", "json"],
     );
     let lines: Vec<Value> = history
         .lines(400)
@@ -271,21 +234,10 @@ async fn tail_prints_every_line_of_a_burst_and_of_history_at_the_default_rate() 
     assert!(history.interrupt().success());
 
     // An offset from that output starts a new run right after its entry.
-    let after = Tool::start(
-        &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
-            "-d",
-            "burst",
-            "--since",
-            offsets[396],
-            "--output",
-            "raw",
-        ],
-        false,
+    let after = run_tail(
+        &server,
+        &token,
+        &["-d", "burst", "--since", offsets[396], "--output", "raw"],
     );
     assert_eq!(after.lines(3), ["b397", "b398", "b399"]);
     assert!(after.interrupt().success());
@@ -304,13 +256,10 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
         .env("LOGSTREAM_PLUGINS_DIR", dir.display())
         .start();
     let token = Server::token("cli");
-    let mut tail = Tool::start(
+    let mut tail = run_tail(
+        &server,
+        &token,
         &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
             "--filter",
             "gone",
             "--params",
@@ -318,7 +267,6 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
             "--output",
             "raw",
         ],
-        false,
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     server
@@ -326,13 +274,10 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
         .await;
     assert_eq!(tail.lines(1), ["x1"]);
     // The same, asked to fall back: it goes on with every log.
-    let fallback = Tool::start(
+    let fallback = run_tail(
+        &server,
+        &token,
         &[
-            "tail",
-            "--server",
-            &server.url,
-            "--token",
-            &token,
             "--filter",
             "gone",
             "--params",
@@ -341,7 +286,6 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
             "raw",
             "--fallback-all",
         ],
-        false,
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     std::fs::remove_file(dir.join("gone.wasm")).unwrap();
