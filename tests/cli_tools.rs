@@ -256,18 +256,15 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
         .env("LOGSTREAM_PLUGINS_DIR", dir.display())
         .start();
     let token = Server::token("cli");
-    let mut tail = run_tail(
-        &server,
-        &token,
-        &[
-            "--filter",
-            "gone",
-            "--params",
-            r#"{"pattern": "^x"}"#,
-            "--output",
-            "raw",
-        ],
-    );
+    let follow_gone = [
+        "--filter",
+        "gone",
+        "--params",
+        r#"{"pattern": "^x"}"#,
+        "--output",
+        "raw",
+    ];
+    let mut tail = run_tail(&server, &token, &follow_gone);
     tokio::time::sleep(Duration::from_millis(700)).await;
     server
         .ingest(json!([log("d", "INFO", "y"), log("d", "INFO", "x1")]))
@@ -277,15 +274,7 @@ async fn tail_exits_with_the_message_when_its_filter_is_removed() {
     let fallback = run_tail(
         &server,
         &token,
-        &[
-            "--filter",
-            "gone",
-            "--params",
-            r#"{"pattern": "^x"}"#,
-            "--output",
-            "raw",
-            "--fallback-all",
-        ],
+        &[&follow_gone[..], &["--fallback-all"]].concat(),
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     std::fs::remove_file(dir.join("gone.wasm")).unwrap();

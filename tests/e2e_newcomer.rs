@@ -558,7 +558,7 @@ async fn the_development_token_is_offered_to_a_loopback_page_only() {
 }
 
 /// SIGHUP puts the delivery rates in force for connected clients, and names the changed keys
-/// that wait for a restart (it used to log "configuration reloaded" and ignore both).
+/// that wait for a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_rates_live_and_names_the_keys_that_need_a_restart() {
     let dir = scratch_dir("sighup");

@@ -435,7 +435,7 @@ async fn with_min_replicas_a_202_waits_for_a_replica_and_without_one_is_a_503() 
 
 /// Two instances, a replica that stops answering (SIGSTOP): a request retried through the
 /// other instance under its Idempotency-Key is not answered 202 while no replica has its
-/// logs (the key found, nothing written, its WAIT used to count nothing and pass), and a
+/// logs (a key found writes too, so its WAIT covers the first append), and a
 /// burst of requests is answered by groups, each 503 saying why, none left to time out in a
 /// queue of waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,21 +47,25 @@ const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Record instance `ARGV[1]` alive for `ARGV[2]` ms in the sorted set `KEYS[1]`, by Redis's
-/// clock (so the instances' clocks need not agree).
-const HEARTBEAT_SCRIPT: &str = concat!(
-    "local t = redis.call('TIME')
+/// Lua that sets `now` to Redis's clock in ms (so the instances' clocks need not agree).
+macro_rules! lua_now_ms {
+    () => {
+        "local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-",
+"
+    };
+}
+
+/// Record instance `ARGV[1]` alive for `ARGV[2]` ms in the sorted set `KEYS[1]`.
+const HEARTBEAT_SCRIPT: &str = concat!(
+    lua_now_ms!(),
     "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 return 1"
 );
 
 /// The live instances of the sorted set `KEYS[1]`, the expired ones dropped.
 const LIVE_INSTANCES: &str = concat!(
-    "local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-",
+    lua_now_ms!(),
     "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')"
 );

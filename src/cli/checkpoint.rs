@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// A file's identity: (device, inode).
 pub type Identity = (u64, u64);
@@ -59,7 +60,7 @@ impl CheckpointFile {
     pub fn new(data_dir: &Path, device: &str, followed: &Path) -> CheckpointFile {
         let name = format!(
             "{:016x}.json",
-            fnv1a(format!("{device}\0{}", followed.display()).as_bytes())
+            fingerprint(format!("{device}\0{}", followed.display()).as_bytes())
         );
         CheckpointFile {
             file: data_dir.join("ship").join(name),
@@ -105,16 +106,11 @@ impl CheckpointFile {
     }
 }
 
-/// A fingerprint of `bytes` (see [`Checkpoint::before`]).
+/// A fingerprint of `bytes` (see [`Checkpoint::before`]), and of a (device, path) pair for
+/// a stable file name: the first 8 bytes of their SHA-256.
 pub fn fingerprint(bytes: &[u8]) -> u64 {
-    fnv1a(bytes)
-}
-
-/// FNV-1a, 64 bits: a stable file name for a (device, path) pair, and fingerprints.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let digest = Sha256::digest(bytes);
+    u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -187,14 +187,10 @@ impl SentinelSet {
                 ),
             )
             .unwrap();
-            let child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server --sentinel");
-            wait_listening(port);
+            let child = spawn_quiet(
+                Command::new("redis-server").arg(&conf).arg("--sentinel"),
+                port,
+            );
             sentinels.push(child);
             sentinel_ports.push(port);
         }
@@ -288,6 +284,17 @@ fn sentinel_query(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Start `cmd` with its output discarded, and wait until it listens on `port`.
+fn spawn_quiet(cmd: &mut Command, port: u16) -> Child {
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (apt-get install redis-server, or run .ci/run)");
+    wait_listening(port);
+    child
+}
+
 fn wait_listening(port: u16) {
     wait_until(
         &format!("nothing listens on {port}"),
@@ -311,23 +318,21 @@ impl RedisCluster {
         for _ in 0..6 {
             let port = free_port();
             let dir = super::scratch_dir("redis-cluster");
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                ])
-                .args(["--appendonly", "no", "--cluster-enabled", "yes"])
-                .args(["--cluster-node-timeout", "2000", "--dir"])
-                .arg(&dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server --cluster-enabled yes");
-            wait_listening(port);
+            let child = spawn_quiet(
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                    ])
+                    .args(["--appendonly", "no", "--cluster-enabled", "yes"])
+                    .args(["--cluster-node-timeout", "2000", "--dir"])
+                    .arg(&dir),
+                port,
+            );
             nodes.push(child);
             ports.push(port);
         }
