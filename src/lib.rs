@@ -51,6 +51,7 @@ pub mod rate_limit;
 pub mod router;
 pub mod server;
 pub mod sessions;
+pub mod shards;
 pub mod shutdown;
 pub mod socket;
 pub mod subscription;

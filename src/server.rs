@@ -169,6 +169,9 @@ pub async fn start(
         metrics.clone(),
         Duration::from_millis(config.delivery.slow_consumer_timeout_ms),
     );
+    // Sharded streams: the router says which shards its clients need, the bus reads those.
+    let shard_watch = (config.redis.redis_url.is_some() && config.redis.redis_stream_shards > 1)
+        .then(|| tokio::sync::watch::channel(crate::shards::Wanted::default()));
     let (router, router_thread) = router::spawn(
         registry,
         RouterSettings {
@@ -180,6 +183,9 @@ pub async fn start(
                 .map_or_else(crate::history::new_epoch, |d| d.log.epoch().to_owned()),
             offsets_may_lead: config.redis.redis_url.is_some(),
             disk: disk.as_ref().map(|d| d.log.clone()),
+            shards: shard_watch
+                .as_ref()
+                .map(|(tx, _)| (config.redis.redis_stream_shards, tx.clone())),
         },
         metrics.clone(),
         connections.clone(),
@@ -229,7 +235,17 @@ pub async fn start(
             ),
             None => crate::bus::EmbeddedBus::new(router.inbound.clone()),
         }),
-        Some(url) => Bus::Redis(bus::redis::RedisBus::new(url, &config, instance.clone())?),
+        Some(url) => {
+            let redis = bus::redis::RedisBus::new(url, &config, instance.clone())?;
+            // A shard count other than the cluster's is refused before listening (a Redis
+            // that is away is checked again before the first append and the first read).
+            match redis.recorded_shards().await {
+                Ok(Err(mismatch)) => anyhow::bail!("{mismatch}"),
+                Ok(Ok(())) => {}
+                Err(e) => tracing::warn!(error = %e, "could not check redis_stream_shards yet"),
+            }
+            Bus::Redis(redis)
+        }
     };
     let session_limits = crate::sessions::SessionLimits::from_config(&config);
     let app = AppState::new(AppParts {
@@ -369,11 +385,18 @@ pub async fn start(
             seed_rx,
             stop_tasks.clone(),
         ));
-        tasks.spawn(
-            redis
-                .clone()
-                .stream_reader(router.inbound.clone(), stop_tasks.clone()),
-        );
+        match shard_watch {
+            Some((_, wanted)) => tasks.spawn(redis.clone().sharded_reader(
+                router.inbound.clone(),
+                wanted,
+                stop_tasks.clone(),
+            )),
+            None => tasks.spawn(
+                redis
+                    .clone()
+                    .stream_reader(router.inbound.clone(), stop_tasks.clone()),
+            ),
+        };
         tasks.spawn(redis.clone().heartbeat(stop_tasks.clone()));
         // Sentinel: follow the primary (a no-op for the other deployments).
         tasks.spawn(redis.connector().clone().watch(stop_tasks.clone()));

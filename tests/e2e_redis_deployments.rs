@@ -2,7 +2,8 @@
 //! watched by three sentinels (`redis+sentinel://`), and a Redis Cluster of three primaries
 //! with a replica each (`redis+cluster://`). A failover during ingest: with
 //! `redis_min_replicas = 1` every log answered 202 reaches every matching client once, in
-//! order, and a client that resumes recovers.
+//! order, and a client that resumes recovers. Sharded streams spread over a cluster's
+//! primaries, and a manual failover of one shard's primary loses and repeats nothing.
 
 mod common;
 
@@ -16,15 +17,27 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 
-fn instance(url: &str, id: &str) -> Server {
+fn builder(url: &str, id: &str) -> common::ServerBuilder {
     Server::builder()
         .env("LOGSTREAM_REDIS_URL", url)
         .set("instance_id", id)
         .set("rate_limit", 100_000)
+}
+
+/// Appends wait for a replica.
+fn instance(url: &str, id: &str) -> Server {
+    builder(url, id)
         .set("redis_min_replicas", 1)
         .set("redis_min_replicas_timeout_ms", 500)
         .start()
 }
+
+/// Logs spread over 8 shards (on a cluster, without `redis_min_replicas`: refused there).
+fn sharded(url: &str, id: &str) -> Server {
+    builder(url, id).set("redis_stream_shards", SHARDS).start()
+}
+
+const SHARDS: usize = 8;
 
 async fn ready(server: &Server) {
     eventually(T, "the bus is connected", || async {
@@ -130,9 +143,13 @@ fn same(got: &[String], want: &[String], what: &str) {
 
 /// Instances `a` and `b` on `url`, ready; a client of `a` subscribed to `dev`, and one of
 /// `b` connected (the test subscribes it).
-async fn two_instances(url: &str, dev: &str) -> (Arc<Server>, Arc<Server>, TestClient, TestClient) {
-    let a = Arc::new(instance(url, "a"));
-    let b = Arc::new(instance(url, "b"));
+async fn two_instances(
+    url: &str,
+    dev: &str,
+    start: fn(&str, &str) -> Server,
+) -> (Arc<Server>, Arc<Server>, TestClient, TestClient) {
+    let a = Arc::new(start(url, "a"));
+    let b = Arc::new(start(url, "b"));
     ready(&a).await;
     ready(&b).await;
     let mut on_a = a.client("watcher-a").await;
@@ -150,7 +167,7 @@ fn messages(logs: &[Value]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
     let set = Arc::new(SentinelSet::start());
-    let (a, b, mut on_a, mut on_b) = two_instances(&set.url(), "s").await;
+    let (a, b, mut on_a, mut on_b) = two_instances(&set.url(), "s", instance).await;
     let ack = on_b
         .subscribe(json!({ "deviceIds": ["s"], "resume": true }))
         .await;
@@ -194,7 +211,7 @@ async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_failover_during_ingest_loses_and_repeats_nothing_answered_202() {
     let cluster = Arc::new(RedisCluster::start());
-    let (a, b, mut on_a, mut on_b) = two_instances(&cluster.url(), "c").await;
+    let (a, b, mut on_a, mut on_b) = two_instances(&cluster.url(), "c", instance).await;
     // Resumable: its session is saved by a script, in the stream's slot.
     let ack = on_b
         .subscribe(json!({ "deviceIds": ["c"], "resume": true }))
@@ -231,4 +248,60 @@ async fn cluster_failover_during_ingest_loses_and_repeats_nothing_answered_202()
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_streams_spread_over_the_cluster_primaries_and_survive_a_failover() {
+    let cluster = Arc::new(RedisCluster::start());
+    // One WAIT covers one primary: shards with redis_min_replicas on a cluster are refused.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_logstream"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+        .args([
+            "--set",
+            "redis_stream_shards=8",
+            "--set",
+            "redis_min_replicas=1",
+        ])
+        .env("LOGSTREAM_REDIS_URL", cluster.url())
+        .env(
+            "LOGSTREAM_DATA_DIR",
+            common::scratch_dir("shards-wait").display().to_string(),
+        )
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("redis_stream_shards > 1 with redis_min_replicas"),
+        "{said}"
+    );
+
+    let (a, b, mut on_a, mut on_b) = two_instances(&cluster.url(), "c", sharded).await;
+    let ack = on_b
+        .subscribe(json!({ "deviceIds": ["c"], "resume": true }))
+        .await;
+    assert!(ack["session"].is_string(), "{ack}");
+    // Each shard its own hash tag: the shards live on several primaries.
+    let primaries: std::collections::BTreeSet<String> = (0..SHARDS)
+        .map(|i| cluster.primary_of(&format!("{{logstream:logs:{i}}}")))
+        .collect();
+    assert!(primaries.len() >= 2, "{primaries:?}");
+
+    let batches = 120;
+    let failover = cluster.clone();
+    let shard = logstream::shards::shard_of("c", SHARDS);
+    ingest_across(&[a.clone(), b.clone()], "c", batches, 40, move || {
+        // A coordinated failover (the replica catches up first): nothing acknowledged is
+        // lost even without WAIT.
+        failover.failover_of(&format!("{{logstream:logs:{shard}}}"))
+    })
+    .await;
+    let want = expected(batches);
+    for c in [&mut on_a, &mut on_b] {
+        let mut got = messages(&c.logs(want.len(), T).await);
+        got.extend(messages(
+            &c.drain("log:new", Duration::from_millis(500)).await,
+        ));
+        same(&got, &want, "each once, in order");
+    }
 }

@@ -56,6 +56,11 @@ pub async fn health(State(app): State<HttpState>) -> Json<Value> {
                     "bridgeFailed": r.status.bridge_failed.load(relaxed),
                     "minReplicas": r.min_replicas(),
                     "replicasShort": r.status.replicas_short.load(relaxed),
+                    "shards": r.shards(),
+                    "shardsRead": (0..r.shards())
+                        .filter(|i| r.reading_shards() & (1 << i) != 0)
+                        .collect::<Vec<_>>(),
+                    "entriesRead": r.status.entries_read.load(relaxed),
                 }),
                 connected,
             )

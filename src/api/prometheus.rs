@@ -263,6 +263,18 @@ impl Collector for Scrape {
             "Messages on the Redis channels that could not be decoded (skipped).",
             redis.map_or(0, |r| load(&r.status.malformed)),
         )?;
+        counter(
+            &mut e,
+            "redis_stream_entries_read",
+            "Stream entries this instance read from Redis (per log ingested in the cluster: the read amplification).",
+            redis.map_or(0, |r| load(&r.status.entries_read)),
+        )?;
+        gauge(
+            &mut e,
+            "redis_shards_read",
+            "Shards of the log stream this instance reads now (redis_stream_shards).",
+            redis.map_or(0, |r| i64::from(r.reading_shards().count_ones())),
+        )?;
 
         let plugins = app
             .plugins

@@ -14,8 +14,11 @@
 //! A publish may carry a key that is published at most once ([`crate::publish_key`]).
 
 pub mod connector;
+pub mod merge;
 pub mod redis;
 pub mod replicated;
+pub mod shard_reader;
+pub mod sharded;
 pub mod stream;
 
 use std::sync::Arc;

@@ -55,6 +55,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "
     };
 }
+pub(super) use lua_now_ms;
 
 /// Record instance `ARGV[1]` alive for `ARGV[2]` ms in the sorted set `KEYS[1]`.
 const HEARTBEAT_SCRIPT: &str = concat!(
@@ -115,6 +116,9 @@ pub struct RedisStatus {
     pub bridge_failed: AtomicU64,
     /// Appends answered 503 because fewer than `redis_min_replicas` confirmed them in time.
     pub replicas_short: AtomicU64,
+    /// Stream entries this instance read from Redis (live, history and wake-ups): divided
+    /// by the logs ingested, the cluster's read amplification.
+    pub entries_read: AtomicU64,
     last_error: Mutex<Option<String>>,
     last_malformed_log: Mutex<Option<Instant>>,
 }
@@ -156,14 +160,22 @@ pub struct RedisBus {
     pub(super) min_replicas: usize,
     pub(super) replicas_timeout: Duration,
     pub channels: Channels,
-    /// The Redis Stream of logs.
+    /// The Redis Stream of logs; with shards, the prefix of theirs and the stream's epoch.
     pub(super) stream: String,
+    /// The streams logs go to (`redis_stream_shards`): shard `i` is `shard_keys[i]`. One
+    /// shard is `stream` itself.
+    pub(super) shard_keys: Vec<String>,
+    /// Whether this instance saw Redis agree to its shard count (see `check_shards`).
+    pub(super) shards_agreed: AtomicBool,
+    /// The shards this instance reads now (all with one shard).
+    pub(super) reading_shards: AtomicU64,
     /// The stream is trimmed to about this many entries (`history_max_logs`).
     pub(super) max_len: usize,
     pub instance: String,
     pub status: RedisStatus,
-    /// The newest stream position this instance added (for the shutdown drain).
-    pub(super) published: Mutex<Position>,
+    /// The newest stream position this instance added to each shard (for the shutdown
+    /// drain).
+    pub(super) published: Mutex<Vec<Position>>,
     /// The newest stream position this instance has read and handed to the router.
     pub(super) read: watch::Sender<Position>,
 }
@@ -192,6 +204,28 @@ impl RedisBus {
         } else {
             config.redis.redis_stream.clone()
         };
+        let shards = config.redis.redis_stream_shards;
+        if shards > 1 && min_replicas > 0 && connector.is_cluster() {
+            anyhow::bail!(
+                "redis_stream_shards > 1 with redis_min_replicas on a Redis Cluster is not supported: the shards live on several primaries and one WAIT covers one; use one shard, or redis_min_replicas = 0"
+            );
+        }
+        // Each shard its own key, and on a cluster its own hash tag: the shards spread over
+        // the primaries.
+        let shard_keys = if shards == 1 {
+            vec![stream.clone()]
+        } else {
+            (0..shards)
+                .map(|i| {
+                    let key = format!("{}:{i}", config.redis.redis_stream);
+                    if connector.is_cluster() {
+                        hash_tagged(&key)
+                    } else {
+                        key
+                    }
+                })
+                .collect()
+        };
         let replicated = (min_replicas > 0).then(|| {
             super::replicated::ReplicatedAppends::start(
                 connector.commands(Role::Appends),
@@ -211,10 +245,13 @@ impl RedisBus {
                 admin: config.redis.redis_admin_channel.clone(),
             },
             stream,
+            reading_shards: AtomicU64::new(if shards == 1 { 1 } else { 0 }),
+            published: Mutex::new(vec![Position::default(); shards]),
+            shard_keys,
+            shards_agreed: AtomicBool::new(false),
             max_len: config.history.history_max_logs,
             instance,
             status: RedisStatus::default(),
-            published: Mutex::default(),
             read: watch::Sender::new(Position::default()),
         }))
     }
@@ -237,6 +274,65 @@ impl RedisBus {
     /// The stream of logs, also the prefix of this cluster's other keys (sessions, epoch).
     pub fn stream_key(&self) -> &str {
         &self.stream
+    }
+
+    /// `redis_stream_shards`.
+    pub fn shards(&self) -> usize {
+        self.shard_keys.len()
+    }
+
+    /// The shards this instance reads now, as a mask (bit `i`: shard `i`).
+    pub fn reading_shards(&self) -> u64 {
+        self.reading_shards.load(Ordering::Relaxed)
+    }
+
+    /// Make sure every instance on this Redis spreads logs over the same number of shards
+    /// (a different count would put one device's logs in two streams, and readers would
+    /// miss one of them). `Err` names both counts and what to do, or that Redis is away.
+    pub async fn check_shards(&self) -> Result<(), PublishError> {
+        if self.shards_agreed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.recorded_shards().await? {
+            Ok(()) => {
+                self.shards_agreed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mismatch) => Err(PublishError::Unavailable(mismatch)),
+        }
+    }
+
+    /// The shard count recorded beside the stream (`<stream>:shards`; the first instance
+    /// records its own): `Ok(Err(why))` if it is not this instance's.
+    pub async fn recorded_shards(&self) -> Result<Result<(), String>, PublishError> {
+        let key = format!("{}:shards", self.stream);
+        let mut conn = self.connection();
+        let ours = self.shards();
+        let check = async {
+            let _: bool = conn.set_nx(&key, ours).await?;
+            conn.get::<_, Option<String>>(&key).await
+        };
+        let recorded = match tokio::time::timeout(PUBLISH_TIMEOUT, check).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(PublishError::Unavailable(format!("redis: {e}"))),
+            Err(_) => {
+                return Err(PublishError::Unavailable(
+                    "redis did not answer in time".into(),
+                ));
+            }
+        };
+        Ok(match recorded.as_deref().map(str::parse::<usize>) {
+            Some(Ok(n)) if n == ours => Ok(()),
+            other => {
+                let theirs = match other {
+                    Some(Ok(n)) => n.to_string(),
+                    _ => format!("{recorded:?} (not a number)"),
+                };
+                Err(format!(
+                    "redis_stream_shards is {ours} here, but the logs in this Redis ({key}) are spread over {theirs}: every instance must use the same count. To change it, give the cluster a new redis_stream (see \"Changing the shard count\" in the README)"
+                ))
+            }
+        })
     }
 
     pub fn connected(&self) -> bool {

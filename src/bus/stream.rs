@@ -52,13 +52,22 @@ async fn in_sync(conn: &mut BusConn) -> redis::RedisResult<()> {
     }
 }
 
-/// A stream entry id (`1700000000000-3`) as a position.
-fn position(id: &str) -> Option<Position> {
+/// Entry id `id` (`1700000000000-3`) of shard `shard` of `shards` as a position: the
+/// milliseconds, then the sequence number times the shard count plus the shard. Positions
+/// of all shards are then ordered (by time first) and name their shard; with one shard a
+/// position is the entry id itself.
+pub(super) fn position(id: &str, shard: usize, shards: usize) -> Option<Position> {
     let (ms, n) = id.split_once('-')?;
+    let n: u64 = n.parse().ok()?;
     Some(Position {
         major: ms.parse().ok()?,
-        minor: n.parse().ok()?,
+        minor: n.checked_mul(shards as u64)?.checked_add(shard as u64)?,
     })
+}
+
+/// The entry id of position `p` of a shard of `shards` (see [`position`]).
+pub(super) fn entry_id(p: Position, shards: usize) -> String {
+    format!("{}-{}", p.major, p.minor / shards.max(1) as u64)
 }
 
 /// Append logs unless their key was published before, and record the key: one step
@@ -100,13 +109,23 @@ impl RedisBus {
     /// Append `logs` to the stream, all or none; with `key`, only if the key was not
     /// published before. Returns once Redis has them (and, with `redis_min_replicas`, that
     /// many replicas too).
+    ///
+    /// With shards, each shard's part is one script, under the key's name in that shard,
+    /// so a retry appends only the parts that are missing. On one server the scripts run as
+    /// one transaction; on a Redis Cluster the shards live on several primaries and a 503
+    /// may leave some parts appended (a retry with the same `Idempotency-Key` completes it
+    /// without doubles).
     pub async fn publish_logs(
         &self,
         logs: &[Arc<LogRecord>],
         key: Option<&PublishKey>,
     ) -> Result<Published, PublishError> {
+        if self.shards() > 1 {
+            self.check_shards().await?;
+            return self.publish_sharded(logs, key).await;
+        }
         if self.min_replicas > 0 {
-            return self.publish_replicated(logs, key).await;
+            return self.publish_replicated(0, logs, key).await;
         }
         let Some(key) = key else {
             let mut pipe = redis::pipe();
@@ -124,20 +143,75 @@ impl RedisBus {
             let ids = self
                 .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
                 .await?;
-            self.note_published(&ids);
+            self.note_published(0, &ids);
             return Ok(Published::Appended);
         };
-        let eval = self.append_script(logs, Some(key));
+        let eval = self.append_script(0, logs, Some(key));
         let ids = self
             .appended(eval.query_async::<Option<Vec<String>>>(&mut self.connection()))
             .await?;
         Ok(match ids {
             Some(ids) => {
-                self.note_published(&ids);
+                self.note_published(0, &ids);
                 Published::Appended
             }
             None => Published::AlreadyPublished,
         })
+    }
+
+    /// [`Self::publish_logs`] over several shards: the logs grouped by shard (in order), one
+    /// script per group.
+    async fn publish_sharded(
+        &self,
+        logs: &[Arc<LogRecord>],
+        key: Option<&PublishKey>,
+    ) -> Result<Published, PublishError> {
+        let mut parts: Vec<Vec<Arc<LogRecord>>> = vec![Vec::new(); self.shards()];
+        for log in logs {
+            parts[crate::shards::shard_of(&log.device_id, self.shards())].push(log.clone());
+        }
+        let parts: Vec<(usize, Vec<Arc<LogRecord>>)> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        let answers: Vec<Published> = if self.min_replicas > 0 {
+            let waits = parts
+                .iter()
+                .map(|(shard, part)| self.publish_replicated(*shard, part, key));
+            futures_util::future::try_join_all(waits).await?
+        } else {
+            let mut pipe = redis::pipe();
+            if !self.connector.is_cluster() {
+                pipe.atomic();
+            }
+            for (shard, part) in &parts {
+                pipe.add_command(self.append_script(*shard, part, key));
+            }
+            let answers = self
+                .appended(pipe.query_async::<Vec<Option<Vec<String>>>>(&mut self.connection()))
+                .await?;
+            parts
+                .iter()
+                .zip(answers)
+                .map(|((shard, _), ids)| match ids {
+                    Some(ids) => {
+                        self.note_published(*shard, &ids);
+                        Published::Appended
+                    }
+                    None => Published::AlreadyPublished,
+                })
+                .collect()
+        };
+        // Already published only if every part was (a retry after a partial append appends
+        // the rest: that is a new append).
+        Ok(
+            if answers.iter().all(|a| *a == Published::AlreadyPublished) {
+                Published::AlreadyPublished
+            } else {
+                Published::Appended
+            },
+        )
     }
 
     /// Append as [`Self::publish_logs`] does, then `WAIT` for `redis_min_replicas`: the
@@ -148,10 +222,11 @@ impl RedisBus {
     /// too (the script renews the key: a write).
     async fn publish_replicated(
         &self,
+        shard: usize,
         logs: &[Arc<LogRecord>],
         key: Option<&PublishKey>,
     ) -> Result<Published, PublishError> {
-        let eval = self.append_script(logs, key);
+        let eval = self.append_script(shard, logs, key);
         let Some(appends) = &self.replicated else {
             return Err(PublishError::Closed);
         };
@@ -166,7 +241,7 @@ impl RedisBus {
             }
         };
         if let Some(ids) = &ids {
-            self.note_published(ids);
+            self.note_published(shard, ids);
         }
         if confirmed < self.min_replicas {
             self.status
@@ -184,23 +259,27 @@ impl RedisBus {
         })
     }
 
-    /// The script that appends `logs`: [`APPEND_ONCE`] under `key`, else [`APPEND_ALL`].
-    fn append_script(&self, logs: &[Arc<LogRecord>], key: Option<&PublishKey>) -> redis::Cmd {
+    /// The script that appends `logs` to shard `shard`: [`APPEND_ONCE`] under `key` (named
+    /// in the shard's slot), else [`APPEND_ALL`].
+    fn append_script(
+        &self,
+        shard: usize,
+        logs: &[Arc<LogRecord>],
+        key: Option<&PublishKey>,
+    ) -> redis::Cmd {
+        let stream = &self.shard_keys[shard];
         let mut eval = redis::cmd("EVAL");
         match key {
             Some(key) => {
                 eval.arg(APPEND_ONCE)
                     .arg(2)
-                    .arg(&self.stream)
-                    .arg(key.redis_name(&self.stream))
+                    .arg(stream)
+                    .arg(key.redis_name(stream))
                     .arg(self.max_len)
                     .arg(key.ttl.as_millis() as u64);
             }
             None => {
-                eval.arg(APPEND_ALL)
-                    .arg(1)
-                    .arg(&self.stream)
-                    .arg(self.max_len);
+                eval.arg(APPEND_ALL).arg(1).arg(stream).arg(self.max_len);
             }
         }
         for log in logs {
@@ -226,18 +305,29 @@ impl RedisBus {
         }
     }
 
-    /// Remember the newest entry this instance appended, for [`Self::drain`].
-    fn note_published(&self, ids: &[String]) {
-        if let Some(last) = ids.last().and_then(|id| position(id)) {
+    /// Remember the newest entry this instance appended to `shard`, for [`Self::drain`].
+    fn note_published(&self, shard: usize, ids: &[String]) {
+        if let Some(last) = ids.last().and_then(|id| position(id, shard, self.shards())) {
             let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            *published = (*published).max(last);
+            published[shard] = published[shard].max(last);
         }
     }
 
-    /// Wait until this instance has read back everything it appended (shutdown: so the
-    /// router drains it too). `false` if `timeout` passed first.
+    /// Wait until this instance has read back everything it appended to the shards it
+    /// reads (shutdown: so the router drains it too; what no client here wants needs no
+    /// drain). `false` if `timeout` passed first.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        let target = *self.published.lock().unwrap_or_else(|p| p.into_inner());
+        let reading = self.reading_shards();
+        let target = self
+            .published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .enumerate()
+            .filter(|(shard, _)| reading & (1 << shard) != 0)
+            .map(|(_, p)| *p)
+            .max()
+            .unwrap_or_default();
         let mut read = self.read.subscribe();
         tokio::time::timeout(timeout, read.wait_for(|p| *p >= target))
             .await
@@ -270,16 +360,26 @@ impl RedisBus {
     }
 
     /// The stream's epoch, created if the stream has none (a new or wiped Redis).
-    async fn epoch(&self, conn: &mut BusConn) -> redis::RedisResult<String> {
+    pub(super) async fn epoch(&self, conn: &mut BusConn) -> redis::RedisResult<String> {
         let key = format!("{}:epoch", self.stream);
         let _: bool = conn.set_nx(&key, crate::history::new_epoch()).await?;
         conn.get(&key).await
     }
 
-    fn records(&self, epoch: &str, entries: Vec<StreamId>) -> Vec<Arc<LogRecord>> {
+    /// Stream entries of shard `shard` as records stamped in `epoch`; an entry that is not a
+    /// log is counted as malformed and skipped.
+    pub(super) fn records(
+        &self,
+        epoch: &str,
+        entries: Vec<StreamId>,
+        shard: usize,
+    ) -> Vec<Arc<LogRecord>> {
+        self.status
+            .entries_read
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
-            let parsed = position(&entry.id).and_then(|p| {
+            let parsed = position(&entry.id, shard, self.shards()).and_then(|p| {
                 let text: String = entry.get("e")?;
                 let value = serde_json::from_str(&text).ok()?;
                 let record = LogRecord::from_value_with_id(value, || entry.id.clone()).ok()?;
@@ -289,7 +389,7 @@ impl RedisBus {
             match parsed {
                 Some(r) => out.push(r),
                 None => self.status.malformed(
-                    &self.stream,
+                    &self.shard_keys[shard],
                     &format!("stream entry {} is not a log entry", entry.id),
                 ),
             }
@@ -319,7 +419,7 @@ impl RedisBus {
             if let Some(entry) = reply.ids.last() {
                 from = format!("({}", entry.id);
             }
-            let records = self.records(epoch, reply.ids);
+            let records = self.records(epoch, reply.ids, 0);
             if !records.is_empty() {
                 self.forward_reliably(router, Inbound::Backfill(records))
                     .await;
@@ -328,7 +428,7 @@ impl RedisBus {
                 break;
             }
         }
-        if let Some(p) = position(&boundary) {
+        if let Some(p) = position(&boundary, 0, 1) {
             self.read.send_replace(p);
         }
         Ok(boundary)
@@ -336,7 +436,7 @@ impl RedisBus {
 
     /// Hand to the router, waiting as long as it takes: the stream is durable, nothing read
     /// from it is dropped (the reader stops reading meanwhile: back-pressure).
-    async fn forward_reliably(&self, router: &Sender<Inbound>, msg: Inbound) {
+    pub(super) async fn forward_reliably(&self, router: &Sender<Inbound>, msg: Inbound) {
         let mut msg = match router.try_send(msg) {
             Ok(()) | Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
             Err(crossbeam_channel::TrySendError::Full(msg)) => msg,
@@ -418,11 +518,11 @@ impl RedisBus {
             let Some(newest) = entries.last().map(|e| e.id.clone()) else {
                 continue;
             };
-            let records = self.records(&current, entries);
+            let records = self.records(&current, entries, 0);
             if !records.is_empty() {
                 self.forward_reliably(router, Inbound::Logs(records)).await;
             }
-            if let Some(p) = position(&newest) {
+            if let Some(p) = position(&newest, 0, 1) {
                 self.read.send_replace(p);
             }
             *last = Some(newest);
@@ -437,12 +537,19 @@ mod tests {
     #[test]
     fn stream_ids_are_positions() {
         assert_eq!(
-            position("1700000000000-3"),
+            position("1700000000000-3", 0, 1),
             Some(Position {
                 major: 1_700_000_000_000,
                 minor: 3
             })
         );
-        assert_eq!(position("nope"), None);
+        assert_eq!(position("nope", 0, 1), None);
+        // Shard 5 of 8: ordered by time, then sequence, then shard; and back to the id.
+        let p = position("1700000000000-3", 5, 8).unwrap();
+        assert_eq!(p.minor, 3 * 8 + 5);
+        assert!(p > position("1700000000000-3", 4, 8).unwrap());
+        assert!(p < position("1700000000000-4", 0, 8).unwrap());
+        assert!(p < position("1700000000001-0", 0, 8).unwrap());
+        assert_eq!(entry_id(p, 8), "1700000000000-3");
     }
 }

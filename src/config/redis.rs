@@ -16,6 +16,10 @@ config_group! {
         redis_admin_channel: String = "logstream:admin".into(), non_empty;
         /// Redis Stream holding every accepted log (the cluster's history and durable bus).
         redis_stream: String = "logstream:logs".into(), non_empty;
+        /// Streams the logs are spread over by device (`hash(deviceId) mod N`); each instance
+        /// reads only the shards its clients can match. 1 = the one stream `redis_stream`.
+        /// Every instance of a cluster must use the same number (a different one is refused).
+        redis_stream_shards: usize = 1, between(1, 64, " (shards)");
         /// Replicas that must confirm each append (`WAIT`) before ingest answers 202, so an
         /// accepted log survives the primary's failover; 0 = the primary's answer is enough.
         redis_min_replicas: usize = 0, at_most(16);

@@ -62,6 +62,47 @@ impl Ring {
         }
     }
 
+    /// Add `records` (in position order) that may be older than kept entries: a shard read
+    /// again after a pause brings what it missed. Entries at or before the floor (a region
+    /// already known to be incomplete) and positions kept already are skipped.
+    pub fn merge(&mut self, records: Vec<Arc<LogRecord>>, now: Instant) {
+        let at = |r: &Arc<LogRecord>| r.stamp.get().map(|s| s.position);
+        if records
+            .first()
+            .and_then(at)
+            .is_some_and(|first| self.newest().is_none_or(|n| first > n))
+        {
+            for r in records {
+                if let Some(p) = at(&r) {
+                    self.push(p, r, now);
+                }
+            }
+            return;
+        }
+        let kept = std::mem::take(&mut self.entries);
+        let mut merged = VecDeque::with_capacity(kept.len() + records.len());
+        let mut kept = kept.into_iter().peekable();
+        for r in records {
+            let Some(p) = at(&r) else { continue };
+            if self.floor.is_some_and(|f| p <= f) {
+                continue;
+            }
+            while let Some(e) = kept.next_if(|(q, _, _)| *q < p) {
+                merged.push_back(e);
+            }
+            if kept.peek().is_some_and(|(q, _, _)| *q == p) {
+                continue;
+            }
+            self.bytes += cost(&r);
+            merged.push_back((p, r, now));
+        }
+        merged.extend(kept);
+        self.entries = merged;
+        while self.entries.len() > self.limits.max_logs || self.bytes > self.limits.max_bytes {
+            self.pop_oldest();
+        }
+    }
+
     fn pop_oldest(&mut self) {
         if let Some((p, r, _)) = self.entries.pop_front() {
             self.bytes -= cost(&r);
@@ -222,5 +263,38 @@ mod tests {
         }
         assert!(ring.bytes() <= 2000 && ring.len() < 100 && !ring.is_empty());
         assert_eq!(ring.newest(), Some(at(100)));
+    }
+
+    #[test]
+    fn merges_older_entries_in_place() {
+        let limits = HistoryLimits {
+            max_logs: 6,
+            max_bytes: 1 << 20,
+            max_age: Duration::from_secs(60),
+        };
+        let stamped = |i: u64| {
+            let r = rec(i);
+            let _ = r.stamp.set(crate::log_entry::Stamp::new("e", at(i)));
+            r
+        };
+        let mut ring = Ring::new(limits);
+        let t0 = Instant::now();
+        for i in [2, 4, 6] {
+            ring.push(at(i), stamped(i), t0);
+        }
+        // A shard read again brings 3 and 5 (and 4 again); 7 is newer than all.
+        ring.merge(vec![stamped(3), stamped(4), stamped(5)], t0);
+        ring.merge(vec![stamped(7)], t0);
+        let kept: Vec<String> = ring
+            .slice(0, 10)
+            .iter()
+            .map(|r| r.message.clone())
+            .collect();
+        assert_eq!(kept, ["2", "3", "4", "5", "6", "7"]);
+        // Over the bound: the oldest go, and the floor says so.
+        ring.merge(vec![stamped(1), stamped(8)], t0);
+        assert_eq!(ring.len(), 6);
+        assert_eq!(ring.since(at(1)), Since::Gone);
+        assert_eq!(ring.since(at(2)), Since::From(0));
     }
 }

@@ -65,6 +65,12 @@ impl History {
         self.ring.push(position, record, now);
     }
 
+    /// Add entries that may be older than kept ones (see [`Ring::merge`]); only the
+    /// in-memory history is merged into (a history on disk has one writer, in order).
+    pub fn merge(&mut self, records: Vec<Arc<LogRecord>>, now: Instant) {
+        self.ring.merge(records, now);
+    }
+
     /// Loaded from a source that may hold older entries than the first given.
     pub fn mark_unknown_before(&mut self, first: Position) {
         self.ring.mark_unknown_before(first);

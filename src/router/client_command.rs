@@ -11,7 +11,7 @@ use super::{Router, SubscribeError};
 use crate::auth::Scope;
 use crate::delivery::{Client, DeliveryOptions};
 use crate::history::store::After;
-use crate::protocol::{ClientError, Subscribed, event};
+use crate::protocol::{ClientError, Code, Subscribed, event};
 use crate::subscription::{SubscribeRequest, check_scope};
 
 pub enum ClientCommand {
@@ -55,8 +55,102 @@ pub enum ClientCommand {
     },
 }
 
+impl ClientCommand {
+    /// The client the command is about.
+    fn sid(&self) -> Option<Sid> {
+        match self {
+            ClientCommand::Connect(client) => Some(client.sid),
+            ClientCommand::Disconnect(sid)
+            | ClientCommand::Subscribe { sid, .. }
+            | ClientCommand::Unsubscribe { sid, .. }
+            | ClientCommand::Pause { sid, .. }
+            | ClientCommand::Resume { sid, .. }
+            | ClientCommand::Rescope { sid, .. } => Some(*sid),
+            ClientCommand::SetDelivery { .. } => None,
+        }
+    }
+}
+
 impl Router {
+    /// Apply `command`, or, with sharded streams, hold it until the shards it needs are
+    /// read (see [`super::shard_interest`]).
     pub(super) fn apply_client(&mut self, command: ClientCommand) {
+        let sid = command.sid();
+        if let (Some(sid), Some((shards, interest))) = (sid, &mut self.shard_interest) {
+            let now = Instant::now();
+            let need = match &command {
+                ClientCommand::Subscribe { request, .. } => self.clients.get(&sid).map_or(0, |c| {
+                    crate::shards::needed_by(&request.filter, &request.params, c.scope(), *shards)
+                }),
+                ClientCommand::Rescope { scope, .. } => {
+                    self.registry
+                        .subscription_of(sid)
+                        .map_or(0, |(filter, params, _)| {
+                            crate::shards::needed_by(&filter, &params, scope, *shards)
+                        })
+                }
+                _ => 0,
+            };
+            if matches!(command, ClientCommand::Disconnect(_)) {
+                // Its held commands go unanswered: the socket is gone.
+                drop(interest.drop_parked(sid, now));
+            } else if interest.has_parked(sid) || !interest.is_ready(need) {
+                interest.park(sid, need, command, now);
+                return;
+            }
+        }
+        self.apply_client_now(command);
+        if let Some(sid) = sid {
+            self.refresh_interest(sid);
+        }
+    }
+
+    /// Tell the shard interest what `sid`'s subscription needs now.
+    pub(super) fn refresh_interest(&mut self, sid: Sid) {
+        let Some((shards, _)) = &self.shard_interest else {
+            return;
+        };
+        let need = match (self.registry.subscription_of(sid), self.clients.get(&sid)) {
+            (Some((filter, params, _)), Some(client)) => Some(crate::shards::needed_by(
+                &filter,
+                &params,
+                client.scope(),
+                *shards,
+            )),
+            _ => None,
+        };
+        if let Some((_, interest)) = &mut self.shard_interest {
+            interest.set(sid, need, Instant::now());
+        }
+    }
+
+    /// Once a second: shards past their grace are let go, commands that waited too long
+    /// for theirs are refused (and what they held up goes on).
+    pub(super) fn shard_tick(&mut self, now: Instant) {
+        let Some((_, interest)) = &mut self.shard_interest else {
+            return;
+        };
+        let (expired, released) = interest.tick(now);
+        for command in expired {
+            let error = ClientError::new(
+                Code::BusUnavailable,
+                format!(
+                    "the logs this subscription needs could not be read from redis within {} s; retry later",
+                    super::shard_interest::PARK_TIMEOUT.as_secs()
+                ),
+            );
+            match command {
+                ClientCommand::Subscribe { reply, .. } => self.answer(reply, Err(error)),
+                ClientCommand::Rescope { reply, .. } => self.answer(reply, Some(error)),
+                other => self.apply_client_now(other),
+            }
+        }
+        for command in released {
+            self.apply_client(command);
+        }
+    }
+
+    fn apply_client_now(&mut self, command: ClientCommand) {
         match command {
             ClientCommand::Connect(client) => {
                 self.handshakes.push_back((Instant::now(), client.sid));

@@ -43,6 +43,7 @@ pub mod outboxes;
 pub mod plugin_command;
 pub mod registry;
 pub mod replay;
+pub mod shard_interest;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -80,6 +81,19 @@ pub enum Inbound {
     Backfill(Vec<Arc<LogRecord>>),
     /// The history's epoch (the Redis stream's); a change empties the kept history.
     Epoch(String),
+    /// Logs of a shard the bus starts reading, older than what it delivered already:
+    /// history only, merged in position order; replays from before `unknown_before` are
+    /// not exact (the shard was trimmed).
+    ShardBackfill {
+        logs: Vec<Arc<LogRecord>>,
+        unknown_before: Option<Position>,
+    },
+    /// The shards in the bus's order, answering the router's request `generation` (see
+    /// [`shard_interest`]).
+    Shards {
+        ready: u64,
+        generation: u64,
+    },
     DeviceStatus(DeviceStatus),
     /// Answered once everything queued before it has been handed to the sockets.
     Drain(oneshot::Sender<()>),
@@ -107,6 +121,9 @@ pub struct RouterSettings {
     pub offsets_may_lead: bool,
     /// The history on disk (`history_dir`), whose writer stamps and hands on every log.
     pub disk: Option<Arc<DiskLog>>,
+    /// Sharded streams (`redis_stream_shards` > 1): their number, and where the router says
+    /// which it needs.
+    pub shards: Option<(usize, tokio::sync::watch::Sender<crate::shards::Wanted>)>,
 }
 
 /// The senders into the router thread.
@@ -148,6 +165,11 @@ pub struct Router {
     handshakes: VecDeque<(Instant, Sid)>,
     /// Packets for sockets are handed over here at the end of each turn of the loop.
     emitter: Arc<Emitter>,
+    /// With sharded streams: the shards needed, and the commands waiting for them.
+    shard_interest: Option<(
+        usize,
+        shard_interest::ShardInterest<client_command::ClientCommand>,
+    )>,
 }
 
 /// Start the router thread. It ends on [`Control::Stop`] (or when every [`RouterHandle`] is
@@ -205,6 +227,9 @@ pub fn spawn(
         handshakes: VecDeque::new(),
         emitter,
         config,
+        shard_interest: settings
+            .shards
+            .map(|(n, wanted)| (n, shard_interest::ShardInterest::new(n, wanted))),
     };
     let join = std::thread::Builder::new()
         .name("logstream-router".into())
@@ -347,6 +372,26 @@ impl Router {
                         let position = stamp.position;
                         self.history.push(position, log, now);
                     }
+                }
+            }
+            Inbound::ShardBackfill {
+                logs,
+                unknown_before,
+            } => {
+                self.flush_pending();
+                if let Some(p) = unknown_before {
+                    self.history.mark_unknown_before(p);
+                }
+                self.history.merge(logs, Instant::now());
+            }
+            Inbound::Shards { ready, generation } => {
+                self.flush_pending();
+                let released = match &mut self.shard_interest {
+                    Some((_, interest)) => interest.on_ready(ready, generation),
+                    None => Vec::new(),
+                };
+                for command in released {
+                    self.apply_client(command);
                 }
             }
             Inbound::Epoch(epoch) => {
@@ -547,6 +592,7 @@ impl Router {
             }
         }
         self.history.expire(now);
+        self.shard_tick(now);
         let (logs, bytes) = self.history.totals();
         self.metrics
             .set_history(logs, bytes, self.history.oldest(&self.epoch, now));
@@ -558,6 +604,7 @@ impl Router {
             if self.clients.get(&sid).is_some_and(|c| c.is_stale(now)) {
                 self.registry.unsubscribe(sid);
                 self.clients.remove(&sid);
+                self.refresh_interest(sid);
                 self.connections.remove(&sid.to_string());
                 self.edge.forget(sid);
                 tracing::debug!(%sid, "pruned a client whose handshake never completed");

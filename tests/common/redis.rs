@@ -378,22 +378,8 @@ impl RedisCluster {
     /// Fail over the primary that holds `key`: `CLUSTER FAILOVER` on one of its replicas;
     /// returns once that replica is a primary.
     pub fn failover_of(&self, key: &str) {
-        let slot = sentinel_query(self.ports[0], &["CLUSTER", "KEYSLOT", key]);
-        let slot: u16 = slot.trim().parse().expect("a slot");
+        let owner = self.primary_of(key);
         let nodes = sentinel_query(self.ports[0], &["CLUSTER", "NODES"]);
-        let owner = nodes
-            .lines()
-            .find(|l| {
-                l.contains("master")
-                    && l.split_whitespace().skip(8).any(|range| {
-                        let (a, b) = range.split_once('-').unwrap_or((range, range));
-                        a.parse::<u16>().is_ok_and(|a| a <= slot)
-                            && b.parse::<u16>().is_ok_and(|b| slot <= b)
-                    })
-            })
-            .and_then(|l| l.split_whitespace().next())
-            .expect("the slot's primary")
-            .to_owned();
         let replica_port: u16 = nodes
             .lines()
             .find(|l| l.contains("slave") && l.contains(&owner))
@@ -408,6 +394,26 @@ impl RedisCluster {
             Duration::from_millis(100),
             || sentinel_query(replica_port, &["ROLE"]).starts_with("master"),
         );
+    }
+
+    /// The node id of the primary that holds `key`.
+    pub fn primary_of(&self, key: &str) -> String {
+        let slot = sentinel_query(self.ports[0], &["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("a slot");
+        let nodes = sentinel_query(self.ports[0], &["CLUSTER", "NODES"]);
+        nodes
+            .lines()
+            .find(|l| {
+                l.contains("master")
+                    && l.split_whitespace().skip(8).any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        a.parse::<u16>().is_ok_and(|a| a <= slot)
+                            && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                    })
+            })
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the slot's primary")
+            .to_owned()
     }
 }
 

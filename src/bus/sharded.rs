@@ -1,0 +1,189 @@
+//! Reading sharded streams (`redis_stream_shards` > 1): a reader for each shard the router
+//! wants ([`crate::shards::Wanted`]), and their reads merged into one order (`merge`).
+//!
+//! The router learns which shards are in the order through [`Inbound::Shards`], after the
+//! history of a newly read shard ([`Inbound::ShardBackfill`]) and before its first live log,
+//! all on the one queue: a subscription the router held until then misses nothing and sees
+//! nothing twice.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::Sender;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::merge::Merge;
+use super::redis::{BACKOFF_MAX, BACKOFF_MIN, RedisBus};
+use super::shard_reader::{ReaderEvent, ShardReader};
+use crate::log_entry::Position;
+use crate::router::Inbound;
+use crate::shards::Wanted;
+
+/// A running shard reader.
+struct Running {
+    stop: CancellationToken,
+    nudge: Arc<Notify>,
+}
+
+impl RedisBus {
+    /// Read the shards `wanted` names until `stop`, merged, into `router`.
+    pub async fn sharded_reader(
+        self: Arc<Self>,
+        router: Sender<Inbound>,
+        mut wanted: watch::Receiver<Wanted>,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = BACKOFF_MIN;
+        let (mut epoch, start) = loop {
+            let started = tokio::select! {
+                () = stop.cancelled() => return,
+                started = self.sharded_start() => started,
+            };
+            match started {
+                Ok(v) => break v,
+                Err(e) => {
+                    self.status.set_error(&e);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis shards unavailable");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        };
+        self.status.reading.store(true, Ordering::Relaxed);
+        tracing::info!(stream = %self.stream, shards = self.shards(), epoch = %epoch, "reading the redis shards the clients want");
+        self.forward_reliably(&router, Inbound::Epoch(epoch.clone()))
+            .await;
+        let n = self.shards();
+        let mut merge = Merge::new(n, start);
+        let (tx, mut rx) = mpsc::channel(64);
+        let mut readers: Vec<Option<Running>> = (0..n).map(|_| None).collect();
+        let mut run = 0u64;
+        loop {
+            let want = *wanted.borrow_and_update();
+            for (shard, reader) in readers.iter_mut().enumerate() {
+                let wanted_now = want.mask & (1 << shard) != 0;
+                if wanted_now && reader.is_none() {
+                    run += 1;
+                    let from = merge.activate(shard, run);
+                    let running = Running {
+                        stop: stop.child_token(),
+                        nudge: Arc::new(Notify::new()),
+                    };
+                    let shard_reader = ShardReader {
+                        bus: self.clone(),
+                        shard,
+                        run,
+                        epoch: epoch.clone(),
+                        from,
+                        to: tx.clone(),
+                        nudge: running.nudge.clone(),
+                    };
+                    tokio::spawn(shard_reader.run(running.stop.clone()));
+                    *reader = Some(running);
+                } else if !wanted_now && let Some(running) = reader.take() {
+                    running.stop.cancel();
+                    merge.deactivate(shard);
+                }
+            }
+            self.reading_shards.store(merge.active(), Ordering::Relaxed);
+            self.forward_reliably(
+                &router,
+                Inbound::Shards {
+                    ready: merge.in_order(),
+                    generation: want.generation,
+                },
+            )
+            .await;
+            // Until the wanted shards change: reads.
+            loop {
+                let event = tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = wanted.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                    event = rx.recv() => match event {
+                        Some(event) => event,
+                        None => return,
+                    },
+                };
+                match event {
+                    ReaderEvent::Read(read) => {
+                        let taken = merge.take(read);
+                        if !taken.backfill.is_empty() || taken.unknown_before.is_some() {
+                            self.forward_reliably(
+                                &router,
+                                Inbound::ShardBackfill {
+                                    logs: taken.backfill,
+                                    unknown_before: taken.unknown_before,
+                                },
+                            )
+                            .await;
+                        }
+                        let released = merge.release();
+                        if let Some(last) = released.last().and_then(|r| r.stamp.get()) {
+                            self.read.send_replace(last.position);
+                        }
+                        if !released.is_empty() {
+                            self.forward_reliably(&router, Inbound::Logs(released))
+                                .await;
+                        }
+                        let holding = merge.holding_back();
+                        for (shard, reader) in readers.iter().enumerate() {
+                            if holding & (1 << shard) != 0
+                                && let Some(r) = reader
+                            {
+                                r.nudge.notify_one();
+                            }
+                        }
+                        if taken.caught_up {
+                            self.forward_reliably(
+                                &router,
+                                Inbound::Shards {
+                                    ready: merge.in_order(),
+                                    generation: want.generation,
+                                },
+                            )
+                            .await;
+                        }
+                    }
+                    ReaderEvent::Epoch(new) if new != epoch => {
+                        tracing::warn!(old = %epoch, new = %new, "the redis stream has a new epoch (its data was lost?): older offsets cannot be replayed");
+                        for running in readers.iter_mut().filter_map(Option::take) {
+                            running.stop.cancel();
+                        }
+                        merge.reset();
+                        for shard in 0..n {
+                            merge.deactivate(shard);
+                        }
+                        epoch = new;
+                        self.forward_reliably(&router, Inbound::Epoch(epoch.clone()))
+                            .await;
+                        break;
+                    }
+                    ReaderEvent::Epoch(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Before reading shards: the shard count agreed, the stream's epoch, and Redis's clock
+    /// (what was appended before it is history).
+    async fn sharded_start(&self) -> redis::RedisResult<(String, Position)> {
+        self.check_shards().await.map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "shards", e.to_string()))
+        })?;
+        let mut conn = self.connection();
+        let epoch = self.epoch(&mut conn).await?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let start = Position {
+            major: secs * 1000 + micros / 1000,
+            minor: 0,
+        };
+        Ok((epoch, start))
+    }
+}
