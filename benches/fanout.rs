@@ -3,7 +3,7 @@
 //! server CPU per delivered log (from /proc), p50/p99 latency from the POST to the client
 //! reading the frame, and resident memory per connection.
 //!
-//! `cargo bench --bench fanout -- [--target logstream,logstream-no-stats,logstream-before,logstream-redis,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
+//! `cargo bench --bench fanout -- [--target logstream,logstream-no-stats,logstream-before,logstream-redis,logstream-redis-sharded,logstream-redis-pubsub,node,floor-socketioxide,floor-tungstenite | both | floors]
 //!   [--mode batch|new] [--clients 1000] [--devices 100] [--rate 5000] [--seconds 10]
 //!   [--replay N] [--set key=value ...] [--headroom] [--repeat N]`
 //! `cargo bench --bench fanout -- --history-memory 100000`
@@ -237,6 +237,18 @@ fn start_logstream_redis(sets: &[String]) -> Target {
         sets,
         env!("CARGO_BIN_EXE_logstream"),
         "logstream ×2 + redis (stream)",
+    )
+}
+
+/// The same with the logs spread over 8 shards (`redis_stream_shards`): each instance reads
+/// the shards of its clients' devices and merges them in order.
+fn start_logstream_redis_sharded(sets: &[String]) -> Target {
+    let mut sets = sets.to_vec();
+    sets.push("redis_stream_shards=8".to_owned());
+    start_redis_pair(
+        &sets,
+        env!("CARGO_BIN_EXE_logstream"),
+        "logstream ×2 + redis (8 shards)",
     )
 }
 
@@ -826,6 +838,7 @@ fn start_target(name: &str, a: &Args) -> Target {
         "logstream-before" => start_logstream_before(&a.sets),
         "logstream-no-stats" => start_logstream_no_stats(&a.sets),
         "logstream-redis" => start_logstream_redis(&a.sets),
+        "logstream-redis-sharded" => start_logstream_redis_sharded(&a.sets),
         "logstream-redis-pubsub" => start_logstream_redis_pubsub(&a.sets),
         _ => start_logstream(&a.sets),
     }

@@ -1,5 +1,7 @@
 //! Ingest through the Redis deployments of issue 24: what a replicated acknowledgement
-//! (`redis_min_replicas`), Sentinel and a Redis Cluster cost, on this machine.
+//! (`redis_min_replicas`), Sentinel, a Redis Cluster and logs sharded by device
+//! (`redis_stream_shards = 8`, on one Redis and over the cluster's primaries) cost, on this
+//! machine.
 //!
 //! `cargo bench --bench redis_ingest -- [--seconds 10] [--posters 4]`
 //!
@@ -104,11 +106,17 @@ struct Figures {
     refused: u64,
 }
 
-async fn run(name: &str, deployment: &Deployment, min_replicas: usize, a: &Args) -> Figures {
+async fn run(
+    name: &str,
+    deployment: &Deployment,
+    (min_replicas, shards): (usize, usize),
+    a: &Args,
+) -> Figures {
     let bin = env!("CARGO_BIN_EXE_logstream");
     let env = vec![("LOGSTREAM_REDIS_URL".to_owned(), deployment.url())];
     let sets = vec![
         format!("redis_min_replicas={min_replicas}"),
+        format!("redis_stream_shards={shards}"),
         "stats_interval_ms=3600000".to_owned(),
         "history_max_logs=200000".to_owned(),
     ];
@@ -215,8 +223,18 @@ fn main() {
     );
     let mut rows = Vec::new();
     type Make = fn() -> Deployment;
-    let plans: [(&str, Make, usize); 5] = [
-        ("one Redis", || Deployment::Single(RedisServer::start()), 0),
+    // (name, deployment, (redis_min_replicas, redis_stream_shards)).
+    let plans: [(&str, Make, (usize, usize)); 7] = [
+        (
+            "one Redis",
+            || Deployment::Single(RedisServer::start()),
+            (0, 1),
+        ),
+        (
+            "one Redis, 8 shards",
+            || Deployment::Single(RedisServer::start()),
+            (0, 8),
+        ),
         (
             "primary + replica, redis_min_replicas = 1",
             || {
@@ -224,27 +242,32 @@ fn main() {
                 let r = RedisServer::start_replica_of(&p);
                 Deployment::Replicated(p, r)
             },
-            1,
+            (1, 1),
         ),
         (
             "Sentinel (primary, replica, 3 sentinels), redis_min_replicas = 1",
             || Deployment::Sentinel(SentinelSet::start()),
-            1,
+            (1, 1),
         ),
         (
             "Cluster, 3 primaries + 3 replicas",
             || Deployment::Cluster(RedisCluster::start()),
-            0,
+            (0, 1),
+        ),
+        (
+            "Cluster, 3 primaries + 3 replicas, 8 shards",
+            || Deployment::Cluster(RedisCluster::start()),
+            (0, 8),
         ),
         (
             "Cluster, 3 primaries + 3 replicas, redis_min_replicas = 1",
             || Deployment::Cluster(RedisCluster::start()),
-            1,
+            (1, 1),
         ),
     ];
-    for (i, (name, make, min_replicas)) in plans.into_iter().enumerate() {
+    for (i, (name, make, settings)) in plans.into_iter().enumerate() {
         let deployment = make();
-        let f = rt.block_on(run(&format!("d{i}"), &deployment, min_replicas, &a));
+        let f = rt.block_on(run(&format!("d{i}"), &deployment, settings, &a));
         println!(
             "{name:<64} {:>8.0} logs/s  p50 {:>6.1} ms  p99 {:>6.1} ms  logstream {:>5.2} µs/log  redis {:>5.2} µs/log  refused {}",
             f.logs_per_s, f.p50_ms, f.p99_ms, f.server_us, f.redis_us, f.refused

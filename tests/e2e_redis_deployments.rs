@@ -286,6 +286,34 @@ async fn sharded_streams_spread_over_the_cluster_primaries_and_survive_a_failove
         .map(|i| cluster.primary_of(&format!("{{logstream:logs:{i}}}")))
         .collect();
     assert!(primaries.len() >= 2, "{primaries:?}");
+    // One request whose logs go to shards on different primaries, without a key: one
+    // transaction per shard (a cluster pipeline reaches one node).
+    let mut spread: Vec<String> = Vec::new();
+    for i in 0.. {
+        let d = format!("spread-{i}");
+        let s = logstream::shards::shard_of(&d, SHARDS);
+        if !spread
+            .iter()
+            .any(|p| logstream::shards::shard_of(p, SHARDS) == s)
+        {
+            spread.push(d);
+        }
+        if spread.len() == 4 {
+            break;
+        }
+    }
+    let mut watcher = a.client("spread").await;
+    watcher.subscribe(json!({ "deviceIds": spread })).await;
+    let body = Value::Array(spread.iter().map(|d| log(d, "INFO", d)).collect());
+    let (status, answer) = a
+        .post("/api/logs", &[("x-api-key", API_KEY)], &body.to_string())
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let mut got = messages(&watcher.logs(spread.len(), T).await);
+    got.sort();
+    let mut want = spread.clone();
+    want.sort();
+    assert_eq!(got, want);
 
     let batches = 120;
     let failover = cluster.clone();

@@ -131,14 +131,7 @@ impl RedisBus {
             let mut pipe = redis::pipe();
             pipe.atomic();
             for log in logs {
-                pipe.cmd("XADD")
-                    .arg(&self.stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(self.max_len)
-                    .arg("*")
-                    .arg("e")
-                    .arg(log.json.get());
+                pipe.add_command(self.xadd(0, log));
             }
             let ids = self
                 .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
@@ -180,17 +173,44 @@ impl RedisBus {
                 .iter()
                 .map(|(shard, part)| self.publish_replicated(*shard, part, key));
             futures_util::future::try_join_all(waits).await?
+        } else if self.connector.is_cluster() {
+            // A cluster pipeline goes to one node: one per shard, side by side.
+            let appends = parts
+                .iter()
+                .map(|(shard, part)| self.publish_part(*shard, part, key));
+            futures_util::future::try_join_all(appends).await?
         } else {
             let mut pipe = redis::pipe();
-            if !self.connector.is_cluster() {
-                pipe.atomic();
-            }
+            pipe.atomic();
             for (shard, part) in &parts {
-                pipe.add_command(self.append_script(*shard, part, key));
+                match key {
+                    Some(_) => {
+                        pipe.add_command(self.append_script(*shard, part, key));
+                    }
+                    // Without a key, plain XADDs: cheaper for Redis than a script's.
+                    None => {
+                        for log in part {
+                            pipe.add_command(self.xadd(*shard, log));
+                        }
+                    }
+                }
             }
-            let answers = self
-                .appended(pipe.query_async::<Vec<Option<Vec<String>>>>(&mut self.connection()))
-                .await?;
+            let answers: Vec<Option<Vec<String>>> = match key {
+                Some(_) => {
+                    self.appended(pipe.query_async(&mut self.connection()))
+                        .await?
+                }
+                None => {
+                    let mut ids = self
+                        .appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
+                        .await?
+                        .into_iter();
+                    parts
+                        .iter()
+                        .map(|(_, part)| Some(ids.by_ref().take(part.len()).collect()))
+                        .collect()
+                }
+            };
             parts
                 .iter()
                 .zip(answers)
@@ -212,6 +232,41 @@ impl RedisBus {
                 Published::Appended
             },
         )
+    }
+
+    /// Append `logs` (all of shard `shard`) in one step: the script under `key`, else one
+    /// transaction of `XADD`s.
+    async fn publish_part(
+        &self,
+        shard: usize,
+        logs: &[Arc<LogRecord>],
+        key: Option<&PublishKey>,
+    ) -> Result<Published, PublishError> {
+        let ids = match key {
+            Some(_) => {
+                let eval = self.append_script(shard, logs, key);
+                self.appended(eval.query_async::<Option<Vec<String>>>(&mut self.connection()))
+                    .await?
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for log in logs {
+                    pipe.add_command(self.xadd(shard, log));
+                }
+                Some(
+                    self.appended(pipe.query_async::<Vec<String>>(&mut self.connection()))
+                        .await?,
+                )
+            }
+        };
+        Ok(match ids {
+            Some(ids) => {
+                self.note_published(shard, &ids);
+                Published::Appended
+            }
+            None => Published::AlreadyPublished,
+        })
     }
 
     /// Append as [`Self::publish_logs`] does, then `WAIT` for `redis_min_replicas`: the
@@ -257,6 +312,19 @@ impl RedisBus {
             Some(_) => Published::Appended,
             None => Published::AlreadyPublished,
         })
+    }
+
+    /// `XADD` of `log` to shard `shard`, trimmed to about `history_max_logs`.
+    fn xadd(&self, shard: usize, log: &LogRecord) -> redis::Cmd {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&self.shard_keys[shard])
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.max_len)
+            .arg("*")
+            .arg("e")
+            .arg(log.json.get());
+        xadd
     }
 
     /// The script that appends `logs` to shard `shard`: [`APPEND_ONCE`] under `key` (named
