@@ -1,7 +1,10 @@
 //! Ingest through the Redis deployments of issue 24: what a replicated acknowledgement
 //! (`redis_min_replicas`), Sentinel, a Redis Cluster and logs sharded by device
 //! (`redis_stream_shards = 8`, on one Redis and over the cluster's primaries) cost, on this
-//! machine.
+//! machine. With one stream an instance reads every log back whether or not a client
+//! listens; with shards it reads only what its clients need, so the sharded rows run both
+//! with no client and with one client subscribed to everything (which makes the instance
+//! read every shard, like the one stream).
 //!
 //! `cargo bench --bench redis_ingest -- [--seconds 10] [--posters 4]`
 //!
@@ -106,12 +109,30 @@ struct Figures {
     refused: u64,
 }
 
-async fn run(
-    name: &str,
-    deployment: &Deployment,
-    (min_replicas, shards): (usize, usize),
-    a: &Args,
-) -> Figures {
+/// What a row sets: `redis_min_replicas`, `redis_stream_shards`, and whether one client
+/// subscribed to everything (so the instance reads every shard back, as it reads the one
+/// stream whether or not anyone listens).
+#[derive(Clone, Copy)]
+struct Row {
+    min_replicas: usize,
+    shards: usize,
+    reader: bool,
+}
+
+const fn row(min_replicas: usize, shards: usize, reader: bool) -> Row {
+    Row {
+        min_replicas,
+        shards,
+        reader,
+    }
+}
+
+async fn run(name: &str, deployment: &Deployment, r: Row, a: &Args) -> Figures {
+    let Row {
+        min_replicas,
+        shards,
+        reader,
+    } = r;
     let bin = env!("CARGO_BIN_EXE_logstream");
     let env = vec![("LOGSTREAM_REDIS_URL".to_owned(), deployment.url())];
     let sets = vec![
@@ -119,6 +140,9 @@ async fn run(
         format!("redis_stream_shards={shards}"),
         "stats_interval_ms=3600000".to_owned(),
         "history_max_logs=200000".to_owned(),
+        // The reader takes everything: no per-client rate limit.
+        "rate_limit=10000000".to_owned(),
+        "max_client_rate_limit=10000000".to_owned(),
     ];
     let server = Server::start(bin, &KEYS, &env, &sets);
     let http = reqwest::Client::builder()
@@ -142,6 +166,28 @@ async fn run(
         assert!(Instant::now() < deadline, "{name}: never ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let delivered = Arc::new(AtomicU64::new(0));
+    if reader {
+        let token = support::token(KEYS.secret, "reader");
+        let sub = json!({ "batch": true });
+        tokio::spawn(support::subscriber(
+            server.url.clone(),
+            token,
+            sub,
+            delivered.clone(),
+        ));
+        // Subscribed and reading: the warm-up batch arrives.
+        while delivered.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            let _ = http
+                .post(format!("{}/api/logs", server.url))
+                .header("x-api-key", KEYS.api_key)
+                .json(&batch(u64::MAX / 100 - 1))
+                .send()
+                .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let delivered0 = delivered.load(Ordering::Relaxed);
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -197,6 +243,21 @@ async fn run(
         .map(|p| cpu_seconds(*p))
         .sum::<f64>()
         - redis0;
+    if reader {
+        // Everything accepted reaches the reader (or 10 s).
+        let until = Instant::now() + Duration::from_secs(10);
+        while delivered.load(Ordering::Relaxed) - delivered0 < accepted.load(Ordering::Relaxed)
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let got = delivered.load(Ordering::Relaxed) - delivered0;
+        assert!(
+            got >= accepted.load(Ordering::Relaxed),
+            "{name}: the reader got {got} of {} logs",
+            accepted.load(Ordering::Relaxed)
+        );
+    }
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort_unstable();
     drop(server);
@@ -223,18 +284,13 @@ fn main() {
     );
     let mut rows = Vec::new();
     type Make = fn() -> Deployment;
-    // (name, deployment, (redis_min_replicas, redis_stream_shards)).
-    let plans: [(&str, Make, (usize, usize)); 7] = [
-        (
-            "one Redis",
-            || Deployment::Single(RedisServer::start()),
-            (0, 1),
-        ),
-        (
-            "one Redis, 8 shards",
-            || Deployment::Single(RedisServer::start()),
-            (0, 8),
-        ),
+    let one: Make = || Deployment::Single(RedisServer::start());
+    let cluster: Make = || Deployment::Cluster(RedisCluster::start());
+    let plans: [(&str, Make, Row); 11] = [
+        ("one Redis", one, row(0, 1, false)),
+        ("one Redis, 8 shards, no client", one, row(0, 8, false)),
+        ("one Redis, a client reading everything", one, row(0, 1, true)),
+        ("one Redis, 8 shards, a client reading everything", one, row(0, 8, true)),
         (
             "primary + replica, redis_min_replicas = 1",
             || {
@@ -242,27 +298,21 @@ fn main() {
                 let r = RedisServer::start_replica_of(&p);
                 Deployment::Replicated(p, r)
             },
-            (1, 1),
+            row(1, 1, false),
         ),
         (
             "Sentinel (primary, replica, 3 sentinels), redis_min_replicas = 1",
             || Deployment::Sentinel(SentinelSet::start()),
-            (1, 1),
+            row(1, 1, false),
         ),
-        (
-            "Cluster, 3 primaries + 3 replicas",
-            || Deployment::Cluster(RedisCluster::start()),
-            (0, 1),
-        ),
-        (
-            "Cluster, 3 primaries + 3 replicas, 8 shards",
-            || Deployment::Cluster(RedisCluster::start()),
-            (0, 8),
-        ),
+        ("Cluster, 3 primaries + 3 replicas", cluster, row(0, 1, false)),
+        ("Cluster, 8 shards, no client", cluster, row(0, 8, false)),
+        ("Cluster, a client reading everything", cluster, row(0, 1, true)),
+        ("Cluster, 8 shards, a client reading everything", cluster, row(0, 8, true)),
         (
             "Cluster, 3 primaries + 3 replicas, redis_min_replicas = 1",
-            || Deployment::Cluster(RedisCluster::start()),
-            (1, 1),
+            cluster,
+            row(1, 1, false),
         ),
     ];
     for (i, (name, make, settings)) in plans.into_iter().enumerate() {

@@ -20,9 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
 mod support;
 use support::{Server, cpu_seconds, scratch_dir};
@@ -83,40 +81,6 @@ fn devices_by_shard() -> Vec<Vec<String>> {
     by_shard
 }
 
-/// A client of `url` subscribed with `sub`, counting the logs it receives into `got`.
-async fn client(url: String, user: String, sub: Value, got: Arc<AtomicU64>) {
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("ws connect");
-    let token = support::token(KEYS.secret, &user);
-    ws.send(Message::Text(
-        format!("40{}", json!({ "token": token })).into(),
-    ))
-    .await
-    .unwrap();
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(text) = msg else { continue };
-        if text == "2" {
-            let _ = ws.send(Message::Text("3".into())).await;
-        } else if text.starts_with("40") {
-            let frame = json!(["log:subscribe", sub]);
-            ws.send(Message::Text(format!("42{frame}").into()))
-                .await
-                .unwrap();
-        } else if let Some(rest) = text.strip_prefix("42[\"log:batch\",") {
-            let n = serde_json::from_str::<Value>(&rest[..rest.len() - 1])
-                .ok()
-                .and_then(|v| v.as_array().map(Vec::len))
-                .unwrap_or(0);
-            got.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
 async fn bus(http: &reqwest::Client, url: &str) -> Value {
     let r = http
         .get(format!("{url}/api/ws/health"))
@@ -174,7 +138,12 @@ async fn run(a: &Args, shards: usize, scoped: bool) -> Figures {
         } else {
             json!({ "batch": true })
         };
-        tokio::spawn(client(s.url.clone(), format!("u{i}"), sub, got.clone()));
+        tokio::spawn(support::subscriber(
+            s.url.clone(),
+            support::token(KEYS.secret, &format!("u{i}")),
+            sub,
+            got.clone(),
+        ));
     }
     // Ready: every instance connected and reading what its client needs.
     let wanted_per_instance = match (shards, scoped) {

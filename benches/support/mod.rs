@@ -4,6 +4,12 @@
 #![allow(dead_code)]
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Throw-away certificates (a CA and server certificates it signs), made with `openssl`: the
@@ -157,4 +163,39 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
+}
+
+/// A raw engine.io v4 WebSocket client of `url` (no socket.io library: the load generator
+/// stays light), subscribed with `sub` (`batch: true`), counting the logs of the `log:batch`
+/// frames it receives into `got`.
+pub async fn subscriber(url: String, token: String, sub: Value, got: Arc<AtomicU64>) {
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        url.replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect");
+    ws.send(Message::Text(
+        format!("40{}", json!({ "token": token })).into(),
+    ))
+    .await
+    .unwrap();
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(text) = msg else { continue };
+        if text == "2" {
+            let _ = ws.send(Message::Text("3".into())).await;
+        } else if text.starts_with("40") {
+            let frame = json!(["log:subscribe", sub]);
+            ws.send(Message::Text(format!("42{frame}").into()))
+                .await
+                .unwrap();
+        } else if let Some(rest) = text.strip_prefix("42[\"log:batch\",") {
+            let n = serde_json::from_str::<Value>(&rest[..rest.len() - 1])
+                .ok()
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(0);
+            got.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
 }
