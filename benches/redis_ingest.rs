@@ -289,8 +289,16 @@ fn main() {
     let plans: [(&str, Make, Row); 11] = [
         ("one Redis", one, row(0, 1, false)),
         ("one Redis, 8 shards, no client", one, row(0, 8, false)),
-        ("one Redis, a client reading everything", one, row(0, 1, true)),
-        ("one Redis, 8 shards, a client reading everything", one, row(0, 8, true)),
+        (
+            "one Redis, a client reading everything",
+            one,
+            row(0, 1, true),
+        ),
+        (
+            "one Redis, 8 shards, a client reading everything",
+            one,
+            row(0, 8, true),
+        ),
         (
             "primary + replica, redis_min_replicas = 1",
             || {
@@ -305,10 +313,22 @@ fn main() {
             || Deployment::Sentinel(SentinelSet::start()),
             row(1, 1, false),
         ),
-        ("Cluster, 3 primaries + 3 replicas", cluster, row(0, 1, false)),
+        (
+            "Cluster, 3 primaries + 3 replicas",
+            cluster,
+            row(0, 1, false),
+        ),
         ("Cluster, 8 shards, no client", cluster, row(0, 8, false)),
-        ("Cluster, a client reading everything", cluster, row(0, 1, true)),
-        ("Cluster, 8 shards, a client reading everything", cluster, row(0, 8, true)),
+        (
+            "Cluster, a client reading everything",
+            cluster,
+            row(0, 1, true),
+        ),
+        (
+            "Cluster, 8 shards, a client reading everything",
+            cluster,
+            row(0, 8, true),
+        ),
         (
             "Cluster, 3 primaries + 3 replicas, redis_min_replicas = 1",
             cluster,

@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::bus::PublishError;
-use crate::bus::redis::RedisBus;
+use crate::bus::{ClusterLink, PublishError};
 use crate::protocol::{ClusterOp, ConnectionView, DescribeReply, DisconnectReply, InstanceStats};
 
 /// How long the admin API waits for other instances.
@@ -81,18 +80,32 @@ pub fn local_stats(app: &AppState) -> InstanceStats {
     }
 }
 
+/// The replies that parse as `R` (another instance's malformed answer is logged and left
+/// out).
+fn parsed<R: serde::de::DeserializeOwned>(replies: Vec<Vec<u8>>) -> Vec<R> {
+    replies
+        .iter()
+        .filter_map(|r| {
+            serde_json::from_slice(r)
+                .inspect_err(|e| tracing::warn!(error = %e, "ignoring a malformed cluster reply"))
+                .ok()
+        })
+        .collect()
+}
+
 /// Ask every live instance to describe itself; returns (connections, stats per instance).
 pub async fn describe_all(
-    bus: &Arc<RedisBus>,
+    bus: &dyn ClusterLink,
 ) -> Result<(Vec<ConnectionView>, Vec<InstanceStats>), PublishError> {
     let expected = bus.instances().await?.len().max(1);
-    let replies: Vec<DescribeReply> = bus
-        .request(
-            |reply| ClusterOp::Describe { reply },
+    let replies: Vec<DescribeReply> = parsed(
+        bus.request(
+            Box::new(|reply| ClusterOp::Describe { reply }),
             expected,
             REPLY_TIMEOUT,
         )
-        .await?;
+        .await?,
+    );
     let mut connections = Vec::new();
     let mut stats = Vec::new();
     for r in replies {
@@ -104,20 +117,19 @@ pub async fn describe_all(
 
 /// Disconnect `id` wherever it is. `Ok(Some(instance))` if some instance had it.
 pub async fn disconnect_anywhere(
-    bus: &Arc<RedisBus>,
+    bus: &dyn ClusterLink,
     id: &str,
 ) -> Result<Option<String>, PublishError> {
     let expected = bus.instances().await?.len().max(1);
-    let replies: Vec<DisconnectReply> = bus
-        .request(
-            |reply| ClusterOp::Disconnect {
-                id: id.to_owned(),
-                reply,
-            },
+    let id = id.to_owned();
+    let replies: Vec<DisconnectReply> = parsed(
+        bus.request(
+            Box::new(|reply| ClusterOp::Disconnect { id, reply }),
             expected,
             REPLY_TIMEOUT,
         )
-        .await?;
+        .await?,
+    );
     Ok(replies.into_iter().find(|r| r.found).map(|r| r.instance))
 }
 
@@ -125,7 +137,7 @@ pub async fn disconnect_anywhere(
 pub async fn serve_admin(
     app: AppState,
     io: SocketIo,
-    bus: Arc<RedisBus>,
+    bus: Arc<dyn ClusterLink>,
     mut rx: mpsc::Receiver<ClusterOp>,
     stop: CancellationToken,
 ) {
@@ -169,7 +181,7 @@ pub async fn serve_admin(
             }
         };
         if let Ok(answer) = answer {
-            let _ = bus.publish(&reply, answer).await;
+            let _ = bus.reply(&reply, answer).await;
         }
     }
 }

@@ -37,13 +37,6 @@ pub type Reload = Arc<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 /// How long a SIGHUP may take to read the configuration before it is given up.
 const RELOAD_WITHIN: Duration = Duration::from_secs(5);
 
-/// Seed-channel messages read from Redis and waiting to be accepted; past it the subscriber
-/// waits (and Redis buffers what the channel brings meanwhile).
-const SEED_CHANNEL_QUEUE: usize = 64;
-
-/// The sessions' file in the history directory.
-const SESSIONS_FILE: &str = "sessions.jsonl";
-
 /// A started server.
 pub struct Running {
     app: AppState,
@@ -228,12 +221,12 @@ pub async fn start(
     };
     let bus = match &config.redis.redis_url {
         None => Bus::Embedded(match &history_writer {
-            Some((writer, _, log)) => crate::bus::EmbeddedBus::durable(
+            Some((writer, _, log)) => crate::bus::embedded::EmbeddedBus::durable(
                 router.inbound.clone(),
                 writer.clone(),
                 log.clone(),
             ),
-            None => crate::bus::EmbeddedBus::new(router.inbound.clone()),
+            None => crate::bus::embedded::EmbeddedBus::new(router.inbound.clone()),
         }),
         Some(url) => {
             let redis = bus::redis::RedisBus::new(url, &config, instance.clone())?;
@@ -260,26 +253,10 @@ pub async fn start(
         instance: instance.clone(),
         stopping: CancellationToken::new(),
         access,
-        sessions: match &bus {
-            Bus::Redis(redis) => crate::sessions::Sessions::redis(redis.clone(), session_limits),
-            Bus::Embedded(embedded) => match embedded.disk() {
-                Some(disk) => {
-                    let path = disk.dir().join(SESSIONS_FILE);
-                    let (journal, kept) = crate::sessions::journal::Journal::open(&path)
-                        .with_context(|| format!("sessions file {}", path.display()))?;
-                    if !kept.is_empty() {
-                        tracing::info!(sessions = kept.len(), "sessions kept across the restart");
-                    }
-                    crate::sessions::Sessions::durable(
-                        session_limits,
-                        journal,
-                        kept,
-                        Duration::from_millis(config.history.session_ttl_ms),
-                    )
-                }
-                None => crate::sessions::Sessions::memory(session_limits),
-            },
-        },
+        sessions: bus.sessions(
+            session_limits,
+            Duration::from_millis(config.history.session_ttl_ms),
+        )?,
         edge: edge.clone(),
         dev_tokens: dev.supplied.contains(&"jwt_secret"),
     });
@@ -370,41 +347,23 @@ pub async fn start(
         ));
     }
     if let Some(redis) = app.bus.redis() {
-        let (admin_tx, admin_rx) = tokio::sync::mpsc::channel(256);
-        // The seed channel's messages, in order, to the source that accepts them.
-        let (seed_tx, seed_rx) = tokio::sync::mpsc::channel(SEED_CHANNEL_QUEUE);
-        let readers = crate::bus::redis::ChannelReaders {
-            seed_logs: seed_tx,
-            router: router.inbound.clone(),
-            admin: admin_tx,
-        };
-        tasks.spawn(redis.clone().subscriber(readers, stop_tasks.clone()));
+        let started = redis.start(
+            router.inbound.clone(),
+            shard_watch.map(|(_, wanted)| wanted),
+            &tasks,
+            &stop_tasks,
+        );
         tasks.spawn(crate::ingest::seed_channel::run(
             app.clone(),
             redis.clone(),
-            seed_rx,
+            started.seed_logs,
             stop_tasks.clone(),
         ));
-        match shard_watch {
-            Some((_, wanted)) => tasks.spawn(redis.clone().sharded_reader(
-                router.inbound.clone(),
-                wanted,
-                stop_tasks.clone(),
-            )),
-            None => tasks.spawn(
-                redis
-                    .clone()
-                    .stream_reader(router.inbound.clone(), stop_tasks.clone()),
-            ),
-        };
-        tasks.spawn(redis.clone().heartbeat(stop_tasks.clone()));
-        // Sentinel: follow the primary (a no-op for the other deployments).
-        tasks.spawn(redis.connector().clone().watch(stop_tasks.clone()));
         tasks.spawn(crate::cluster::serve_admin(
             app.clone(),
             io.clone(),
             redis.clone(),
-            admin_rx,
+            started.admin,
             stop_tasks.clone(),
         ));
         tracing::info!(%instance, "using the redis bus");
@@ -484,13 +443,11 @@ impl Running {
             }
         }
         // 2. With Redis, what this instance published must come back before the drain.
-        if let Some(redis) = self.app.bus.redis() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !redis.drain(left).await {
-                tracing::warn!(
-                    "could not confirm that redis returned everything this instance published"
-                );
-            }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !self.app.bus.drain(left).await {
+            tracing::warn!(
+                "could not confirm that the bus returned everything this instance published"
+            );
         }
         // 3. Everything accepted is ahead of the drain marker: once answered, it is queued
         //    on the sockets.

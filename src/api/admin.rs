@@ -16,7 +16,7 @@ use socketioxide::socket::Sid;
 use super::auth::{Admin, MetricsReader};
 use super::error::AppError;
 use crate::app::HttpState;
-use crate::bus::redis::RedisBus;
+use crate::bus::ClusterLink;
 use crate::cluster;
 use crate::protocol::{ClusterOp, Code, event};
 use crate::router::{AdminQuery, Control, PluginCommand};
@@ -25,47 +25,7 @@ use axum::response::IntoResponse;
 pub async fn health(State(app): State<HttpState>) -> Json<Value> {
     let connections = app.connections.len();
     let max = app.connections.max_total();
-    let (bus, bus_ok) = match app.bus.redis() {
-        None => match app.bus.disk() {
-            None => (json!({ "kind": "embedded", "history": "memory" }), true),
-            Some(disk) => {
-                let failure = disk.failure();
-                (
-                    json!({
-                        "kind": "embedded",
-                        "history": "disk",
-                        "historyDir": disk.dir().display().to_string(),
-                        "state": if failure.is_some() { "failing" } else { "ok" },
-                        "lastError": failure,
-                    }),
-                    failure.is_none(),
-                )
-            }
-        },
-        Some(r) => {
-            let relaxed = std::sync::atomic::Ordering::Relaxed;
-            let connected = r.connected();
-            (
-                json!({
-                    "kind": "redis",
-                    "state": if connected { "connected" } else { "degraded" },
-                    "lastError": r.status.last_error(),
-                    "reconnects": r.status.reconnects.load(relaxed),
-                    "malformedMessages": r.status.malformed.load(relaxed),
-                    "overflowDropped": r.status.overflow_dropped.load(relaxed),
-                    "bridgeFailed": r.status.bridge_failed.load(relaxed),
-                    "minReplicas": r.min_replicas(),
-                    "replicasShort": r.status.replicas_short.load(relaxed),
-                    "shards": r.shards(),
-                    "shardsRead": (0..r.shards())
-                        .filter(|i| r.reading_shards() & (1 << i) != 0)
-                        .collect::<Vec<_>>(),
-                    "entriesRead": r.status.entries_read.load(relaxed),
-                }),
-                connected,
-            )
-        }
-    };
+    let (bus, bus_ok) = app.bus.health();
     // A disabled plugin is an operator's problem until it is enabled again or removed.
     let problems: Vec<String> = app
         .plugins
@@ -99,11 +59,11 @@ pub struct Scope {
 }
 
 impl Scope {
-    fn cluster<'a>(&self, app: &'a HttpState) -> Option<&'a Arc<RedisBus>> {
+    fn cluster(&self, app: &HttpState) -> Option<Arc<dyn ClusterLink>> {
         if self.scope.as_deref() == Some("local") {
             None
         } else {
-            app.bus.redis()
+            app.bus.cluster()
         }
     }
 }
@@ -115,7 +75,7 @@ pub async fn connections(
 ) -> Result<Json<Value>, AppError> {
     let list = match scope.cluster(&app) {
         Some(bus) => {
-            cluster::describe_all(bus)
+            cluster::describe_all(bus.as_ref())
                 .await
                 .map_err(AppError::unavailable)?
                 .0
@@ -132,7 +92,7 @@ pub async fn stats(
 ) -> Result<Json<Value>, AppError> {
     let data = match scope.cluster(&app) {
         Some(bus) => {
-            let parts = cluster::describe_all(bus)
+            let parts = cluster::describe_all(bus.as_ref())
                 .await
                 .map_err(AppError::unavailable)?
                 .1;
@@ -188,7 +148,7 @@ pub async fn broadcast(
         }
     };
     tracing::info!(target: "audit", who = %admin.who, %peer, %event, "broadcast");
-    if let Some(bus) = app.bus.redis() {
+    if let Some(bus) = app.bus.cluster() {
         let op = ClusterOp::Broadcast {
             event: event.clone(),
             data: body.data,
@@ -246,8 +206,8 @@ pub async fn disconnect(
             json!({ "success": true, "data": { "id": id, "instance": app.instance } }),
         ));
     }
-    let bus = app.bus.redis().ok_or_else(not_found)?;
-    let instance = cluster::disconnect_anywhere(bus, &id)
+    let bus = app.bus.cluster().ok_or_else(not_found)?;
+    let instance = cluster::disconnect_anywhere(bus.as_ref(), &id)
         .await
         .map_err(AppError::unavailable)?
         .ok_or_else(not_found)?;

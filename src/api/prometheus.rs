@@ -103,7 +103,7 @@ impl Collector for Scrape {
             "Socket.IO connections on this instance.",
             app.connections.len() as i64,
         )?;
-        let redis = app.bus.redis();
+        let bus = app.bus.counters();
         labelled_counters(
             &mut e,
             "logs_ingested",
@@ -249,31 +249,31 @@ impl Collector for Scrape {
             &mut e,
             "bus_connected",
             "1 when the bus is connected (always 1 for the embedded bus).",
-            i64::from(redis.is_none_or(|r| r.connected())),
+            i64::from(bus.connected),
         )?;
         counter(
             &mut e,
             "redis_reconnects",
             "Reconnections to Redis.",
-            redis.map_or(0, |r| load(&r.status.reconnects)),
+            bus.reconnects,
         )?;
         counter(
             &mut e,
             "redis_malformed",
             "Messages on the Redis channels that could not be decoded (skipped).",
-            redis.map_or(0, |r| load(&r.status.malformed)),
+            bus.malformed,
         )?;
         counter(
             &mut e,
             "redis_stream_entries_read",
             "Stream entries this instance read from Redis (per log ingested in the cluster: the read amplification).",
-            redis.map_or(0, |r| load(&r.status.entries_read)),
+            bus.entries_read,
         )?;
         gauge(
             &mut e,
             "redis_shards_read",
             "Shards of the log stream this instance reads now (redis_stream_shards).",
-            redis.map_or(0, |r| i64::from(r.reading_shards().count_ones())),
+            i64::from(bus.shards_read),
         )?;
 
         let plugins = app

@@ -95,7 +95,8 @@ impl Router {
                 // Its held commands go unanswered: the socket is gone.
                 drop(interest.drop_parked(sid, now));
             } else if interest.has_parked(sid) || !interest.is_ready(need) {
-                interest.park(sid, need, command, now);
+                // Past the client's cap the command is dropped: its handler answers busy.
+                drop(interest.park(sid, need, command, now));
                 return;
             }
         }

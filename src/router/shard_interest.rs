@@ -22,6 +22,8 @@ use crate::shards::{ShardMask, Wanted};
 pub const GRACE: Duration = Duration::from_secs(10);
 /// How long a command may wait for its shards before it is refused.
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most commands one client may have waiting; past it its commands are refused (busy).
+pub const MAX_PARKED_PER_CLIENT: usize = 32;
 
 struct Parked<T> {
     sid: Sid,
@@ -65,8 +67,12 @@ impl<T> ShardInterest<T> {
         self.parked.iter().any(|p| p.sid == sid)
     }
 
-    /// Hold `command` of `sid` until the shards `need` are ready.
-    pub fn park(&mut self, sid: Sid, need: ShardMask, command: T, now: Instant) {
+    /// Hold `command` of `sid` until the shards `need` are ready; `Err(command)` if the
+    /// client has [`MAX_PARKED_PER_CLIENT`] waiting already.
+    pub fn park(&mut self, sid: Sid, need: ShardMask, command: T, now: Instant) -> Result<(), T> {
+        if self.parked.iter().filter(|p| p.sid == sid).count() >= MAX_PARKED_PER_CLIENT {
+            return Err(command);
+        }
         self.parked.push_back(Parked {
             sid,
             need,
@@ -74,6 +80,7 @@ impl<T> ShardInterest<T> {
             command,
         });
         self.publish(now);
+        Ok(())
     }
 
     /// Drop what `sid` has parked (it disconnected).
@@ -191,9 +198,9 @@ mod tests {
         let (a, b) = (Sid::new(), Sid::new());
         let t0 = Instant::now();
         assert!(!i.is_ready(0b10));
-        i.park(a, 0b10, "a subscribes", t0);
-        i.park(a, 0, "a pauses", t0);
-        i.park(b, 0, "b pauses", t0);
+        i.park(a, 0b10, "a subscribes", t0).unwrap();
+        i.park(a, 0, "a pauses", t0).unwrap();
+        i.park(b, 0, "b pauses", t0).unwrap();
         assert_eq!(rx.borrow().mask, 0b10);
         let asked = rx.borrow().generation;
         // An answer to an older request does not count.
@@ -217,13 +224,18 @@ mod tests {
         let mut i: ShardInterest<&str> = ShardInterest::new(4, tx);
         let a = Sid::new();
         let t0 = Instant::now();
-        i.park(a, 0b1, "subscribe", t0);
-        i.park(a, 0, "unsubscribe", t0);
+        i.park(a, 0b1, "subscribe", t0).unwrap();
+        i.park(a, 0, "unsubscribe", t0).unwrap();
+        // A client that keeps sending while it waits is refused past the cap.
+        for _ in 2..MAX_PARKED_PER_CLIENT {
+            i.park(a, 0, "pause", t0).unwrap();
+        }
+        assert_eq!(i.park(a, 0, "one too many", t0), Err("one too many"));
         assert_eq!(i.tick(t0 + Duration::from_secs(1)), (vec![], vec![]));
-        assert_eq!(
-            i.tick(t0 + PARK_TIMEOUT * 2),
-            (vec!["subscribe"], vec!["unsubscribe"])
-        );
+        let (expired, released) = i.tick(t0 + PARK_TIMEOUT * 2);
+        assert_eq!(expired, ["subscribe"]);
+        assert_eq!(released.len(), MAX_PARKED_PER_CLIENT - 1);
+        assert_eq!(released[0], "unsubscribe");
         assert!(!i.has_parked(a));
     }
 }

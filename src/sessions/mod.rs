@@ -5,8 +5,9 @@
 //! A session belongs to the user (`sub`) that created it and holds the subscription as the
 //! client gave it. It is *attached* while its connection lives and *idle* for
 //! `session_ttl_ms` after; an explicit `log:unsubscribe` or an admin's disconnect ends it at
-//! once. With Redis the sessions live in Redis ([`redis`]), so any instance can resume any
-//! client; otherwise in this process ([`memory`]).
+//! once. With Redis the sessions live in Redis (`bus::redis::sessions`), so any instance can
+//! resume any client; otherwise in this process (`bus::embedded::sessions`). Each backend
+//! implements [`SessionStore`]; the rest of the server holds a [`Sessions`].
 //!
 //! Bounds, since a client can create sessions faster than they expire: per user
 //! (`max_sessions_per_user` sessions, `max_user_subscription_bytes` of their subscriptions),
@@ -14,20 +15,14 @@
 //! session that would pass one ends the idle sessions nearest their expiry (the user's first);
 //! if only attached sessions are left, the new one is refused (`too_many_sessions`).
 
-pub mod journal;
-pub mod memory;
-pub mod redis;
-
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::bus::redis::RedisBus;
 use crate::config::Config;
-use memory::MemorySessions;
-use redis::RedisSessions;
 
 /// What a session remembers.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -86,11 +81,33 @@ pub struct SessionTotals {
     pub bytes: u64,
 }
 
-#[derive(Clone)]
-pub enum Sessions {
-    Memory(Arc<MemorySessions>),
-    Redis(Arc<RedisSessions>),
+/// Where a backend keeps sessions. Each call may wait on the backend (Redis); an in-process
+/// store answers at once.
+pub trait SessionStore: Send + Sync {
+    /// Create or replace session `id`, attached to a live connection; `ttl` is how long it
+    /// outlives an instance that dies holding it.
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        saved: &'a Saved,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), SessionRefused>>;
+    /// The connection went away: the session lives `ttl` more.
+    fn detach<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, ()>;
+    /// Session `id` if it exists and has not expired (whoever it belongs to).
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Saved>>;
+    /// End session `id` now.
+    fn end<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
+    /// Push back the expiry of the sessions of live connections (a store that sees its
+    /// connections need not), and drop expired sessions.
+    fn keep_alive<'a>(&'a self, ids: &'a [String], ttl: Duration) -> BoxFuture<'a, ()>;
+    /// How many sessions are kept (this instance's, or the cluster's), if known.
+    fn totals(&self) -> BoxFuture<'_, Option<SessionTotals>>;
 }
+
+/// The sessions, in whichever store the backend keeps them.
+#[derive(Clone)]
+pub struct Sessions(Arc<dyn SessionStore>);
 
 /// A new session id: 128 random bits, URL-safe.
 pub fn new_id() -> String {
@@ -98,110 +115,41 @@ pub fn new_id() -> String {
 }
 
 impl Sessions {
-    pub fn memory(limits: SessionLimits) -> Sessions {
-        Sessions::Memory(Arc::new(MemorySessions::new(limits)))
-    }
-
-    /// In this process, and in `journal` (beside the history on disk) with the sessions it
-    /// held at start.
-    pub fn durable(
-        limits: SessionLimits,
-        journal: journal::Journal,
-        sessions: Vec<(String, Saved)>,
-        ttl: Duration,
-    ) -> Sessions {
-        Sessions::Memory(Arc::new(MemorySessions::durable(
-            limits,
-            journal,
-            sessions,
-            ttl,
-            Instant::now(),
-        )))
-    }
-
-    pub fn redis(bus: Arc<RedisBus>, limits: SessionLimits) -> Sessions {
-        Sessions::Redis(Arc::new(RedisSessions::new(bus, limits)))
+    pub fn new(store: Arc<dyn SessionStore>) -> Sessions {
+        Sessions(store)
     }
 
     /// Create or replace session `id`, attached to a live connection (it does not expire
     /// while attached; with Redis it is refreshed by [`Sessions::keep_alive`]). `ttl` is how
     /// long it outlives an instance that dies holding it.
     pub async fn save(&self, id: &str, saved: &Saved, ttl: Duration) -> Result<(), SessionRefused> {
-        match self {
-            Sessions::Memory(m) => m.save(id, saved, Instant::now()),
-            Sessions::Redis(r) => r.save(id, saved, ttl).await,
-        }
+        self.0.save(id, saved, ttl).await
     }
 
     /// The connection went away: the session lives `ttl` more.
     pub async fn detach(&self, id: &str, ttl: Duration) {
-        match self {
-            Sessions::Memory(m) => m.detach(id, ttl, Instant::now()),
-            Sessions::Redis(r) => r.detach(id, ttl).await,
-        }
+        self.0.detach(id, ttl).await;
     }
 
     /// Session `id` if it exists, has not expired and belongs to `user`.
     pub async fn load(&self, id: &str, user: &str) -> Option<Saved> {
-        let saved = match self {
-            Sessions::Memory(m) => m.load(id, Instant::now()),
-            Sessions::Redis(r) => r.load(id).await,
-        }?;
+        let saved = self.0.load(id).await?;
         (saved.user == user).then_some(saved)
     }
 
     /// End session `id` now (unsubscribe, or an admin's disconnect).
     pub async fn end(&self, id: &str) {
-        match self {
-            Sessions::Memory(m) => m.end(id),
-            Sessions::Redis(r) => r.end(id).await,
-        }
+        self.0.end(id).await;
     }
 
     /// Redis: push back the expiry of the sessions of live connections. Both: drop expired
     /// sessions.
     pub async fn keep_alive(&self, ids: &[String], ttl: Duration) {
-        match self {
-            Sessions::Memory(m) => m.prune(Instant::now()),
-            Sessions::Redis(r) => r.keep_alive(ids, ttl).await,
-        }
+        self.0.keep_alive(ids, ttl).await;
     }
 
     /// How many sessions are kept (this instance's, or the cluster's with Redis).
     pub async fn totals(&self) -> Option<SessionTotals> {
-        match self {
-            Sessions::Memory(m) => Some(m.totals()),
-            Sessions::Redis(r) => r.totals().await,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn sessions_belong_to_their_user_and_expire_once_detached() {
-        let s = Sessions::memory(SessionLimits {
-            per_user: 10,
-            user_bytes: 1 << 20,
-            total: 100,
-            total_bytes: 1 << 20,
-        });
-        let saved = Saved {
-            user: "ann".into(),
-            subscription: serde_json::json!({"deviceIds": ["d"]}),
-        };
-        let ttl = Duration::from_millis(50);
-        s.save("id1", &saved, ttl).await.unwrap();
-        assert_eq!(s.load("id1", "ann").await, Some(saved.clone()));
-        assert_eq!(s.load("id1", "bob").await, None, "not another user's");
-        s.detach("id1", ttl).await;
-        assert!(s.load("id1", "ann").await.is_some(), "within the ttl");
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert_eq!(s.load("id1", "ann").await, None, "expired");
-        s.save("id2", &saved, ttl).await.unwrap();
-        s.end("id2").await;
-        assert_eq!(s.load("id2", "ann").await, None);
+        self.0.totals().await
     }
 }

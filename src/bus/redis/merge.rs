@@ -192,6 +192,16 @@ impl Merge {
         out
     }
 
+    /// The shards that have `cap` entries or more waiting (their readers pause until the
+    /// shards holding them back move on: a queue never grows past what one read adds).
+    pub fn full(&self, cap: usize) -> ShardMask {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.queue.len() >= cap)
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     /// The shards whose watermark holds back the oldest queued entry (to be asked again).
     pub fn holding_back(&self) -> ShardMask {
         let Some(oldest) = self
@@ -263,6 +273,11 @@ mod tests {
         m.take(read(1, vec![], 40));
         assert_eq!(ms(&m.release()), [30]);
         assert_eq!(m.holding_back(), 0);
+        // A shard that cannot be read holds the others back; theirs queue up to a cap.
+        m.take(read(0, (41..45).map(|t| at(t, 0, 0)).collect(), 46));
+        assert!(m.release().is_empty());
+        assert_eq!(m.full(4), 0b01);
+        assert_eq!(m.full(5), 0);
     }
 
     #[test]

@@ -19,8 +19,8 @@ use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::connector::BusConn;
-use super::redis::{BACKOFF_MAX, BACKOFF_MIN, PUBLISH_TIMEOUT, RedisBus};
-use super::{PublishError, PublishKey, Published};
+use super::{BACKOFF_MAX, BACKOFF_MIN, PUBLISH_TIMEOUT, RedisBus};
+use crate::bus::{PublishError, PublishKey, Published};
 use crate::log_entry::{LogRecord, Position, Stamp};
 use crate::router::Inbound;
 

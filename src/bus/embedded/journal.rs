@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Saved;
+use crate::sessions::Saved;
 
 #[derive(Serialize, Deserialize)]
 #[serde(untagged)]

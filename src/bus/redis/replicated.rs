@@ -12,8 +12,8 @@ use std::time::Duration;
 use redis::{FromRedisValue, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::PublishError;
 use super::connector::BusConn;
+use crate::bus::PublishError;
 
 /// Most appends in one group.
 const GROUP: usize = 64;

@@ -7,23 +7,29 @@
 //! nothing twice.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::Sender;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::merge::Merge;
-use super::redis::{BACKOFF_MAX, BACKOFF_MIN, RedisBus};
 use super::shard_reader::{ReaderEvent, ShardReader};
+use super::{BACKOFF_MAX, BACKOFF_MIN, RedisBus};
 use crate::log_entry::Position;
 use crate::router::Inbound;
 use crate::shards::Wanted;
+
+/// Entries a shard may have waiting for the others before its reader pauses (Redis keeps
+/// the rest): a shard that cannot be read (its primary failing over) holds back every
+/// other shard of the instances that read it, and must not make them grow without bound.
+const MAX_QUEUED: usize = 10_000;
 
 /// A running shard reader.
 struct Running {
     stop: CancellationToken,
     nudge: Arc<Notify>,
+    paused: Arc<AtomicBool>,
 }
 
 impl RedisBus {
@@ -72,6 +78,7 @@ impl RedisBus {
                     let running = Running {
                         stop: stop.child_token(),
                         nudge: Arc::new(Notify::new()),
+                        paused: Arc::new(AtomicBool::new(false)),
                     };
                     let shard_reader = ShardReader {
                         bus: self.clone(),
@@ -81,6 +88,7 @@ impl RedisBus {
                         from,
                         to: tx.clone(),
                         nudge: running.nudge.clone(),
+                        paused: running.paused.clone(),
                     };
                     tokio::spawn(shard_reader.run(running.stop.clone()));
                     *reader = Some(running);
@@ -133,10 +141,12 @@ impl RedisBus {
                                 .await;
                         }
                         let holding = merge.holding_back();
+                        let full = merge.full(MAX_QUEUED);
                         for (shard, reader) in readers.iter().enumerate() {
-                            if holding & (1 << shard) != 0
-                                && let Some(r) = reader
-                            {
+                            let Some(r) = reader else { continue };
+                            let bit = 1 << shard;
+                            let was_paused = r.paused.swap(full & bit != 0, Ordering::Relaxed);
+                            if holding & bit != 0 || (was_paused && full & bit == 0) {
                                 r.nudge.notify_one();
                             }
                         }

@@ -14,7 +14,7 @@
 //! Reads go to the primary: a replica's clock says nothing about what it has not received.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::streams::{StreamReadOptions, StreamReadReply};
@@ -22,8 +22,8 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::merge::ShardRead;
-use super::redis::{BACKOFF_MAX, BACKOFF_MIN, RedisBus, lua_now_ms};
 use super::stream::{entry_id, position};
+use super::{BACKOFF_MAX, BACKOFF_MIN, RedisBus, lua_now_ms};
 use crate::log_entry::Position;
 
 /// Entries per read.
@@ -65,8 +65,10 @@ pub struct ShardReader {
     /// Read after this position; `None`: from the beginning (and report trimming).
     pub from: Option<Position>,
     pub to: mpsc::Sender<ReaderEvent>,
-    /// The merge wants a newer watermark.
+    /// The merge wants a newer watermark (or lifted a pause).
     pub nudge: Arc<Notify>,
+    /// The merge holds enough of this shard: read nothing until it says.
+    pub paused: Arc<AtomicBool>,
 }
 
 impl ShardReader {
@@ -128,6 +130,12 @@ impl ShardReader {
                     "the redis primary moved; the shard reader reconnects"
                 );
                 return Ok(true);
+            }
+            while self.paused.load(Ordering::Relaxed) {
+                tokio::select! {
+                    () = self.nudge.notified() => {}
+                    () = stop.cancelled() => return Ok(true),
+                }
             }
             let from = match self.from {
                 Some(p) => format!("({}", entry_id(p, shards)),

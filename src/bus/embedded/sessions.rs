@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::journal::Journal;
-use super::{Saved, SessionLimits, SessionRefused, SessionTotals};
+use futures_util::future::BoxFuture;
+
+use crate::sessions::{Saved, SessionLimits, SessionRefused, SessionStore, SessionTotals};
 
 struct Entry {
     saved: Saved,
@@ -253,6 +255,50 @@ impl MemorySessions {
     }
 }
 
+impl SessionStore for MemorySessions {
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        saved: &'a Saved,
+        _ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), SessionRefused>> {
+        Box::pin(std::future::ready(MemorySessions::save(
+            self,
+            id,
+            saved,
+            Instant::now(),
+        )))
+    }
+
+    fn detach<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, ()> {
+        MemorySessions::detach(self, id, ttl, Instant::now());
+        Box::pin(std::future::ready(()))
+    }
+
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Saved>> {
+        Box::pin(std::future::ready(MemorySessions::load(
+            self,
+            id,
+            Instant::now(),
+        )))
+    }
+
+    fn end<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        MemorySessions::end(self, id);
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Its connections are this instance's: only the expired are dropped.
+    fn keep_alive<'a>(&'a self, _ids: &'a [String], _ttl: Duration) -> BoxFuture<'a, ()> {
+        self.prune(Instant::now());
+        Box::pin(std::future::ready(()))
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Option<SessionTotals>> {
+        Box::pin(std::future::ready(Some(MemorySessions::totals(self))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,5 +403,32 @@ mod tests {
         // A session ended and saved again does not count twice.
         s.end("new");
         assert_eq!(s.totals().sessions, 3);
+    }
+
+    #[tokio::test]
+    async fn sessions_belong_to_their_user_and_expire_once_detached() {
+        let s = crate::sessions::Sessions::new(std::sync::Arc::new(MemorySessions::new(
+            SessionLimits {
+                per_user: 10,
+                user_bytes: 1 << 20,
+                total: 100,
+                total_bytes: 1 << 20,
+            },
+        )));
+        let saved = Saved {
+            user: "ann".into(),
+            subscription: serde_json::json!({"deviceIds": ["d"]}),
+        };
+        let ttl = Duration::from_millis(50);
+        s.save("id1", &saved, ttl).await.unwrap();
+        assert_eq!(s.load("id1", "ann").await, Some(saved.clone()));
+        assert_eq!(s.load("id1", "bob").await, None, "not another user's");
+        s.detach("id1", ttl).await;
+        assert!(s.load("id1", "ann").await.is_some(), "within the ttl");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(s.load("id1", "ann").await, None, "expired");
+        s.save("id2", &saved, ttl).await.unwrap();
+        s.end("id2").await;
+        assert_eq!(s.load("id2", "ann").await, None);
     }
 }

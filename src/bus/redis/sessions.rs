@@ -20,8 +20,10 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
-use super::{Saved, SessionLimits, SessionRefused, SessionTotals};
-use crate::bus::redis::RedisBus;
+use super::RedisBus;
+use futures_util::future::BoxFuture;
+
+use crate::sessions::{Saved, SessionLimits, SessionRefused, SessionStore, SessionTotals};
 
 /// Scores at or above this are attached sessions (an idle session's score is a time in ms).
 const ATTACHED: u64 = 1 << 50;
@@ -259,5 +261,36 @@ impl RedisSessions {
             sessions,
             bytes: bytes.unwrap_or(0),
         })
+    }
+}
+
+impl SessionStore for RedisSessions {
+    fn save<'a>(
+        &'a self,
+        id: &'a str,
+        saved: &'a Saved,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), SessionRefused>> {
+        Box::pin(RedisSessions::save(self, id, saved, ttl))
+    }
+
+    fn detach<'a>(&'a self, id: &'a str, ttl: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(RedisSessions::detach(self, id, ttl))
+    }
+
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Option<Saved>> {
+        Box::pin(RedisSessions::load(self, id))
+    }
+
+    fn end<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(RedisSessions::end(self, id))
+    }
+
+    fn keep_alive<'a>(&'a self, ids: &'a [String], ttl: Duration) -> BoxFuture<'a, ()> {
+        Box::pin(RedisSessions::keep_alive(self, ids, ttl))
+    }
+
+    fn totals(&self) -> BoxFuture<'_, Option<SessionTotals>> {
+        Box::pin(RedisSessions::totals(self))
     }
 }

@@ -19,6 +19,15 @@
 //! [`crate::log_entry`]). A malformed message is counted ([`RedisStatus::malformed`]), logged
 //! at most every 10 s, and skipped.
 
+pub mod cluster_link;
+pub mod connector;
+pub mod merge;
+pub mod replicated;
+pub mod sessions;
+pub mod shard_reader;
+pub mod sharded;
+pub mod stream;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,19 +40,17 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::PublishError;
-use super::connector::{BusConn, Connector, Role, Target, hash_tagged};
+use crate::bus::PublishError;
 use crate::config::Config;
 use crate::log_entry::{Position, device_status};
 use crate::protocol::{ClusterOp, DeviceStatus};
 use crate::router::Inbound;
+use connector::{BusConn, Connector, Role, Target, hash_tagged};
 
 /// How long one publish may take before ingest answers 503.
 pub(super) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-const HEARTBEAT: Duration = Duration::from_secs(2);
-const HEARTBEAT_TTL_MS: u64 = 6000;
 /// How long a message read from Redis may wait for room in the router queue.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -55,21 +62,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "
     };
 }
-pub(super) use lua_now_ms;
-
-/// Record instance `ARGV[1]` alive for `ARGV[2]` ms in the sorted set `KEYS[1]`.
-const HEARTBEAT_SCRIPT: &str = concat!(
-    lua_now_ms!(),
-    "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-return 1"
-);
-
-/// The live instances of the sorted set `KEYS[1]`, the expired ones dropped.
-const LIVE_INSTANCES: &str = concat!(
-    lua_now_ms!(),
-    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')"
-);
+use lua_now_ms;
 
 /// `url` with its credentials (everything before the last `@`, after the scheme) replaced,
 /// for messages; also when the scheme is mistyped.
@@ -81,6 +74,20 @@ fn without_password(url: &str) -> String {
         Some(scheme) => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         None => format!("***@{}", &url[at + 1..]),
     }
+}
+
+/// Seed-channel messages read from Redis and waiting to be accepted; past it the subscriber
+/// waits (and Redis buffers what the channel brings meanwhile).
+const SEED_CHANNEL_QUEUE: usize = 64;
+/// Cluster operations read and waiting to be served.
+const ADMIN_QUEUE: usize = 256;
+
+/// What the channels bring that the server serves itself: the seed channel's messages, raw
+/// and in order (`ingest::seed_channel` accepts them), and cluster operations
+/// (`cluster::serve_admin`).
+pub struct Started {
+    pub seed_logs: mpsc::Receiver<Vec<u8>>,
+    pub admin: mpsc::Receiver<ClusterOp>,
 }
 
 /// Where the subscriber hands what the channels bring.
@@ -155,7 +162,7 @@ pub struct RedisBus {
     /// appends.
     pub(super) connector: Arc<Connector>,
     /// With `redis_min_replicas`: the appends' group commit (see `replicated`).
-    pub(super) replicated: Option<super::replicated::ReplicatedAppends>,
+    pub(super) replicated: Option<replicated::ReplicatedAppends>,
     /// `redis_min_replicas` and `redis_min_replicas_timeout_ms`.
     pub(super) min_replicas: usize,
     pub(super) replicas_timeout: Duration,
@@ -227,7 +234,7 @@ impl RedisBus {
                 .collect()
         };
         let replicated = (min_replicas > 0).then(|| {
-            super::replicated::ReplicatedAppends::start(
+            replicated::ReplicatedAppends::start(
                 connector.commands(Role::Appends),
                 min_replicas,
                 replicas_timeout,
@@ -335,6 +342,74 @@ impl RedisBus {
         })
     }
 
+    /// Start reading Redis on `tasks` until `stop`: the channels' subscriber, the stream's
+    /// reader (with shards, the readers of the shards `wanted` names), the heartbeat, and
+    /// the Sentinel watch (a no-op elsewhere). Device statuses and logs go to `router`.
+    pub fn start(
+        self: &Arc<Self>,
+        router: Sender<Inbound>,
+        wanted: Option<watch::Receiver<crate::shards::Wanted>>,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: &CancellationToken,
+    ) -> Started {
+        let (admin, admin_rx) = mpsc::channel(ADMIN_QUEUE);
+        let (seed_logs, seed_rx) = mpsc::channel(SEED_CHANNEL_QUEUE);
+        let readers = ChannelReaders {
+            seed_logs,
+            router: router.clone(),
+            admin,
+        };
+        tasks.spawn(self.clone().subscriber(readers, stop.clone()));
+        match wanted {
+            Some(wanted) => tasks.spawn(self.clone().sharded_reader(router, wanted, stop.clone())),
+            None => tasks.spawn(self.clone().stream_reader(router, stop.clone())),
+        };
+        tasks.spawn(self.clone().heartbeat(stop.clone()));
+        tasks.spawn(self.connector.clone().watch(stop.clone()));
+        Started {
+            seed_logs: seed_rx,
+            admin: admin_rx,
+        }
+    }
+
+    /// Its part of `/api/ws/health`: degraded while the subscriber or the stream reader is
+    /// down.
+    pub fn health(&self) -> (serde_json::Value, bool) {
+        let relaxed = Ordering::Relaxed;
+        let connected = self.connected();
+        let reading = self.reading_shards();
+        (
+            serde_json::json!({
+                "kind": "redis",
+                "state": if connected { "connected" } else { "degraded" },
+                "lastError": self.status.last_error(),
+                "reconnects": self.status.reconnects.load(relaxed),
+                "malformedMessages": self.status.malformed.load(relaxed),
+                "overflowDropped": self.status.overflow_dropped.load(relaxed),
+                "bridgeFailed": self.status.bridge_failed.load(relaxed),
+                "minReplicas": self.min_replicas(),
+                "replicasShort": self.status.replicas_short.load(relaxed),
+                "shards": self.shards(),
+                "shardsRead": (0..self.shards())
+                    .filter(|i| reading & (1 << i) != 0)
+                    .collect::<Vec<_>>(),
+                "entriesRead": self.status.entries_read.load(relaxed),
+            }),
+            connected,
+        )
+    }
+
+    pub fn counters(&self) -> crate::bus::BusCounters {
+        let relaxed = Ordering::Relaxed;
+        crate::bus::BusCounters {
+            connected: self.connected(),
+            reconnects: self.status.reconnects.load(relaxed),
+            malformed: self.status.malformed.load(relaxed),
+            entries_read: self.status.entries_read.load(relaxed),
+            shards_read: self.reading_shards().count_ones(),
+        }
+    }
+
     pub fn connected(&self) -> bool {
         self.status.connected.load(Ordering::Relaxed) && self.status.reading.load(Ordering::Relaxed)
     }
@@ -358,105 +433,6 @@ impl RedisBus {
     pub async fn publish_status(&self, status: &DeviceStatus) -> Result<(), PublishError> {
         let payload = serde_json::to_string(status).unwrap_or_default();
         self.publish(&self.channels.status, payload).await
-    }
-
-    /// Publish a cluster operation on the admin channel.
-    pub async fn publish_op(&self, op: &ClusterOp) -> Result<(), PublishError> {
-        let payload = serde_json::to_string(op).unwrap_or_default();
-        self.publish(&self.channels.admin, payload).await
-    }
-
-    fn instance_key(&self, id: &str) -> String {
-        format!("{}:instance:{id}", self.channels.admin)
-    }
-
-    /// Instances that sent a heartbeat in the last few seconds.
-    pub async fn instances(&self) -> Result<Vec<String>, PublishError> {
-        let mut conn = self.connection();
-        // One sorted set of instance → heartbeat expiry (Redis's clock, not the instances'),
-        // which every deployment reads whole (a SCAN of a cluster sees one node's keys).
-        let mut eval = redis::cmd("EVAL");
-        eval.arg(LIVE_INSTANCES).arg(1).arg(self.instances_key());
-        match tokio::time::timeout(PUBLISH_TIMEOUT, eval.query_async::<Vec<String>>(&mut conn))
-            .await
-        {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(PublishError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(PublishError::Unavailable(
-                "redis did not answer in time".into(),
-            )),
-        }
-    }
-
-    /// The sorted set of live instances (member: id, score: when its heartbeat expires).
-    fn instances_key(&self) -> String {
-        format!("{}:instances", self.channels.admin)
-    }
-
-    /// Publish the admin request `make(reply_channel)` and collect the replies that parse as
-    /// `R` until `expected` arrived or `timeout`.
-    pub async fn request<R: serde::de::DeserializeOwned>(
-        &self,
-        make: impl FnOnce(String) -> ClusterOp,
-        expected: usize,
-        timeout: Duration,
-    ) -> Result<Vec<R>, PublishError> {
-        let reply = format!("{}:reply:{}", self.channels.admin, uuid::Uuid::new_v4());
-        let unavailable = |e: redis::RedisError| PublishError::Unavailable(format!("redis: {e}"));
-        let client = self.connector.client().await.map_err(unavailable)?;
-        let mut pubsub = tokio::time::timeout(PUBLISH_TIMEOUT, client.get_async_pubsub())
-            .await
-            .map_err(|_| PublishError::Unavailable("redis did not answer in time".into()))?
-            .map_err(unavailable)?;
-        pubsub.subscribe(&reply).await.map_err(unavailable)?;
-        self.publish_op(&make(reply)).await?;
-        let mut replies = Vec::new();
-        let mut stream = pubsub.on_message();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while replies.len() < expected {
-            match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(msg)) => match serde_json::from_slice::<R>(msg.get_payload_bytes()) {
-                    Ok(r) => replies.push(r),
-                    Err(e) => tracing::warn!(error = %e, "ignoring a malformed cluster reply"),
-                },
-                Ok(None) | Err(_) => break,
-            }
-        }
-        Ok(replies)
-    }
-
-    /// Announce this instance every [`HEARTBEAT`] so others can count replies, until
-    /// `stop`; then withdraw the announcement.
-    pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
-        // The key of its own is what instances from before the sorted set count.
-        let key = self.instance_key(&self.instance);
-        loop {
-            // Two commands, not a pipeline: in a cluster the two keys are in two slots.
-            let mut conn = self.connection();
-            let mut eval = redis::cmd("EVAL");
-            eval.arg(HEARTBEAT_SCRIPT)
-                .arg(1)
-                .arg(self.instances_key())
-                .arg(&self.instance)
-                .arg(HEARTBEAT_TTL_MS);
-            let beat = async {
-                conn.pset_ex::<_, _, ()>(&key, "alive", HEARTBEAT_TTL_MS)
-                    .await?;
-                eval.query_async::<()>(&mut conn).await
-            };
-            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, beat).await;
-            tokio::select! {
-                () = stop.cancelled() => break,
-                () = tokio::time::sleep(HEARTBEAT) => {}
-            }
-        }
-        let mut conn = self.connection();
-        let _ = tokio::time::timeout(PUBLISH_TIMEOUT, conn.del::<_, ()>(&key)).await;
-        let _ = tokio::time::timeout(
-            PUBLISH_TIMEOUT,
-            conn.zrem::<_, _, ()>(self.instances_key(), &self.instance),
-        )
-        .await;
     }
 
     /// Read the channels until `stop`, reconnecting with backoff, and hand what comes to
