@@ -509,35 +509,14 @@ async fn run_client(
 /// A raw client: subscribe with `sub`, then hand every `log:new` frame (as JSON: event, entry,
 /// offset) to `on_log` until it returns false.
 async fn raw_subscribe(url: &str, user: &str, sub: Value, mut on_log: impl FnMut(Value) -> bool) {
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("ws connect");
-    ws.send(Message::Text(
-        format!("40{}", json!({ "token": token(user) })).into(),
-    ))
-    .await
-    .unwrap();
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Text(text) = msg else { continue };
-        if text == "2" {
-            let _ = ws.send(Message::Text("3".into())).await;
-        } else if text.starts_with("40") {
-            let frame = json!(["log:subscribe", sub]);
-            ws.send(Message::Text(format!("42{frame}").into()))
-                .await
-                .unwrap();
-        } else if text.starts_with("42[\"log:new\"") {
+    support::raw_subscription(url, &token(user), sub, |text| {
+        if text.starts_with("42[\"log:new\"") {
             let v: Value = serde_json::from_str(&text[2..]).unwrap_or_default();
-            if !on_log(v) {
-                break;
-            }
+            return on_log(v);
         }
-    }
-    let _ = ws.close(None).await;
+        true
+    })
+    .await;
 }
 
 async fn post_all(url: &str, logs: Vec<Value>) {

@@ -415,14 +415,7 @@ async fn old_segments_go_whole_and_memory_stays_flat_while_the_history_fills() {
                 let logs: Vec<Value> = (chunk..chunk + 100)
                     .map(|i| log("b", "INFO", &format!("{i} {line}")))
                     .collect();
-                let r = http
-                    .post(format!("{url}/api/logs"))
-                    .header("x-api-key", API_KEY)
-                    .json(&logs)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
+                common::post_accepted(&http, &url, &logs).await;
             }
         }
     };

@@ -111,6 +111,16 @@ async fn ingest_across(
     assert!(failing_over.load(Ordering::Relaxed));
 }
 
+/// `c` got the logs of `batches` batches, each once, in order, and nothing more.
+async fn got_every_batch(c: &mut TestClient, batches: usize) {
+    let want = expected(batches);
+    let mut got = messages(&c.logs(want.len(), T).await);
+    got.extend(messages(
+        &c.drain("log:new", Duration::from_millis(500)).await,
+    ));
+    same(&got, &want, "each once, in order");
+}
+
 fn expected(batches: usize) -> Vec<String> {
     (0..batches * 5).map(|n| format!("m{n:05}")).collect()
 }
@@ -186,12 +196,8 @@ async fn sentinel_failover_during_ingest_loses_and_repeats_nothing_answered_202(
         "the sentinels moved the primary"
     );
 
+    got_every_batch(&mut on_a, batches).await;
     let want = expected(batches);
-    let mut got = messages(&on_a.logs(want.len(), T).await);
-    got.extend(messages(
-        &on_a.drain("log:new", Duration::from_millis(500)).await,
-    ));
-    same(&got, &want, "each once, in order");
     // A client that resumes its session after the failover recovers (on the other
     // instance), from the offset of the last log it got.
     let got_b = on_b.logs(200, T).await;
@@ -226,13 +232,8 @@ async fn cluster_failover_during_ingest_loses_and_repeats_nothing_answered_202()
     })
     .await;
 
-    let want = expected(batches);
     for c in [&mut on_a, &mut on_b] {
-        let mut got = messages(&c.logs(want.len(), T).await);
-        got.extend(messages(
-            &c.drain("log:new", Duration::from_millis(500)).await,
-        ));
-        same(&got, &want, "each once, in order");
+        got_every_batch(c, batches).await;
     }
     // Admin views span the cluster (heartbeats in one sorted set, not a SCAN of one node).
     eventually(T, "both instances answer a cluster view", || async {
@@ -324,12 +325,7 @@ async fn sharded_streams_spread_over_the_cluster_primaries_and_survive_a_failove
         failover.failover_of(&format!("{{logstream:logs:{shard}}}"))
     })
     .await;
-    let want = expected(batches);
     for c in [&mut on_a, &mut on_b] {
-        let mut got = messages(&c.logs(want.len(), T).await);
-        got.extend(messages(
-            &c.drain("log:new", Duration::from_millis(500)).await,
-        ));
-        same(&got, &want, "each once, in order");
+        got_every_batch(c, batches).await;
     }
 }

@@ -194,14 +194,7 @@ async fn a_new_shard_starts_without_gap_or_duplicate_and_replays_merge_in_offset
                     ]
                 })
                 .collect();
-            let r = http
-                .post(format!("{url}/api/logs"))
-                .header("x-api-key", API_KEY)
-                .json(&logs)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 202);
+            common::post_accepted(&http, &url, &logs).await;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });

@@ -166,9 +166,14 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// A raw engine.io v4 WebSocket client of `url` (no socket.io library: the load generator
-/// stays light), subscribed with `sub` (`batch: true`), counting the logs of the `log:batch`
-/// frames it receives into `got`.
-pub async fn subscriber(url: String, token: String, sub: Value, got: Arc<AtomicU64>) {
+/// stays light): connects with `token`, answers pings, subscribes with `sub` once
+/// connected, and hands every event frame (`42[…]`) to `on_event` until it returns false.
+pub async fn raw_subscription(
+    url: &str,
+    token: &str,
+    sub: Value,
+    mut on_event: impl FnMut(&str) -> bool,
+) {
     let ws_url = format!(
         "{}/socket.io/?EIO=4&transport=websocket",
         url.replacen("http", "ws", 1)
@@ -190,12 +195,25 @@ pub async fn subscriber(url: String, token: String, sub: Value, got: Arc<AtomicU
             ws.send(Message::Text(format!("42{frame}").into()))
                 .await
                 .unwrap();
-        } else if let Some(rest) = text.strip_prefix("42[\"log:batch\",") {
+        } else if text.starts_with("42") && !on_event(&text) {
+            break;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// [`raw_subscription`] with `sub` (`batch: true`), counting the logs of the `log:batch`
+/// frames it receives into `got`.
+pub async fn subscriber(url: String, token: String, sub: Value, got: Arc<AtomicU64>) {
+    raw_subscription(&url, &token, sub, |text| {
+        if let Some(rest) = text.strip_prefix("42[\"log:batch\",") {
             let n = serde_json::from_str::<Value>(&rest[..rest.len() - 1])
                 .ok()
                 .and_then(|v| v.as_array().map(Vec::len))
                 .unwrap_or(0);
             got.fetch_add(n as u64, Ordering::Relaxed);
         }
-    }
+        true
+    })
+    .await;
 }

@@ -478,6 +478,18 @@ pub fn log(device: &str, level: &str, message: &str) -> Value {
 
 /// POST logs for `device` whose messages are "0", "1", ... `total`-1, ten per request with
 /// `pause` between requests, from a spawned task (each request must be accepted).
+/// POST `logs` to `url` with the API key; the server must answer 202.
+pub async fn post_accepted(http: &reqwest::Client, url: &str, logs: &[Value]) {
+    let r = http
+        .post(format!("{url}/api/logs"))
+        .header("x-api-key", API_KEY)
+        .json(logs)
+        .send()
+        .await
+        .expect("post logs");
+    assert_eq!(r.status(), 202);
+}
+
 pub fn post_numbered(
     url: String,
     device: &'static str,
@@ -490,14 +502,7 @@ pub fn post_numbered(
             let logs: Vec<Value> = (chunk * 10..(chunk * 10 + 10).min(total))
                 .map(|i| log(device, "INFO", &i.to_string()))
                 .collect();
-            let r = http
-                .post(format!("{url}/api/logs"))
-                .header("x-api-key", API_KEY)
-                .json(&logs)
-                .send()
-                .await
-                .expect("post logs");
-            assert_eq!(r.status(), 202);
+            post_accepted(&http, &url, &logs).await;
             tokio::time::sleep(pause).await;
         }
     })

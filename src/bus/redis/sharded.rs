@@ -32,6 +32,14 @@ struct Running {
     paused: Arc<AtomicBool>,
 }
 
+/// The router's answer: the shards in the order, for the request `want`.
+fn shards_ready(merge: &Merge, want: Wanted) -> Inbound {
+    Inbound::Shards {
+        ready: merge.in_order(),
+        generation: want.generation,
+    }
+}
+
 impl RedisBus {
     /// Read the shards `wanted` names until `stop`, merged, into `router`.
     pub async fn sharded_reader(
@@ -98,14 +106,8 @@ impl RedisBus {
                 }
             }
             self.reading_shards.store(merge.active(), Ordering::Relaxed);
-            self.forward_reliably(
-                &router,
-                Inbound::Shards {
-                    ready: merge.in_order(),
-                    generation: want.generation,
-                },
-            )
-            .await;
+            self.forward_reliably(&router, shards_ready(&merge, want))
+                .await;
             // Until the wanted shards change: reads.
             loop {
                 let event = tokio::select! {
@@ -151,14 +153,8 @@ impl RedisBus {
                             }
                         }
                         if taken.caught_up {
-                            self.forward_reliably(
-                                &router,
-                                Inbound::Shards {
-                                    ready: merge.in_order(),
-                                    generation: want.generation,
-                                },
-                            )
-                            .await;
+                            self.forward_reliably(&router, shards_ready(&merge, want))
+                                .await;
                         }
                     }
                     ReaderEvent::Epoch(new) if new != epoch => {
