@@ -63,8 +63,8 @@ impl Ring {
     }
 
     /// Add `records` (in position order) that may be older than kept entries: a shard read
-    /// again after a pause brings what it missed. Entries at or before the floor (a region
-    /// already known to be incomplete) and positions kept already are skipped.
+    /// again after a pause brings what it missed. Entries before the floor (a region already
+    /// known to be incomplete) and positions kept already are skipped.
     pub fn merge(&mut self, records: Vec<Arc<LogRecord>>, now: Instant) {
         let at = |r: &Arc<LogRecord>| r.stamp.get().map(|s| s.position);
         if records
@@ -84,7 +84,7 @@ impl Ring {
         let mut kept = kept.into_iter().peekable();
         for r in records {
             let Some(p) = at(&r) else { continue };
-            if self.floor.is_some_and(|f| p <= f) {
+            if self.floor.is_some_and(|f| p < f) {
                 continue;
             }
             while let Some(e) = kept.next_if(|(q, _, _)| *q < p) {
@@ -296,5 +296,10 @@ mod tests {
         assert_eq!(ring.len(), 6);
         assert_eq!(ring.since(at(1)), Since::Gone);
         assert_eq!(ring.since(at(2)), Since::From(0));
+        // A shard's first kept entry marks where exact replays begin, and is kept itself.
+        let mut shard = Ring::new(limits);
+        shard.mark_unknown_before(at(10));
+        shard.merge(vec![stamped(10), stamped(11)], t0);
+        assert_eq!(shard.len(), 2);
     }
 }

@@ -78,17 +78,22 @@ impl Router {
         let sid = command.sid();
         if let (Some(sid), Some((shards, interest))) = (sid, &mut self.shard_interest) {
             let now = Instant::now();
+            // Only a subscribe waits for shards, and only one its scope allows (a refused
+            // one is answered at once, and makes the bus read nothing). A token refresh is
+            // applied at once whatever it needs: a narrower scope must never wait, and a
+            // wider one gets the new shards' logs from when they are read.
             let need = match &command {
                 ClientCommand::Subscribe { request, .. } => self.clients.get(&sid).map_or(0, |c| {
-                    crate::shards::needed_by(&request.filter, &request.params, c.scope(), *shards)
+                    match check_scope(&request.filter, &request.params, c.scope()) {
+                        Ok(()) => crate::shards::needed_by(
+                            &request.filter,
+                            &request.params,
+                            c.scope(),
+                            *shards,
+                        ),
+                        Err(_) => 0,
+                    }
                 }),
-                ClientCommand::Rescope { scope, .. } => {
-                    self.registry
-                        .subscription_of(sid)
-                        .map_or(0, |(filter, params, _)| {
-                            crate::shards::needed_by(&filter, &params, scope, *shards)
-                        })
-                }
                 _ => 0,
             };
             if matches!(command, ClientCommand::Disconnect(_)) {
@@ -142,7 +147,6 @@ impl Router {
             );
             match command {
                 ClientCommand::Subscribe { reply, .. } => self.answer(reply, Err(error)),
-                ClientCommand::Rescope { reply, .. } => self.answer(reply, Some(error)),
                 other => self.apply_client_now(other),
             }
         }

@@ -10,7 +10,7 @@
 //! reconnects does not make the bus drop and reload it; the router stops counting it as
 //! read before it asks the bus to stop, so nothing is installed on a shard being dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use socketioxide::socket::Sid;
@@ -24,6 +24,8 @@ pub const GRACE: Duration = Duration::from_secs(10);
 pub const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most commands one client may have waiting; past it its commands are refused (busy).
 pub const MAX_PARKED_PER_CLIENT: usize = 32;
+/// Most commands waiting in all.
+pub const MAX_PARKED: usize = 10_000;
 
 struct Parked<T> {
     sid: Sid,
@@ -40,6 +42,8 @@ pub struct ShardInterest<T> {
     /// When each shard lost its last subscription.
     idle_since: Vec<Option<Instant>>,
     parked: VecDeque<Parked<T>>,
+    /// Commands waiting per client.
+    parked_by: HashMap<Sid, usize>,
     wanted: watch::Sender<Wanted>,
     /// The shards the bus said are in the order, for the current generation (less those
     /// the router let go since).
@@ -53,6 +57,7 @@ impl<T> ShardInterest<T> {
             counts: vec![0; shards],
             idle_since: vec![None; shards],
             parked: VecDeque::new(),
+            parked_by: HashMap::new(),
             wanted,
             ready: 0,
         }
@@ -64,15 +69,20 @@ impl<T> ShardInterest<T> {
     }
 
     pub fn has_parked(&self, sid: Sid) -> bool {
-        self.parked.iter().any(|p| p.sid == sid)
+        self.parked_by.contains_key(&sid)
     }
 
     /// Hold `command` of `sid` until the shards `need` are ready; `Err(command)` if the
-    /// client has [`MAX_PARKED_PER_CLIENT`] waiting already.
+    /// client has [`MAX_PARKED_PER_CLIENT`] waiting already, or all have [`MAX_PARKED`].
     pub fn park(&mut self, sid: Sid, need: ShardMask, command: T, now: Instant) -> Result<(), T> {
-        if self.parked.iter().filter(|p| p.sid == sid).count() >= MAX_PARKED_PER_CLIENT {
+        let mine = self.parked_by.entry(sid).or_default();
+        if *mine >= MAX_PARKED_PER_CLIENT || self.parked.len() >= MAX_PARKED {
+            if *mine == 0 {
+                self.parked_by.remove(&sid);
+            }
             return Err(command);
         }
+        *mine += 1;
         self.parked.push_back(Parked {
             sid,
             need,
@@ -89,6 +99,7 @@ impl<T> ShardInterest<T> {
             .into_iter()
             .partition(|p| p.sid == sid);
         self.parked = kept;
+        self.parked_by.remove(&sid);
         self.publish(now);
         gone.into_iter().map(|p| p.command).collect::<Vec<T>>()
     }
@@ -138,6 +149,7 @@ impl<T> ShardInterest<T> {
         let mut kept = VecDeque::new();
         for p in std::mem::take(&mut self.parked) {
             if now.saturating_duration_since(p.since) > PARK_TIMEOUT && p.need != 0 {
+                self.unpark(p.sid);
                 expired.push(p.command);
             } else {
                 kept.push_back(p);
@@ -151,19 +163,33 @@ impl<T> ShardInterest<T> {
     /// Take out the parked commands that may go: in order, none before an earlier one of
     /// its client that must still wait.
     fn release(&mut self) -> Vec<T> {
-        let mut blocked: Vec<Sid> = Vec::new();
+        if self.parked.is_empty() {
+            return Vec::new();
+        }
+        let mut blocked: HashSet<Sid> = HashSet::new();
         let mut out = Vec::new();
         let mut kept = VecDeque::new();
         for p in std::mem::take(&mut self.parked) {
             if !blocked.contains(&p.sid) && self.is_ready(p.need) {
+                self.unpark(p.sid);
                 out.push(p.command);
             } else {
-                blocked.push(p.sid);
+                blocked.insert(p.sid);
                 kept.push_back(p);
             }
         }
         self.parked = kept;
         out
+    }
+
+    /// One command of `sid` left the waiting line.
+    fn unpark(&mut self, sid: Sid) {
+        if let Some(n) = self.parked_by.get_mut(&sid) {
+            *n -= 1;
+            if *n == 0 {
+                self.parked_by.remove(&sid);
+            }
+        }
     }
 
     /// Ask the bus for the shards of installed and parked subscriptions, and those still in

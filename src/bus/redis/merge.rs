@@ -42,6 +42,8 @@ struct Shard {
     watermark: Position,
     /// The newest position of this shard handed on: where a new reader starts.
     handed: Option<Position>,
+    /// Complete reads while joining.
+    attempts: u32,
 }
 
 /// What taking a read produced besides queued entries.
@@ -53,6 +55,20 @@ pub struct Taken {
     pub unknown_before: Option<Position>,
     /// The shard caught up with this read.
     pub caught_up: bool,
+    /// The shard read everything but has not reached the released bound yet: read again.
+    pub retry: bool,
+}
+
+/// Complete reads after which a joining shard takes part in the order even if its clock
+/// has not reached the released bound.
+pub const JOIN_ATTEMPTS: u32 = 3;
+
+/// The position right after `p`.
+fn after(p: Position) -> Position {
+    Position {
+        major: p.major,
+        minor: p.minor + 1,
+    }
 }
 
 pub struct Merge {
@@ -83,6 +99,7 @@ impl Merge {
         s.run = run;
         s.queue.clear();
         s.watermark = Position::default();
+        s.attempts = 0;
         s.handed
     }
 
@@ -123,6 +140,12 @@ impl Merge {
             .fold(0, |m, (i, _)| m | 1 << i)
     }
 
+    /// Take a read: entries behind what was released go to the history (delivering them
+    /// would go back in the order: a joining shard's past, or a late entry of a shard whose
+    /// clock is behind), the rest wait in the shard's queue. A joining shard takes part in
+    /// the order once it has read up to the released bound (or after [`JOIN_ATTEMPTS`]
+    /// complete reads: a clock behind the others' may never get there; its entries behind
+    /// the bound are history then).
     pub fn take(&mut self, read: ShardRead) -> Taken {
         let mut taken = Taken::default();
         let others_in_order = self.in_order() & !(1 << read.shard) != 0;
@@ -132,16 +155,19 @@ impl Merge {
             return taken;
         }
         s.watermark = s.watermark.max(read.watermark);
-        if s.caught_up {
-            s.queue.extend(read.records);
-            return taken;
-        }
         taken.unknown_before = read.trimmed_before;
-        if read.complete && !others_in_order {
-            // Nothing else is read: this shard's present is the start of what is live.
-            *released = (*released).max(s.watermark);
+        if !s.caught_up && !others_in_order {
+            // Nothing else is read: what this shard holds up to now is history, and live
+            // begins at its present.
+            let upto = if read.complete {
+                Some(s.watermark)
+            } else {
+                read.records.last().map(|r| after(position(r)))
+            };
+            if let Some(upto) = upto {
+                *released = (*released).max(upto);
+            }
         }
-        // What was queued earlier may be behind what was released meanwhile.
         while s.queue.front().is_some_and(|r| position(r) < *released) {
             taken.backfill.extend(s.queue.pop_front());
         }
@@ -153,13 +179,23 @@ impl Merge {
             }
         }
         if let Some(last) = taken.backfill.last() {
-            s.handed = Some(position(last));
+            s.handed = Some(s.handed.map_or(position(last), |h| h.max(position(last))));
         }
-        if read.complete {
-            s.caught_up = true;
-            taken.caught_up = true;
+        if !s.caught_up && read.complete {
+            s.attempts += 1;
+            if s.watermark >= *released || s.attempts >= JOIN_ATTEMPTS {
+                s.caught_up = true;
+                taken.caught_up = true;
+            } else {
+                taken.retry = true;
+            }
         }
         taken
+    }
+
+    /// Everything before this position has been handed on.
+    pub fn released(&self) -> Position {
+        self.released
     }
 
     /// The entries every shard in the order has passed, oldest first.
@@ -192,13 +228,14 @@ impl Merge {
         out
     }
 
-    /// The shards that have `cap` entries or more waiting (their readers pause until the
-    /// shards holding them back move on: a queue never grows past what one read adds).
+    /// The shards in the order that have `cap` entries or more waiting (their readers pause
+    /// until the shards holding them back move on). A joining shard is never full: what it
+    /// reads behind the released bound goes to the history at once.
     pub fn full(&self, cap: usize) -> ShardMask {
         self.shards
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.queue.len() >= cap)
+            .filter(|(_, s)| s.caught_up && s.queue.len() >= cap)
             .fold(0, |m, (i, _)| m | 1 << i)
     }
 
@@ -311,5 +348,44 @@ mod tests {
         assert!(m.release().is_empty());
         m.take(read(1, vec![at(12, 0, 1)], 13));
         assert_eq!(ms(&m.release()), [12]);
+    }
+
+    #[test]
+    fn a_shard_whose_clock_is_behind_never_delivers_backwards() {
+        let mut m = Merge::new(4, Position::default());
+        m.activate(0, 1);
+        m.take(read(0, vec![], 50));
+        m.take(read(0, vec![at(99, 0, 0)], 100));
+        m.activate(1, 1);
+        assert_eq!(ms(&m.release()), [99]);
+        // Shard 1's read ran before 100: not in the order yet, asked again.
+        let first = m.take(read(1, vec![], 95));
+        assert!(first.retry && !first.caught_up);
+        // A later entry of it behind what was delivered is history, not a live log.
+        let late = m.take(read(1, vec![at(97, 0, 1)], 98));
+        assert_eq!(ms(&late.backfill), [97]);
+        assert!(late.retry);
+        assert!(m.take(read(1, vec![at(101, 0, 1)], 103)).caught_up);
+        m.take(read(0, vec![at(102, 0, 0)], 104));
+        assert_eq!(ms(&m.release()), [101, 102]);
+        // A clock that never catches up joins after a few tries all the same.
+        m.activate(2, 1);
+        for _ in 1..JOIN_ATTEMPTS {
+            assert!(m.take(read(2, vec![], 60)).retry);
+        }
+        assert!(m.take(read(2, vec![], 60)).caught_up);
+    }
+
+    #[test]
+    fn a_long_first_load_goes_to_history_page_by_page() {
+        let mut m = Merge::new(2, Position::default());
+        m.activate(0, 1);
+        let mut page = read(0, (1..=3).map(|t| at(t, 0, 0)).collect(), 0);
+        page.complete = false;
+        page.watermark = position(&at(3, 0, 0));
+        let taken = m.take(page);
+        assert_eq!(ms(&taken.backfill), [1, 2, 3]);
+        assert!(!taken.caught_up);
+        assert_eq!(m.full(1), 0, "a joining shard never pauses");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -30,14 +30,17 @@ use crate::log_entry::Position;
 const READ_COUNT: usize = 1000;
 
 /// Read entries of stream `KEYS[1]` from `ARGV[1]` (`-`, or `(id`), at most `ARGV[2]`; with
-/// `ARGV[3]` = 1 also say how many entries were ever trimmed from it. Answers
-/// `{ now in ms, entries, trimmed }`. Runs on a primary only (it reads the primary's clock).
+/// `ARGV[3]` = 1 also say how many entries were ever trimmed from it and the id of its first
+/// entry. Answers `{ now in ms, entries, trimmed, first id or '' }`. Runs on a primary only
+/// (it reads the primary's clock). Needs Redis 7 (`entries-added`, script flags).
 const READ: &str = concat!(
     "#!lua flags=no-writes\n",
     lua_now_ms!(),
     "local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
-local trimmed = 0
+local trimmed, head = 0, ''
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if #first > 0 then head = first[1][1] end
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   local added, length = 0, 0
   for i = 1, #info, 2 do
@@ -46,8 +49,12 @@ if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
   end
   trimmed = added - length
 end
-return {now, entries, trimmed}"
+return {now, entries, trimmed, head}"
 );
+
+/// A blocked `XREAD` that wakes the reader when the shard has something new.
+type Wake =
+    std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<Option<StreamReadReply>>> + Send>>;
 
 /// What a reader tells the merge.
 pub enum ReaderEvent {
@@ -62,8 +69,10 @@ pub struct ShardReader {
     pub run: u64,
     /// The epoch the merge reads in.
     pub epoch: String,
-    /// Read after this position; `None`: from the beginning (and report trimming).
+    /// Read after this position; `None`: from the beginning.
     pub from: Option<Position>,
+    /// Where this reader started (to tell whether the stream was trimmed past it).
+    pub from_at_start: Option<Position>,
     pub to: mpsc::Sender<ReaderEvent>,
     /// The merge wants a newer watermark (or lifted a pause).
     pub nudge: Arc<Notify>,
@@ -75,7 +84,8 @@ impl ShardReader {
     /// Read until `stop`, reconnecting with backoff from the last entry read.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut backoff = BACKOFF_MIN;
-        let mut first = self.from.is_none();
+        // Each reader is a new start of the shard: its first read checks for trimming.
+        let mut first = true;
         loop {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
@@ -107,7 +117,7 @@ impl ShardReader {
         let connector = self.bus.connector.clone();
         let mut moved = connector.moved();
         moved.mark_unchanged();
-        let mut wake = connector.dedicated(Duration::from_secs(10)).await?;
+        let wake = connector.dedicated(Duration::from_secs(10)).await?;
         let mut conn = self.bus.connection();
         let current = self.bus.epoch(&mut conn).await?;
         if current != self.epoch {
@@ -119,8 +129,8 @@ impl ShardReader {
         self.bus.status.reading.store(true, Ordering::Relaxed);
         let shards = self.bus.shards();
         let key = self.bus.shard_keys[self.shard].clone();
-        let wait = StreamReadOptions::default().block(1000).count(1);
         let script = redis::Script::new(READ);
+        let mut pending_wake: Option<Wake> = None;
         let mut last_now = 0;
         let mut nudged = false;
         loop {
@@ -141,7 +151,7 @@ impl ShardReader {
                 Some(p) => format!("({}", entry_id(p, shards)),
                 None => "-".to_owned(),
             };
-            let (now, entries, trimmed): (u64, redis::streams::StreamRangeReply, i64) = if *first {
+            let (now, entries, trimmed, head): (u64, StreamRangeReply, i64, String) = if *first {
                 // Once per start of a shard: the script, which also says what was trimmed.
                 script
                     .key(&key)
@@ -162,9 +172,9 @@ impl ShardReader {
                     .arg("+")
                     .arg("COUNT")
                     .arg(READ_COUNT);
-                let ((secs, micros), entries): ((u64, u64), redis::streams::StreamRangeReply) =
+                let ((secs, micros), entries): ((u64, u64), StreamRangeReply) =
                     pipe.query_async(&mut conn).await?;
-                (secs * 1000 + micros / 1000, entries, 0)
+                (secs * 1000 + micros / 1000, entries, 0, String::new())
             };
             let full = entries.ids.len() >= READ_COUNT;
             let first_position = entries
@@ -189,8 +199,14 @@ impl ShardReader {
                     minor: 0,
                 },
             };
-            let trimmed_before =
-                (*first && trimmed > 0).then(|| first_position.unwrap_or(watermark));
+            // Trimmed past where this start reads from: replays from before the stream's
+            // first entry cannot be exact.
+            let head = position(&head, self.shard, shards).or(first_position);
+            let trimmed_before = match (*first && trimmed > 0, self.from_at_start) {
+                (false, _) => None,
+                (true, None) => Some(head.unwrap_or(watermark)),
+                (true, Some(cursor)) => head.filter(|h| *h > cursor),
+            };
             *first = false;
             let progressed = !records.is_empty() || now != last_now;
             last_now = now;
@@ -213,15 +229,27 @@ impl ShardReader {
             if nudged && !progressed {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let cursor = self
-                .from
-                .map_or_else(|| "0-0".to_owned(), |p| entry_id(p, shards));
-            let (keys, ids) = ([&key], [&cursor]);
-            let woken = redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
-                &mut wake, &keys, &ids, &wait,
-            );
+            // One blocked XREAD at a time: a nudge leaves it waiting (a dropped one would
+            // still block its connection in Redis, and the next would queue behind it).
+            let woken = pending_wake.get_or_insert_with(|| {
+                let cursor = self
+                    .from
+                    .map_or_else(|| "0-0".to_owned(), |p| entry_id(p, shards));
+                let (mut wake, key) = (wake.clone(), key.clone());
+                Box::pin(async move {
+                    let wait = StreamReadOptions::default().block(1000).count(1);
+                    redis::AsyncCommands::xread_options::<_, _, Option<StreamReadReply>>(
+                        &mut wake,
+                        &[&key],
+                        &[&cursor],
+                        &wait,
+                    )
+                    .await
+                })
+            });
             nudged = tokio::select! {
                 woke = woken => {
+                    pending_wake = None;
                     let n = woke?.map_or(0, |r| r.keys.iter().map(|k| k.ids.len()).sum::<usize>());
                     self.bus.status.entries_read.fetch_add(n as u64, Ordering::Relaxed);
                     false

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::merge::Merge;
 use super::shard_reader::{ReaderEvent, ShardReader};
 use super::{BACKOFF_MAX, BACKOFF_MIN, RedisBus};
-use crate::log_entry::Position;
+use crate::log_entry::{LogRecord, Position};
 use crate::router::Inbound;
 use crate::shards::Wanted;
 
@@ -30,6 +30,27 @@ struct Running {
     stop: CancellationToken,
     nudge: Arc<Notify>,
     paused: Arc<AtomicBool>,
+}
+
+/// History read from a joining shard and not handed on yet, and where it may be
+/// incomplete.
+type Held = (Vec<Arc<LogRecord>>, Option<Position>);
+
+/// A joining shard's history is handed on in pieces of at most this many entries.
+const HELD_BACKFILL: usize = 50_000;
+
+/// The position right before `p` (the drain waits for a position it can compare with `>=`).
+fn just_before(p: Position) -> Position {
+    match p.minor {
+        0 => Position {
+            major: p.major.saturating_sub(1),
+            minor: u64::MAX,
+        },
+        n => Position {
+            major: p.major,
+            minor: n - 1,
+        },
+    }
 }
 
 /// The router's answer: the shards in the order, for the request `want`.
@@ -73,8 +94,11 @@ impl RedisBus {
             .await;
         let n = self.shards();
         let mut merge = Merge::new(n, start);
-        let (tx, mut rx) = mpsc::channel(64);
+        // Few reads in flight: a full shard's pause takes effect soon.
+        let (tx, mut rx) = mpsc::channel(8);
         let mut readers: Vec<Option<Running>> = (0..n).map(|_| None).collect();
+        // Per shard: history read while it joins, not yet handed to the router.
+        let mut held: Vec<Held> = (0..n).map(|_| Held::default()).collect();
         let mut run = 0u64;
         loop {
             let want = *wanted.borrow_and_update();
@@ -94,6 +118,7 @@ impl RedisBus {
                         run,
                         epoch: epoch.clone(),
                         from,
+                        from_at_start: from,
                         to: tx.clone(),
                         nudge: running.nudge.clone(),
                         paused: running.paused.clone(),
@@ -103,6 +128,8 @@ impl RedisBus {
                 } else if !wanted_now && let Some(running) = reader.take() {
                     running.stop.cancel();
                     merge.deactivate(shard);
+                    // What it read is handed on (the next reader starts after it).
+                    self.hand_backfill(&router, &mut held[shard]).await;
                 }
             }
             self.reading_shards.store(merge.active(), Ordering::Relaxed);
@@ -123,21 +150,26 @@ impl RedisBus {
                 };
                 match event {
                     ReaderEvent::Read(read) => {
+                        let shard = read.shard;
                         let taken = merge.take(read);
-                        if !taken.backfill.is_empty() || taken.unknown_before.is_some() {
-                            self.forward_reliably(
-                                &router,
-                                Inbound::ShardBackfill {
-                                    logs: taken.backfill,
-                                    unknown_before: taken.unknown_before,
-                                },
-                            )
-                            .await;
+                        let pending = &mut held[shard];
+                        pending.0.extend(taken.backfill);
+                        pending.1 = pending.1.max(taken.unknown_before);
+                        // A joining shard's history goes in one piece once it has caught
+                        // up (each piece costs the router a merge into its history), or
+                        // every HELD_BACKFILL entries.
+                        let joining = merge.active() & !merge.in_order() & (1 << shard) != 0;
+                        if !joining || pending.0.len() >= HELD_BACKFILL {
+                            self.hand_backfill(&router, pending).await;
+                        }
+                        if taken.retry
+                            && let Some(r) = &readers[shard]
+                        {
+                            r.nudge.notify_one();
                         }
                         let released = merge.release();
-                        if let Some(last) = released.last().and_then(|r| r.stamp.get()) {
-                            self.read.send_replace(last.position);
-                        }
+                        // For the shutdown drain: everything before the bound is handed on.
+                        self.read.send_replace(just_before(merge.released()));
                         if !released.is_empty() {
                             self.forward_reliably(&router, Inbound::Logs(released))
                                 .await;
@@ -166,6 +198,7 @@ impl RedisBus {
                         for shard in 0..n {
                             merge.deactivate(shard);
                         }
+                        held.iter_mut().for_each(|h| *h = Held::default());
                         epoch = new;
                         self.forward_reliably(&router, Inbound::Epoch(epoch.clone()))
                             .await;
@@ -174,6 +207,21 @@ impl RedisBus {
                     ReaderEvent::Epoch(_) => {}
                 }
             }
+        }
+    }
+
+    /// Hand `held` to the router's history, if there is anything.
+    async fn hand_backfill(&self, router: &Sender<Inbound>, held: &mut Held) {
+        let (logs, unknown_before) = std::mem::take(held);
+        if !logs.is_empty() || unknown_before.is_some() {
+            self.forward_reliably(
+                router,
+                Inbound::ShardBackfill {
+                    logs,
+                    unknown_before,
+                },
+            )
+            .await;
         }
     }
 
