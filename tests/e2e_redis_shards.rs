@@ -340,3 +340,78 @@ async fn another_shard_count_on_the_same_redis_is_refused() {
     post(&a, vec![log("x", "INFO", "still here")]).await;
     assert_eq!(messages(&c.logs(1, T).await), ["still here"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_tail_resume_across_shards_on_an_instance_that_did_not_read_them() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    let b = instance(&redis.url(), "b");
+    ready(&a).await;
+    ready(&b).await;
+    let devs = devices_in_distinct_shards(2);
+    let token = Server::token("u");
+    let mut c = TestClient::connect(&a.url, Some(&token)).await.unwrap();
+    let ack = c
+        .subscribe(json!({"deviceIds": [devs[0], devs[1]], "resume": true}))
+        .await;
+    let session = ack["session"].as_str().unwrap().to_owned();
+    let numbered = |from: usize, n: usize| -> Vec<Value> {
+        (from..from + n)
+            .map(|i| log(&devs[i % 2], "INFO", &format!("{i:03}")))
+            .collect()
+    };
+    post(&a, numbered(0, 20)).await;
+    let got = c.logs(20, T).await;
+    let offset = c.offset_of(&got[9]).unwrap();
+    c.disconnect().await;
+    // B reads nothing yet: no client of it needs these shards.
+    assert_eq!(health(&b).await["shardsRead"], json!([]));
+    post(&a, numbered(20, 10)).await;
+
+    // The session resumes on B: B reads both shards first, then replays from the offset.
+    let auth = json!({"token": token, "session": session, "offset": offset});
+    let mut resumed = TestClient::connect_auth(&b.url, Some(auth)).await.unwrap();
+    let event = resumed.next("log:subscribed").await;
+    assert_eq!(event["recovered"], true, "{event}");
+    let rest = messages(&resumed.logs(20, T).await);
+    // Order across devices is the shards' merge (by offset), the same wherever it is read:
+    // first what the client had after its offset, then the ten new ones.
+    assert_eq!(rest[..10], messages(&got[10..]), "replayed in offset order");
+    let mut new: Vec<String> = rest[10..].to_vec();
+    new.sort();
+    assert_eq!(new, (20..30).map(|i| format!("{i:03}")).collect::<Vec<_>>());
+    for d in 0..2 {
+        let of_device: Vec<&String> = rest
+            .iter()
+            .filter(|m| m.parse::<usize>().unwrap() % 2 == d)
+            .collect();
+        assert!(
+            of_device.windows(2).all(|w| w[0] < w[1]),
+            "per device in order"
+        );
+    }
+    assert!(
+        resumed
+            .try_next_of(&["log:new"], Duration::from_millis(400))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    let mut shards = vec![shard_of(&devs[0], SHARDS), shard_of(&devs[1], SHARDS)];
+    shards.sort();
+    reads(&b, &shards).await;
+
+    // `tail` on a third instance, which reads neither shard until asked: the last 5 logs
+    // of both devices, in order.
+    let c3 = instance(&redis.url(), "c");
+    ready(&c3).await;
+    let mut tail = c3.client("t").await;
+    let ack = tail
+        .emit_ack(
+            "log:subscribe",
+            json!({"deviceIds": [devs[0], devs[1]], "tail": 5}),
+        )
+        .await;
+    assert_eq!(ack["replayed"], 5, "{ack}");
+    assert_eq!(messages(&tail.logs(5, T).await), rest[15..]);
+}
