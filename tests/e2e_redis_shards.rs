@@ -415,3 +415,45 @@ async fn sessions_and_tail_resume_across_shards_on_an_instance_that_did_not_read
     assert_eq!(ack["replayed"], 5, "{ack}");
     assert_eq!(messages(&tail.logs(5, T).await), rest[15..]);
 }
+
+/// XREAD calls Redis has served so far.
+async fn xreads(redis: &RedisServer) -> u64 {
+    let info: String = redis.query(redis::cmd("INFO").arg("commandstats")).await;
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xread:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_shard_beside_a_busy_one_keeps_one_blocked_read() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    ready(&a).await;
+    let devs = devices_in_distinct_shards(2);
+    let (busy, idle) = (&devs[0], &devs[1]);
+    let mut c = a.client("u").await;
+    c.subscribe(json!({"deviceIds": [busy, idle]})).await;
+    let mut shards = vec![shard_of(busy, SHARDS), shard_of(idle, SHARDS)];
+    shards.sort();
+    reads(&a, &shards).await;
+    // The busy shard's reads make the merge ask the idle one for a newer watermark over and
+    // over; each time the idle reader's blocked XREAD must stay the one it waits on (were
+    // it dropped and sent again, Redis would queue one more on its connection each time).
+    for i in 0..150 {
+        post(&a, vec![log(busy, "INFO", &format!("b{i}"))]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(c.logs(150, T).await.len(), 150);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = xreads(&redis).await;
+    post(&a, vec![log(idle, "INFO", "wake")]).await;
+    assert_eq!(messages(&c.logs(1, T).await), ["wake"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let served = xreads(&redis).await - before;
+    assert!(
+        served <= 6,
+        "{served} XREADs served when the idle shard got one entry: blocked reads had piled up"
+    );
+}
