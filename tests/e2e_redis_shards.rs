@@ -457,3 +457,41 @@ async fn an_idle_shard_beside_a_busy_one_keeps_one_blocked_read() {
         "{served} XREADs served when the idle shard got one entry: blocked reads had piled up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refresh_behind_a_waiting_subscribe_is_applied_all_the_same() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    ready(&a).await;
+    let devs = devices_in_distinct_shards(2);
+    let (d1, d2) = (&devs[0], &devs[1]);
+    let mut c = a.client("u").await;
+    c.subscribe(json!({"deviceIds": [d1]})).await;
+    reads(&a, &[shard_of(d1, SHARDS)]).await;
+    // Redis stops answering: a subscribe that needs d2's shard waits (and, after 10 s, is
+    // refused); the narrower token sent behind it must be applied all the same.
+    redis.freeze();
+    c.emit("log:subscribe", json!({"deviceIds": [d1, d2]}))
+        .await;
+    let narrower = common::token_with("u", &[("devices", json!([d2]))]);
+    c.emit("auth:refresh", json!({ "token": narrower })).await;
+    // Two answers, in either order: the waiting subscribe refused, and the subscription in
+    // force ended by the narrower scope (its deviceIds are outside it).
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let (_, error) = c.next_of(&["error"], Duration::from_secs(20)).await;
+        codes.push(error["code"].as_str().unwrap_or_default().to_owned());
+    }
+    codes.sort();
+    assert_eq!(codes, ["bus_unavailable", "forbidden"]);
+    redis.thaw();
+    ready(&a).await;
+    // The old subscription (d1) is outside the new scope: it ended. Nothing of d1 arrives.
+    post(&a, vec![log(d1, "INFO", "outside the new scope")]).await;
+    assert!(
+        c.try_next_of(&["log:new"], Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "the refreshed scope is in force"
+    );
+}
