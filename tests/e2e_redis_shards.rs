@@ -495,3 +495,49 @@ async fn a_token_refresh_behind_a_waiting_subscribe_is_applied_all_the_same() {
         "the refreshed scope is in force"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_read_again_after_it_was_trimmed_does_not_claim_an_exact_replay() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a");
+    ready(&a).await;
+    let d = "trimmed-device";
+    let mut first = a.client("u1").await;
+    first
+        .subscribe(json!({"deviceIds": [d], "resume": true}))
+        .await;
+    post(
+        &a,
+        (0..10).map(|i| log(d, "INFO", &format!("m{i}"))).collect(),
+    )
+    .await;
+    let got = first.logs(10, T).await;
+    let offset = first.offset_of(&got[4]).unwrap();
+    first.disconnect().await;
+    // Nobody needs the shard: after its grace the instance lets it go.
+    eventually(Duration::from_secs(20), "the shard is let go", || async {
+        let h = health(&a).await;
+        if h["shardsRead"] == json!([]) {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    })
+    .await;
+    // Meanwhile its stream goes on and is trimmed past where the instance stopped.
+    post(
+        &a,
+        (10..30).map(|i| log(d, "INFO", &format!("m{i}"))).collect(),
+    )
+    .await;
+    let key = format!("logstream:logs:{}", shard_of(d, SHARDS));
+    let _: i64 = redis
+        .query(redis::cmd("XTRIM").arg(&key).arg("MAXLEN").arg(5))
+        .await;
+    // Read again for a replay from before the trim: m5..m24 are gone, so not exact.
+    let again = a.client("u2").await;
+    let ack = again
+        .emit_ack("log:subscribe", json!({"deviceIds": [d], "since": offset}))
+        .await;
+    assert_eq!(ack["recovered"], false, "{ack}");
+}
