@@ -416,13 +416,7 @@ async fn run_client(
     tally: Arc<Tally>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) {
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("ws connect");
+    let mut ws = support::engine_io_socket(&url).await;
     let mut subscribed = false;
     let mut acked = false;
     let mut subscribe_msg = String::new();

@@ -165,6 +165,20 @@ pub fn median(mut v: Vec<f64>) -> Option<f64> {
     (n > 0).then(|| (v[(n - 1) / 2] + v[n / 2]) / 2.0)
 }
 
+/// A WebSocket to the engine.io v4 endpoint of the server at `url` (`http://…`).
+pub async fn engine_io_socket(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let ws_url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        url.replacen("http", "ws", 1)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("ws connect");
+    ws
+}
+
 /// A raw engine.io v4 WebSocket client of `url` (no socket.io library: the load generator
 /// stays light): connects with `token`, answers pings, subscribes with `sub` once
 /// connected, and hands every event frame (`42[…]`) to `on_event` until it returns false.
@@ -174,13 +188,7 @@ pub async fn raw_subscription(
     sub: Value,
     mut on_event: impl FnMut(&str) -> bool,
 ) {
-    let ws_url = format!(
-        "{}/socket.io/?EIO=4&transport=websocket",
-        url.replacen("http", "ws", 1)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("ws connect");
+    let mut ws = engine_io_socket(url).await;
     ws.send(Message::Text(
         format!("40{}", json!({ "token": token })).into(),
     ))
