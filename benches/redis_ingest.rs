@@ -41,20 +41,10 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        seconds: 10,
-        posters: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut n = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        match flag.as_str() {
-            "--seconds" => a.seconds = n().max(1),
-            "--posters" => a.posters = n().max(1) as usize,
-            _ => {}
-        }
+    Args {
+        seconds: support::flag("--seconds", 10).max(1),
+        posters: support::flag("--posters", 4).max(1) as usize,
     }
-    a
 }
 
 /// A deployment and the processes to charge its CPU to.

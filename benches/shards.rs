@@ -47,22 +47,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        seconds: 10,
-        rate: 5000,
-        instances: 4,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut n = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        match flag.as_str() {
-            "--seconds" => a.seconds = n().max(1),
-            "--rate" => a.rate = n().max(50) as usize,
-            "--instances" => a.instances = n().clamp(1, SHARDS as u64) as usize,
-            _ => {}
-        }
+    Args {
+        seconds: support::flag("--seconds", 10).max(1),
+        rate: support::flag("--rate", 5000).max(50) as usize,
+        instances: support::flag("--instances", 4).clamp(1, SHARDS as u64) as usize,
     }
-    a
 }
 
 /// `PER_SHARD` device ids for each of the `SHARDS` shards.

@@ -28,6 +28,16 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The value of `--name N` on the command line, or `default` (also when N is not a number).
+pub fn flag(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The keys a bench's server runs with.
 pub struct Keys {
     pub secret: &'static str,

@@ -46,15 +46,7 @@ impl RedisServer {
     }
 
     fn launch(port: u16, dir: Option<std::path::PathBuf>, primary: Option<u16>) -> RedisServer {
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
+        let mut cmd = redis_server(port);
         match &dir {
             Some(d) => {
                 cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
@@ -304,6 +296,20 @@ fn wait_listening(port: u16) {
     );
 }
 
+/// `redis-server` on `port` of 127.0.0.1, without snapshots (the caller adds the rest).
+fn redis_server(port: u16) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ]);
+    cmd
+}
+
 /// A Redis Cluster of three primaries, each with a replica (`--cluster-enabled`, then
 /// `redis-cli --cluster create … --cluster-replicas 1`).
 pub struct RedisCluster {
@@ -319,15 +325,7 @@ impl RedisCluster {
             let port = free_port();
             let dir = super::scratch_dir("redis-cluster");
             let child = spawn_quiet(
-                Command::new("redis-server")
-                    .args([
-                        "--port",
-                        &port.to_string(),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                    ])
+                redis_server(port)
                     .args(["--appendonly", "no", "--cluster-enabled", "yes"])
                     .args(["--cluster-node-timeout", "2000", "--dir"])
                     .arg(&dir),
