@@ -1,8 +1,10 @@
 //! The Redis bus shared by several logstream instances.
 //!
-//! - Logs go through a Redis Stream ([`super::stream`]): ingest answers 202 once Redis has
-//!   taken them, every instance reads the stream and delivers to its own clients, and the
-//!   stream is the history any instance replays from.
+//! - Logs go through a Redis Stream ([`stream`]): ingest answers 202 once Redis has taken
+//!   them, every instance reads the stream and delivers to its own clients, and the stream
+//!   is the history any instance replays from. With `redis_stream_shards` the logs are
+//!   spread over one stream per shard, and an instance reads only the shards its clients
+//!   need ([`sharded`], [`shard_reader`], [`merge`]).
 //! - The seed's pub/sub channels keep working: what is published on `log:new` is handed, in
 //!   order, to the seed-channel source (`ingest::seed_channel`), which accepts it like any
 //!   other ingest; `device:status` is delivered as it comes, and an admin channel carries
@@ -10,10 +12,11 @@
 //!
 //! Publishing goes through one multiplexed connection (created lazily, so a Redis that is
 //! down at start does not stop the server), on one server, the primary Sentinel names, or a
-//! Redis Cluster ([`super::connector`]). Reading is a dedicated pub/sub connection in a task
+//! Redis Cluster ([`connector`]). Reading is a dedicated pub/sub connection in a task
 //! that reconnects with exponential backoff and resubscribes (and when the primary moves);
 //! while it is down the instance reports itself degraded (`/api/ws/health`) and keeps
-//! serving its sockets.
+//! serving its sockets. Sessions ([`sessions`]) and the link between instances
+//! ([`cluster_link`]) live in Redis too.
 //!
 //! Everything read from a channel is validated like HTTP ingest (with the validators of
 //! [`crate::log_entry`]). A malformed message is counted ([`RedisStatus::malformed`]), logged
